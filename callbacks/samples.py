@@ -1,0 +1,42 @@
+"""Log a few sampled completions, their per-dimension scores and findings as TensorBoard text."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+def format_samples(record, names: list[str], num_samples: int) -> str:
+    """A markdown block per sample: prompt, completion, scores, reward, advantage, findings."""
+    blocks = []
+    G = max(1, len(record.completions) // max(1, len({p["id"] for p in record.prompts})))
+    for i in range(0, len(record.completions), G)[:num_samples]:
+        prompt = record.prompts[i]
+        question = prompt["messages"][-1]["content"]
+        scores = ", ".join(
+            f"{n}={v:.3f}" if not math.isnan(v) else f"{n}=n/a" for n, v in zip(names, record.scores[i].tolist())
+        )
+        findings = [f"- {name}: {f}" for name in names for f in record.findings.get(name, [[]] * (i + 1))[i]]
+        blocks.append(
+            f"**{prompt['id']}**: {question}\n\n> {record.completions[i]}\n\n"
+            f"scores: {scores}; reward={float(record.reward[i]):.3f}; advantage={float(record.advantages[i]):.3f}\n\n"
+            + ("\n".join(findings) if findings else "- no findings")
+        )
+    return "\n\n---\n\n".join(blocks)
+
+
+class SampleCompletionsLogger(L.Callback):
+    def __init__(self, every_n_steps: int = 5, num_samples: int = 4):
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        record = getattr(pl_module, "last_step", None)
+        if record is None or not trainer.is_global_zero or batch_idx % self.every_n_steps:
+            return
+        text = format_samples(record, pl_module.matrix.names, self.num_samples)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples", text, global_step=trainer.global_step)

@@ -1,0 +1,1 @@
+"""Pure functions of the RL loss (log-probs, KL, clipped surrogate, loss reductions)."""

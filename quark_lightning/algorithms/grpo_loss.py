@@ -1,0 +1,146 @@
+"""GRPO policy loss as small pure functions on tensors.
+
+Objective (per token t of completion i, advantage A_i shared by every token of the completion):
+
+    ratio_it   = exp(logp_it - old_logp_it)
+    surrogate  = min(ratio_it * A_i, clip(ratio_it, 1 - eps_low, 1 + eps_high) * A_i)
+    kl_it      = exp(ref_logp_it - logp_it) - (ref_logp_it - logp_it) - 1        (k3 estimator)
+    loss_it    = -surrogate + beta * kl_it
+
+and the per-token losses are reduced by `loss_type`, with the same semantics as TRL's GRPOTrainer:
+
+    grpo     mean over each completion's tokens, then mean over completions
+    dr_grpo  sum over all tokens / (num_completions * max_completion_length)   (Dr. GRPO, 2503.20783)
+    dapo     sum over all tokens / number of completion tokens in the batch     (token-level, DAPO)
+
+Departures from TRL: none in the math; the reduction is over the local batch (TRL's `dapo` divides by
+the token count gathered over processes; under DDP gradients are averaged across ranks instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+LossReduction = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each chosen token.  logits (B, T, V), token_ids (B, T) -> (B, T)."""
+    logps = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    return torch.gather(logps, -1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position.  (B, T, V) -> (B, T)."""
+    logps = torch.log_softmax(logits.float(), dim=-1)
+    return -(logps.exp() * logps).sum(-1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(policy || reference) per token (Schulman 2020); always >= 0.  (B, T) -> (B, T)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1.0
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,  # (B, T) current policy
+    old_logp: torch.Tensor,  # (B, T) policy that generated the rollout (detached)
+    advantages: torch.Tensor,  # (B,)
+    eps_low: float,
+    eps_high: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate per token.  Returns (surrogate (B, T), low_clipped (B, T), high_clipped (B, T))."""
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    clipped_ratio = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    surrogate = torch.min(ratio * adv, clipped_ratio * adv)
+    low_clipped = (ratio < 1.0 - eps_low) & (adv < 0)
+    high_clipped = (ratio > 1.0 + eps_high) & (adv > 0)
+    return surrogate, low_clipped, high_clipped
+
+
+def _reduce_grpo(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+    return per_seq.mean()
+
+
+def _reduce_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    return (per_token * mask).sum() / (per_token.size(0) * max_len)
+
+
+def _reduce_dapo(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+LOSS_REDUCTIONS: dict[str, LossReduction] = {
+    "grpo": _reduce_grpo,
+    "dr_grpo": _reduce_dr_grpo,
+    "dapo": _reduce_dapo,
+}
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@dataclass
+class PolicyLossOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    kl: torch.Tensor  # scalar, mean k3 KL over completion tokens (detached)
+    clip_low: torch.Tensor  # fraction of tokens clipped below
+    clip_high: torch.Tensor  # fraction of tokens clipped above
+    clip_region: torch.Tensor  # fraction clipped either way
+
+
+def grpo_policy_loss(
+    logp: torch.Tensor,  # (B, T)
+    old_logp: torch.Tensor,  # (B, T)
+    ref_logp: torch.Tensor | None,  # (B, T) or None when beta == 0
+    advantages: torch.Tensor,  # (B,)
+    mask: torch.Tensor,  # (B, T) 1.0 on completion tokens
+    *,
+    loss_type: str = "grpo",
+    beta: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+    max_completion_length: int | None = None,
+) -> PolicyLossOutput:
+    """The full GRPO loss of one batch of completions, plus the statistics TRL logs."""
+    if loss_type not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(LOSS_REDUCTIONS)}")
+    mask = mask.to(logp.dtype)
+    eps_high = eps_low if eps_high is None else eps_high
+    surrogate, low, high = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    per_token = -surrogate  # (B, T)
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs reference log-probs")
+        kl_tokens = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl_tokens
+        kl = masked_mean(kl_tokens.detach(), mask)
+    else:
+        kl = logp.new_zeros(())
+    max_len = max_completion_length or logp.size(1)
+    loss = LOSS_REDUCTIONS[loss_type](per_token, mask, max_len)
+    low_f, high_f = low.to(mask.dtype), high.to(mask.dtype)
+    return PolicyLossOutput(
+        loss=loss,
+        kl=kl,
+        clip_low=masked_mean(low_f, mask),
+        clip_high=masked_mean(high_f, mask),
+        clip_region=masked_mean(((low | high).to(mask.dtype)), mask),
+    )
+
+
+def chunk_weight(loss_type: str, chunk_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
+    """Scale of a micro-batch's loss so that micro-batch losses sum to the full-batch loss.
+
+    `grpo` and `dr_grpo` average over completions (weight = chunk size / batch size); `dapo` averages over
+    tokens (weight = chunk tokens / batch tokens).
+    """
+    if loss_type == "dapo":
+        return float(chunk_mask.sum() / full_mask.sum().clamp(min=1))
+    return chunk_mask.size(0) / full_mask.size(0)

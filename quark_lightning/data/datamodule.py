@@ -1,0 +1,118 @@
+"""A `datasets`-backed LightningDataModule for prompts (DESIGN.md section 3).
+
+Sources: a local `.jsonl` / `.json` file, a local `.parquet` file, or a hub dataset name (for users with
+network; `HF_HUB_OFFLINE=1` refuses it with a clear message). Every row is validated before training;
+a bad row stops the run with `FILE:LINE: field ...`. Nested prompt objects (rubrics, metadata) are kept
+intact as one JSON column, so any extra keys pass through to the scorers untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import lightning as L
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from quark_lightning.data import BUNDLED_PROMPTS
+from quark_lightning.data.schema import DataValidationError, read_jsonl, validate_records
+
+
+def resolve_path(path: str) -> str:
+    """`bundled` (or an empty value) names the bundled prompt set; anything else is used as given."""
+    return str(BUNDLED_PROMPTS) if path in ("bundled", "", None) else path
+
+
+def load_prompt_records(path: str, split: str = "train", require_reference: bool = False) -> list[dict[str, Any]]:
+    path = resolve_path(path)
+    if path.endswith((".jsonl", ".json")):
+        if not os.path.exists(path):
+            raise DataValidationError([f"{path}: file not found (set data.path to an existing JSONL file)"])
+        return validate_records(read_jsonl(path), path, require_reference)
+    if path.endswith(".parquet"):
+        if not os.path.exists(path):
+            raise DataValidationError([f"{path}: file not found (set data.path to an existing Parquet file)"])
+        table = Dataset.from_parquet(path)
+        return validate_records(((i + 1, dict(r)) for i, r in enumerate(table)), f"{path} row", require_reference)
+    if os.path.exists(path):
+        raise DataValidationError([f"{path}: unsupported file type; use .jsonl, .json or .parquet"])
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise DataValidationError(
+            [f"{path}: not a local file, and HF_HUB_OFFLINE=1 forbids loading it as a hub dataset"]
+        )
+    from datasets import load_dataset
+
+    hub = load_dataset(path, split=split)
+    return validate_records(((i + 1, dict(r)) for i, r in enumerate(hub)), f"{path}[{split}] row", require_reference)
+
+
+def to_dataset(records: list[dict[str, Any]]) -> Dataset:
+    return Dataset.from_dict(
+        {
+            "id": [r["id"] for r in records],
+            "area": [r.get("area", "general") for r in records],
+            "record": [json.dumps(r, ensure_ascii=False) for r in records],
+        }
+    )
+
+
+def collate_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A batch is a list of prompt objects (the scorers need their rubrics and metadata)."""
+    return [json.loads(r["record"]) for r in rows]
+
+
+class PromptDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        path: str = "bundled",
+        prompts_per_step: int = 4,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        hub_split: str = "train",
+        num_workers: int = 0,
+        require_reference: bool = False,
+    ):
+        super().__init__()
+        self.path = resolve_path(path)
+        self.prompts_per_step = prompts_per_step
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.hub_split = hub_split
+        self.num_workers = num_workers
+        self.require_reference = require_reference
+        self.records: list[dict[str, Any]] | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def prepare_data(self) -> None:  # validation happens once, before any training
+        self.load()
+
+    def load(self) -> list[dict[str, Any]]:
+        if self.records is None:
+            self.records = load_prompt_records(self.path, self.hub_split, self.require_reference)
+        return self.records
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        full = to_dataset(self.load())
+        if self.val_fraction > 0 and len(full) >= 10:
+            parts = full.train_test_split(test_size=self.val_fraction, seed=self.split_seed)
+            self.train_set, self.val_set = parts["train"], parts["test"]
+        else:
+            self.train_set, self.val_set = full, full.select([])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.prompts_per_step,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate_prompts,
+            num_workers=self.num_workers,
+        )
+
+    def val_records(self) -> list[dict[str, Any]]:
+        return collate_prompts(list(self.val_set)) if self.val_set is not None else []

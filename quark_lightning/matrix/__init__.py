@@ -1,0 +1,3 @@
+from quark_lightning.matrix.matrix import CATEGORIES, AlignmentMatrix, Dimension, MatrixScores
+
+__all__ = ["CATEGORIES", "AlignmentMatrix", "Dimension", "MatrixScores"]

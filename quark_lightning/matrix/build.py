@@ -1,0 +1,35 @@
+"""Build an AlignmentMatrix from its config (`conf/matrix/*.yaml`)."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, MatrixConfigError
+
+
+def build_matrix(matrix_cfg: DictConfig) -> AlignmentMatrix:
+    dimensions = []
+    for name, dim in (matrix_cfg.get("dimensions") or {}).items():
+        if dim is None:
+            continue
+        try:
+            scorer = instantiate(dim.scorer)
+        except Exception as err:  # noqa: BLE001 - any failure here is a config problem to report
+            cause = err.__cause__ or err
+            target = OmegaConf.select(dim, "scorer._target_")
+            raise MatrixConfigError(
+                f"matrix dimension '{name}': scorer {target!r} could not be built: {type(cause).__name__}: {cause}. "
+                f"Fix the arguments under matrix.dimensions.{name}.scorer."
+            ) from err
+        dimensions.append(
+            Dimension(
+                name=str(name),
+                category=dim.get("category"),
+                scorer=scorer,
+                weight=float(dim.get("weight", 1.0)),
+                risk=float(dim.get("risk", 1.0) or 1.0),
+                target=dim.get("target"),
+            )
+        )
+    return AlignmentMatrix(dimensions)

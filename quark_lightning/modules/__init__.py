@@ -1,0 +1,1 @@
+"""LightningModules: GRPO (policy + reference + reward models) and SFT."""

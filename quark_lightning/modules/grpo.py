@@ -1,0 +1,265 @@
+"""GRPOModule: one RL step against the alignment matrix, as a LightningModule.
+
+Flow of `training_step` (DESIGN.md section 2):
+
+    prompts -> rollout engine (G completions each) -> matrix scores (N, K) + findings
+            -> aggregation (weights (K,) -> scalar reward (N,)) -> group advantages (N,)
+            -> reference log-probs (frozen) -> `num_iterations` x [policy log-probs, clipped loss
+               + beta * k3 KL, backward, gradient clipping, optimizer step] -> metrics
+
+Optimization is manual because one rollout may feed several optimizer steps (`num_iterations`, TRL's mu).
+The policy is the only trainable part. The reference (frozen copy, or the policy with its LoRA adapter
+disabled) and the reward models are frozen, in eval mode, and never in the optimizer.
+
+The aggregation weights live in the buffer `matrix_weights`; callbacks (the unified optimization) may
+replace them between steps, and they are saved in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from quark_lightning.algorithms.grpo_loss import (
+    LOSS_REDUCTIONS,
+    chunk_weight,
+    grpo_policy_loss,
+    masked_mean,
+    selective_log_softmax,
+    token_entropy,
+)
+from quark_lightning.matrix import AlignmentMatrix
+from quark_lightning.models.reference import FrozenModule, build_reference
+from quark_lightning.optim.advantages import group_advantages, nanstd
+from quark_lightning.optim.aggregation import get_aggregator
+from quark_lightning.rollout.hf_generate import HFGenerateEngine, Rollout
+
+
+@dataclass
+class GRPOConfig:
+    num_generations: int = 8
+    loss_type: str = "grpo"
+    beta: float = 0.01
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    num_iterations: int = 1
+    scale_rewards: str = "group"
+    micro_batch_size: int | None = None
+    max_grad_norm: float | None = 1.0
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+
+
+@dataclass
+class StepRecord:
+    """What the last step produced; callbacks read it (sample logging, diagnosis)."""
+
+    step: int
+    prompts: list[dict[str, Any]]
+    completions: list[str]
+    scores: torch.Tensor  # (N, K)
+    reward: torch.Tensor  # (N,)
+    advantages: torch.Tensor  # (N,)
+    findings: dict[str, list[list[str]]] = field(default_factory=dict)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as `generate` assigns them.  (N, L) -> (N, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class GRPOModule(L.LightningModule):
+    def __init__(
+        self,
+        policy: nn.Module,
+        tokenizer,
+        matrix: AlignmentMatrix,
+        config: GRPOConfig,
+        rollout_engine: HFGenerateEngine | None = None,
+        aggregator: str = "weighted_sum",
+    ):
+        super().__init__()
+        if config.loss_type not in LOSS_REDUCTIONS:
+            raise ValueError(f"algorithm.loss_type: {config.loss_type!r} is not one of {sorted(LOSS_REDUCTIONS)}")
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.matrix = matrix
+        self.config = config
+        self.engine = rollout_engine or HFGenerateEngine()
+        self.aggregator_name = aggregator
+        self.aggregate = get_aggregator(aggregator)
+        self.reference = build_reference(policy) if config.beta != 0.0 else None
+        self.reward_models = nn.ModuleDict({k: FrozenModule(m) for k, m in matrix.torch_modules().items()})
+        self.register_buffer("matrix_weights", matrix.weights(), persistent=True)  # (K,)
+        self.automatic_optimization = False
+        self.last_step: StepRecord | None = None
+
+    def on_train_start(self) -> None:
+        self.policy.train()  # the warm start or a loader may leave it in eval mode; frozen parts stay eval
+
+    # ------------------------------------------------------------------ log-probs
+    def _forward_logits(self, model_call, input_ids, attention_mask, completion_len: int) -> torch.Tensor:
+        logits = model_call(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        )
+        logits = logits if torch.is_tensor(logits) else logits.logits
+        return logits[:, -completion_len - 1 : -1]  # (n, C, V) predicts each completion token
+
+    def policy_logits(self, input_ids, attention_mask, completion_len: int) -> torch.Tensor:
+        return self._forward_logits(self.policy, input_ids, attention_mask, completion_len)
+
+    @torch.no_grad()
+    def reference_logps(self, rollout: Rollout) -> torch.Tensor:
+        """Per-token log-probs of the completions under the frozen reference.  -> (N, C)"""
+        C = rollout.completion_ids.size(1)
+        out = []
+        for sl in self._chunks(rollout.completion_ids.size(0)):
+            call = lambda **kw: self.reference(self.policy, **kw)  # noqa: E731
+            logits = self._forward_logits(call, rollout.input_ids[sl], rollout.attention_mask[sl], C)
+            out.append(selective_log_softmax(logits, rollout.completion_ids[sl]))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def policy_logps(self, rollout: Rollout) -> torch.Tensor:
+        C = rollout.completion_ids.size(1)
+        out = []
+        for sl in self._chunks(rollout.completion_ids.size(0)):
+            logits = self.policy_logits(rollout.input_ids[sl], rollout.attention_mask[sl], C)
+            out.append(selective_log_softmax(logits, rollout.completion_ids[sl]))
+        return torch.cat(out)
+
+    def _chunks(self, n: int) -> list[slice]:
+        size = self.config.micro_batch_size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    # ------------------------------------------------------------------ reward side
+    def score_rollout(self, rollout: Rollout):
+        matrix_scores = self.matrix.score(rollout.prompts, rollout.completions)
+        scores = matrix_scores.scores.to(self.device)  # (N, K)
+        aggregated = self.aggregate(scores, self.matrix_weights)
+        adv = group_advantages(aggregated.reward, self.config.num_generations, self.config.scale_rewards)
+        return matrix_scores, scores, aggregated, adv
+
+    # ------------------------------------------------------------------ the step
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        cfg = self.config
+        t0 = time.perf_counter()
+        rollout = self.engine.generate(self.policy, self.tokenizer, batch, cfg.num_generations)
+        t_gen = time.perf_counter()
+        matrix_scores, scores, aggregated, adv = self.score_rollout(rollout)
+        t_score = time.perf_counter()
+        ref_logp = self.reference_logps(rollout) if self.reference is not None else None
+        old_logp = self.policy_logps(rollout) if cfg.num_iterations > 1 else None
+        t_ref = time.perf_counter()
+
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        mask = rollout.completion_mask.float()  # (N, C)
+        C = mask.size(1)
+        stats: dict[str, float] = {}
+        for iteration in range(cfg.num_iterations):
+            opt.zero_grad(set_to_none=True)
+            totals = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "clip_region": 0.0, "entropy": 0.0}
+            for sl in self._chunks(mask.size(0)):
+                logits = self.policy_logits(rollout.input_ids[sl], rollout.attention_mask[sl], C)
+                logp = selective_log_softmax(logits, rollout.completion_ids[sl])  # (n, C)
+                out = grpo_policy_loss(
+                    logp,
+                    old_logp[sl] if old_logp is not None else logp.detach(),
+                    ref_logp[sl] if ref_logp is not None else None,
+                    adv.advantages[sl],
+                    mask[sl],
+                    loss_type=cfg.loss_type,
+                    beta=cfg.beta,
+                    eps_low=cfg.epsilon,
+                    eps_high=cfg.epsilon_high,
+                    max_completion_length=C,
+                )
+                w = chunk_weight(cfg.loss_type, mask[sl], mask)
+                self.manual_backward(out.loss * w)
+                totals["loss"] += float(out.loss.detach()) * w
+                tok_w = float(mask[sl].sum() / mask.sum().clamp(min=1))
+                for key in ("kl", "clip_low", "clip_high", "clip_region"):
+                    totals[key] += float(getattr(out, key)) * tok_w
+                if iteration == 0:
+                    totals["entropy"] += float(masked_mean(token_entropy(logits.detach()), mask[sl])) * tok_w
+            grad_norm = self._clip_and_step(opt, sched)
+            if iteration == 0:
+                stats = dict(totals, grad_norm=grad_norm)
+        t_end = time.perf_counter()
+
+        self.last_step = StepRecord(
+            step=self.global_step,
+            prompts=rollout.prompts,
+            completions=rollout.completions,
+            scores=scores.detach().cpu(),
+            reward=aggregated.reward.detach().cpu(),
+            advantages=adv.advantages.detach().cpu(),
+            findings=matrix_scores.findings,
+        )
+        self._log_step(rollout, scores, aggregated, adv, stats, (t0, t_gen, t_score, t_ref, t_end))
+
+    def _clip_and_step(self, opt, sched) -> float:
+        params = [p for p in self.policy.parameters() if p.requires_grad and p.grad is not None]
+        norm = float("nan")
+        if self.config.max_grad_norm is not None and params:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        opt.step()
+        if sched is not None:
+            sched.step()
+        return norm
+
+    # ------------------------------------------------------------------ metrics (TRL names)
+    def _log_step(self, rollout: Rollout, scores, aggregated, adv, stats, times) -> None:
+        t0, t_gen, t_score, t_ref, t_end = times
+        G = self.config.num_generations
+        metrics: dict[str, float] = {}
+        for k, name in enumerate(self.matrix.names):
+            col = scores[:, k]
+            metrics[f"rewards/{name}/mean"] = float(torch.nanmean(col)) if not torch.isnan(col).all() else float("nan")
+            metrics[f"rewards/{name}/std"] = float(nanstd(col))
+        for k, name in enumerate(self.matrix.names):
+            metrics[f"weights/{name}"] = float(self.matrix_weights[k])
+        reward = aggregated.reward
+        metrics["reward"] = float(torch.nanmean(reward)) if not torch.isnan(reward).all() else float("nan")
+        metrics["reward_std"] = float(nanstd(reward.view(-1, G), dim=1).mean())
+        metrics["frac_reward_zero_std"] = float(adv.frac_zero_std)
+        metrics["kl"] = stats["kl"]
+        metrics["entropy"] = stats["entropy"]
+        metrics["loss"] = stats["loss"]
+        metrics["grad_norm"] = stats["grad_norm"]
+        metrics["clip_ratio/low_mean"] = stats["clip_low"]
+        metrics["clip_ratio/high_mean"] = stats["clip_high"]
+        metrics["clip_ratio/region_mean"] = stats["clip_region"]
+        lengths = rollout.completion_mask.sum(1).float()
+        metrics["completions/mean_length"] = float(lengths.mean())
+        metrics["completions/min_length"] = float(lengths.min())
+        metrics["completions/max_length"] = float(lengths.max())
+        metrics["completions/clipped_ratio"] = float(rollout.truncated.float().mean())
+        metrics["num_tokens"] = float(rollout.attention_mask.sum())
+        metrics["step_time"] = t_end - t0
+        metrics["time/generation"] = t_gen - t0
+        metrics["time/scoring"] = t_score - t_gen
+        metrics["time/reference"] = t_ref - t_score
+        metrics["time/policy"] = t_end - t_ref
+        metrics["lr"] = float(self.optimizers().param_groups[0]["lr"])
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout.prompts) // G)
+        self.log("reward_pbar", metrics["reward"], prog_bar=True, logger=False, batch_size=1)
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        cfg = self.config
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the policy has no trainable parameters; check model.lora / freezing settings")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        warmup = max(0, cfg.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

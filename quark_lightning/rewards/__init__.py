@@ -1,0 +1,1 @@
+"""Scorers: each turns (prompts, completions) into per-sample scores plus findings."""

@@ -1,0 +1,23 @@
+"""The scorer interface shared by every matrix dimension."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class ScoreResult:
+    scores: torch.Tensor  # (N,) float32, NaN = the dimension does not apply to that sample
+    findings: list[list[str]]  # (N,) lists of human-readable reasons behind each score
+
+    @classmethod
+    def from_lists(cls, scores: Sequence[float], findings: Sequence[list[str]]) -> ScoreResult:
+        return cls(torch.tensor(list(scores), dtype=torch.float32), [list(f) for f in findings])
+
+
+class Scorer(Protocol):
+    def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult: ...

@@ -1,0 +1,94 @@
+"""Expert-knowledge dimension: the rubric reward (Essential / Important / Highlight / Pitfall).
+
+Interpretation (after QuarkMedBench section 2.2, which cites this paper for the rubric reward):
+
+    positive = w_E * E_met + w_I * I_met + w_H * H_met       (points of the items matched)
+    penalty  = w_P * P_hit                                    (points of the pitfalls the answer hits)
+    score    = (positive - penalty) / (w_E * E_total + w_I * I_total + w_H * H_total),  clipped to [-1, 1]
+
+with weights w_E : w_I : w_H : w_P = 2 : 1 : 1 : 2 by default, and two guards:
+
+- truncation: when fewer than `min_essential_ratio` of the essential points are met, or any pitfall is
+  hit, the bonus items (important, highlight) count for nothing;
+- saturation: the bonus points counted are capped at `saturation_ratio` x the essential points total,
+  so padding an answer with many minor points cannot outweigh the essentials.
+
+An item is met when any of its `any` regular expressions matches the answer (case-insensitive).
+Prompts without a rubric get NaN (not applicable). Findings name every missed essential, every hit
+pitfall and whether truncation or saturation applied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from quark_lightning.rewards.base import ScoreResult
+from quark_lightning.rewards.text import matches_any
+
+ITEM_TYPES = ("essential", "important", "highlight", "pitfall")
+
+
+class RubricScorer:
+    def __init__(
+        self,
+        weights: dict[str, float] | None = None,
+        truncation: bool = True,
+        min_essential_ratio: float = 1.0,
+        saturation_ratio: float | None = 1.0,
+    ):
+        self.weights = {"essential": 2.0, "important": 1.0, "highlight": 1.0, "pitfall": 2.0}
+        if weights:
+            unknown = set(weights) - set(ITEM_TYPES)
+            if unknown:
+                raise ValueError(f"rubric weights: unknown item type(s) {sorted(unknown)}; use {ITEM_TYPES}")
+            self.weights.update({k: float(v) for k, v in weights.items()})
+        self.truncation = truncation
+        self.min_essential_ratio = min_essential_ratio
+        self.saturation_ratio = saturation_ratio
+
+    def score_one(self, rubric: list[dict[str, Any]], answer: str) -> tuple[float, list[str]]:
+        met = {t: 0.0 for t in ITEM_TYPES}
+        total = {t: 0.0 for t in ITEM_TYPES}
+        findings: list[str] = []
+        for item in rubric:
+            kind, points = item["type"], float(item.get("points", 1.0))
+            total[kind] += points
+            hit = matches_any(item.get("any", []), answer)
+            if hit:
+                met[kind] += points
+            if kind == "essential" and not hit:
+                findings.append(f"missed essential {item['id']}: {item['text']}")
+            elif kind == "pitfall" and hit:
+                findings.append(f"hit pitfall {item['id']}: {item['text']}")
+        w = self.weights
+        essential = w["essential"] * met["essential"]
+        bonus = w["important"] * met["important"] + w["highlight"] * met["highlight"]
+        essential_ratio = met["essential"] / total["essential"] if total["essential"] else 1.0
+        if self.truncation and (essential_ratio < self.min_essential_ratio or met["pitfall"] > 0) and bonus > 0:
+            findings.append("truncation: bonus items not counted (essential missed or pitfall hit)")
+            bonus = 0.0
+        if self.saturation_ratio is not None and total["essential"] > 0:
+            cap = self.saturation_ratio * w["essential"] * total["essential"]
+            if bonus > cap:
+                findings.append(f"saturation: bonus points capped at {cap:g}")
+                bonus = cap
+        denominator = sum(w[t] * total[t] for t in ("essential", "important", "highlight"))
+        if denominator == 0:
+            return (-1.0 if met["pitfall"] else math.nan), findings
+        score = (essential + bonus - w["pitfall"] * met["pitfall"]) / denominator
+        return max(-1.0, min(1.0, score)), findings
+
+    def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
+        scores, findings = [], []
+        for prompt, answer in zip(prompts, completions, strict=True):
+            rubric = prompt.get("rubric") or []
+            if not rubric:
+                scores.append(math.nan)
+                findings.append([])
+                continue
+            s, f = self.score_one(rubric, answer)
+            scores.append(s)
+            findings.append(f)
+        return ScoreResult.from_lists(scores, findings)

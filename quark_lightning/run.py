@@ -1,0 +1,142 @@
+"""The one wiring function: read the config, build every object, run the stages.
+
+    validate config -> load + validate data -> build matrix -> load (or build) the model
+    -> optional supervised warm start -> optional LoRA -> GRPOModule -> Lightning fit -> save policy
+
+Everything below this file receives objects, not config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from quark_lightning.config import validate_config
+from quark_lightning.data.datamodule import PromptDataModule
+from quark_lightning.matrix.build import build_matrix
+from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm
+from quark_lightning.models.tiny import ensure_tiny_model
+from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
+from quark_lightning.modules.sft import SFTDataset, SFTModule
+
+
+def corpus_texts(records: list[dict[str, Any]]) -> list[str]:
+    """Text the tiny tokenizer is trained on: every message and reference answer of the prompt data."""
+    texts = []
+    for r in records:
+        texts += [m["content"] for m in r["messages"]]
+        if r.get("reference"):
+            texts.append(r["reference"])
+    return texts
+
+
+def load_model(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedModel:
+    if model_cfg.kind == "tiny":
+        path = ensure_tiny_model(corpus_texts(records), cache_dir=model_cfg.cache_dir, **model_cfg.tiny)
+    else:
+        path = model_cfg.name_or_path
+    return load_causal_lm(
+        path,
+        dtype=model_cfg.dtype,
+        trust_remote_code=bool(model_cfg.trust_remote_code),
+        revision=model_cfg.get("revision"),
+        attn_implementation=model_cfg.get("attn_implementation"),
+    )
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.trainer, resolve=True)
+
+
+def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, Any]]) -> None:
+    """Supervised warm start on the reference answers (in place on loaded.model)."""
+    ws = cfg.warmstart
+    dataset = SFTDataset(loaded.tokenizer, records, max_length=ws.max_length)
+    module = SFTModule(loaded.model, lr=ws.lr, weight_decay=ws.weight_decay, warmup_steps=ws.warmup_steps)
+    kwargs = trainer_kwargs(cfg)
+    kwargs.update(max_steps=ws.steps, enable_checkpointing=False, log_every_n_steps=10)
+    logger = instantiate(cfg.logger, version="warmstart") if cfg.get("logger") else False
+    trainer = L.Trainer(**kwargs, logger=logger, callbacks=[])
+    trainer.fit(module, train_dataloaders=dataset.loader(ws.batch_size))
+    loaded.model.eval()
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def grpo_config(cfg: DictConfig) -> GRPOConfig:
+    algo = OmegaConf.to_container(cfg.algorithm, resolve=True)
+    names = {f.name for f in fields(GRPOConfig)}
+    return GRPOConfig(**{k: v for k, v in algo.items() if k in names})
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = cfg.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+
+    datamodule = PromptDataModule(
+        path=cfg.data.path,
+        prompts_per_step=cfg.data.prompts_per_step,
+        val_fraction=cfg.data.val_fraction,
+        split_seed=cfg.data.split_seed,
+        hub_split=cfg.data.hub_split,
+        num_workers=cfg.data.num_workers,
+        require_reference=bool(cfg.warmstart.enabled),
+    )
+    records = datamodule.load()  # validates every row; a bad row stops here
+    matrix = build_matrix(cfg.matrix)
+    loaded = load_model(cfg.model, records)
+
+    resuming = cfg.ckpt_path is not None
+    if resuming and not os.path.exists(cfg.ckpt_path):
+        from quark_lightning.errors import ConfigError
+
+        raise ConfigError(f"ckpt_path: {cfg.ckpt_path!r} does not exist. Fix: point it at <run_dir>/checkpoints/last.ckpt")
+    if cfg.warmstart.enabled and not resuming:  # a checkpoint already holds the warm-started weights
+        run_warmstart(cfg, loaded, records)
+    policy = loaded.model
+    if cfg.model.lora.enabled:
+        lora = cfg.model.lora
+        target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+        policy = apply_lora(policy, lora.r, lora.alpha, lora.dropout, target)
+
+    module = GRPOModule(
+        policy=policy,
+        tokenizer=loaded.tokenizer,
+        matrix=matrix,
+        config=grpo_config(cfg),
+        rollout_engine=instantiate(cfg.rollout),
+        aggregator=cfg.optimization.aggregator,
+    )
+    logger = instantiate(cfg.logger, version="grpo") if cfg.get("logger") else False
+    trainer = L.Trainer(**trainer_kwargs(cfg), logger=logger, callbacks=build_callbacks(cfg))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    result: dict[str, Any] = {"run_dir": run_dir}
+    if trainer.is_global_zero:
+        if cfg.save_policy:
+            policy_dir = os.path.join(run_dir, "policy")
+            module.policy.save_pretrained(policy_dir)
+            loaded.tokenizer.save_pretrained(policy_dir)
+            result["policy_dir"] = policy_dir
+        if logger:
+            result["tensorboard_dir"] = logger.log_dir
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and ckpt.last_model_path:
+            result["checkpoint"] = ckpt.last_model_path
+        print("\nDone.")
+        for key, value in result.items():
+            print(f"  {key:<16} {value}")
+        if logger:
+            print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return result

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny models saved and loaded through the real path, small prompt records. No network."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+from quark_lightning.data import BUNDLED_PROMPTS  # noqa: E402
+from quark_lightning.data.datamodule import load_prompt_records  # noqa: E402
+from quark_lightning.models.loading import load_causal_lm  # noqa: E402
+from quark_lightning.models.tiny import ensure_tiny_model  # noqa: E402
+from quark_lightning.run import corpus_texts  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def bundled_records():
+    return load_prompt_records(str(BUNDLED_PROMPTS))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_records):
+    cache = tmp_path_factory.mktemp("model_cache")
+    return ensure_tiny_model(corpus_texts(bundled_records), cache_dir=str(cache), vocab_size=512, hidden_size=32,
+                             intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    return load_causal_lm(tiny_model_dir)
+
+
+def write_jsonl(path, rows) -> str:
+    with open(path, "w") as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return str(path)
