@@ -1,0 +1,80 @@
+"""Every experiment composes and validates; wrong values name the key, the expectation and the fix."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from quark_lightning.config import validate_config
+from quark_lightning.errors import ConfigError
+from quark_lightning.matrix.build import build_matrix
+from quark_lightning.matrix.matrix import MatrixConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def compose_cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    OmegaConf.update(cfg, "run_dir", "/tmp/quark-test-run", force_add=True)
+    return cfg
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(name):
+    cfg = compose_cfg(f"+experiment={name}")
+    validate_config(cfg)
+    assert len(build_matrix(cfg.matrix).names) >= 1
+
+
+def test_there_are_experiments():
+    assert {"demo", "smoke"} <= set(EXPERIMENTS)
+
+
+def test_default_matrix_spans_two_categories_and_three_dimensions():
+    matrix = build_matrix(compose_cfg("+experiment=demo").matrix)
+    assert len(matrix.names) >= 3 and len(set(matrix.categories.values())) >= 2
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("algorithm.loss_type=ppo", "algorithm.loss_type: got 'ppo', expected one of ['dapo', 'dr_grpo', 'grpo']"),
+        ("algorithm.num_generations=1", "algorithm.num_generations: got 1, expected an integer >= 2"),
+        ("algorithm.beta=-0.1", "algorithm.beta: got -0.1, expected a number >= 0"),
+        ("algorithm.scale_rewards=sometimes", "algorithm.scale_rewards: got 'sometimes'"),
+        ("rollout.top_p=1.5", "rollout.top_p: got 1.5"),
+        ("optimization.aggregator=magic", "optimization.aggregator: got 'magic'"),
+        ("matrix.dimensions.safety.category=vibes", "matrix.dimensions.safety.category: got 'vibes'"),
+        ("model.dtype=float8", "model.dtype: got 'float8'"),
+    ],
+)
+def test_bad_values_name_key_expectation_and_fix(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_cfg("+experiment=demo", override))
+    assert fragment in str(err.value)
+    assert "Fix:" in str(err.value)
+
+
+def test_hf_model_without_path_is_reported():
+    with pytest.raises(ConfigError, match=r"model.name_or_path: required but not set"):
+        validate_config(compose_cfg("+experiment=demo", "model=hf"))
+
+
+def test_scorer_that_cannot_be_built_names_the_dimension():
+    cfg = compose_cfg("+experiment=demo", "matrix.dimensions.format_rules.scorer.min_words=-3")
+    with pytest.raises(MatrixConfigError, match=r"matrix dimension 'format_rules': scorer .* could not be built"):
+        build_matrix(cfg.matrix)
+    cfg = compose_cfg("+experiment=demo", "matrix.dimensions.safety.scorer._target_=quark_lightning.rewards.nope.Scorer")
+    with pytest.raises(MatrixConfigError, match="matrix dimension 'safety'"):
+        build_matrix(cfg.matrix)
+
+
+def test_a_dimension_can_be_dropped_from_the_command_line():
+    cfg = compose_cfg("+experiment=demo", "matrix.dimensions.safety=null")
+    validate_config(cfg)
+    assert "safety" not in build_matrix(cfg.matrix).names
+    assert os.path.isdir(CONF)
