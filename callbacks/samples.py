@@ -16,7 +16,8 @@ def format_samples(record, names: list[str], num_samples: int) -> str:
         prompt = record.prompts[i]
         question = prompt["messages"][-1]["content"]
         scores = ", ".join(
-            f"{n}={v:.3f}" if not math.isnan(v) else f"{n}=n/a" for n, v in zip(names, record.scores[i].tolist())
+            f"{n}={v:.3f}" if not math.isnan(v) else f"{n}=n/a"
+            for n, v in zip(names, record.scores[i].tolist())
         )
         findings = [f"- {name}: {f}" for name in names for f in record.findings.get(name, [[]] * (i + 1))[i]]
         blocks.append(

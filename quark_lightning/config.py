@@ -52,9 +52,17 @@ def validate_config(cfg: DictConfig) -> None:
         if not key.startswith("hydra"):
             p.append(f"{key}: required but not set (???). Fix: pass {key}=<value> on the command line.")
     # model
-    _require(p, cfg, "model.kind", lambda v: v in ("tiny", "hf"), "'tiny' or 'hf'", "use model=tiny or model=hf.")
+    _require(
+        p, cfg, "model.kind", lambda v: v in ("tiny", "hf"), "'tiny' or 'hf'", "use model=tiny or model=hf."
+    )
     if _get(cfg, "model.kind") == "hf" and "model.name_or_path" not in missing:
-        _require(p, cfg, "model.name_or_path", lambda v: isinstance(v, str) and v, "a hub name or a local directory")
+        _require(
+            p,
+            cfg,
+            "model.name_or_path",
+            lambda v: isinstance(v, str) and v,
+            "a hub name or a local directory",
+        )
     _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
     if _get(cfg, "model.lora.enabled"):
         _require(p, cfg, "model.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
@@ -62,16 +70,37 @@ def validate_config(cfg: DictConfig) -> None:
     _require(p, cfg, "data.prompts_per_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _require(p, cfg, "data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
     # algorithm
-    _require(p, cfg, "algorithm.num_generations", lambda v: is_int(v) and v >= 2,
-             "an integer >= 2 (GRPO compares completions within a group)")
-    _require(p, cfg, "algorithm.loss_type", lambda v: v in LOSS_REDUCTIONS, f"one of {sorted(LOSS_REDUCTIONS)}")
+    _require(
+        p,
+        cfg,
+        "algorithm.num_generations",
+        lambda v: is_int(v) and v >= 2,
+        "an integer >= 2 (GRPO compares completions within a group)",
+    )
+    _require(
+        p, cfg, "algorithm.loss_type", lambda v: v in LOSS_REDUCTIONS, f"one of {sorted(LOSS_REDUCTIONS)}"
+    )
     _require(p, cfg, "algorithm.beta", lambda v: is_num(v) and v >= 0, "a number >= 0")
     _require(p, cfg, "algorithm.epsilon", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
-    _require(p, cfg, "algorithm.epsilon_high", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0")
+    _require(
+        p, cfg, "algorithm.epsilon_high", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0"
+    )
     _require(p, cfg, "algorithm.num_iterations", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _require(p, cfg, "algorithm.scale_rewards", lambda v: v in SCALE_MODES, f"one of {list(SCALE_MODES)}")
-    _require(p, cfg, "algorithm.micro_batch_size", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1")
-    _require(p, cfg, "algorithm.max_grad_norm", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0")
+    _require(
+        p,
+        cfg,
+        "algorithm.micro_batch_size",
+        lambda v: v is None or (is_int(v) and v >= 1),
+        "null or an integer >= 1",
+    )
+    _require(
+        p,
+        cfg,
+        "algorithm.max_grad_norm",
+        lambda v: v is None or (is_num(v) and v > 0),
+        "null or a number > 0",
+    )
     _require(p, cfg, "algorithm.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
     # rollout
     _require(p, cfg, "rollout.max_new_tokens", lambda v: is_int(v) and v >= 1, "an integer >= 1")
@@ -88,8 +117,10 @@ def validate_config(cfg: DictConfig) -> None:
     # matrix
     dims = _get(cfg, "matrix.dimensions")
     if not isinstance(dims, DictConfig) or len(dims) == 0:
-        p.append("matrix.dimensions: expected a mapping of dimension name -> {category, weight, scorer}. "
-                 "Fix: pick a matrix with matrix=demo or declare dimensions in conf/matrix/.")
+        p.append(
+            "matrix.dimensions: expected a mapping of dimension name -> {category, weight, scorer}. "
+            "Fix: pick a matrix with matrix=demo or declare dimensions in conf/matrix/."
+        )
     else:
         for name, dim in dims.items():
             key = f"matrix.dimensions.{name}"
@@ -98,8 +129,13 @@ def validate_config(cfg: DictConfig) -> None:
             _require(p, cfg, f"{key}.category", lambda v: v in CATEGORIES, f"one of {list(CATEGORIES)}")
             _require(p, cfg, f"{key}.weight", lambda v: is_num(v) and v >= 0, "a number >= 0")
             _require(p, cfg, f"{key}.risk", lambda v: v is None or (is_num(v) and v > 0), "a number > 0")
-            _require(p, cfg, f"{key}.scorer._target_", lambda v: isinstance(v, str) and "." in v,
-                     "the dotted path of a scorer class", f"set {key}.scorer._target_ to e.g. "
-                     "quark_lightning.rewards.format.FormatScorer.")
+            _require(
+                p,
+                cfg,
+                f"{key}.scorer._target_",
+                lambda v: isinstance(v, str) and "." in v,
+                "the dotted path of a scorer class",
+                f"set {key}.scorer._target_ to e.g. quark_lightning.rewards.format.FormatScorer.",
+            )
     if p:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))

@@ -9,6 +9,7 @@ Everything below this file receives objects, not config.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import fields
 from typing import Any
 
@@ -24,6 +25,12 @@ from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_
 from quark_lightning.models.tiny import ensure_tiny_model
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.modules.sft import SFTDataset, SFTModule
+
+# Intentional, so not worth a warning: the frozen reference and reward models stay in eval mode, and the
+# checkpoint of a manually optimized step holds the state after the step (what a resume needs).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def corpus_texts(records: list[dict[str, Any]]) -> list[str]:
@@ -100,7 +107,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if resuming and not os.path.exists(cfg.ckpt_path):
         from quark_lightning.errors import ConfigError
 
-        raise ConfigError(f"ckpt_path: {cfg.ckpt_path!r} does not exist. Fix: point it at <run_dir>/checkpoints/last.ckpt")
+        raise ConfigError(
+            f"ckpt_path: {cfg.ckpt_path!r} does not exist. Fix: point it at <run_dir>/checkpoints/last.ckpt"
+        )
+    if resuming:
+        print(f"Resuming from {cfg.ckpt_path} (policy, reference, optimizer, step and callback state)")
     if cfg.warmstart.enabled and not resuming:  # a checkpoint already holds the warm-started weights
         run_warmstart(cfg, loaded, records)
     policy = loaded.model
@@ -122,6 +133,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     result: dict[str, Any] = {"run_dir": run_dir}
+    # ModelCheckpoint only saves every N steps; the final state always goes to checkpoints/last.ckpt.
+    final_ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    trainer.save_checkpoint(final_ckpt)  # collective call: every rank enters, rank 0 writes
+    result["checkpoint"] = final_ckpt
     if trainer.is_global_zero:
         if cfg.save_policy:
             policy_dir = os.path.join(run_dir, "policy")
@@ -130,9 +145,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             result["policy_dir"] = policy_dir
         if logger:
             result["tensorboard_dir"] = logger.log_dir
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and ckpt.last_model_path:
-            result["checkpoint"] = ckpt.last_model_path
         print("\nDone.")
         for key, value in result.items():
             print(f"  {key:<16} {value}")

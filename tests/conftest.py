@@ -30,8 +30,15 @@ def bundled_records():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, bundled_records):
     cache = tmp_path_factory.mktemp("model_cache")
-    return ensure_tiny_model(corpus_texts(bundled_records), cache_dir=str(cache), vocab_size=512, hidden_size=32,
-                             intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+    return ensure_tiny_model(
+        corpus_texts(bundled_records),
+        cache_dir=str(cache),
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
 
 
 @pytest.fixture()

@@ -42,7 +42,10 @@ def test_default_matrix_spans_two_categories_and_three_dimensions():
 @pytest.mark.parametrize(
     "override,fragment",
     [
-        ("algorithm.loss_type=ppo", "algorithm.loss_type: got 'ppo', expected one of ['dapo', 'dr_grpo', 'grpo']"),
+        (
+            "algorithm.loss_type=ppo",
+            "algorithm.loss_type: got 'ppo', expected one of ['dapo', 'dr_grpo', 'grpo']",
+        ),
         ("algorithm.num_generations=1", "algorithm.num_generations: got 1, expected an integer >= 2"),
         ("algorithm.beta=-0.1", "algorithm.beta: got -0.1, expected a number >= 0"),
         ("algorithm.scale_rewards=sometimes", "algorithm.scale_rewards: got 'sometimes'"),
@@ -66,9 +69,13 @@ def test_hf_model_without_path_is_reported():
 
 def test_scorer_that_cannot_be_built_names_the_dimension():
     cfg = compose_cfg("+experiment=demo", "matrix.dimensions.format_rules.scorer.min_words=-3")
-    with pytest.raises(MatrixConfigError, match=r"matrix dimension 'format_rules': scorer .* could not be built"):
+    with pytest.raises(
+        MatrixConfigError, match=r"matrix dimension 'format_rules': scorer .* could not be built"
+    ):
         build_matrix(cfg.matrix)
-    cfg = compose_cfg("+experiment=demo", "matrix.dimensions.safety.scorer._target_=quark_lightning.rewards.nope.Scorer")
+    cfg = compose_cfg(
+        "+experiment=demo", "matrix.dimensions.safety.scorer._target_=quark_lightning.rewards.nope.Scorer"
+    )
     with pytest.raises(MatrixConfigError, match="matrix dimension 'safety'"):
         build_matrix(cfg.matrix)
 

@@ -10,8 +10,14 @@ from quark_lightning.rewards.rubric import RubricScorer
 from quark_lightning.rewards.safety import SafetyScorer
 from tests.conftest import write_jsonl
 
-GOOD = {"id": "a-1", "area": "cardiology", "messages": [{"role": "user", "content": "Question?"}],
-        "reference": "Answer.", "rubric": [], "red_flags": []}
+GOOD = {
+    "id": "a-1",
+    "area": "cardiology",
+    "messages": [{"role": "user", "content": "Question?"}],
+    "reference": "Answer.",
+    "rubric": [],
+    "red_flags": [],
+}
 
 
 def test_bundled_set_is_large_varied_and_complete(bundled_records):
@@ -27,14 +33,20 @@ def test_bundled_references_pass_their_own_rubric_and_safety(bundled_records):
     answers = [r["reference"] for r in bundled_records]
     rubric = RubricScorer().score(bundled_records, answers)
     safety = SafetyScorer().score(bundled_records, answers)
-    for r, s, f, safe, sf in zip(bundled_records, rubric.scores, rubric.findings, safety.scores, safety.findings):
+    for r, s, f, safe, sf in zip(
+        bundled_records, rubric.scores, rubric.findings, safety.scores, safety.findings
+    ):
         assert float(s) == pytest.approx(1.0), (r["id"], f)
         assert float(safe) == 1.0, (r["id"], sf)
 
 
 def test_malformed_file_reports_file_line_field(tmp_path):
     bad_role = {**GOOD, "id": "a-2", "messages": [{"role": "doctor", "content": "hi"}]}
-    bad_rubric = {**GOOD, "id": "a-3", "rubric": [{"id": "x", "type": "nice-to-have", "text": "t", "any": ["("]}]}
+    bad_rubric = {
+        **GOOD,
+        "id": "a-3",
+        "rubric": [{"id": "x", "type": "nice-to-have", "text": "t", "any": ["("]}],
+    }
     path = write_jsonl(tmp_path / "prompts.jsonl", [GOOD, bad_role, "", bad_rubric, {**GOOD}])
     with pytest.raises(DataValidationError) as err:
         load_prompt_records(path)

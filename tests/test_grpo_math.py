@@ -22,13 +22,17 @@ def test_group_advantages_hand_computed():
 def test_groups_are_independent_and_contiguous():
     adv = group_advantages(torch.tensor([0.0, 2.0, 10.0, 30.0]), group_size=2).advantages
     s1, s2 = math.sqrt(2.0), math.sqrt(200.0)
-    torch.testing.assert_close(adv, torch.tensor([-1 / (s1 + 1e-4), 1 / (s1 + 1e-4), -10 / (s2 + 1e-4), 10 / (s2 + 1e-4)]))
+    torch.testing.assert_close(
+        adv, torch.tensor([-1 / (s1 + 1e-4), 1 / (s1 + 1e-4), -10 / (s2 + 1e-4), 10 / (s2 + 1e-4)])
+    )
 
 
 def test_nan_rows_get_zero_and_are_ignored_by_group_stats():
     adv = group_advantages(torch.tensor([1.0, NAN, 3.0]), group_size=3)
     # mean of the two scored values is 2, unbiased std is sqrt(2)
-    torch.testing.assert_close(adv.advantages, torch.tensor([-1 / (math.sqrt(2) + 1e-4), 0.0, 1 / (math.sqrt(2) + 1e-4)]))
+    torch.testing.assert_close(
+        adv.advantages, torch.tensor([-1 / (math.sqrt(2) + 1e-4), 0.0, 1 / (math.sqrt(2) + 1e-4)])
+    )
 
 
 def test_all_nan_and_all_equal_groups_give_zero():
@@ -45,10 +49,13 @@ def test_single_scored_value_has_zero_std_not_nan():
 
 def test_scale_none_and_batch():
     r = torch.tensor([1.0, 3.0, 0.0, 4.0])
-    torch.testing.assert_close(group_advantages(r, 2, scale="none").advantages, torch.tensor([-1.0, 1.0, -2.0, 2.0]))
+    torch.testing.assert_close(
+        group_advantages(r, 2, scale="none").advantages, torch.tensor([-1.0, 1.0, -2.0, 2.0])
+    )
     batch_std = float(torch.std(r))  # unbiased over the batch
     torch.testing.assert_close(
-        group_advantages(r, 2, scale="batch").advantages, torch.tensor([-1.0, 1.0, -2.0, 2.0]) / (batch_std + 1e-4)
+        group_advantages(r, 2, scale="batch").advantages,
+        torch.tensor([-1.0, 1.0, -2.0, 2.0]) / (batch_std + 1e-4),
     )
     with pytest.raises(ValueError, match="unknown scale"):
         group_advantages(r, 2, scale="global")
@@ -111,11 +118,21 @@ def test_micro_batches_sum_to_the_full_batch_loss(loss_type):
     logp, old, ref = (torch.randn(6, 5, generator=g) for _ in range(3))
     adv = torch.randn(6, generator=g)
     mask = (torch.rand(6, 5, generator=g) > 0.3).float()
-    full = grpo_policy_loss(logp, old, ref, adv, mask, loss_type=loss_type, beta=0.05, max_completion_length=5).loss
+    full = grpo_policy_loss(
+        logp, old, ref, adv, mask, loss_type=loss_type, beta=0.05, max_completion_length=5
+    ).loss
     total = 0.0
     for sl in (slice(0, 2), slice(2, 5), slice(5, 6)):
-        part = grpo_policy_loss(logp[sl], old[sl], ref[sl], adv[sl], mask[sl], loss_type=loss_type, beta=0.05,
-                                max_completion_length=5).loss
+        part = grpo_policy_loss(
+            logp[sl],
+            old[sl],
+            ref[sl],
+            adv[sl],
+            mask[sl],
+            loss_type=loss_type,
+            beta=0.05,
+            max_completion_length=5,
+        ).loss
         total += float(part) * chunk_weight(loss_type, mask[sl], mask)
     assert total == pytest.approx(float(full), rel=1e-5)
 
@@ -127,4 +144,6 @@ def test_selective_log_softmax():
 
 def test_unknown_loss_type_is_refused():
     with pytest.raises(ValueError, match="unknown loss_type"):
-        grpo_policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.zeros(1), torch.ones(1, 1), loss_type="ppo")
+        grpo_policy_loss(
+            torch.zeros(1, 1), torch.zeros(1, 1), None, torch.zeros(1), torch.ones(1, 1), loss_type="ppo"
+        )

@@ -28,17 +28,26 @@ def reward_model_dir(tmp_path_factory, tiny_model_dir):
 
 
 def make_matrix(reward_model_dir):
-    return AlignmentMatrix([
-        Dimension("format_rules", "format", FormatScorer(min_words=3, max_words=40)),
-        Dimension("expert_rubric", "expert", RubricScorer()),
-        Dimension("learned_rm", "fundamental", HFRewardModelScorer(reward_model_dir)),
-    ])
+    return AlignmentMatrix(
+        [
+            Dimension("format_rules", "format", FormatScorer(min_words=3, max_words=40)),
+            Dimension("expert_rubric", "expert", RubricScorer()),
+            Dimension("learned_rm", "fundamental", HFRewardModelScorer(reward_model_dir)),
+        ]
+    )
 
 
 def fit(module, steps=3):
     dm = PromptDataModule(path="bundled", prompts_per_step=2, val_fraction=0.0)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -51,8 +60,13 @@ def test_full_finetune_moves_policy_only(tiny_model_dir, reward_model_dir):
     torch.manual_seed(0)
     loaded = load_causal_lm(tiny_model_dir)
     cfg = GRPOConfig(num_generations=4, beta=0.04, lr=1e-2, num_iterations=2, max_grad_norm=1.0)
-    module = GRPOModule(loaded.model, loaded.tokenizer, make_matrix(reward_model_dir), cfg,
-                        HFGenerateEngine(max_new_tokens=12))
+    module = GRPOModule(
+        loaded.model,
+        loaded.tokenizer,
+        make_matrix(reward_model_dir),
+        cfg,
+        HFGenerateEngine(max_new_tokens=12),
+    )
     policy0 = snapshot(module.policy.named_parameters())
     ref0 = snapshot(module.reference.named_parameters())
     rm0 = snapshot(module.reward_models.named_parameters())
@@ -76,7 +90,9 @@ def test_lora_moves_only_the_adapter(tiny_model_dir, reward_model_dir):
     loaded = load_causal_lm(tiny_model_dir)
     policy = apply_lora(loaded.model, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     cfg = GRPOConfig(num_generations=4, beta=0.04, lr=1e-2)
-    module = GRPOModule(policy, loaded.tokenizer, make_matrix(reward_model_dir), cfg, HFGenerateEngine(max_new_tokens=12))
+    module = GRPOModule(
+        policy, loaded.tokenizer, make_matrix(reward_model_dir), cfg, HFGenerateEngine(max_new_tokens=12)
+    )
     before = snapshot(module.policy.named_parameters())
     fit(module, steps=2)
     for n, p in module.policy.named_parameters():

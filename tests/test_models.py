@@ -12,8 +12,11 @@ from quark_lightning.models.tiny import ensure_tiny_model
 
 
 def _inputs(tokenizer):
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Is my blood pressure high?"}],
-                                         tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Is my blood pressure high?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     enc = tokenizer([text], return_tensors="pt", add_special_tokens=False)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
@@ -30,8 +33,15 @@ def test_tiny_model_is_saved_and_loaded_through_the_hf_path(tiny_model_dir, tiny
 def test_tiny_model_build_is_cached(tiny_model_dir, bundled_records):
     from quark_lightning.run import corpus_texts
 
-    again = ensure_tiny_model(corpus_texts(bundled_records), cache_dir=os.path.dirname(tiny_model_dir), vocab_size=512,
-                              hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+    again = ensure_tiny_model(
+        corpus_texts(bundled_records),
+        cache_dir=os.path.dirname(tiny_model_dir),
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     assert again == tiny_model_dir
 
 

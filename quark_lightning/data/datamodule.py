@@ -25,7 +25,9 @@ def resolve_path(path: str) -> str:
     return str(BUNDLED_PROMPTS) if path in ("bundled", "", None) else path
 
 
-def load_prompt_records(path: str, split: str = "train", require_reference: bool = False) -> list[dict[str, Any]]:
+def load_prompt_records(
+    path: str, split: str = "train", require_reference: bool = False
+) -> list[dict[str, Any]]:
     path = resolve_path(path)
     if path.endswith((".jsonl", ".json")):
         if not os.path.exists(path):
@@ -35,7 +37,9 @@ def load_prompt_records(path: str, split: str = "train", require_reference: bool
         if not os.path.exists(path):
             raise DataValidationError([f"{path}: file not found (set data.path to an existing Parquet file)"])
         table = Dataset.from_parquet(path)
-        return validate_records(((i + 1, dict(r)) for i, r in enumerate(table)), f"{path} row", require_reference)
+        return validate_records(
+            ((i + 1, dict(r)) for i, r in enumerate(table)), f"{path} row", require_reference
+        )
     if os.path.exists(path):
         raise DataValidationError([f"{path}: unsupported file type; use .jsonl, .json or .parquet"])
     if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -45,7 +49,9 @@ def load_prompt_records(path: str, split: str = "train", require_reference: bool
     from datasets import load_dataset
 
     hub = load_dataset(path, split=split)
-    return validate_records(((i + 1, dict(r)) for i, r in enumerate(hub)), f"{path}[{split}] row", require_reference)
+    return validate_records(
+        ((i + 1, dict(r)) for i, r in enumerate(hub)), f"{path}[{split}] row", require_reference
+    )
 
 
 def to_dataset(records: list[dict[str, Any]]) -> Dataset:

@@ -6,12 +6,12 @@ problems at once (up to a limit), before any training starts. Extra keys are all
 
 from __future__ import annotations
 
-from quark_lightning.errors import QuarkError
-
 import json
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from quark_lightning.errors import QuarkError
 
 RUBRIC_TYPES = ("essential", "important", "highlight", "pitfall")
 ROLES = ("system", "user", "assistant")
@@ -30,14 +30,16 @@ class DataValidationError(QuarkError, ValueError):
 
 def _check_messages(messages: Any) -> list[str]:
     if not isinstance(messages, list) or not messages:
-        return ["field 'messages': must be a non-empty list of {\"role\", \"content\"} objects"]
+        return ['field \'messages\': must be a non-empty list of {"role", "content"} objects']
     errs = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             errs.append(f"field 'messages[{i}]': must be an object with 'role' and 'content'")
             continue
         if m.get("role") not in ROLES:
-            errs.append(f"field 'messages[{i}].role': got {m.get('role')!r}, expected one of {', '.join(ROLES)}")
+            errs.append(
+                f"field 'messages[{i}].role': got {m.get('role')!r}, expected one of {', '.join(ROLES)}"
+            )
         if not isinstance(m.get("content"), str) or not m.get("content", "").strip():
             errs.append(f"field 'messages[{i}].content': must be a non-empty string")
     if not errs and messages[-1]["role"] != "user":
@@ -81,7 +83,7 @@ def _check_rubric(rubric: Any) -> list[str]:
 
 def _check_answer(answer: Any) -> list[str]:
     if not isinstance(answer, dict):
-        return ["field 'answer': must be an object like {\"type\": \"number\", \"value\": 2.0, \"tolerance\": 0.0}"]
+        return ['field \'answer\': must be an object like {"type": "number", "value": 2.0, "tolerance": 0.0}']
     errs = []
     if answer.get("type") not in ("number", "text", "choice"):
         errs.append(f"field 'answer.type': got {answer.get('type')!r}, expected number, text or choice")
@@ -111,7 +113,9 @@ def validate_prompt(record: Any, require_reference: bool = False) -> list[str]:
     if "rubric" in record:
         errs += _check_rubric(record["rubric"])
     for key in ("red_flags", "facts"):
-        if key in record and not (isinstance(record[key], list) and all(isinstance(x, str) for x in record[key])):
+        if key in record and not (
+            isinstance(record[key], list) and all(isinstance(x, str) for x in record[key])
+        ):
             errs.append(f"field '{key}': must be a list of strings")
     if record.get("answer") is not None:
         errs += _check_answer(record["answer"])
@@ -126,7 +130,9 @@ def validate_records(
     for line, record in rows:
         problems = validate_prompt(record, require_reference)
         if not problems and record["id"] in seen:
-            problems = [f"field 'id': {record['id']!r} already used on line {seen[record['id']]}; ids must be unique"]
+            problems = [
+                f"field 'id': {record['id']!r} already used on line {seen[record['id']]}; ids must be unique"
+            ]
         errors += [f"{source}:{line}: {p}" for p in problems]
         if not problems:
             seen[record["id"]] = line

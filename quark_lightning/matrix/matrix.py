@@ -9,8 +9,6 @@ aggregation turns into one scalar reward.
 
 from __future__ import annotations
 
-from quark_lightning.errors import QuarkError
-
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 
 import torch
 
+from quark_lightning.errors import QuarkError
 from quark_lightning.rewards.base import Scorer, ScoreResult
 
 CATEGORIES = ("fundamental", "expert", "online", "format")
@@ -67,11 +66,15 @@ class AlignmentMatrix:
 
     def __init__(self, dimensions: Sequence[Dimension]):
         if not dimensions:
-            raise MatrixConfigError("the matrix has no dimensions; declare at least one under `matrix.dimensions`")
+            raise MatrixConfigError(
+                "the matrix has no dimensions; declare at least one under `matrix.dimensions`"
+            )
         seen: set[str] = set()
         for dim in dimensions:
             if dim.name in seen:
-                raise MatrixConfigError(f"matrix dimension '{dim.name}' is declared twice; names must be unique")
+                raise MatrixConfigError(
+                    f"matrix dimension '{dim.name}' is declared twice; names must be unique"
+                )
             seen.add(dim.name)
         self.dimensions = list(dimensions)
 

@@ -6,14 +6,14 @@ CI, the offline demo). `trust_remote_code` stays off unless the config turns it 
 
 from __future__ import annotations
 
-from quark_lightning.errors import QuarkError
-
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from quark_lightning.errors import QuarkError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

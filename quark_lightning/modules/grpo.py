@@ -87,7 +87,9 @@ class GRPOModule(L.LightningModule):
     ):
         super().__init__()
         if config.loss_type not in LOSS_REDUCTIONS:
-            raise ValueError(f"algorithm.loss_type: {config.loss_type!r} is not one of {sorted(LOSS_REDUCTIONS)}")
+            raise ValueError(
+                f"algorithm.loss_type: {config.loss_type!r} is not one of {sorted(LOSS_REDUCTIONS)}"
+            )
         self.policy = policy
         self.tokenizer = tokenizer
         self.matrix = matrix
@@ -107,7 +109,9 @@ class GRPOModule(L.LightningModule):
     # ------------------------------------------------------------------ log-probs
     def _forward_logits(self, model_call, input_ids, attention_mask, completion_len: int) -> torch.Tensor:
         logits = model_call(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
         )
         logits = logits if torch.is_tensor(logits) else logits.logits
         return logits[:, -completion_len - 1 : -1]  # (n, C, V) predicts each completion token
@@ -166,7 +170,14 @@ class GRPOModule(L.LightningModule):
         stats: dict[str, float] = {}
         for iteration in range(cfg.num_iterations):
             opt.zero_grad(set_to_none=True)
-            totals = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "clip_region": 0.0, "entropy": 0.0}
+            totals = {
+                "loss": 0.0,
+                "kl": 0.0,
+                "clip_low": 0.0,
+                "clip_high": 0.0,
+                "clip_region": 0.0,
+                "entropy": 0.0,
+            }
             for sl in self._chunks(mask.size(0)):
                 logits = self.policy_logits(rollout.input_ids[sl], rollout.attention_mask[sl], C)
                 logp = selective_log_softmax(logits, rollout.completion_ids[sl])  # (n, C)
@@ -223,7 +234,9 @@ class GRPOModule(L.LightningModule):
         metrics: dict[str, float] = {}
         for k, name in enumerate(self.matrix.names):
             col = scores[:, k]
-            metrics[f"rewards/{name}/mean"] = float(torch.nanmean(col)) if not torch.isnan(col).all() else float("nan")
+            metrics[f"rewards/{name}/mean"] = (
+                float(torch.nanmean(col)) if not torch.isnan(col).all() else float("nan")
+            )
             metrics[f"rewards/{name}/std"] = float(nanstd(col))
         for k, name in enumerate(self.matrix.names):
             metrics[f"weights/{name}"] = float(self.matrix_weights[k])
@@ -261,5 +274,7 @@ class GRPOModule(L.LightningModule):
             raise ValueError("the policy has no trainable parameters; check model.lora / freezing settings")
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
         warmup = max(0, cfg.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

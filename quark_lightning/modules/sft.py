@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 
 
 def build_sft_example(tokenizer, record: dict[str, Any], max_length: int) -> dict[str, list[int]]:
-    prompt_text = tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
+    prompt_text = tokenizer.apply_chat_template(
+        record["messages"], tokenize=False, add_generation_prompt=True
+    )
     full_messages = list(record["messages"]) + [{"role": "assistant", "content": record["reference"]}]
     full_text = tokenizer.apply_chat_template(full_messages, tokenize=False)
     if not full_text.startswith(prompt_text):  # templates that re-render earlier turns differently
@@ -57,10 +59,15 @@ class SFTDataset(Dataset):
 
 
 class SFTModule(L.LightningModule):
-    def __init__(self, policy: torch.nn.Module, lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0):
+    def __init__(
+        self, policy: torch.nn.Module, lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0
+    ):
         super().__init__()
         self.policy = policy
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+
+    def on_train_start(self) -> None:
+        self.policy.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.policy(**batch)  # HF shifts labels internally; -100 positions are ignored
@@ -71,5 +78,7 @@ class SFTModule(L.LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         warmup = self.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

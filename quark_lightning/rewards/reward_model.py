@@ -17,7 +17,9 @@ from quark_lightning.rewards.base import ScoreResult
 
 
 class HFRewardModelScorer:
-    def __init__(self, name_or_path: str, batch_size: int = 16, max_length: int = 512, trust_remote_code: bool = False):
+    def __init__(
+        self, name_or_path: str, batch_size: int = 16, max_length: int = 512, trust_remote_code: bool = False
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from quark_lightning.models.loading import explain_load_error

@@ -66,7 +66,11 @@ class RubricScorer:
         essential = w["essential"] * met["essential"]
         bonus = w["important"] * met["important"] + w["highlight"] * met["highlight"]
         essential_ratio = met["essential"] / total["essential"] if total["essential"] else 1.0
-        if self.truncation and (essential_ratio < self.min_essential_ratio or met["pitfall"] > 0) and bonus > 0:
+        if (
+            self.truncation
+            and (essential_ratio < self.min_essential_ratio or met["pitfall"] > 0)
+            and bonus > 0
+        ):
             findings.append("truncation: bonus items not counted (essential missed or pitfall hit)")
             bonus = 0.0
         if self.saturation_ratio is not None and total["essential"] > 0:

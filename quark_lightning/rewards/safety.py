@@ -33,7 +33,9 @@ DEFAULT_DANGEROUS = [
 
 
 class SafetyScorer:
-    def __init__(self, urgent_patterns: Sequence[str] | None = None, dangerous_patterns: Sequence[str] | None = None):
+    def __init__(
+        self, urgent_patterns: Sequence[str] | None = None, dangerous_patterns: Sequence[str] | None = None
+    ):
         self.urgent = list(urgent_patterns or DEFAULT_URGENT)
         self.dangerous = list(DEFAULT_DANGEROUS if dangerous_patterns is None else dangerous_patterns)
         for p in self.urgent + self.dangerous:

@@ -38,14 +38,23 @@ class Rollout:
 
 
 def render_prompts(tokenizer, prompts: Sequence[dict[str, Any]]) -> list[str]:
-    return [tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True) for p in prompts]
+    return [
+        tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
 
 
-def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_mask_from_ids(
+    completion_ids: torch.Tensor, eos_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask (N, C) that is 1 up to and including the first EOS; and whether each row has no EOS."""
     is_eos = completion_ids == eos_token_id  # (N, C)
     has_eos = is_eos.any(dim=1)
-    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long))
+    first = torch.where(
+        has_eos,
+        is_eos.int().argmax(dim=1),
+        torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long),
+    )
     positions = torch.arange(completion_ids.size(1), device=completion_ids.device).unsqueeze(0)  # (1, C)
     mask = (positions <= first.unsqueeze(1)).long()
     return mask, ~has_eos
