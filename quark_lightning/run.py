@@ -75,7 +75,10 @@ def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, 
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    """The `callbacks` group plus the unified optimization's callbacks (reward rescaling, weighting)."""
+    configured = list((cfg.get("callbacks") or {}).values())
+    configured += [cfg.optimization.get("normalization"), cfg.optimization.get("weighting")]
+    return [instantiate(c) for c in configured if c is not None]
 
 
 def grpo_config(cfg: DictConfig) -> GRPOConfig:

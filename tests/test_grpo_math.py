@@ -63,7 +63,7 @@ def test_scale_none_and_batch():
 
 def test_weighted_sum_nan_semantics():
     scores = torch.tensor([[1.0, NAN], [NAN, NAN], [0.5, 2.0]])
-    out = weighted_sum(scores, torch.tensor([2.0, 3.0])).reward
+    out = weighted_sum(scores, torch.tensor([2.0, 3.0]))
     assert out[0] == 2.0 and math.isnan(out[1]) and out[2] == 7.0
 
 

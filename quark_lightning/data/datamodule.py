@@ -120,5 +120,10 @@ class PromptDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def calibration_records(self) -> list[dict[str, Any]]:
+        """Training prompts in a fixed order (the same on every rank), for reference calibration."""
+        self.setup("fit")
+        return collate_prompts(list(self.train_set))
+
     def val_records(self) -> list[dict[str, Any]]:
         return collate_prompts(list(self.val_set)) if self.val_set is not None else []

@@ -34,9 +34,20 @@ from quark_lightning.algorithms.grpo_loss import (
     token_entropy,
 )
 from quark_lightning.matrix import AlignmentMatrix
-from quark_lightning.models.reference import FrozenModule, build_reference
-from quark_lightning.optim.advantages import group_advantages, nanstd
-from quark_lightning.optim.aggregation import get_aggregator
+from quark_lightning.models.reference import (
+    DisabledAdapterReference,
+    FrozenCopyReference,
+    FrozenModule,
+    build_reference,
+)
+from quark_lightning.optim.advantages import nanstd
+from quark_lightning.optim.aggregation import (
+    NEEDS_NORMALIZER,
+    AggregationContext,
+    aggregate_and_advantages,
+    get_aggregator,
+)
+from quark_lightning.optim.normalization import ReferenceFrozenNormalizer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine, Rollout
 
 
@@ -64,7 +75,8 @@ class StepRecord:
     step: int
     prompts: list[dict[str, Any]]
     completions: list[str]
-    scores: torch.Tensor  # (N, K)
+    scores: torch.Tensor  # (N, K) raw
+    normalized: torch.Tensor | None  # (N, K) in RFN units, when the aggregator normalizes
     reward: torch.Tensor  # (N,)
     advantages: torch.Tensor  # (N,)
     findings: dict[str, list[list[str]]] = field(default_factory=dict)
@@ -83,7 +95,8 @@ class GRPOModule(L.LightningModule):
         matrix: AlignmentMatrix,
         config: GRPOConfig,
         rollout_engine: HFGenerateEngine | None = None,
-        aggregator: str = "weighted_sum",
+        aggregator: str = "sum",
+        normalizer: ReferenceFrozenNormalizer | None = None,
     ):
         super().__init__()
         if config.loss_type not in LOSS_REDUCTIONS:
@@ -95,8 +108,12 @@ class GRPOModule(L.LightningModule):
         self.matrix = matrix
         self.config = config
         self.engine = rollout_engine or HFGenerateEngine()
+        get_aggregator(aggregator)  # fail early on an unknown name
         self.aggregator_name = aggregator
-        self.aggregate = get_aggregator(aggregator)
+        if aggregator in NEEDS_NORMALIZER and normalizer is None:
+            normalizer = ReferenceFrozenNormalizer(len(matrix.names))
+        self.normalizer = normalizer  # buffers: the frozen statistics are saved in the checkpoint
+        self.weighting: nn.Module | None = None  # set by the TADW callback; its state is checkpointed
         self.reference = build_reference(policy) if config.beta != 0.0 else None
         self.reward_models = nn.ModuleDict({k: FrozenModule(m) for k, m in matrix.torch_modules().items()})
         self.register_buffer("matrix_weights", matrix.weights(), persistent=True)  # (K,)
@@ -143,13 +160,31 @@ class GRPOModule(L.LightningModule):
         size = self.config.micro_batch_size or n
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
+    def reference_rollout(self, prompts: list[dict[str, Any]], num_generations: int) -> Rollout:
+        """Completions sampled from the frozen reference policy (for RFN calibration)."""
+        if isinstance(self.reference, FrozenCopyReference):
+            return self.engine.generate(
+                self.reference.frozen.module, self.tokenizer, prompts, num_generations
+            )
+        if isinstance(self.reference, DisabledAdapterReference):
+            with self.policy.disable_adapter():
+                return self.engine.generate(self.policy, self.tokenizer, prompts, num_generations)
+        # beta == 0 keeps no reference; calibration runs at the start of the stage, when the policy is it
+        return self.engine.generate(self.policy, self.tokenizer, prompts, num_generations)
+
     # ------------------------------------------------------------------ reward side
     def score_rollout(self, rollout: Rollout):
         matrix_scores = self.matrix.score(rollout.prompts, rollout.completions)
         scores = matrix_scores.scores.to(self.device)  # (N, K)
-        aggregated = self.aggregate(scores, self.matrix_weights)
-        adv = group_advantages(aggregated.reward, self.config.num_generations, self.config.scale_rewards)
-        return matrix_scores, scores, aggregated, adv
+        ctx = AggregationContext(
+            group_size=self.config.num_generations,
+            prompt_ids=[p["id"] for p in rollout.prompts],
+            normalizer=self.normalizer,
+        )
+        aggregated, advantages, frac_zero_std = aggregate_and_advantages(
+            self.aggregator_name, scores, self.matrix_weights, ctx, self.config.scale_rewards
+        )
+        return matrix_scores, scores, aggregated, advantages, frac_zero_std
 
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
@@ -157,7 +192,7 @@ class GRPOModule(L.LightningModule):
         t0 = time.perf_counter()
         rollout = self.engine.generate(self.policy, self.tokenizer, batch, cfg.num_generations)
         t_gen = time.perf_counter()
-        matrix_scores, scores, aggregated, adv = self.score_rollout(rollout)
+        matrix_scores, scores, aggregated, advantages, frac_zero_std = self.score_rollout(rollout)
         t_score = time.perf_counter()
         ref_logp = self.reference_logps(rollout) if self.reference is not None else None
         old_logp = self.policy_logps(rollout) if cfg.num_iterations > 1 else None
@@ -185,7 +220,7 @@ class GRPOModule(L.LightningModule):
                     logp,
                     old_logp[sl] if old_logp is not None else logp.detach(),
                     ref_logp[sl] if ref_logp is not None else None,
-                    adv.advantages[sl],
+                    advantages[sl],
                     mask[sl],
                     loss_type=cfg.loss_type,
                     beta=cfg.beta,
@@ -211,11 +246,12 @@ class GRPOModule(L.LightningModule):
             prompts=rollout.prompts,
             completions=rollout.completions,
             scores=scores.detach().cpu(),
+            normalized=aggregated.normalized.detach().cpu() if aggregated.normalized is not None else None,
             reward=aggregated.reward.detach().cpu(),
-            advantages=adv.advantages.detach().cpu(),
+            advantages=advantages.detach().cpu(),
             findings=matrix_scores.findings,
         )
-        self._log_step(rollout, scores, aggregated, adv, stats, (t0, t_gen, t_score, t_ref, t_end))
+        self._log_step(rollout, scores, aggregated, frac_zero_std, stats, (t0, t_gen, t_score, t_ref, t_end))
 
     def _clip_and_step(self, opt, sched) -> float:
         params = [p for p in self.policy.parameters() if p.requires_grad and p.grad is not None]
@@ -228,7 +264,7 @@ class GRPOModule(L.LightningModule):
         return norm
 
     # ------------------------------------------------------------------ metrics (TRL names)
-    def _log_step(self, rollout: Rollout, scores, aggregated, adv, stats, times) -> None:
+    def _log_step(self, rollout: Rollout, scores, aggregated, frac_zero_std, stats, times) -> None:
         t0, t_gen, t_score, t_ref, t_end = times
         G = self.config.num_generations
         metrics: dict[str, float] = {}
@@ -243,7 +279,13 @@ class GRPOModule(L.LightningModule):
         reward = aggregated.reward
         metrics["reward"] = float(torch.nanmean(reward)) if not torch.isnan(reward).all() else float("nan")
         metrics["reward_std"] = float(nanstd(reward.view(-1, G), dim=1).mean())
-        metrics["frac_reward_zero_std"] = float(adv.frac_zero_std)
+        metrics["frac_reward_zero_std"] = float(frac_zero_std)
+        if aggregated.normalized is not None:
+            for k, name in enumerate(self.matrix.names):
+                col = aggregated.normalized[:, k]
+                metrics[f"normalized/{name}/mean"] = (
+                    float(torch.nanmean(col)) if not torch.isnan(col).all() else 0.0
+                )
         metrics["kl"] = stats["kl"]
         metrics["entropy"] = stats["entropy"]
         metrics["loss"] = stats["loss"]

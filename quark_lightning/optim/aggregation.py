@@ -1,47 +1,106 @@
-"""Aggregation: the matrix's (N, K) raw scores -> one scalar reward per completion.
+"""Aggregation: the matrix's (N, K) raw scores -> one scalar reward (and advantages) per completion.
 
-This is the seam where the unified optimization (Reference-Frozen Normalization, Tri-Factor Adaptive
-Dynamic Weighting) plugs in: an aggregator is any object with
+Chosen with `optimization=NAME` (config key `optimization.aggregator`):
 
-    __call__(scores (N, K), weights (K,)) -> AggregatedReward(reward (N,), ...)
+  sum       TRL's `sum_then_normalize`: reward = nansum_k w_k r_k (static weights), then GRPO group
+            normalization of that reward.
+  gdpo      TRL's `normalize_then_sum` (GDPO): per dimension, group-normalize r_k within each prompt's G
+            completions; A = nansum_k w_k A_k; then normalize A over the batch (mean 0, unbiased std,
+            eps 1e-4). Advantages come from here directly; the logged reward is the weighted raw sum,
+            as in TRL.
+  rfn       Reference-Frozen Normalization with static weights: z = RFN(r) (optim/normalization.py),
+            reward = nansum_k w_k z_k, then GRPO group normalization.
+  rfn_tadw  The full method: as `rfn`, with the weights w set every step by Tri-Factor Adaptive Dynamic
+            Weighting (optim/weighting.py, run by callbacks/weighting.py).
 
-and is chosen by name from `AGGREGATORS` (config key `optimization.aggregator`).
-
-`weighted_sum` (the foundation's default) is TRL's `sum_then_normalize` reward: a NaN score (dimension
-does not apply) contributes 0, and a completion no dimension applies to gets NaN (then advantage 0).
+In every aggregator a NaN score (dimension does not apply) contributes 0, and a completion no dimension
+applies to gets a NaN reward, hence advantage 0. `weighted_sum` is kept as an alias of `sum`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
+
+from quark_lightning.optim.advantages import group_advantages, nanstd
+
+
+@dataclass
+class AggregationContext:
+    group_size: int
+    prompt_ids: Sequence[str] | None = None
+    normalizer: Callable | None = None  # ReferenceFrozenNormalizer for rfn / rfn_tadw
+    eps: float = 1e-4
 
 
 @dataclass
 class AggregatedReward:
-    reward: torch.Tensor  # (N,) scalar reward fed to the advantage estimator
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # diagnostics to log
+    reward: torch.Tensor  # (N,) the scalar reward (logged as `reward`)
+    advantages: torch.Tensor | None = None  # (N,) when the aggregator computes advantages itself
+    normalized: torch.Tensor | None = None  # (N, K) normalized scores (RFN units), when it has them
 
 
-def weighted_sum(scores: torch.Tensor, weights: torch.Tensor) -> AggregatedReward:
-    """nansum_k w_k * r_k; rows where every dimension is NaN stay NaN.  (N, K), (K,) -> (N,)."""
+def weighted_sum(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """nansum_k w_k * r_k; rows where every dimension is NaN stay NaN.  (N, K), (K,) -> (N,)"""
     if scores.dim() != 2 or scores.size(1) != weights.numel():
         raise ValueError(f"scores {tuple(scores.shape)} and weights {tuple(weights.shape)} do not match")
-    weighted = scores * weights.to(scores)  # (N, K)
-    reward = torch.nansum(weighted, dim=1)  # (N,)
-    all_nan = torch.isnan(scores).all(dim=1)
-    reward = torch.where(all_nan, torch.full_like(reward, float("nan")), reward)
-    return AggregatedReward(reward=reward)
+    reward = torch.nansum(scores * weights.to(scores), dim=1)  # (N,)
+    return torch.where(torch.isnan(scores).all(dim=1), torch.full_like(reward, float("nan")), reward)
 
 
-Aggregator = Callable[[torch.Tensor, torch.Tensor], AggregatedReward]
+def sum_then_normalize(
+    scores: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext
+) -> AggregatedReward:
+    return AggregatedReward(reward=weighted_sum(scores, weights))
 
-AGGREGATORS: dict[str, Aggregator] = {"weighted_sum": weighted_sum}
+
+def gdpo(scores: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext) -> AggregatedReward:
+    per_dim = torch.stack(
+        [
+            group_advantages(scores[:, k], ctx.group_size, "group", ctx.eps).advantages
+            for k in range(scores.size(1))
+        ],
+        dim=1,
+    )  # (N, K), NaN scores -> 0
+    adv = (per_dim * weights.to(per_dim)).sum(1)  # (N,)
+    adv = (adv - adv.mean()) / (nanstd(adv) + ctx.eps)
+    return AggregatedReward(reward=weighted_sum(scores, weights), advantages=adv)
+
+
+def reference_frozen(
+    scores: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext
+) -> AggregatedReward:
+    if ctx.normalizer is None:
+        raise ValueError("the rfn aggregators need a ReferenceFrozenNormalizer")
+    z = ctx.normalizer(scores, ctx.prompt_ids)  # (N, K)
+    return AggregatedReward(reward=weighted_sum(z, weights), normalized=z)
+
+
+Aggregator = Callable[[torch.Tensor, torch.Tensor, AggregationContext], AggregatedReward]
+
+AGGREGATORS: dict[str, Aggregator] = {
+    "sum": sum_then_normalize,
+    "weighted_sum": sum_then_normalize,
+    "gdpo": gdpo,
+    "rfn": reference_frozen,
+    "rfn_tadw": reference_frozen,
+}
+NEEDS_NORMALIZER = ("rfn", "rfn_tadw")
 
 
 def get_aggregator(name: str) -> Aggregator:
     if name not in AGGREGATORS:
         raise KeyError(f"unknown aggregator {name!r}; expected one of {sorted(AGGREGATORS)}")
     return AGGREGATORS[name]
+
+
+def aggregate_and_advantages(
+    name: str, scores: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext, scale: str = "group"
+) -> tuple[AggregatedReward, torch.Tensor, torch.Tensor]:
+    """Aggregate, then group advantages unless the aggregator made its own.  -> (agg, advantages, frac_zero_std)"""
+    agg = get_aggregator(name)(scores, weights, ctx)
+    grouped = group_advantages(agg.reward, ctx.group_size, scale, ctx.eps)
+    adv = agg.advantages if agg.advantages is not None else grouped.advantages
+    return agg, adv, grouped.frac_zero_std

@@ -1,0 +1,160 @@
+"""Reference-Frozen Normalization (RFN): reward scales fixed once against the frozen reference policy.
+
+Interpretation (the paper names RFN but publishes no formula; see reference/paper-notes.md section 4.2):
+
+Before RL, the frozen reference policy pi_ref answers each calibration prompt G times; every matrix
+dimension scores those answers, giving raw scores R_ref of shape (M, K). Per dimension k we freeze
+
+    mu_k    = nanmean(R_ref[:, k])
+    sigma_k = unbiased nanstd(R_ref[:, k])
+
+and from then on feed the aggregation
+
+    z_k = clip((r_k - mu_k) / (sigma_k + eps), -c, c)           (default eps 1e-6, c 5)
+
+so that, under pi_ref, every dimension has mean 0 and std 1 whatever its raw scale: a Bradley-Terry logit,
+a [0, 1] rubric score and a {-1, 0} fact-check penalty all count the same, and z stays in "standard
+deviations of the reference" for the whole stage (it never moves with the policy, unlike group or batch
+statistics). The map is affine-equivariant: r -> a*r + b (a > 0) leaves z unchanged.
+
+Options and edge cases:
+- `mode="global"` (default) uses one mu_k per dimension; `mode="per_prompt"` anchors mu_k(x) on the
+  reference's own answers to prompt x (QuarkMedBench-style per-prompt reference mean) with the global
+  sigma_k, falling back to the global mu_k for prompts outside the calibration set.
+- NaN (not applicable) stays NaN; it never becomes a number.
+- A dimension the reference never triggers (count 0) is `never_applies`: mu 0, sigma 1 (z = clipped raw).
+- A dimension with fewer than `min_count` scored samples is `sparse`: its mu is used, sigma falls back to 1
+  when fewer than two samples exist.
+- A constant dimension (sigma < `min_std`, e.g. a safety rule the reference always passes) is `constant`:
+  mu is kept and sigma falls back to `fallback_std` (1.0), so any departure from the reference shows up
+  in raw units, bounded by the clip; no division by ~0.
+Each status is reported so users see which dimensions could not be calibrated properly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from quark_lightning.optim.advantages import nanstd
+
+MODES = ("global", "per_prompt")
+
+
+@dataclass
+class ReferenceStats:
+    mean: torch.Tensor  # (K,)
+    std: torch.Tensor  # (K,) the sigma used for normalization (after fallbacks)
+    raw_std: torch.Tensor  # (K,) the measured sigma
+    count: torch.Tensor  # (K,) scored (non-NaN) reference samples
+    status: list[str]  # (K,) ok | constant | sparse | never_applies
+
+
+def reference_stats(
+    scores: torch.Tensor,  # (M, K) raw scores of the reference's own answers
+    min_count: int = 8,
+    min_std: float = 1e-6,
+    fallback_std: float = 1.0,
+) -> ReferenceStats:
+    scores = scores.float()
+    count = (~torch.isnan(scores)).sum(0)  # (K,)
+    mean = torch.nan_to_num(torch.nanmean(scores, 0), nan=0.0)  # (K,) 0 where the column is all NaN
+    raw_std = nanstd(scores, dim=0)  # (K,) 0 where fewer than two values
+    std = raw_std.clone()
+    status = []
+    for k in range(scores.size(1)):
+        if count[k] == 0:
+            status.append("never_applies")
+            std[k] = fallback_std
+        elif raw_std[k] < min_std:
+            status.append("constant" if count[k] >= min_count else "sparse")
+            std[k] = fallback_std
+        else:
+            status.append("ok" if count[k] >= min_count else "sparse")
+    return ReferenceStats(mean=mean, std=std, raw_std=raw_std, count=count, status=status)
+
+
+def normalize(
+    scores: torch.Tensor,  # (N, K)
+    mean: torch.Tensor,  # (K,) or (N, K) per-sample anchors
+    std: torch.Tensor,  # (K,)
+    clip: float | None = 5.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    z = (scores - mean) / (std + eps)  # (N, K); NaN stays NaN
+    return z.clamp(-clip, clip) if clip is not None else z
+
+
+class ReferenceFrozenNormalizer(nn.Module):
+    """Holds the frozen statistics as buffers (so they are in every checkpoint) and applies them."""
+
+    def __init__(
+        self,
+        num_dimensions: int,
+        mode: str = "global",
+        clip: float | None = 5.0,
+        eps: float = 1e-6,
+        min_count: int = 8,
+        min_std: float = 1e-6,
+        fallback_std: float = 1.0,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"optimization.normalization.mode: got {mode!r}, expected one of {MODES}")
+        self.mode, self.clip, self.eps = mode, clip, eps
+        self.min_count, self.min_std, self.fallback_std = min_count, min_std, fallback_std
+        self.register_buffer("mean", torch.zeros(num_dimensions))
+        self.register_buffer("std", torch.ones(num_dimensions))
+        self.register_buffer("count", torch.zeros(num_dimensions, dtype=torch.long))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.status: list[str] = ["uncalibrated"] * num_dimensions
+        self.prompt_means: dict[str, list[float]] = {}
+
+    def fit(self, scores: torch.Tensor, prompt_ids: Sequence[str] | None = None) -> ReferenceStats:
+        """Freeze statistics from the reference's raw scores (M, K) (already gathered over ranks)."""
+        stats = reference_stats(scores, self.min_count, self.min_std, self.fallback_std)
+        self.mean.copy_(stats.mean)
+        self.std.copy_(stats.std)
+        self.count.copy_(stats.count)
+        self.fitted.fill_(True)
+        self.status = stats.status
+        self.prompt_means = {}
+        if self.mode == "per_prompt":
+            if prompt_ids is None:
+                raise ValueError("per_prompt normalization needs the prompt id of each calibration score")
+            for pid in dict.fromkeys(prompt_ids):
+                rows = scores[[i for i, p in enumerate(prompt_ids) if p == pid]]  # (G, K)
+                m = torch.nanmean(rows, 0)
+                self.prompt_means[pid] = torch.where(torch.isnan(m), stats.mean, m).tolist()
+        return stats
+
+    def anchors(self, prompt_ids: Sequence[str] | None, n: int) -> torch.Tensor:
+        """The mu each sample is centred on: (K,) global, or (N, K) per prompt."""
+        if self.mode == "global" or prompt_ids is None:
+            return self.mean
+        rows = [self.prompt_means.get(pid) for pid in prompt_ids]
+        return torch.stack(
+            [
+                torch.tensor(r, dtype=self.mean.dtype, device=self.mean.device) if r else self.mean
+                for r in rows
+            ]
+        )
+
+    def forward(self, scores: torch.Tensor, prompt_ids: Sequence[str] | None = None) -> torch.Tensor:
+        if not bool(self.fitted):
+            raise RuntimeError(
+                "Reference-Frozen Normalization is not calibrated: add the reward-rescaling callback "
+                "(optimization=rfn or rfn_tadw set it up) or call fit() first"
+            )
+        return normalize(scores, self.anchors(prompt_ids, scores.size(0)), self.std, self.clip, self.eps)
+
+    # per-prompt anchors and statuses travel in the state dict (and so in checkpoints)
+    def get_extra_state(self) -> dict:
+        return {"status": list(self.status), "prompt_means": dict(self.prompt_means)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.status = list(state.get("status", self.status))
+        self.prompt_means = dict(state.get("prompt_means", {}))

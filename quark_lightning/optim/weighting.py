@@ -1,0 +1,175 @@
+"""Tri-Factor Adaptive Dynamic Weighting (TADW): weakness-oriented, risk-prioritized, redundancy-reducing.
+
+Interpretation (the paper names the three properties but publishes no formula; see
+reference/paper-notes.md section 4.3). Every step, from the step's normalized rewards z (N, K) (RFN
+units: 0 = reference level), gathered over all ranks first:
+
+  weakness    s_k <- (1 - m) s_k + m * nanmean(z_k)                       (EMA, momentum m = 0.1)
+              f_weak_k = K * softmax(-s / tau_w)_k                         (mode "softmax", tau_w = 1)
+           or f_weak_k = 1 + max(0, target_z_k - s_k)                      (mode "target_gap")
+  risk        f_risk_k = rho_k ** alpha * (1 + gamma * v_k)                (rho = the dimension's risk level)
+              v_k = share of applicable samples violating the dimension (raw score below its target), only
+              for dimensions with rho_k >= high_risk (safety-type); 0 for the others
+  redundancy  C = Pearson correlation of z over the batch (NaN -> 0, i.e. reference level); EMA over steps
+              f_red_k = 1 / (1 + sum_{j != k} max(0, C_kj - c0))           (c0 = 0: any positive correlation)
+  combine     w_hat = f_weak * f_risk * f_red
+              w_new = w_min + (1 - K w_min) * w_hat / sum(w_hat)           (floor: every w_new_k >= w_min > 0)
+              w <- (1 - eta) w + eta w_new                                 (smoothing, eta = 0.1)
+
+The floor is applied to the target before smoothing: a convex combination of floored weight vectors is
+floored and sums to 1, so the floor holds at every step without compounding (flooring after smoothing
+would pull the fixed point towards uniform weights at every step).
+
+An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
+dimension would. Any factor can be switched off (factor = 1) for ablation. The initial weights are the
+risk priors normalized (w_k(0) = rho_k / sum rho), per the notes. The scalar reward is sum_k w_k z_k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+WEAKNESS_MODES = ("softmax", "target_gap")
+
+
+def weakness_factor(
+    ema_score: torch.Tensor, tau: float, mode: str, target_z: torch.Tensor | None
+) -> torch.Tensor:
+    """(K,) EMA of normalized scores -> (K,) factor, larger where the policy lags."""
+    K = ema_score.numel()
+    if mode == "softmax":
+        return K * torch.softmax(-ema_score / tau, dim=0)
+    if target_z is None:
+        raise ValueError("weakness mode 'target_gap' needs targets")
+    gap = torch.nan_to_num(target_z - ema_score, nan=0.0)
+    return 1.0 + gap.clamp(min=0.0)
+
+
+def risk_factor(
+    risk: torch.Tensor, violation: torch.Tensor, alpha: float, gamma: float, high_risk: float
+) -> torch.Tensor:
+    """(K,) priors and (K,) violation rates -> (K,) factor; violations raise only high-risk dimensions."""
+    dynamic = torch.where(
+        risk >= high_risk, 1.0 + gamma * torch.nan_to_num(violation, nan=0.0), torch.ones_like(risk)
+    )
+    return risk.pow(alpha) * dynamic
+
+
+def correlation(z: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the columns of z (N, K), NaN read as 0; constant columns correlate 0.  -> (K, K)"""
+    x = torch.nan_to_num(z.float(), nan=0.0)
+    x = x - x.mean(0, keepdim=True)
+    norm = x.norm(dim=0)  # (K,)
+    denom = norm.unsqueeze(0) * norm.unsqueeze(1)
+    corr = (x.T @ x) / denom.clamp(min=1e-12)
+    corr = torch.where(denom > 1e-12, corr, torch.zeros_like(corr))
+    return corr.fill_diagonal_(1.0)
+
+
+def redundancy_factor(corr: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """(K, K) correlations -> (K,) discount 1 / (1 + sum of positive off-diagonal correlation above threshold)."""
+    off = (corr - threshold).clamp(min=0.0)
+    off = off - torch.diag(torch.diagonal(off))
+    return 1.0 / (1.0 + off.sum(1))
+
+
+def floor_weights(w: torch.Tensor, w_min: float) -> torch.Tensor:
+    """Renormalize to sum 1 with every weight >= w_min (requires K * w_min < 1)."""
+    K = w.numel()
+    return w_min + (1.0 - K * w_min) * w / w.sum()
+
+
+def violation_rates(raw: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Share of applicable samples whose raw score is below the dimension's target.  (N, K), (K,) -> (K,)"""
+    applicable = ~torch.isnan(raw) & ~torch.isnan(targets).unsqueeze(0)
+    below = (raw < targets.unsqueeze(0)) & applicable
+    return below.sum(0) / applicable.sum(0).clamp(min=1)
+
+
+@dataclass
+class TADWFactors:
+    weakness: torch.Tensor  # (K,)
+    risk: torch.Tensor  # (K,)
+    redundancy: torch.Tensor  # (K,)
+    violation: torch.Tensor  # (K,)
+
+
+class TriFactorWeighting(nn.Module):
+    """TADW state (weights, EMAs) as buffers, so it is saved in checkpoints and restored exactly."""
+
+    def __init__(
+        self,
+        risk: Sequence[float],
+        targets: Sequence[float | None] | None = None,
+        weakness: bool = True,
+        risk_priority: bool = True,
+        redundancy: bool = True,
+        weakness_mode: str = "softmax",
+        tau: float = 1.0,
+        score_momentum: float = 0.1,
+        alpha: float = 1.0,
+        gamma: float = 1.0,
+        high_risk: float = 3.0,
+        corr_momentum: float = 0.1,
+        corr_threshold: float = 0.0,
+        eta: float = 0.1,
+        w_min: float = 0.02,
+    ):
+        super().__init__()
+        K = len(risk)
+        if weakness_mode not in WEAKNESS_MODES:
+            raise ValueError(
+                f"weighting.weakness_mode: got {weakness_mode!r}, expected one of {WEAKNESS_MODES}"
+            )
+        if not 0 < w_min * K < 1:
+            raise ValueError(f"weighting.w_min: {w_min} x {K} dimensions must be in (0, 1)")
+        self.use_weakness, self.use_risk, self.use_redundancy = weakness, risk_priority, redundancy
+        self.weakness_mode, self.tau, self.score_momentum = weakness_mode, tau, score_momentum
+        self.alpha, self.gamma, self.high_risk = alpha, gamma, high_risk
+        self.corr_momentum, self.corr_threshold, self.eta, self.w_min = (
+            corr_momentum,
+            corr_threshold,
+            eta,
+            w_min,
+        )
+        risk_t = torch.tensor(list(risk), dtype=torch.float32)
+        target_t = torch.tensor([float("nan") if t is None else float(t) for t in (targets or [None] * K)])
+        self.register_buffer("risk", risk_t)
+        self.register_buffer("targets", target_t)  # raw units
+        self.register_buffer("weights", floor_weights(risk_t / risk_t.sum(), w_min))
+        self.register_buffer("ema_score", torch.zeros(K))
+        self.register_buffer("ema_corr", torch.eye(K))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def factors(self, z: torch.Tensor, raw: torch.Tensor, target_z: torch.Tensor | None) -> TADWFactors:
+        ones = torch.ones_like(self.risk)
+        violation = violation_rates(raw, self.targets)
+        return TADWFactors(
+            weakness=weakness_factor(self.ema_score, self.tau, self.weakness_mode, target_z)
+            if self.use_weakness
+            else ones,
+            risk=risk_factor(self.risk, violation, self.alpha, self.gamma, self.high_risk)
+            if self.use_risk
+            else ones,
+            redundancy=redundancy_factor(self.ema_corr, self.corr_threshold) if self.use_redundancy else ones,
+            violation=violation,
+        )
+
+    @torch.no_grad()
+    def update(self, z: torch.Tensor, raw: torch.Tensor, target_z: torch.Tensor | None = None) -> TADWFactors:
+        """One step: z (N, K) normalized and raw (N, K) scores of the whole (gathered) batch."""
+        col_mean = torch.nanmean(z.float(), 0)
+        col_mean = torch.where(torch.isnan(col_mean), self.ema_score, col_mean)  # no sample: keep the EMA
+        first = int(self.steps) == 0
+        m, mc = (1.0, 1.0) if first else (self.score_momentum, self.corr_momentum)
+        self.ema_score.mul_(1 - m).add_(m * col_mean)
+        self.ema_corr.mul_(1 - mc).add_(mc * correlation(z))
+        f = self.factors(z, raw, target_z)
+        w_new = floor_weights(f.weakness * f.risk * f.redundancy, self.w_min)  # (K,) sums to 1
+        self.weights.copy_((1 - self.eta) * self.weights + self.eta * w_new)
+        self.steps.add_(1)
+        return f
