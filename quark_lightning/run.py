@@ -88,6 +88,26 @@ def grpo_config(cfg: DictConfig) -> GRPOConfig:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the stage the config names (`stage`, default `grpo`)."""
+    stage = cfg.get("stage", "grpo")
+    if stage not in STAGES:
+        from quark_lightning.errors import ConfigError
+
+        raise ConfigError(f"stage: got {stage!r}, expected one of {sorted(STAGES)}. Fix: pass stage=grpo")
+    module_name, function = STAGES[stage]
+    import importlib
+
+    return getattr(importlib.import_module(module_name), function)(cfg)
+
+
+# stage name -> (module, function); each function receives the whole config
+STAGES: dict[str, tuple[str, str]] = {
+    "grpo": ("quark_lightning.run", "run_grpo"),
+    "reward_model": ("quark_lightning.reward_model_training", "run_reward_model"),
+}
+
+
+def run_grpo(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = cfg.run_dir

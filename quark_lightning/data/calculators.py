@@ -237,11 +237,6 @@ def _vignette_bmi(c: Case) -> str:
     return f"{_opening(c, settings)} {_he(c)} weighs {_v(c['weight'])} and is {_v(c['height'])} tall."
 
 
-def _sample_body_sex(rng: random.Random) -> Case:
-    person = _adult(rng)
-    return _with_setting({"_age": person["age"], "sex": person["sex"], **_body(rng, person["sex"])}, rng)
-
-
 def _vignette_bsa(c: Case) -> str:
     settings = ["is starting chemotherapy dosed by body surface area", "is reviewed before dosing a drug"]
     return f"{_opening(c, settings)} {_he(c)} weighs {_v(c['weight'])} and is {_v(c['height'])} tall."
@@ -306,7 +301,7 @@ def _vignette_map(c: Case) -> str:
 
 def _sample_qt(rng: random.Random) -> Case:
     heart_rate = rng.randint(45, 150)
-    qt = int(round(rng.uniform(370, 470) * (60 / heart_rate) ** 0.5, -1))
+    qt = int(round(rng.uniform(360, 520) * (60 / heart_rate) ** 0.5, -1))
     return _with_setting(
         {**_prefix(_adult(rng)), "heart_rate": (heart_rate, "beats per minute"), "qt_interval": (qt, "msec")},
         rng,
@@ -622,7 +617,7 @@ _SPECS = [
     CalculatorSpec("bmi", "bmi_calculator:bmi_calculator_explanation", "endocrinology",
                    "body mass index (BMI)", "kg/m^2", 0.1, _sample_bmi, _vignette_bmi),
     CalculatorSpec("body_surface_area", "bsa_calculator:bsa_calculator_explaination", "pharmacology",
-                   "body surface area", "m^2", 0.01, _sample_body_sex, _vignette_bsa,
+                   "body surface area", "m^2", 0.01, _sample_bmi, _vignette_bsa,
                    "Use the Mosteller formula."),
     CalculatorSpec("ideal_body_weight", "ideal_body_weight:ibw_explanation", "pharmacology",
                    "ideal body weight", "kg", 0.1, _sample_ibw, _vignette_ibw, "Use the Devine formula."),
@@ -723,7 +718,8 @@ def generate_calculator_prompts(n: int, seed: int = 0, calculators: list[str] | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Write medical-calculator prompts (JSONL) verified by medcalc-bench."
+        prog="python -m quark_lightning.data.calculators",
+        description="Write medical-calculator prompts (JSONL) verified by medcalc-bench.",
     )
     parser.add_argument("--n", type=int, default=50, help="number of prompts")
     parser.add_argument("--seed", type=int, default=0)
