@@ -121,6 +121,8 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         hub_split=cfg.data.hub_split,
         num_workers=cfg.data.num_workers,
         require_reference=bool(cfg.warmstart.enabled),
+        calculator_prompts=cfg.data.get("calculator_prompts", 0),
+        calculator_seed=cfg.data.get("calculator_seed", 0),
     )
     records = datamodule.load()  # validates every row; a bad row stops here
     matrix = build_matrix(cfg.matrix)

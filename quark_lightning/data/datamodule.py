@@ -79,6 +79,8 @@ class PromptDataModule(L.LightningDataModule):
         hub_split: str = "train",
         num_workers: int = 0,
         require_reference: bool = False,
+        calculator_prompts: int = 0,
+        calculator_seed: int = 0,
     ):
         super().__init__()
         self.path = resolve_path(path)
@@ -88,6 +90,8 @@ class PromptDataModule(L.LightningDataModule):
         self.hub_split = hub_split
         self.num_workers = num_workers
         self.require_reference = require_reference
+        self.calculator_prompts = calculator_prompts
+        self.calculator_seed = calculator_seed
         self.records: list[dict[str, Any]] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -97,7 +101,12 @@ class PromptDataModule(L.LightningDataModule):
 
     def load(self) -> list[dict[str, Any]]:
         if self.records is None:
-            self.records = load_prompt_records(self.path, self.hub_split, self.require_reference)
+            records = load_prompt_records(self.path, self.hub_split, self.require_reference)
+            if self.calculator_prompts > 0:  # verifiable questions with exact answers, made on demand
+                from quark_lightning.data.calculators import generate_calculator_prompts
+
+                records += generate_calculator_prompts(self.calculator_prompts, seed=self.calculator_seed)
+            self.records = records
         return self.records
 
     def setup(self, stage: str | None = None) -> None:
