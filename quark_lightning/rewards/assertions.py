@@ -11,10 +11,14 @@ Interpretation (GARM step 1, "split the response into atomic assertions"; the pa
 - quantities: numbers with a known unit, converted to one canonical unit per dimension (mass -> g,
   volume -> ml, time -> day, months and years -> year, temperature -> C, pressure -> mmHg, % ...),
   ranges ("1 to 2 weeks", "7-10 days", "between 1 and 2 weeks", "500 mg to 1 g") and blood-pressure
-  readings ("140/90 mmHg": value = systolic, second = diastolic);
+  readings ("140/90 mmHg", or "140/90" in a blood-pressure clause: value = systolic, second =
+  diastolic). A bare "degrees" or "°" is read as Celsius;
 - negation: a clause is negated when it holds any negation cue (not, never, no, don't, avoid, cannot,
-  contraindicated, ...). Bound phrases that limit a number ("no more than 4 g", "do not exceed 4 g")
-  are not negations. Any cue counts (not parity): "No, you should not ..." reads as negated;
+  contraindicated, rarely, unnecessary, ...). Bound phrases that limit a number ("no more than 4 g",
+  "do not exceed 4 g") are not negations. Any cue counts (not parity): "No, you should not ..." reads
+  as negated;
+- warnings: a clause with a harm cue (overdose, toxic, damage, dangerous, risk, side effects, can
+  cause, ...) warns against what it names ("8 g a day can cause liver damage" does not recommend 8 g);
 - hedges: "without", "unless", "except", "whether" mark a clause whose yes/no reading is unsure
   ("colds get better without antibiotics"); the rule verifier gives no polarity verdict on them.
 
@@ -29,7 +33,6 @@ from dataclasses import dataclass, replace
 MIN_CLAUSE_WORDS = 3
 
 # surface form -> (canonical unit, factor, offset): canonical = value * factor + offset
-_MASS = {"g": 1.0, "kg": 1e3, "mg": 1e-3, "mcg": 1e-6}
 _UNIT_FORMS: dict[str, tuple[str, float, float]] = {}
 
 
@@ -38,10 +41,10 @@ def _add(forms: str, canonical: str, factor: float = 1.0, offset: float = 0.0) -
         _UNIT_FORMS[form] = (canonical, factor, offset)
 
 
-_add("g|gram|grams|gramme|grammes", "g", _MASS["g"])
-_add("kg|kilogram|kilograms", "g", _MASS["kg"])
-_add("mg|milligram|milligrams|milligramme|milligrammes", "g", _MASS["mg"])
-_add("mcg|µg|μg|ug|microgram|micrograms", "g", _MASS["mcg"])
+_add("g|gram|grams|gramme|grammes", "g")
+_add("kg|kilogram|kilograms", "g", 1e3)
+_add("mg|milligram|milligrams|milligramme|milligrammes", "g", 1e-3)
+_add("mcg|µg|μg|ug|microgram|micrograms", "g", 1e-6)
 _add("ml|millilitre|millilitres|milliliter|milliliters", "ml")
 _add("l|litre|litres|liter|liters", "ml", 1e3)
 _add("minute|minutes|min|mins", "day", 1 / 1440)
@@ -58,11 +61,13 @@ _add("mmol/l|mg/dl|mg/kg|mcg/kg|kg/m2|kg/m²|iu|units|bpm", "")  # own dimension
 _add("times|tablet|tablets|capsule|capsules|puff|puffs|drop|drops|dose|doses", "")
 
 _WORD_NUMBERS = "one two three four five six seven eight nine ten eleven twelve".split()
-_NUM = r"(?:(?<![a-z\d.,])(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)|\b(?:" + "|".join(_WORD_NUMBERS) + r")\b)"
+_NUM = (
+    r"(?:(?<![a-z\d.,])(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)|\b(?:"
+    + "|".join(_WORD_NUMBERS)
+    + r")\b)"
+)
 _UNIT = (
-    "(?:"
-    + "|".join(re.escape(f) for f in sorted(_UNIT_FORMS, key=len, reverse=True))
-    + r")(?![a-z0-9µμ²])"
+    "(?:" + "|".join(re.escape(f) for f in sorted(_UNIT_FORMS, key=len, reverse=True)) + r")(?![a-z0-9µμ²])"
 )
 _SINGLE = re.compile(rf"(?P<lo>{_NUM})[\s-]*(?P<unit>{_UNIT})")
 _RANGE_TO = re.compile(
@@ -80,8 +85,13 @@ _BOUND_PHRASES = re.compile(  # "do not take more than 8 g" states a bound of 8 
     rf"|\b{_NOT}\s+(?:\w+\s+){{0,2}}?(?:exceed|exceeding|over|above|beyond)\b"
 )
 _NEGATION = re.compile(
-    r"\b(?:not|never|no|none|nor|neither|cannot|avoid|avoided|avoiding|contraindicated|ineffective|myth|untrue)\b"
+    r"\b(?:not|never|no|none|nor|neither|cannot|avoid|avoided|avoiding|contraindicated|ineffective|useless"
+    r"|unnecessary|rarely|seldom|hardly|unlikely|myth|untrue)\b"
     r"|\b\w+n't\b|\bcan\s*not\b"
+)
+_WARNINGS = re.compile(
+    r"\b(?:overdoses?|overdosing|toxic|toxicity|poisoning|damage|dangerous|harmful|harms?|fatal|deadly|lethal"
+    r"|risks?|side[\s-]effects?)\b|\b(?:can|could|may|might|will)\s+cause\b"
 )
 _HEDGES = re.compile(r"\b(?:without|unless|except|whether)\b")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
@@ -99,6 +109,8 @@ class Quantity:
     unit: str  # canonical unit: g, ml, day, year, C, mmHg, %, or the unit as written for other dimensions
     raw: str  # the text as written, e.g. "1 to 2 weeks"
     second: float | None = None  # the diastolic number of a "140/90 mmHg" reading
+    start: int = 0  # character span in the text it was read from
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,7 @@ class Assertion:
     negated: bool
     quantities: tuple[Quantity, ...]
     hedged: bool = False  # "without", "unless", "except", "whether": its polarity is not a plain yes or no
+    warns: bool = False  # "8 g can cause liver damage": the clause warns against what it names
 
 
 def canonical_unit(value: float, unit: str) -> tuple[float, str]:
@@ -167,14 +180,16 @@ def extract_quantities(text: str) -> tuple[Quantity, ...]:
     for pattern, read in readers:
         for m in pattern.finditer(text):
             if free(m) and (q := read(m)) is not None:
-                found.append((m.start(), replace(q, raw=written[m.start() : m.end()].strip())))
+                raw = written[m.start() : m.end()].strip()
+                found.append((m.start(), replace(q, raw=raw, start=m.start(), end=m.end())))
                 taken.append((m.start(), m.end()))
     return tuple(q for _, q in sorted(found, key=lambda item: item[0]))
 
 
 def is_negated(text: str) -> bool:
     """True when the clause holds a negation cue outside a numeric bound phrase ("no more than")."""
-    return bool(_NEGATION.search(_BOUND_PHRASES.sub(" ", text.lower())))
+    text = text.lower().replace("\u2019", "'")
+    return bool(_NEGATION.search(_BOUND_PHRASES.sub(" ", text)))
 
 
 def split_sentences(answer: str) -> list[str]:
@@ -218,6 +233,7 @@ def make_assertion(text: str) -> Assertion:
         negated=is_negated(text),
         quantities=extract_quantities(text),
         hedged=bool(_HEDGES.search(lower)),
+        warns=bool(_WARNINGS.search(lower)),
     )
 
 

@@ -21,11 +21,15 @@ Verifiers:
 - "rules" (deterministic default) reads the evidence entries' structured claims. A claim is relevant to
   an assertion that names its entity (or an alias) and one of its keywords. Quantity claims compare the
   assertion's numbers in the claim's canonical unit (mg == g / 1000, weeks == 7 days, F -> C; a
-  blood-pressure reading compares its systolic number): every stated value must lie in the allowed
+  blood-pressure reading compares its systolic number). Of the assertion's numbers in that unit, those
+  nearest to a mention of the claim's keywords are compared: each must lie in the allowed
   interval (max: <= value, min: >= value, eq: value +/- tolerance, range: [value, value_high]; the
-  tolerance widens all four), else the assertion is refuted. A negated assertion ("never take 8 g")
-  is supported when the value it denies lies outside the interval and gets no verdict otherwise.
-  Polarity claims compare the assertion's negation with the claim's polarity; hedged clauses get none.
+  tolerance widens all four), else the assertion is refuted. An assertion that denies (negated, "never
+  take 8 g", or warning, "8 g a day can cause liver damage") is supported when the value it denies
+  lies outside the interval and gets no verdict otherwise. Polarity claims compare affirm/deny with
+  the claim's polarity; hedged clauses get none. Negation and warning combine by OR, so "8 g is not
+  dangerous" gets no verdict: the rules err towards not refuting, since a false refutation punishes
+  a correct answer.
   Any refuting claim wins over supporting ones; no relevant claim -> not_enough_info.
 - "llm" asks a causal LM (any hub name or local directory) for one word, SUPPORTED / REFUTED /
   NOT_ENOUGH_INFO, given the assertion and the evidence texts; greedy decoding; anything else ->
@@ -47,7 +51,7 @@ from typing import Any, Protocol
 import torch
 
 from quark_lightning.errors import ConfigError
-from quark_lightning.rewards.assertions import Assertion, split_assertions
+from quark_lightning.rewards.assertions import Assertion, Quantity, split_assertions
 from quark_lightning.rewards.base import ScoreResult
 from quark_lightning.rewards.retrieval import Claim, EvidenceEntry, build_retriever, load_knowledge_base
 
@@ -80,19 +84,36 @@ def _mention(terms: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def is_relevant(claim: Claim, assertion: Assertion) -> bool:
-    return bool(_mention(claim.names).search(assertion.lower) and _mention(claim.keywords).search(assertion.lower))
+    return bool(
+        _mention(claim.names).search(assertion.lower) and _mention(claim.keywords).search(assertion.lower)
+    )
+
+
+def denies(assertion: Assertion) -> bool:
+    """Negated ("do not give aspirin") or warning ("aspirin can cause Reye's syndrome in children")."""
+    return assertion.negated or assertion.warns
+
+
+def nearest_to_keywords(claim: Claim, assertion: Assertion, quantities: list[Quantity]) -> list[Quantity]:
+    """The quantities closest to a mention of the claim's keywords: "150 minutes of moderate activity a
+    week, or 75 minutes of vigorous activity" compares the number next to "moderate" or "week"."""
+    spans = [m.span() for m in _mention(claim.keywords).finditer(assertion.lower)]
+    if not quantities or not spans:
+        return []
+    gaps = [min(max(0, a - q.end, q.start - b) for a, b in spans) for q in quantities]
+    return [q for q, gap in zip(quantities, gaps) if gap == min(gaps)]
 
 
 def check_quantity(claim: Claim, assertion: Assertion, entry_id: str) -> Judgement | None:
     assert claim.quantity is not None
     low, high, unit = claim.quantity.interval()
-    stated = [q for q in assertion.quantities if q.unit == unit]
+    stated = nearest_to_keywords(claim, assertion, [q for q in assertion.quantities if q.unit == unit])
     if not stated:
         return None
-    slack = _EPS * max(1.0, abs(low) if math.isfinite(low) else 0.0, abs(high) if math.isfinite(high) else 0.0)
+    slack = _EPS * max(1.0, *(abs(x) for x in (low, high) if math.isfinite(x)))  # float round-off
     outside = [q for q in stated if q.value < low - slack or q.high > high + slack]
     evidence = f"evidence {claim.quantity.describe()}"
-    if assertion.negated:  # "never take 8 g": denying a value the evidence also rules out agrees with it
+    if denies(assertion):  # "never take 8 g": denying a value the evidence also rules out agrees with it
         if not outside:
             return None
         return Judgement(assertion, SUPPORTED, entry_id, claim, f"denies {outside[0].raw}, {evidence}")
@@ -104,7 +125,7 @@ def check_quantity(claim: Claim, assertion: Assertion, entry_id: str) -> Judgeme
 def check_polarity(claim: Claim, assertion: Assertion, entry_id: str) -> Judgement | None:
     if assertion.hedged:
         return None
-    affirmed = not assertion.negated
+    affirmed = not denies(assertion)
     said = f"{'affirms' if affirmed else 'denies'} '{claim.entity}: {claim.attribute}'"
     if affirmed == claim.polarity:
         return Judgement(assertion, SUPPORTED, entry_id, claim, f"{said}, evidence agrees")
@@ -141,7 +162,9 @@ JUDGE_INSTRUCTION = (
     "Evidence:\n{evidence}\n\nStatement: {statement}\n\n"
     "Answer with exactly one word: SUPPORTED, REFUTED or NOT_ENOUGH_INFO."
 )
-_VERDICT_WORD = re.compile(r"\b(not[\s_-]+enough[\s_-]+info(?:rmation)?|not\s+supported|supported|refuted)\b", re.I)
+_VERDICT_WORD = re.compile(
+    r"\b(not[\s_-]+enough[\s_-]+info(?:rmation)?|not\s+supported|supported|refuted)\b", re.I
+)
 
 
 def parse_verdict(text: str) -> str:
@@ -253,7 +276,9 @@ def summary(judgements: Sequence[Judgement]) -> str:
 
 def findings_for(judgements: Sequence[Judgement], missing_facts: Sequence[str]) -> list[str]:
     out = [
-        f'refuted: "{j.assertion.text}" vs {j.evidence_id}: {j.reason}' for j in judgements if j.verdict == REFUTED
+        f'refuted: "{j.assertion.text}" vs {j.evidence_id}: {j.reason}'
+        for j in judgements
+        if j.verdict == REFUTED
     ]
     out += [f"fact id {f!r} is not in the knowledge base" for f in missing_facts]
     return out + [summary(judgements)]

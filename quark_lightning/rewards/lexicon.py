@@ -47,6 +47,14 @@ QUESTION_FILLER = frozenset(
     """.split()
 )
 
+# Hedging and frequency words a reference uses that say nothing specific ("usually best avoided").
+GENERIC_WORDS = frozenset(
+    """
+    also always commonly especially generally including include includes least less likely many mainly
+    may more most much normally often particularly several sometimes such typically usually various
+    """.split()
+)
+
 ACTION_VERBS = frozenset(
     """
     apply ask avoid book call change check choose contact continue cut drink eat exercise follow get give

@@ -140,7 +140,9 @@ def _check_quantity(q: Any, where: str) -> list[str]:
 
 def _check_claim(claim: Any, where: str) -> list[str]:
     if not isinstance(claim, dict):
-        return [f"field '{where}': must be an object with entity, attribute, keywords and quantity or polarity"]
+        return [
+            f"field '{where}': must be an object with entity, attribute, keywords and quantity or polarity"
+        ]
     errs = []
     for key in ("entity", "attribute"):
         if not _is_text(claim.get(key)):
@@ -150,7 +152,9 @@ def _check_claim(claim: Any, where: str) -> list[str]:
         errs += _check_string_list(claim["aliases"], f"{where}.aliases", non_empty=False)
     kinds = [k for k in ("quantity", "polarity") if k in claim]
     if len(kinds) != 1:
-        errs.append(f"field '{where}': needs exactly one of 'quantity' or 'polarity', got {kinds or 'neither'}")
+        errs.append(
+            f"field '{where}': needs exactly one of 'quantity' or 'polarity', got {kinds or 'neither'}"
+        )
     elif kinds == ["quantity"]:
         errs += _check_quantity(claim["quantity"], f"{where}.quantity")
     elif not isinstance(claim["polarity"], bool):
@@ -229,7 +233,9 @@ def load_knowledge_base(path: str = "bundled") -> list[EvidenceEntry]:
     for line, row in read_jsonl(source):
         problems = validate_entry(row)
         if not problems and row["id"] in seen:
-            problems = [f"field 'id': {row['id']!r} already used on line {seen[row['id']]}; ids must be unique"]
+            problems = [
+                f"field 'id': {row['id']!r} already used on line {seen[row['id']]}; ids must be unique"
+            ]
         errors += [f"{source}:{line}: {p}" for p in problems]
         if not problems:
             seen[row["id"]] = line
@@ -307,7 +313,8 @@ class BM25Retriever(Retriever):
         idf = torch.log1p((n_docs - df + 0.5) / (df + 0.5))  # (V,)
         norm = self.k1 * (1 - self.b + self.b * length / length.mean().clamp(min=1e-9))  # (D,)
         w = idf[cols] * tf * (self.k1 + 1) / (tf + norm[rows])  # (nnz,)
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (n_docs, n_terms)).coalesce()
+        index = torch.stack([rows, cols])  # (2, nnz)
+        return torch.sparse_coo_tensor(index, w, (n_docs, n_terms), check_invariants=True).coalesce()
 
     def query_matrix(self, queries: Sequence[str]) -> torch.Tensor:  # (V, M) query term counts
         q = torch.zeros(len(self.vocab), len(queries))

@@ -1,0 +1,263 @@
+"""Stage `reward_model`: train the scalar ORM (or the online-feedback RM) and save it as an HF directory.
+
+    validate config -> load + validate pairs (or feedback -> pairs) -> split by question (seeded)
+    -> build the backbone (tiny model or any HF model) + 2-layer head -> evaluate held-out
+    -> Lightning fit with the ties loss -> evaluate held-out -> save <run_dir>/reward_model
+
+`python train.py +experiment=rm_orm` (preference pairs) or `+experiment=rm_online` (online feedback).
+The saved directory is what `quark_lightning.rewards.orm.ORMScorer(path=...)` loads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from quark_lightning.config import _require, is_int, is_num
+from quark_lightning.data.preferences import (
+    describe,
+    feedback_to_pairs,
+    load_online_feedback,
+    load_preference_pairs,
+    pair_texts,
+    split_by_question,
+)
+from quark_lightning.errors import ConfigError
+from quark_lightning.models.loading import DTYPES
+
+SOURCES = ("pairs", "feedback")
+OBJECTIVE = "J = L_diff + lambda * L_same; L_diff = -log s(r_w - r_l); L_same = -log s(m - |r_1 - r_2|)"
+OBJECTIVE_LITERAL = "J = L_diff + lambda * L_same; L_same = -log s(|r_1 - r_2|) (literal paper transcription)"
+REPORTED = (
+    ("pair_accuracy", "pair accuracy"),
+    ("tie_accuracy", "tie accuracy"),
+    ("tie_abs_delta", "mean |delta| on ties"),
+    ("pair_margin", "pair margin"),
+    ("reward_std", "reward std"),
+)
+
+
+def validate_reward_model_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every wrong value of the reward-model stage."""
+    p: list[str] = []
+    if OmegaConf.select(cfg, "reward_model") is None:
+        raise ConfigError(
+            "reward_model: missing. Fix: use +experiment=rm_orm or +experiment=rm_online "
+            "(or add +reward_model=orm to the command line)."
+        )
+    rm = "reward_model"
+    _require(p, cfg, f"{rm}.source", lambda v: v in SOURCES, "'pairs' or 'feedback'", "use reward_model=orm or =online.")
+    _require(
+        p,
+        cfg,
+        f"{rm}.data_path",
+        lambda v: isinstance(v, str) and v,
+        "'bundled' or the path of a JSONL file",
+    )
+    _require(p, cfg, f"{rm}.ties_lambda", lambda v: is_num(v) and v >= 0, "a number >= 0 (the λ of L_same)")
+    _require(p, cfg, f"{rm}.ties_margin", lambda v: is_num(v) and v >= 0, "a number >= 0 (the margin m)")
+    _require(p, cfg, f"{rm}.literal_paper_form", lambda v: isinstance(v, bool), "true or false")
+    _require(p, cfg, f"{rm}.center_rewards_coefficient", lambda v: is_num(v) and v >= 0, "a number >= 0")
+    _require(p, cfg, f"{rm}.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
+    _require(p, cfg, f"{rm}.head_lr", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0")
+    _require(p, cfg, f"{rm}.weight_decay", lambda v: is_num(v) and v >= 0, "a number >= 0")
+    _require(p, cfg, f"{rm}.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    _require(p, cfg, f"{rm}.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(p, cfg, f"{rm}.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(p, cfg, f"{rm}.max_length", lambda v: is_int(v) and v >= 16, "an integer >= 16 (tokens)")
+    _require(
+        p,
+        cfg,
+        f"{rm}.val_fraction",
+        lambda v: is_num(v) and 0 < v < 1,
+        "a number in (0, 1) (share of questions held out)",
+    )
+    _require(p, cfg, f"{rm}.tie_threshold", lambda v: is_num(v) and v > 0, "a number > 0")
+    _require(p, cfg, f"{rm}.val_every_n_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(
+        p, cfg, f"{rm}.head_hidden_size", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"
+    )
+    if OmegaConf.select(cfg, f"{rm}.source") == "feedback":
+        _require(p, cfg, f"{rm}.feedback.ties", lambda v: isinstance(v, bool), "true or false")
+        _require(
+            p,
+            cfg,
+            f"{rm}.feedback.max_pairs_per_question",
+            lambda v: v is None or (is_int(v) and v >= 1),
+            "null or an integer >= 1",
+        )
+    if OmegaConf.select(cfg, f"{rm}.lora.enabled"):
+        _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
+        _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
+    _require(p, cfg, "model.kind", lambda v: v in ("tiny", "hf"), "'tiny' or 'hf'", "use model=tiny or model=hf.")
+    if OmegaConf.select(cfg, "model.kind") == "hf":
+        _require(
+            p,
+            cfg,
+            "model.name_or_path",
+            lambda v: isinstance(v, str) and v and v != "???",
+            "a hub name or a local directory",
+        )
+    _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
+    _require(
+        p,
+        cfg,
+        "trainer.max_steps",
+        lambda v: is_int(v) and v >= 1,
+        "an integer >= 1 (optimizer steps)",
+        "pass reward_model.steps=<n> (trainer.max_steps follows it).",
+    )
+    if p:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
+
+
+def load_pairs(rm: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(train pairs, held-out pairs, tokenizer corpus) for the configured source; validates every row."""
+    if rm.source == "pairs":
+        pairs = load_preference_pairs(rm.data_path)
+        train, held_out = split_by_question(pairs, rm.val_fraction, rm.split_seed)
+        return train, held_out, pair_texts(pairs)
+    records = load_online_feedback(rm.data_path)
+    train_fb, held_fb = split_by_question(records, rm.val_fraction, rm.split_seed)
+    fb = rm.feedback
+    train = feedback_to_pairs(train_fb, fb.ties, fb.max_pairs_per_question, seed=rm.split_seed)
+    held_out = feedback_to_pairs(held_fb, fb.ties, fb.max_pairs_per_question, seed=rm.split_seed + 1)
+    if not train:
+        from quark_lightning.data.schema import DataValidationError
+
+        raise DataValidationError(
+            [
+                f"{rm.data_path}: no training pairs could be built from the feedback: a question needs a liked "
+                "and a disliked response (or two with the same rating, with reward_model.feedback.ties=true)"
+            ]
+        )
+    return train, held_out, pair_texts(records)
+
+
+def build_reward_model(cfg: DictConfig, corpus: list[str]):
+    from quark_lightning.models.tiny import ensure_tiny_model
+    from quark_lightning.modules.reward_model import ScalarRewardModel
+
+    if cfg.model.kind == "tiny":
+        path = ensure_tiny_model(corpus, cache_dir=cfg.model.cache_dir, **cfg.model.tiny)
+    else:
+        path = cfg.model.name_or_path
+    rm = cfg.reward_model
+    return ScalarRewardModel.from_backbone(
+        path,
+        dtype=cfg.model.dtype,
+        trust_remote_code=bool(cfg.model.trust_remote_code),
+        revision=cfg.model.get("revision"),
+        head_hidden_size=rm.head_hidden_size,
+        lora=OmegaConf.to_container(rm.lora, resolve=True) if rm.get("lora") else None,
+    )
+
+
+def format_table(before: dict[str, float], after: dict[str, float]) -> str:
+    def fmt(v: float) -> str:
+        return "    n/a" if v is None or math.isnan(v) else f"{v:7.3f}"
+
+    lines = [f"  {'':<22} {'before':>7} {'after':>7}"]
+    lines += [f"  {label:<22} {fmt(before[k])} {fmt(after[k])}" for k, label in REPORTED]
+    return "\n".join(lines)
+
+
+def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
+    """Train, evaluate and save the reward model the config describes; returns paths and metrics."""
+    from quark_lightning.modules.reward_model import PairDataset, RewardModelModule, evaluate_pairs
+
+    validate_reward_model_config(cfg)
+    rm = cfg.reward_model
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = cfg.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+
+    train_pairs, held_pairs, corpus = load_pairs(rm)  # a bad row stops here, before any model is built
+    print(f"Reward model ({rm.source}): train {describe(train_pairs)}")
+    print(f"Reward model ({rm.source}): held-out {describe(held_pairs)}")
+    model = build_reward_model(cfg, corpus)
+    train_set = PairDataset(model, train_pairs, rm.max_length)
+    held_set = PairDataset(model, held_pairs, rm.max_length)
+    before = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
+
+    module = RewardModelModule(
+        model,
+        lr=rm.lr,
+        weight_decay=rm.weight_decay,
+        warmup_steps=rm.warmup_steps,
+        ties_lambda=rm.ties_lambda,
+        ties_margin=rm.ties_margin,
+        literal_paper_form=rm.literal_paper_form,
+        center_rewards_coefficient=rm.center_rewards_coefficient,
+        tie_threshold=rm.tie_threshold,
+        head_lr=rm.head_lr,
+    )
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    steps = kwargs["max_steps"]
+    kwargs.update(
+        max_epochs=-1,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        val_check_interval=min(rm.val_every_n_steps, steps),
+        log_every_n_steps=min(kwargs.get("log_every_n_steps", 10), steps),
+    )
+    logger = instantiate(cfg.logger, version="reward_model") if cfg.get("logger") else False
+    trainer = L.Trainer(**kwargs, logger=logger, callbacks=[])
+    started = time.perf_counter()
+    trainer.fit(
+        module,
+        train_dataloaders=train_set.loader(rm.batch_size, shuffle=True, seed=cfg.seed),
+        val_dataloaders=held_set.loader(rm.eval_batch_size) if len(held_set) else None,
+    )
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    after = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
+
+    result: dict[str, Any] = {"run_dir": run_dir, "before": before, "after": after}
+    if trainer.is_global_zero:
+        summary = {
+            "stage": "reward_model",
+            "source": rm.source,
+            "data_path": rm.data_path,
+            "objective": OBJECTIVE_LITERAL if rm.literal_paper_form else OBJECTIVE,
+            "ties_lambda": rm.ties_lambda,
+            "ties_margin": rm.ties_margin,
+            "literal_paper_form": rm.literal_paper_form,
+            "center_rewards_coefficient": rm.center_rewards_coefficient,
+            "lr": rm.lr,
+            "steps": steps,
+            "batch_size": rm.batch_size,
+            "max_length": rm.max_length,
+            "tie_threshold": rm.tie_threshold,
+            "lora": bool(rm.lora.enabled) if rm.get("lora") else False,
+            "train_pairs": len(train_set),
+            "held_out_pairs": len(held_set),
+            "held_out_metrics_before": before,
+            "held_out_metrics_after": after,
+            "train_seconds": round(train_seconds, 1),
+        }
+        out_dir = os.path.join(run_dir, "reward_model")
+        model.save_pretrained(out_dir, summary=summary)
+        result["reward_model_dir"] = out_dir
+        if logger:
+            result["tensorboard_dir"] = logger.log_dir
+        lam = f"lambda={rm.ties_lambda}, m={rm.ties_margin}" + (", literal paper form" if rm.literal_paper_form else "")
+        print(f"\nHeld-out evaluation ({len(held_set)} pairs; {lam}; {steps} steps, {train_seconds:.0f}s):")
+        print(format_table(before, after))
+        print(
+            f"held-out pair accuracy: {after['pair_accuracy']:.3f}  "
+            f"tie accuracy: {after['tie_accuracy']:.3f}  "
+            f"mean |delta| on ties: {after['tie_abs_delta']:.3f}"
+        )
+        print(f"Saved reward model: {out_dir}")
+        print(f"  use it in a matrix: scorer: {{_target_: quark_lightning.rewards.orm.ORMScorer, path: {out_dir}}}")
+        if logger:
+            print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
+    return result

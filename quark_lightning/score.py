@@ -1,0 +1,172 @@
+"""Score responses against an alignment matrix, outside training.
+
+    python -m quark_lightning.score --input responses.jsonl [--output FILE] [--matrix NAME] [override ...]
+
+Input: one JSON object a line, a prompt object (DESIGN.md section 3) plus `"response"`, the answer to
+score. Every row is checked with the prompt schema before any scoring; a bad row (including a missing or
+empty `response`) is reported as `FILE:LINE: field 'x': ...`. Ids may repeat (several responses to one
+prompt are scored independently, in input order).
+
+The matrix is composed with Hydra from the repository's `conf/` tree exactly as training composes it
+(`config_name="train"`, `matrix=NAME` plus any further overrides such as
+`matrix.dimensions.safety.weight=3`), then built with `build_matrix`. Without `--matrix`, the matrix
+selected by `conf/train.yaml` is used.
+
+Output: one JSON object a line, to stdout or `--output FILE`:
+
+    {"id": ..., "scores": {dim: float | null}, "findings": {dim: [...]}, "reward": float | null}
+
+`null` marks a dimension that does not apply to the sample (NaN score). `reward` is the *static* weighted
+sum over the applicable dimensions, nansum_k(w_k * s_k) with the matrix's configured weights: raw
+scores, no reference-frozen normalization and no adaptive weighting (those need the reference policy's
+rollouts; see quark_lightning.optim). It is `null` when no dimension applies.
+
+Errors in the input or the matrix print one clear message to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from quark_lightning.data.schema import DataValidationError, read_jsonl, validate_prompt
+from quark_lightning.errors import ConfigError, QuarkError
+from quark_lightning.matrix.matrix import AlignmentMatrix, MatrixScores
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m quark_lightning.score",
+        description="Score responses (prompt objects plus 'response') against an alignment matrix.",
+    )
+    ap.add_argument("--input", required=True, help="JSONL of prompt objects, each with a 'response'")
+    ap.add_argument("--output", default=None, help="write JSONL here instead of stdout")
+    ap.add_argument(
+        "--matrix", default=None, help="a config under conf/matrix/ (default: the train.yaml one)"
+    )
+    ap.add_argument("--config-dir", default=str(CONF_DIR), help="the Hydra config tree (default: repo conf/)")
+    ap.add_argument("--batch-size", type=int, default=64, help="responses scored per matrix call")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. matrix.dimensions.safety.weight=3")
+    return ap.parse_args(argv)
+
+
+def load_responses(path: str) -> list[dict[str, Any]]:
+    """Validated rows; raise DataValidationError listing every bad row as FILE:LINE: field ..."""
+    if not Path(path).is_file():
+        raise DataValidationError([f"{path}: file not found (pass --input with an existing JSONL file)"])
+    records, errors = [], []
+    for line, record in read_jsonl(path):
+        problems = validate_prompt(record)
+        if isinstance(record, dict):
+            response = record.get("response")
+            if not isinstance(response, str) or not response.strip():
+                got = "missing" if response is None else f"got {response!r}"
+                problems.append(f"field 'response': must be a non-empty string (the answer to score), {got}")
+        errors += [f"{path}:{line}: {p}" for p in problems]
+        if not problems:
+            records.append(record)
+    if errors:
+        raise DataValidationError(errors)
+    if not records:
+        raise DataValidationError([f"{path}: no responses found; the file is empty"])
+    return records
+
+
+def compose_matrix_config(config_dir: str, matrix: str | None, overrides: Sequence[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not Path(config_dir, "train.yaml").is_file():
+        raise ConfigError(
+            f"--config-dir {config_dir}: no train.yaml there (pass the repository's conf/ folder)"
+        )
+    chosen = [f"matrix={matrix}"] if matrix else []
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[*chosen, *overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        available = sorted(p.stem for p in Path(config_dir, "matrix").glob("*.yaml"))
+        raise ConfigError(
+            f"could not compose the matrix config: {err}. Available matrices: {', '.join(available)}"
+        ) from err
+    return cfg.matrix
+
+
+def build(config_dir: str, matrix: str | None, overrides: Sequence[str]) -> AlignmentMatrix:
+    from quark_lightning.matrix.build import build_matrix
+
+    return build_matrix(compose_matrix_config(config_dir, matrix, overrides))
+
+
+def static_reward(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """nansum_k(w_k * s_k) per row; NaN where every dimension is NaN. scores (N, K), weights (K,)."""
+    applies = ~scores.isnan()  # (N, K)
+    total = torch.where(applies, scores * weights, 0.0).sum(1)  # (N,)
+    return torch.where(applies.any(1), total, math.nan)  # (N,)
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 6)
+
+
+def output_rows(
+    records: Sequence[dict[str, Any]], result: MatrixScores, reward: torch.Tensor
+) -> Iterator[dict]:
+    for i, record in enumerate(records):
+        yield {
+            "id": record["id"],
+            "scores": {name: _num(float(result.scores[i, k])) for k, name in enumerate(result.names)},
+            "findings": {name: list(result.findings[name][i]) for name in result.names},
+            "reward": _num(float(reward[i])),
+        }
+
+
+def score_records(
+    matrix: AlignmentMatrix, records: Sequence[dict[str, Any]], batch_size: int
+) -> Iterator[dict]:
+    weights = matrix.weights()  # (K,)
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        result = matrix.score(batch, [r["response"] for r in batch])
+        yield from output_rows(batch, result, static_reward(result.scores, weights))
+
+
+def write_rows(rows: Iterator[dict], out: IO[str]) -> int:
+    count = 0
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
+        records = load_responses(args.input)
+        matrix = build(args.config_dir, args.matrix, args.overrides)
+        sink = open(args.output, "w", encoding="utf-8") if args.output else nullcontext(sys.stdout)
+        with sink as out:
+            count = write_rows(score_records(matrix, records, args.batch_size), out)
+    except (QuarkError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        print(f"scored {count} responses on {len(matrix.names)} dimensions -> {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
