@@ -52,7 +52,14 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
             "(or add +reward_model=orm to the command line)."
         )
     rm = "reward_model"
-    _require(p, cfg, f"{rm}.source", lambda v: v in SOURCES, "'pairs' or 'feedback'", "use reward_model=orm or =online.")
+    _require(
+        p,
+        cfg,
+        f"{rm}.source",
+        lambda v: v in SOURCES,
+        "'pairs' or 'feedback'",
+        "use reward_model=orm or =online.",
+    )
     _require(
         p,
         cfg,
@@ -81,7 +88,11 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
     _require(p, cfg, f"{rm}.tie_threshold", lambda v: is_num(v) and v > 0, "a number > 0")
     _require(p, cfg, f"{rm}.val_every_n_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _require(
-        p, cfg, f"{rm}.head_hidden_size", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"
+        p,
+        cfg,
+        f"{rm}.head_hidden_size",
+        lambda v: v is None or (is_int(v) and v >= 1),
+        "null or an integer >= 1",
     )
     if OmegaConf.select(cfg, f"{rm}.source") == "feedback":
         _require(p, cfg, f"{rm}.feedback.ties", lambda v: isinstance(v, bool), "true or false")
@@ -95,7 +106,9 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, f"{rm}.lora.enabled"):
         _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
         _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
-    _require(p, cfg, "model.kind", lambda v: v in ("tiny", "hf"), "'tiny' or 'hf'", "use model=tiny or model=hf.")
+    _require(
+        p, cfg, "model.kind", lambda v: v in ("tiny", "hf"), "'tiny' or 'hf'", "use model=tiny or model=hf."
+    )
     if OmegaConf.select(cfg, "model.kind") == "hf":
         _require(
             p,
@@ -248,7 +261,9 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         result["reward_model_dir"] = out_dir
         if logger:
             result["tensorboard_dir"] = logger.log_dir
-        lam = f"lambda={rm.ties_lambda}, m={rm.ties_margin}" + (", literal paper form" if rm.literal_paper_form else "")
+        lam = f"lambda={rm.ties_lambda}, m={rm.ties_margin}" + (
+            ", literal paper form" if rm.literal_paper_form else ""
+        )
         print(f"\nHeld-out evaluation ({len(held_set)} pairs; {lam}; {steps} steps, {train_seconds:.0f}s):")
         print(format_table(before, after))
         print(
@@ -257,7 +272,9 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
             f"mean |delta| on ties: {after['tie_abs_delta']:.3f}"
         )
         print(f"Saved reward model: {out_dir}")
-        print(f"  use it in a matrix: scorer: {{_target_: quark_lightning.rewards.orm.ORMScorer, path: {out_dir}}}")
+        print(
+            f"  use it in a matrix: scorer: {{_target_: quark_lightning.rewards.orm.ORMScorer, path: {out_dir}}}"
+        )
         if logger:
             print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
     return result

@@ -84,7 +84,7 @@ def load_responses(path: str) -> list[dict[str, Any]]:
 
 def compose_matrix_config(config_dir: str, matrix: str | None, overrides: Sequence[str]) -> Any:
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     if not Path(config_dir, "train.yaml").is_file():
@@ -96,9 +96,11 @@ def compose_matrix_config(config_dir: str, matrix: str | None, overrides: Sequen
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
             cfg = compose(config_name="train", overrides=[*chosen, *overrides])
     except (HydraException, OmegaConfBaseException) as err:
-        available = sorted(p.stem for p in Path(config_dir, "matrix").glob("*.yaml"))
+        available = ", ".join(sorted(p.stem for p in Path(config_dir, "matrix").glob("*.yaml")))
+        if isinstance(err, MissingConfigException):
+            raise ConfigError(f"{str(err).splitlines()[0]}. Available matrices: {available}") from err
         raise ConfigError(
-            f"could not compose the matrix config: {err}. Available matrices: {', '.join(available)}"
+            f"could not compose the matrix config: {err}. Available matrices: {available}"
         ) from err
     return cfg.matrix
 
@@ -160,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sink = open(args.output, "w", encoding="utf-8") if args.output else nullcontext(sys.stdout)
         with sink as out:
             count = write_rows(score_records(matrix, records, args.batch_size), out)
+    except BrokenPipeError:  # e.g. `| head`: the reader stopped, nothing is wrong
+        sys.stderr.close()
+        return 0
     except (QuarkError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -69,6 +69,11 @@ def test_a_referral_inside_a_full_answer_is_not_boilerplate():
     assert bad_patterns([answer]).scores.tolist() == [1.0]
 
 
+def test_urgent_referral_is_not_boilerplate():
+    answer = "This could be a heart attack. Seek medical help immediately: call 999 or 112."
+    assert bad_patterns([answer, "Please consult a doctor."]).scores.tolist() == pytest.approx([1.0, 0.4])
+
+
 def test_verbosity_and_repetition_combine_as_noisy_or_and_never_nan():
     looping = "Drink plenty of water every day. " * 12
     long = " ".join(["Rest, drink fluids and take paracetamol if needed."] * 1) + " word" * 300
@@ -157,6 +162,31 @@ def test_mining_recovers_the_overrepresented_phrase_with_its_tag():
     assert not any("paracetamol" in p.pattern or "fluids" in p.pattern for p in patterns)
 
 
+def test_mining_a_realistic_log_finds_the_templates_and_no_topic_words(bundled_records):
+    templates = [
+        ("I'm not a doctor, so I can't say for sure. {first} Everyone is different.", "hedging"),
+        (
+            "As an AI language model, I cannot give medical advice. Please consult a healthcare professional.",
+            "refusal",
+        ),
+        ("{first} {last} In summary, to summarize what was said above, {first}", "verbose"),
+        ("It depends on many factors. {first}", "hedging"),
+    ]
+    rows = []
+    for i, record in enumerate(bundled_records):
+        rows.append({"messages": record["messages"], "response": record["reference"], "rating": 1})
+        if i % 2 == 0:
+            sentences = record["reference"].split(". ")
+            template, tag = templates[(i // 2) % 4]
+            response = template.format(first=sentences[0] + ".", last=sentences[-1])
+            rows.append({"messages": record["messages"], "response": response, "rating": -1, "tags": [tag]})
+    found = {p.pattern: p.tag for p in mine_bad_patterns(rows)}
+    assert found["everyone is different"] == "hedging" and found["summary to summarize"] == "verbose"
+    assert any("depends" in p for p in found) and any("consult" in p or "ai" in p.split() for p in found)
+    vocabulary = " ".join(p for p in found).split()
+    assert not {"baby", "condition", "blood", "pain", "heart", "signs"} & set(vocabulary)
+
+
 def test_log_odds_matches_hand_computation():
     # y_b = 4, y_g = 1, n_b = n_g = 20, s = 0.5 -> alpha_w = 0.5 * 5 = 2.5, alpha_0 = 0.5 * 40 = 20
     delta, z = log_odds_dirichlet(
@@ -177,9 +207,16 @@ def test_mining_counts_documents_not_occurrences():
     ]
     (zinc,) = [p for p in mine_bad_patterns(rows, min_count=2, min_z=-10) if p.pattern == "zinc"]
     assert (zinc.disliked_count, zinc.liked_count) == (2, 0)
-    # unigrams: disliked totals n_b = |{zinc}| + |{zinc, helps}| = 3, liked n_g = 2
+    # documents: y_b = 2 of n_b = 2, y_g = 0 of n_g = 1, s = 1 -> alpha_w = 2, alpha_0 = 3
+    # delta = log((2 + 2) / (2 + 3 - 2 - 2)) - log((0 + 2) / (1 + 3 - 0 - 2)) = log(4) - log(1)
+    assert zinc.log_odds == pytest.approx(math.log(4))
+    assert zinc.z == pytest.approx(math.log(4) / math.sqrt(1 / 4 + 1 / 2))
+    # "ngrams" totals: unigram n_b = |{zinc}| + |{zinc, helps}| = 3, n_g = |{rest, helps}| = 2
+    (zinc,) = [
+        p for p in mine_bad_patterns(rows, min_count=2, min_z=-10, totals="ngrams") if p.pattern == "zinc"
+    ]
     expected, _ = log_odds_dirichlet(
-        *(torch.tensor([v], dtype=torch.float64) for v in (2, 0, 3, 2)), prior_scale=0.1
+        *(torch.tensor([v], dtype=torch.float64) for v in (2, 0, 3, 2)), prior_scale=1.0
     )
     assert zinc.log_odds == pytest.approx(expected.item())
 
@@ -197,6 +234,7 @@ def test_mined_patterns_file_feeds_the_scorer_and_the_cli(tmp_path, capsys):
             "bad pattern 'mined': \"everyone is different\" (tag: hedging, z="
         )
         assert result.scores[0].item() == pytest.approx(1 - 0.25)
+    assert saved["settings"]["totals"] == "documents"
 
 
 def test_bad_feedback_rows_are_reported_with_file_and_line(tmp_path, capsys):
@@ -249,6 +287,22 @@ def test_no_concrete_action_is_reported_and_lowers_the_score():
     # without a reference: (0.4 * relevance + 0.2 * actionability) / 0.6; both answers fully relevant
     assert result.scores[0].item() == pytest.approx(0.4 / 0.6)
     assert result.scores[1].item() == pytest.approx(1.0)
+
+
+def test_relevance_counts_only_the_question_words_the_reference_takes_up():
+    prompt = {
+        "id": "chest",
+        "messages": [
+            {"role": "user", "content": "I have crushing chest pain spreading to my left arm. Help?"}
+        ],
+        "reference": "This could be a heart attack. Call an ambulance now and do not drive yourself.",
+    }
+    answer = "This may be a heart attack: call an ambulance on 999 immediately and do not drive."
+    result = usefulness([answer], prompt=prompt)
+    assert result.scores.tolist() == [1.0] and result.findings == [[]]
+    # without the reference, every question word counts: 0 of need = 3 addressed
+    result = usefulness([answer], prompt={**prompt, "reference": None})
+    assert result.findings[0] == ["does not address 'spreading', 'crushing', 'chest' (+3 more)"]
 
 
 def test_usefulness_weights_are_checked():

@@ -77,7 +77,9 @@ def validate_pair(record: Any) -> list[str]:
         and _nonempty_str(record.get("response_a"))
         and record.get("response_a", "").strip() == record.get("response_b", "").strip()
     ):
-        errs.append(f"field 'preference': got {pref!r} but response_a and response_b are identical; use 'tie'")
+        errs.append(
+            f"field 'preference': got {pref!r} but response_a and response_b are identical; use 'tie'"
+        )
     return errs
 
 
@@ -95,7 +97,7 @@ def validate_feedback(record: Any) -> list[str]:
         errs.append(f"field 'rating': got {rating!r}, expected 1 (liked) or -1 (disliked)")
     tags = record.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        errs.append("field 'tags': must be a list of strings (e.g. [\"verbose\", \"unsafe\"])")
+        errs.append('field \'tags\': must be a list of strings (e.g. ["verbose", "unsafe"])')
     return errs
 
 
@@ -216,7 +218,9 @@ def describe(pairs: list[dict[str, Any]]) -> str:
     n_tie = sum(p["preference"] == "tie" for p in pairs)
     share = f"{n_tie / len(pairs):.0%}" if pairs else "n/a"
     questions = len({question_key(p["messages"]) for p in pairs})
-    return f"{len(pairs)} pairs ({len(pairs) - n_tie} preferred, {n_tie} ties = {share}; {questions} questions)"
+    return (
+        f"{len(pairs)} pairs ({len(pairs) - n_tie} preferred, {n_tie} ties = {share}; {questions} questions)"
+    )
 
 
 __all__ = [

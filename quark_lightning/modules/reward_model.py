@@ -181,7 +181,9 @@ class ScalarRewardModel(nn.Module):
         )
         if not os.path.isdir(directory):
             raise RewardModelLoadError(f"reward model directory {directory!r} does not exist. {fix}")
-        missing = [f for f in (META_FILE, HEAD_FILE, "config.json") if not os.path.exists(os.path.join(directory, f))]
+        missing = [
+            f for f in (META_FILE, HEAD_FILE, "config.json") if not os.path.exists(os.path.join(directory, f))
+        ]
         if missing:
             raise RewardModelLoadError(
                 f"{directory!r} is not a saved scalar reward model: missing {', '.join(missing)}. {fix}"
@@ -222,7 +224,9 @@ class ScalarRewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (N, T) -> rewards (N,) float32."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, H)
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state  # (N, T, H)
         positions = torch.arange(attention_mask.size(1), device=attention_mask.device)  # (T,)
         last = (attention_mask * positions).argmax(dim=1)  # (N,) last non-pad position, either padding side
         pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (N, H)
@@ -274,7 +278,9 @@ class PairDataset(Dataset):
 
     def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
         gen = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=gen)
+        return DataLoader(
+            self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=gen
+        )
 
 
 def pair_rewards(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +307,9 @@ def evaluate_pairs(
         pref.append(batch["pref"].cpu())
     model.train(was_training)
     if not r_a:
-        return preference_metrics(torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), tie_threshold)
+        return preference_metrics(
+            torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), tie_threshold
+        )
     return preference_metrics(torch.cat(r_a), torch.cat(r_b), torch.cat(pref), tie_threshold)
 
 
@@ -375,7 +383,9 @@ class RewardModelModule(L.LightningModule):
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         body = [p for p in self.model.backbone.parameters() if p.requires_grad]
         groups = [{"params": body, "lr": self.lr}, {"params": head, "lr": self.head_lr or self.lr}]
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=self.lr, weight_decay=self.weight_decay
+        )
         warmup = self.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0

@@ -7,23 +7,34 @@ patterns into a reward.
 
 **Mining** (interpretation; the paper gives no method). Each response contributes the *set* of its word
 n-grams (n = 1..3, lowercased; an n-gram made only of stopwords is never a candidate), so counts are
-document frequencies: y_b(w) disliked responses and y_g(w) liked responses contain w. Each n-gram order
-is its own multinomial with totals n_b, n_g. The score is the log-odds ratio with an informative
-Dirichlet prior (Monroe, Colaresi & Quinn 2008, "Fightin' Words", eqs. 16-22):
+document frequencies: y_b(w) disliked responses and y_g(w) liked responses contain w. The score is the
+log-odds ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008, "Fightin' Words",
+eqs. 16-22, with their approximate variance):
 
-    alpha_w = s * (y_b(w) + y_g(w)),   alpha_0 = s * (n_b + n_g)        prior from the pooled log, scale s
+    alpha_w = s * (y_b(w) + y_g(w)),   alpha_0 = s * (n_b + n_g)        prior: the pooled log, scale s
     delta_w = log((y_b + alpha_w) / (n_b + alpha_0 - y_b - alpha_w))
             - log((y_g + alpha_w) / (n_g + alpha_0 - y_g - alpha_w))
     var_w   = 1 / (y_b + alpha_w) + 1 / (y_g + alpha_w),     z_w = delta_w / sqrt(var_w)
 
-With s = 1 the prior is the whole pooled log (Monroe's background-corpus prior); a feedback log is small
-and has no larger background corpus, so the default s = 0.1 lets the prior weigh a tenth of the data.
-A pattern is kept when y_b >= min_count, delta > 0 and z >= min_z, ranked by z (then y_b, then fewer
-stopwords at its ends, then longer). Redundant n-grams are dropped: one contained in (or containing) a
-better-ranked pattern, or one found in nearly the same disliked responses (Jaccard >= `dedupe_jaccard`,
-0.8) as a better-ranked pattern, so a templated sentence yields one pattern rather than all its 3-grams. Each pattern is
-attributed to the most frequent tag among the disliked responses containing it (ties: alphabetical;
-"untagged" when they carry none), with that tag's share.
+Totals (`totals`): "documents" (default) takes n_b, n_g = the number of disliked / liked responses, so
+delta is the log-odds ratio of *a response containing w* (a Beta-binomial reading of the same formula),
+which is what the scorer detects and which does not favour words of short disliked answers (refusals) or
+long ones (verbose answers) merely for their length; "ngrams" is Monroe's multinomial, each n-gram
+order with its own totals n = the group's count of n-grams of that order. s = 1 (default) is Monroe's
+choice of the pooled corpus as prior; s < 1 weakens the prior (higher variance for n-grams that liked
+responses never use). On a synthetic log built from the bundled references plus templated hedging,
+refusal and verbose answers (tests/test_online_usefulness.py), (documents, s = 1) recovers exactly the
+templated phrases ("everyone is different", "advice please consult", "summary to summarize") and no
+topical word, while s = 0.1 prefers loose single words ("depends", "please") and "ngrams" totals let
+topical words ("baby", "condition") through.
+
+A pattern is kept when y_b >= min_count, delta > 0 and z >= min_z (default 1.645, a one-sided 5% test:
+only over-representation among dislikes is sought), ranked by z (then y_b, then fewer stopwords at its
+ends, then longer). Redundant n-grams are dropped: one contained in (or containing) a better-ranked
+pattern, or one found in nearly the same disliked responses (Jaccard >= `dedupe_jaccard`, 0.8) as a
+better-ranked pattern, so a templated sentence yields one pattern rather than all its 3-grams. Each
+pattern is attributed to the most frequent tag among the disliked responses containing it (ties:
+alphabetical; "untagged" when they carry none), with that tag's share.
 
 **Reward.** Detected patterns p each carry a weight w_p in [0, 1] (built-in detectors: `weights`; mined
 patterns: `mined_weight`) and a tag. Within a tag only the strongest counts (one failure mode is not
@@ -38,10 +49,15 @@ It applies to every answer (never NaN). Built-in detectors, after the patterns t
   referral phrases, no number, dose or time frame), or hedges in two or more sentences making up at
   least `max_hedge_share` of them;
 - `boilerplate_refusal` (tag refusal): sentences with refusal or referral boilerplate ("as an AI",
-  "I cannot give medical advice", "consult a professional") make up at least `refusal_share` of the words;
+  "I cannot give medical advice", "consult a professional") and nothing concrete besides (so "seek
+  medical help immediately" is not boilerplate) make up at least `refusal_share` of the words;
 - `verbosity` (tag verbose): more than `max_words` words, or more than `max_repeated_sentence_ratio`
   of the sentences repeat an earlier one;
 - `repetition` (tag repetitive): more than `max_repeated_trigram_fraction` of word 3-grams repeat.
+
+Mined patterns come from `patterns` (a JSON file written by the CLI below), which wins over `feedback`
+(a feedback JSONL mined when the scorer is built; "bundled" = data/assets/online_feedback.jsonl;
+null = built-in detectors only). A mined n-gram is detected on word boundaries of the tokenized answer.
 
 Findings: `bad pattern 'boilerplate_refusal': "i cannot give medical advice" (tag: refusal)`, and for a
 mined pattern `bad pattern 'mined': "everyone is different" (tag: hedging, z=2.31)`.
@@ -71,6 +87,7 @@ from quark_lightning.rewards.lexicon import STOPWORDS, concreteness, sentences
 from quark_lightning.rewards.text import compile_pattern, repeated_ngram_fraction, words
 
 BUNDLED_FEEDBACK = ASSETS / "online_feedback.jsonl"
+TOTALS = ("documents", "ngrams")
 MINING_METHOD = "log-odds ratio, informative Dirichlet prior (Monroe et al. 2008), document frequencies"
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,9 +218,10 @@ def mine_bad_patterns(
     min_count: int = 3,
     top_k: int = 20,
     max_n: int = 3,
-    min_z: float = 1.0,
-    prior_scale: float = 0.1,
+    min_z: float = 1.645,
+    prior_scale: float = 1.0,
     dedupe_jaccard: float | None = 0.8,
+    totals: str = "documents",
     stopwords: frozenset[str] = STOPWORDS,
 ) -> list[MinedPattern]:
     """N-grams over-represented in disliked (-1) vs liked (+1) responses, best first (see module doc).
@@ -211,17 +229,26 @@ def mine_bad_patterns(
     `dedupe_jaccard`: drop an n-gram contained in (or containing) a better-ranked pattern, or whose set of
     disliked responses has Jaccard similarity >= this with a better-ranked pattern's (None: no dedupe).
     Ranking: z, then disliked count, then fewer stopwords at the ends, then longer, then alphabetical.
+    `totals`: "documents" (n = number of responses in the group) or "ngrams" (n = the group's n-gram
+    count of the same order), see the module docstring.
     """
     if prior_scale <= 0:
         raise ValueError(f"prior_scale must be > 0, got {prior_scale}")
+    if totals not in TOTALS:
+        raise ValueError(f"totals must be one of {TOTALS}, got {totals!r}")
     docs = [(ngram_set(words(r["response"]), max_n), r["rating"]) for r in records]
     vocab, y_b, y_g, order = count_ngrams(docs, max_n)
     if not vocab:
         return []
-    n_b = torch.zeros(max_n, dtype=torch.float64).index_add_(0, order, y_b)[order]  # (V,) per-order total
-    n_g = torch.zeros(max_n, dtype=torch.float64).index_add_(0, order, y_g)[order]  # (V,)
+    if totals == "documents":
+        n_b = torch.full_like(y_b, sum(rating == -1 for _, rating in docs))  # (V,) responses per group
+        n_g = torch.full_like(y_g, sum(rating == 1 for _, rating in docs))  # (V,)
+    else:
+        n_b = torch.zeros(max_n, dtype=torch.float64).index_add_(0, order, y_b)[order]  # (V,) per order
+        n_g = torch.zeros(max_n, dtype=torch.float64).index_add_(0, order, y_g)[order]  # (V,)
+    everywhere = (y_b == n_b) & (y_g == n_g)  # (V,) in every response: no contrast (and 0/0 below)
     delta, z = log_odds_dirichlet(y_b, y_g, n_b, n_g, prior_scale)
-    keep = (y_b >= min_count) & (delta > 0) & (z >= min_z)  # (V,)
+    keep = (y_b >= min_count) & (delta > 0) & (z >= min_z) & ~everywhere  # (V,)
     candidates = [i for i in keep.nonzero().flatten().tolist() if is_candidate(vocab[i], stopwords)]
     candidates.sort(
         key=lambda i: (
@@ -282,7 +309,8 @@ def load_patterns(path: str) -> list[MinedPattern]:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise DataValidationError(
             [
-                f"{path}: not a mined-patterns file ({type(err).__name__}: {err}); expected {{'patterns': [...]}}"
+                f"{path}: not a mined-patterns file ({type(err).__name__}: {err}); "
+                "expected {'patterns': [...]} as written by the mining CLI"
             ]
         ) from err
 
@@ -294,7 +322,8 @@ def load_patterns(path: str) -> list[MinedPattern]:
 HEDGES = [
     r"\bit (all |really )?depends\b",
     r"\bevery(one|body| person| case) is different\b",
-    r"\bi (can't|cannot|can not|am unable to|'m unable to|am not able to) (really )?(say|tell|know|be sure)\b",
+    r"\bi (can't|cannot|can not|am unable to|'m unable to|am not able to) (really )?"
+    r"(say|tell|know|be sure)\b",
     r"\b(it's|it is) (hard|difficult|impossible) to (say|know|tell|predict)\b",
     r"\b(hard|difficult) to say\b",
     r"\bthere('s| is) no (simple|easy|single|one) answer\b",
@@ -333,6 +362,14 @@ def first_match(patterns: Sequence[str], text: str) -> str | None:
     return None
 
 
+def has_substance(text: str) -> bool:
+    """Concrete content (an action verb outside referrals, a number, dose or time frame) once hedges and
+    refusal boilerplate are removed: "seek medical help immediately" has it, "as an AI ..." does not."""
+    for p in HEDGES + REFUSALS:
+        text = compile_pattern(p).sub(" ", text)
+    return concreteness(text).concrete
+
+
 def repeated_sentence_ratio(text: str) -> float:
     """Share of sentences that repeat an earlier one (compared as lowercased word sequences)."""
     keys = [" ".join(words(s)) for s in sentences(text)]
@@ -362,8 +399,9 @@ class BadPatternScorer:
         min_count: int = 3,
         top_k: int = 20,
         max_n: int = 3,
-        min_z: float = 1.0,
-        prior_scale: float = 0.1,
+        min_z: float = 1.645,
+        prior_scale: float = 1.0,
+        totals: str = "documents",
     ):
         unknown = set(detectors) - set(DETECTOR_TAGS) | set(weights or {}) - set(DETECTOR_TAGS)
         if unknown:
@@ -395,6 +433,7 @@ class BadPatternScorer:
                 max_n=max_n,
                 min_z=min_z,
                 prior_scale=prior_scale,
+                totals=totals,
             )
         else:
             mined = []
@@ -409,14 +448,11 @@ class BadPatternScorer:
         hedged = sum(first_match(HEDGES, s) is not None for s in sentences(text))
         if hedged >= 2 and hedged / len(sentences(text)) >= self.max_hedge_share:
             return hedge
-        substance = text  # what is left once hedges and refusal boilerplate are removed
-        for p in HEDGES + REFUSALS:
-            substance = compile_pattern(p).sub(" ", substance)
-        return None if concreteness(substance).concrete else hedge
+        return None if has_substance(text) else hedge
 
     def _boilerplate_refusal(self, text: str) -> str | None:
         total = len(words(text))
-        found = [(s, m) for s in sentences(text) if (m := first_match(REFUSALS, s))]
+        found = [(s, m) for s in sentences(text) if (m := first_match(REFUSALS, s)) and not has_substance(s)]
         if not total or not found:
             return None
         share = sum(len(words(s)) for s, _ in found) / total
@@ -474,16 +510,20 @@ class BadPatternScorer:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m quark_lightning.rewards.online",
-        description="Mine word n-grams over-represented in disliked online answers (log-odds, Dirichlet prior).",
+        description="Mine word n-grams over-represented in disliked online answers "
+        "(log-odds ratio with an informative Dirichlet prior).",
     )
     ap.add_argument("--input", default="bundled", help="online feedback JSONL ('bundled' = the bundled log)")
     ap.add_argument("--output", required=True, help="where to write the mined patterns (JSON)")
     ap.add_argument("--min-count", type=int, default=3, help="min. disliked responses containing a pattern")
     ap.add_argument("--top-k", type=int, default=20, help="max. number of patterns kept")
     ap.add_argument("--max-n", type=int, default=3, help="longest n-gram")
-    ap.add_argument("--min-z", type=float, default=1.0, help="min. z-score of the log-odds ratio")
+    ap.add_argument("--min-z", type=float, default=1.645, help="min. z-score of the log-odds ratio")
     ap.add_argument(
-        "--prior-scale", type=float, default=0.1, help="Dirichlet prior weight relative to the data"
+        "--prior-scale", type=float, default=1.0, help="Dirichlet prior weight relative to the data"
+    )
+    ap.add_argument(
+        "--totals", choices=TOTALS, default="documents", help="log-odds totals (see the module doc)"
     )
     return ap.parse_args(argv)
 
@@ -496,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_n": args.max_n,
         "min_z": args.min_z,
         "prior_scale": args.prior_scale,
+        "totals": args.totals,
     }
     try:
         records = read_feedback(args.input)
@@ -508,7 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(records)} rated responses ({disliked} disliked): {len(patterns)} patterns -> {args.output}")
     for p in patterns:
         print(
-            f"  z={p.z:5.2f}  log-odds={p.log_odds:5.2f}  {p.disliked_count:3d}/{p.liked_count:<3d}  [{p.tag}]  {p.pattern}"
+            f"  z={p.z:5.2f}  log-odds={p.log_odds:5.2f}  "
+            f"{p.disliked_count:3d}/{p.liked_count:<3d}  [{p.tag}]  {p.pattern}"
         )
     return 0
 

