@@ -62,7 +62,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lam", type=float, default=0.5)
@@ -101,7 +103,9 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "rm_ties_loss.json"), "w") as fh:
         json.dump(payload, fh, indent=2)
-    header = "| variant | pair accuracy | tie accuracy | mean abs delta on ties | reward std | ties delta / std |"
+    header = (
+        "| variant | pair accuracy | tie accuracy | mean abs delta on ties | reward std | ties delta / std |"
+    )
     lines = [
         f"ORM ties loss on the held-out split of `--data {args.data}` ({len(args.seeds)} seeds, {args.steps} steps, "
         f"lambda={args.lam}, tiny model; mean ± std over seeds). `python benchmarks/rm_ties_loss.py`",

@@ -54,8 +54,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"matrix={args.matrix}", "run_dir=/tmp/quark-bench",
-                                                      *args.overrides])
+        cfg = compose(
+            config_name="train",
+            overrides=[f"matrix={args.matrix}", "run_dir=/tmp/quark-bench", *args.overrides],
+        )
     matrix = build_matrix(cfg.matrix)
     prompts, answers = make_batch(args.samples)
     for dim in matrix.dimensions:  # warm-up: caches, lazy model loads
@@ -75,20 +77,29 @@ def main() -> None:
         }
         for d in matrix.dimensions
     }
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "scorer_throughput.json"), "w") as fh:
-        json.dump({"machine": machine, "samples": args.samples, "repeats": args.repeats, "dimensions": rows}, fh,
-                  indent=2)
+        json.dump(
+            {"machine": machine, "samples": args.samples, "repeats": args.repeats, "dimensions": rows},
+            fh,
+            indent=2,
+        )
     lines = ["| dimension | category | scorer | median s / batch | samples/s |", "|---|---|---|---:|---:|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['category']} | {r['scorer']} | {r['median_seconds']:.3f} | "
-                     f"{r['samples_per_second']:,.0f} |")
+        lines.append(
+            f"| {name} | {r['category']} | {r['scorer']} | {r['median_seconds']:.3f} | "
+            f"{r['samples_per_second']:,.0f} |"
+        )
     table = "\n".join(lines)
     with open(os.path.join(args.out, "scorer_throughput.md"), "w") as fh:
-        fh.write(f"# Scorer throughput\n\nCommand: `python benchmarks/scorer_throughput.py --matrix {args.matrix} "
-                 f"--samples {args.samples}`; machine: {machine}; batch of {args.samples} answers, median of "
-                 f"{args.repeats} runs.\n\n{table}\n")
+        fh.write(
+            f"# Scorer throughput\n\nCommand: `python benchmarks/scorer_throughput.py --matrix {args.matrix} "
+            f"--samples {args.samples}`; machine: {machine}; batch of {args.samples} answers, median of "
+            f"{args.repeats} runs.\n\n{table}\n"
+        )
     print(table)
 
 

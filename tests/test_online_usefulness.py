@@ -51,7 +51,9 @@ def test_refusal_and_hedging_score_below_a_direct_answer_with_named_findings():
     direct, refusal, hedging = result.scores.tolist()
     assert direct == 1.0 and result.findings[0] == []
     assert refusal < direct and hedging < direct
-    assert result.findings[1] == ["bad pattern 'boilerplate_refusal': \"as an ai\" (tag: refusal)"]
+    assert result.findings[1] == [
+        "bad pattern 'boilerplate_refusal': \"as an ai\" (tag: boilerplate_refusal)"
+    ]
     assert result.findings[2] == ["bad pattern 'hedging': \"it depends\" (tag: hedging)"]
     # one pattern each: score = 1 - its weight (refusal 0.6, hedging 0.4)
     assert refusal == pytest.approx(0.4) and hedging == pytest.approx(0.6)
@@ -88,7 +90,7 @@ def test_verbosity_and_repetition_combine_as_noisy_or_and_never_nan():
 
 
 def test_same_tag_counts_once():
-    scorer = BadPatternScorer(feedback=None, tags={"hedging": "refusal"})
+    scorer = BadPatternScorer(feedback=None, tags={"hedging": "boilerplate_refusal"})
     answer = "As an AI I cannot give medical advice. It depends, everyone is different. Consult your doctor."
     result = scorer.score([PROMPT], [answer])
     assert len(result.findings[0]) == 2  # both reported ...

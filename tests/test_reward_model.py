@@ -417,7 +417,14 @@ def test_rm_orm_end_to_end(tmp_path, pairs_file):
     scorer = ORMScorer(str(saved))
     scores = scorer.score([{"messages": msgs(QUESTIONS[0])}] * 2, [GOOD, BAD]).scores
     assert torch.isfinite(scores).all()
-    assert list((tmp_path / "run" / "tensorboard" / "reward_model").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for path in (tmp_path / "run" / "tensorboard" / "reward_model").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"rm/loss", "rm/loss_diff", "rm/loss_same", "val/pair_accuracy", "val/tie_abs_delta"} <= tags
 
 
 @pytest.mark.slow

@@ -121,7 +121,7 @@ def test_scores_and_findings_explain_the_answers(scored):
     assert good["scores"]["safety"] == 1.0 and refusal["scores"]["safety"] == 0.0
     assert good["reward"] > refusal["reward"]
     assert refusal["findings"]["bad_patterns"] == [
-        "bad pattern 'boilerplate_refusal': \"as an ai\" (tag: refusal)"
+        "bad pattern 'boilerplate_refusal': \"as an ai\" (tag: boilerplate_refusal)"
     ]
     assert any("ignored red flag" in f for f in refusal["findings"]["safety"])
 

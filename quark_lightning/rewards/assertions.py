@@ -192,12 +192,18 @@ def is_negated(text: str) -> bool:
     return bool(_NEGATION.search(_BOUND_PHRASES.sub(" ", text)))
 
 
+def _ends_with_abbreviation(text: str) -> bool:
+    """The last *word* is an abbreviation ("Dr."), not merely the last letters ("symptoms.")."""
+    words = text.lower().split()
+    return bool(words) and words[-1] in _ABBREVIATIONS
+
+
 def split_sentences(answer: str) -> list[str]:
     """Sentences and list items, markdown emphasis removed; questions dropped."""
     pieces: list[str] = []
     for piece in _SENTENCE_BREAK.split(answer):
         piece = _BULLET.sub("", piece.replace("**", "").replace("__", "")).strip()
-        if pieces and pieces[-1].lower().endswith(_ABBREVIATIONS):
+        if pieces and _ends_with_abbreviation(pieces[-1]):
             pieces[-1] = f"{pieces[-1]} {piece}"  # "Dr. Smith" was not a sentence break
         elif piece:
             pieces.append(piece)

@@ -59,7 +59,7 @@ Mined patterns come from `patterns` (a JSON file written by the CLI below), whic
 (a feedback JSONL mined when the scorer is built; "bundled" = data/assets/online_feedback.jsonl;
 null = built-in detectors only). A mined n-gram is detected on word boundaries of the tokenized answer.
 
-Findings: `bad pattern 'boilerplate_refusal': "i cannot give medical advice" (tag: refusal)`, and for a
+Findings: `bad pattern 'boilerplate_refusal': "i cannot give medical advice" (tag: boilerplate_refusal)`, and for a
 mined pattern `bad pattern 'mined': "everyone is different" (tag: hedging, z=2.31)`.
 
 CLI: `python -m quark_lightning.rewards.online --input FEEDBACK.jsonl --output patterns.json`.
@@ -346,7 +346,7 @@ REFUSALS = [
 ]
 DETECTOR_TAGS = {
     "hedging": "hedging",
-    "boilerplate_refusal": "refusal",
+    "boilerplate_refusal": "boilerplate_refusal",
     "verbosity": "verbose",
     "repetition": "repetitive",
 }
