@@ -211,6 +211,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         tie_threshold=rm.tie_threshold,
         head_lr=rm.head_lr,
     )
+    train_loader = train_set.loader(rm.batch_size, shuffle=True, seed=cfg.seed)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     steps = kwargs["max_steps"]
     kwargs.update(
@@ -219,14 +220,14 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         num_sanity_val_steps=0,
         check_val_every_n_epoch=None,
         val_check_interval=min(rm.val_every_n_steps, steps),
-        log_every_n_steps=min(kwargs.get("log_every_n_steps", 10), steps),
+        log_every_n_steps=max(1, min(kwargs.get("log_every_n_steps", 10), steps, len(train_loader))),
     )
     logger = instantiate(cfg.logger, version="reward_model") if cfg.get("logger") else False
     trainer = L.Trainer(**kwargs, logger=logger, callbacks=[])
     started = time.perf_counter()
     trainer.fit(
         module,
-        train_dataloaders=train_set.loader(rm.batch_size, shuffle=True, seed=cfg.seed),
+        train_dataloaders=train_loader,
         val_dataloaders=held_set.loader(rm.eval_batch_size) if len(held_set) else None,
     )
     train_seconds = time.perf_counter() - started
@@ -278,3 +279,47 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         if logger:
             print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
     return result
+
+
+def ensure_reward_model(
+    experiment: str, cache_dir: str | None = None, overrides: list[str] | None = None
+) -> str:
+    """Train (once) the reward model of `+experiment=NAME` and return its saved directory.
+
+    The run directory is `cache_dir/reward_models/<experiment>-<key>`, where the key hashes the composed
+    reward-model and model config and the training data, so a changed config or data file trains anew and
+    an unchanged one is reused. Used by `ORMScorer(train_experiment=...)` so a matrix can name a reward
+    model that does not exist yet (the embedded demo does this).
+    """
+    import hashlib
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    from quark_lightning.data.preferences import BUNDLED_FEEDBACK, BUNDLED_PAIRS, resolve
+    from quark_lightning.models.tiny import default_cache_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()  # inside `python train.py` Hydra is initialized already
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", *(overrides or [])])
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+    key_src = OmegaConf.to_yaml(cfg.reward_model) + OmegaConf.to_yaml(cfg.model.get("tiny", {}))
+    bundled = BUNDLED_PAIRS if cfg.reward_model.source == "pairs" else BUNDLED_FEEDBACK
+    data_file = resolve(cfg.reward_model.data_path, bundled)
+    digest = hashlib.sha256(key_src.encode() + Path(data_file).read_bytes()).hexdigest()[:12]
+    run_dir = Path(cache_dir or default_cache_dir()) / "reward_models" / f"{experiment}-{digest}"
+    saved = run_dir / "reward_model"
+    if (saved / "reward_model.json").exists():
+        return str(saved)
+    print(f"Training the reward model of +experiment={experiment} once (cached in {run_dir})")
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+        cfg.model.cache_dir = cache_dir or cfg.model.cache_dir
+    return run_reward_model(cfg)["reward_model_dir"]

@@ -449,3 +449,40 @@ def test_rm_online_end_to_end_and_bad_rows_stop_first(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{bad}:3: field 'rating': got 5, expected 1 (liked) or -1 (disliked)" in proc.stderr
     assert not (tmp_path / "b" / "cache").exists()  # nothing heavy started
+
+
+# ------------------------------------------------------------------ the must-show, on the bundled pairs
+def run_bundled(tmp_path, *overrides) -> dict[str, float]:
+    from hydra import compose, initialize_config_dir
+
+    from quark_lightning.reward_model_training import run_reward_model
+
+    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                "+experiment=rm_orm",
+                f"run_dir={tmp_path}",
+                "~logger",
+                f"model.cache_dir={tmp_path.parent / 'cache'}",
+                "reward_model.steps=80",
+                *overrides,
+            ],
+        )
+    return run_reward_model(cfg)["after"]
+
+
+@pytest.mark.slow
+def test_bundled_pairs_ties_loss_pulls_held_out_ties_together(tmp_path):
+    """Held-out accuracy beats chance; λ>0 shrinks |Δ| on held-out ties vs λ=0; the literal form grows it."""
+    ties = run_bundled(tmp_path / "ties", "reward_model.ties_lambda=0.5")
+    bt = run_bundled(tmp_path / "bt", "reward_model.ties_lambda=0")
+    literal = run_bundled(
+        tmp_path / "literal", "reward_model.ties_lambda=0.5", "reward_model.literal_paper_form=true"
+    )
+    print(f"\nbt {bt}\nties {ties}\nliteral {literal}")
+    for metrics in (bt, ties, literal):
+        assert metrics["pair_accuracy"] > 0.7 and metrics["n_ties"] >= 5
+    assert ties["tie_abs_delta"] < 0.75 * bt["tie_abs_delta"]
+    assert ties["tie_accuracy"] > bt["tie_accuracy"]
+    assert literal["tie_abs_delta"] > bt["tie_abs_delta"] > ties["tie_abs_delta"]

@@ -20,7 +20,26 @@ from quark_lightning.rewards.base import ScoreResult
 
 
 class ORMScorer:
-    def __init__(self, path: str, batch_size: int = 16, max_length: int = 512, dtype: str = "float32"):
+    def __init__(
+        self,
+        path: str | None = None,
+        batch_size: int = 16,
+        max_length: int = 512,
+        dtype: str = "float32",
+        train_experiment: str | None = None,
+        cache_dir: str | None = None,
+    ):
+        """`path`: a saved reward-model directory. Or leave it null and name `train_experiment` (e.g.
+        `rm_orm`): that reward model is trained once on its bundled data and cached under `cache_dir`."""
+        if path is None:
+            if not train_experiment:
+                raise ValueError(
+                    "ORMScorer needs `path` (a directory saved by `python train.py +experiment=rm_orm`) "
+                    "or `train_experiment` (e.g. rm_orm) to train and cache one"
+                )
+            from quark_lightning.reward_model_training import ensure_reward_model
+
+            path = ensure_reward_model(train_experiment, cache_dir)
         self.path = path
         self.model = ScalarRewardModel.from_pretrained(path, dtype=dtype)
         self.model.requires_grad_(False).eval()
