@@ -230,3 +230,21 @@ def test_statistics_and_weights_survive_a_resume_exactly(tmp_path, tiny_model_di
     )
     assert second["start"] == first["end"]  # restored exactly, not recalibrated
     assert second["end"]["tadw_steps"] == 3 and second["end"]["rfn_mean"] == first["end"]["rfn_mean"]
+
+
+def test_gates_cap_or_set_the_reward_of_vetoed_completions():
+    from quark_lightning.matrix.matrix import Gate
+    from quark_lightning.optim.aggregation import apply_gates
+
+    scores = torch.tensor([[1.0, 0.9], [0.0, 0.9], [NAN, 0.1], [0.0, 0.1]])  # col 0 = safety
+    reward = torch.tensor([2.0, 2.0, 0.5, -3.0])
+    capped, vetoed = apply_gates(reward, scores, [(0, Gate(below=1.0, mode="cap", value=-1.0))])
+    assert capped.tolist() == [2.0, -1.0, 0.5, -3.0]  # NaN (not applicable) never vetoes
+    assert vetoed[:, 0].tolist() == [False, True, False, True]
+    set_, _ = apply_gates(reward, scores, [(0, Gate(below=1.0, mode="set", value=0.0))])
+    assert set_.tolist() == [2.0, 0.0, 0.5, 0.0]
+    weights = torch.tensor([1.0, 1.0])
+    ctx = AggregationContext(2)
+    _, adv, _ = aggregate_and_advantages("gdpo", scores[:, :1].nan_to_num(1.0).repeat(1, 2), weights, ctx,
+                                         gates=[(0, Gate(below=1.0))])
+    assert adv[1] == adv[:2].min() and adv[3] == adv[2:].min()

@@ -30,6 +30,7 @@ def build_matrix(matrix_cfg: DictConfig) -> AlignmentMatrix:
                 weight=float(dim.get("weight", 1.0)),
                 risk=float(dim.get("risk", 1.0) or 1.0),
                 target=dim.get("target"),
+                gate=OmegaConf.to_container(dim.gate, resolve=True) if dim.get("gate") else None,
             )
         )
     return AlignmentMatrix(dimensions)

@@ -26,6 +26,30 @@ class MatrixConfigError(QuarkError, ValueError):
     """A dimension of the matrix is declared wrongly."""
 
 
+GATE_MODES = ("cap", "set")
+
+
+@dataclass
+class Gate:
+    """Hard veto (interpretation of the team's multiplicative gates): a completion whose raw score on
+    the dimension is below `below` gets total reward min(reward, value) (`cap`) or exactly `value`
+    (`set`). `value` is in the aggregator's units (raw for `sum`, reference std units for `rfn*`)."""
+
+    below: float
+    mode: str = "cap"
+    value: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str) -> Gate:
+        unknown = set(cfg) - {"below", "mode", "value"}
+        if unknown or "below" not in cfg:
+            raise MatrixConfigError(f"{where}: gate needs {{below, mode, value}}, got keys {sorted(cfg)}")
+        gate = cls(below=float(cfg["below"]), mode=cfg.get("mode", "cap"), value=float(cfg.get("value", 0.0)))
+        if gate.mode not in GATE_MODES:
+            raise MatrixConfigError(f"{where}: gate.mode {gate.mode!r} is not one of {GATE_MODES}")
+        return gate
+
+
 @dataclass
 class Dimension:
     name: str
@@ -34,9 +58,12 @@ class Dimension:
     weight: float = 1.0
     risk: float = 1.0  # prior risk level (safety-critical dimensions higher)
     target: float | None = None  # score the dimension should reach; used by diagnosis/weighting
+    gate: Gate | None = None  # a veto: a score below `gate.below` caps or sets the total reward
 
     def __post_init__(self) -> None:
         where = f"matrix dimension '{self.name}'"
+        if isinstance(self.gate, dict):
+            self.gate = Gate.from_config(self.gate, where)
         if self.category not in CATEGORIES:
             raise MatrixConfigError(
                 f"{where}: category {self.category!r} is unknown; expected one of {', '.join(CATEGORIES)}"
@@ -88,6 +115,9 @@ class AlignmentMatrix:
 
     def weights(self) -> torch.Tensor:
         return torch.tensor([d.weight for d in self.dimensions], dtype=torch.float32)  # (K,)
+
+    def gates(self) -> list[tuple[int, Gate]]:
+        return [(k, d.gate) for k, d in enumerate(self.dimensions) if d.gate is not None]
 
     def torch_modules(self) -> dict[str, torch.nn.Module]:
         """Learned reward models held by scorers (frozen; registered beside the policy)."""

@@ -182,7 +182,12 @@ class GRPOModule(L.LightningModule):
             normalizer=self.normalizer,
         )
         aggregated, advantages, frac_zero_std = aggregate_and_advantages(
-            self.aggregator_name, scores, self.matrix_weights, ctx, self.config.scale_rewards
+            self.aggregator_name,
+            scores,
+            self.matrix_weights,
+            ctx,
+            self.config.scale_rewards,
+            self.matrix.gates(),
         )
         return matrix_scores, scores, aggregated, advantages, frac_zero_std
 

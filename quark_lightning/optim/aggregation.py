@@ -96,11 +96,46 @@ def get_aggregator(name: str) -> Aggregator:
     return AGGREGATORS[name]
 
 
+def apply_gates(
+    reward: torch.Tensor, scores: torch.Tensor, gates: Sequence
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vetoes: where a gate dimension's raw score is below its threshold, cap or set the reward.
+
+    reward (N,), scores (N, K), gates [(k, Gate)] -> (gated reward (N,), vetoed (N, len(gates)) bool).
+    A NaN score (dimension not applicable) never triggers its gate.
+    """
+    vetoed = []
+    for k, gate in gates:
+        hit = scores[:, k] < gate.below  # NaN compares False
+        value = torch.full_like(reward, gate.value)
+        new = torch.minimum(reward, value) if gate.mode == "cap" else value
+        reward = torch.where(hit & ~torch.isnan(reward), new, reward)
+        vetoed.append(hit)
+    return reward, (torch.stack(vetoed, 1) if vetoed else torch.zeros(reward.size(0), 0, dtype=torch.bool))
+
+
 def aggregate_and_advantages(
-    name: str, scores: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext, scale: str = "group"
+    name: str,
+    scores: torch.Tensor,
+    weights: torch.Tensor,
+    ctx: AggregationContext,
+    scale: str = "group",
+    gates: Sequence = (),
 ) -> tuple[AggregatedReward, torch.Tensor, torch.Tensor]:
-    """Aggregate, then group advantages unless the aggregator made its own.  -> (agg, advantages, frac_zero_std)"""
+    """Aggregate, apply gates, then group advantages unless the aggregator made its own.
+
+    -> (agg, advantages (N,), frac_zero_std). With `gdpo` (advantages made per dimension) a vetoed
+    completion gets the lowest advantage of its group.
+    """
     agg = get_aggregator(name)(scores, weights, ctx)
+    agg.reward, vetoed = apply_gates(agg.reward, scores, gates)
     grouped = group_advantages(agg.reward, ctx.group_size, scale, ctx.eps)
-    adv = agg.advantages if agg.advantages is not None else grouped.advantages
+    if agg.advantages is None:
+        return agg, grouped.advantages, grouped.frac_zero_std
+    adv = agg.advantages
+    if vetoed.numel() and vetoed.any():
+        group_min = (
+            adv.view(-1, ctx.group_size).min(1, keepdim=True).values.expand(-1, ctx.group_size).reshape(-1)
+        )
+        adv = torch.where(vetoed.any(1), group_min, adv)
     return agg, adv, grouped.frac_zero_std

