@@ -2,9 +2,11 @@
 
     python benchmarks/scorer_throughput.py [--matrix medical] [--samples 512] [--repeats 5]
 
-Scores `--samples` (prompt, answer) pairs built from the bundled prompts: each prompt's expert reference
-and two altered versions of it (truncated; with a wrong number), so rule-based scorers see passing and
-failing answers. Each dimension's scorer runs `--repeats` times on the whole batch, interleaved across
+Scores `--samples` (prompt, answer) pairs built from the bundled prompts plus generated calculator
+questions (a quarter): each prompt's expert reference and two altered versions of it (truncated; with a
+wrong number), so scorers see passing and failing answers. A scorer's samples/s counts every answer of
+the batch, including those it returns NaN for (the calculator verifier applies to the calculator
+questions only). Each dimension's scorer runs `--repeats` times on the whole batch, interleaved across
 dimensions; the median wall time gives samples/s. Writes benchmarks/results/scorer_throughput.{json,md}.
 """
 
@@ -29,7 +31,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def make_batch(n: int) -> tuple[list[dict], list[str]]:
+    from quark_lightning.data.calculators import generate_calculator_prompts
+
     records = [r for r in load_prompt_records(str(BUNDLED_PROMPTS)) if r.get("reference")]
+    records += generate_calculator_prompts(len(records) // 3)  # so the calculator verifier has work
     prompts, answers = [], []
     for i in range(n):
         r = records[i % len(records)]

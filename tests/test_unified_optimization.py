@@ -245,6 +245,7 @@ def test_gates_cap_or_set_the_reward_of_vetoed_completions():
     assert set_.tolist() == [2.0, 0.0, 0.5, 0.0]
     weights = torch.tensor([1.0, 1.0])
     ctx = AggregationContext(2)
-    _, adv, _ = aggregate_and_advantages("gdpo", scores[:, :1].nan_to_num(1.0).repeat(1, 2), weights, ctx,
-                                         gates=[(0, Gate(below=1.0))])
+    _, adv, _ = aggregate_and_advantages(
+        "gdpo", scores[:, :1].nan_to_num(1.0).repeat(1, 2), weights, ctx, gates=[(0, Gate(below=1.0))]
+    )
     assert adv[1] == adv[:2].min() and adv[3] == adv[2:].min()

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from quark_lightning.data import ASSETS
-from quark_lightning.data.schema import DataValidationError, _check_messages, read_jsonl
+from quark_lightning.data.schema import DataValidationError, check_messages, read_jsonl
 
 BUNDLED_PAIRS = ASSETS / "preference_pairs.jsonl"
 BUNDLED_FEEDBACK = ASSETS / "online_feedback.jsonl"
@@ -63,7 +63,7 @@ def validate_pair(record: Any) -> list[str]:
     """Problems of one preference-pair record, each starting with `field '...'`."""
     if not isinstance(record, dict):
         return [f"the row must be a JSON object, got {type(record).__name__}"]
-    errs = _check_id(record) + _check_messages(record.get("messages"))
+    errs = _check_id(record) + check_messages(record.get("messages"))
     for key in ("response_a", "response_b"):
         if key not in record:
             errs.append(f"field '{key}': missing (the two responses to compare)")
@@ -87,7 +87,7 @@ def validate_feedback(record: Any) -> list[str]:
     """Problems of one online-feedback record, each starting with `field '...'`."""
     if not isinstance(record, dict):
         return [f"the row must be a JSON object, got {type(record).__name__}"]
-    errs = _check_id(record) + _check_messages(record.get("messages"))
+    errs = _check_id(record) + check_messages(record.get("messages"))
     if "response" not in record:
         errs.append("field 'response': missing (the answer the user reacted to)")
     elif not _nonempty_str(record["response"]):

@@ -28,7 +28,7 @@ class DataValidationError(QuarkError, ValueError):
         super().__init__(f"{len(errors)} problem(s) in the data:\n" + "\n".join(shown) + more)
 
 
-def _check_messages(messages: Any) -> list[str]:
+def check_messages(messages: Any) -> list[str]:
     if not isinstance(messages, list) or not messages:
         return ['field \'messages\': must be a non-empty list of {"role", "content"} objects']
     errs = []
@@ -105,7 +105,7 @@ def validate_prompt(record: Any, require_reference: bool = False) -> list[str]:
         errs.append("field 'id': must be a non-empty string (a unique prompt id such as 'htn-001')")
     if "area" in record and not isinstance(record["area"], str):
         errs.append("field 'area': must be a string naming the clinical area")
-    errs += _check_messages(record.get("messages"))
+    errs += check_messages(record.get("messages"))
     if "reference" in record and record["reference"] is not None and not isinstance(record["reference"], str):
         errs.append("field 'reference': must be a string (the expert answer)")
     if require_reference and not (isinstance(record.get("reference"), str) and record["reference"].strip()):

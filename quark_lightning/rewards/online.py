@@ -80,7 +80,7 @@ from typing import Any
 import torch
 
 from quark_lightning.data import ASSETS
-from quark_lightning.data.schema import DataValidationError, _check_messages, read_jsonl
+from quark_lightning.data.schema import DataValidationError, check_messages, read_jsonl
 from quark_lightning.errors import QuarkError
 from quark_lightning.rewards.base import ScoreResult
 from quark_lightning.rewards.lexicon import STOPWORDS, concreteness, sentences
@@ -104,7 +104,7 @@ def validate_feedback(record: Any) -> list[str]:
     """Problems of one online-feedback record, each starting with `field '...'`."""
     if not isinstance(record, dict):
         return [f"the row must be a JSON object, got {type(record).__name__}"]
-    errs = _check_messages(record.get("messages"))
+    errs = check_messages(record.get("messages"))
     if not isinstance(record.get("response"), str) or not record["response"].strip():
         errs.append("field 'response': must be a non-empty string (the answer users rated)")
     rating = record.get("rating")

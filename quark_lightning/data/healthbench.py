@@ -1,0 +1,361 @@
+"""HealthBench-format data (OpenAI, arXiv 2505.08775): local loading, conversion, scoring.
+
+Nothing is downloaded: users who hold a copy of HealthBench, or data written in its format, pass a local
+JSONL path. One row::
+
+    {"prompt_id": "...", "prompt": [{"role": "user", "content": "..."}, ...],
+     "rubrics": [{"criterion": "...", "points": 5, "tags": ["axis:accuracy", ...]}, ...],
+     "example_tags": ["theme:emergency_referrals", ...], "ideal_completions_data": null}
+
+Conversion to our prompt format (DESIGN.md section 3), our interpretation:
+
+- `id` = `prompt_id`; `messages` = `prompt`; `area` = the value of the first `theme:` example tag, else
+  `"general"`; `example_tags` kept; `reference` = `ideal_completions_data.ideal_completion` when given;
+  other extra keys of the row are passed through as metadata.
+- every criterion becomes one rubric item `c<k>` (k from 1): a criterion with positive points becomes a
+  bonus item (`important`), one with negative points a `pitfall`; `points` = |points|, `hb_points` = the
+  original signed points, `axis` = the value of its `axis:` tag (else `"unspecified"`), `tags` kept.
+  HealthBench has no notion of an essential item, so no `essential` items are produced; `any` is empty
+  (HealthBench criteria are judged by a grader, not by patterns).
+
+Scoring follows the HealthBench formula (openai/simple-evals `healthbench_eval.py`, also used by
+inspect_evals): per example `score = sum(signed points of met criteria) / sum(positive points)`, which
+can be negative; the overall score is the mean of the per-example scores, clipped to [0, 1] (the mean
+is clipped, not each example), with a bootstrap standard error (1000 resamples of the clipped mean).
+Per-axis scores are computed the same way on each axis's criteria alone, over the examples that have at
+least one positive criterion on that axis. The optional length adjustment is not applied.
+
+`HealthBenchScorer` is a matrix scorer returning the unclipped per-example score; which criteria an
+answer meets is decided by a rubric matcher (`rubric_matchers.py`): `llm` (default, needs
+`matcher_kwargs.judge_model`), `semantic`, or `regex`. The regex matcher only sees the items' `any`
+patterns, which converted HealthBench rows leave empty, so with it nothing is ever met: use it only for
+rows that carry patterns. The LLM matcher sees the final answer and the criterion, not the whole
+conversation as the HealthBench grader does.
+
+`AXIS_TO_DIMENSION` maps the five axes onto our matrix dimensions (an interpretation, not part of
+HealthBench).
+
+CLI: `python -m quark_lightning.data.healthbench --input FILE --output prompts.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from quark_lightning.data.schema import DataValidationError, check_messages, read_jsonl, validate_prompt
+from quark_lightning.rewards.base import ScoreResult
+
+# Interpretation: which matrix dimension each HealthBench axis speaks to.
+AXIS_TO_DIMENSION: dict[str, str] = {
+    "accuracy": "correctness_atomic",
+    "completeness": "usefulness",
+    "communication_quality": "format_rules",
+    "context_awareness": "usefulness",
+    "instruction_following": "format_rules",
+}
+UNSPECIFIED_AXIS = "unspecified"
+BOOTSTRAP_SAMPLES = 1000
+CONVERTED_KEYS = ("prompt_id", "prompt", "rubrics", "example_tags", "ideal_completions_data")
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def _tag_values(tags: Sequence[str], prefix: str) -> list[str]:
+    return [t[len(prefix) :] for t in tags if t.startswith(prefix)]
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _check_criterion(i: int, item: Any) -> list[str]:
+    where = f"field 'rubrics[{i}]"
+    if not isinstance(item, dict):
+        return [f"{where}': must be an object with 'criterion', 'points' and 'tags'"]
+    errs = []
+    if not isinstance(item.get("criterion"), str) or not item["criterion"].strip():
+        errs.append(f"{where}.criterion': must be a non-empty string saying what is checked")
+    points = item.get("points")
+    if isinstance(points, bool) or not isinstance(points, (int, float)) or points == 0 or math.isnan(points):
+        errs.append(
+            f"{where}.points': must be a non-zero number (negative for undesirable behaviour), got {points!r}"
+        )
+    tags = item.get("tags", [])
+    if not _is_str_list(tags):
+        errs.append(f"{where}.tags': must be a list of strings such as 'axis:accuracy'")
+    elif len(_tag_values(tags, "axis:")) > 1:
+        errs.append(
+            f"{where}.tags': {_tag_values(tags, 'axis:')} gives more than one axis; keep one 'axis:' tag"
+        )
+    return errs
+
+
+def _check_rubrics(rubrics: Any) -> list[str]:
+    if not isinstance(rubrics, list) or not rubrics:
+        return ['field \'rubrics\': must be a non-empty list of {"criterion", "points", "tags"} objects']
+    errs = [e for i, item in enumerate(rubrics) for e in _check_criterion(i, item)]
+    if not errs and not any(item["points"] > 0 for item in rubrics):
+        errs.append(
+            "field 'rubrics': needs at least one criterion with positive points (the score's denominator)"
+        )
+    return errs
+
+
+def _check_ideal(ideal: Any) -> list[str]:
+    if ideal is None:
+        return []
+    if not isinstance(ideal, dict):
+        return ["field 'ideal_completions_data': must be null or an object with 'ideal_completion'"]
+    if "ideal_completion" in ideal and not isinstance(ideal["ideal_completion"], str):
+        return ["field 'ideal_completions_data.ideal_completion': must be a string"]
+    return []
+
+
+def validate_healthbench_row(row: Any) -> list[str]:
+    """Problems of one HealthBench row, each starting with `field '...'`."""
+    if not isinstance(row, dict):
+        return [f"the row must be a JSON object, got {type(row).__name__}"]
+    errs = []
+    if not isinstance(row.get("prompt_id"), str) or not row["prompt_id"].strip():
+        errs.append("field 'prompt_id': must be a non-empty string (the conversation's unique id)")
+    errs += [e.replace("field 'messages", "field 'prompt") for e in check_messages(row.get("prompt"))]
+    errs += _check_rubrics(row.get("rubrics"))
+    if not _is_str_list(row.get("example_tags", [])):
+        errs.append("field 'example_tags': must be a list of strings such as 'theme:global_health'")
+    errs += _check_ideal(row.get("ideal_completions_data"))
+    return errs
+
+
+# ----------------------------------------------------------------------------------------- conversion
+
+
+def convert_criterion(k: int, item: dict[str, Any]) -> dict[str, Any]:
+    """HealthBench criterion -> our rubric item `c<k>` (positive -> important, negative -> pitfall)."""
+    tags = list(item.get("tags", []))
+    axes = _tag_values(tags, "axis:")
+    points = item["points"]
+    return {
+        "id": f"c{k}",
+        "type": "important" if points > 0 else "pitfall",
+        "text": item["criterion"],
+        "any": [],
+        "points": float(abs(points)),
+        "axis": axes[0] if axes else UNSPECIFIED_AXIS,
+        "hb_points": points,
+        "tags": tags,
+    }
+
+
+def convert_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A validated HealthBench row -> a prompt record in our format."""
+    example_tags = list(row.get("example_tags", []))
+    themes = _tag_values(example_tags, "theme:")
+    record: dict[str, Any] = {k: v for k, v in row.items() if k not in CONVERTED_KEYS}
+    record.update(
+        id=row["prompt_id"],
+        area=themes[0] if themes else "general",
+        messages=row["prompt"],
+        rubric=[convert_criterion(k, item) for k, item in enumerate(row["rubrics"], start=1)],
+        example_tags=example_tags,
+    )
+    ideal = row.get("ideal_completions_data") or {}
+    if isinstance(ideal.get("ideal_completion"), str) and ideal["ideal_completion"].strip():
+        record["reference"] = ideal["ideal_completion"]
+    return record
+
+
+def load_healthbench(path: str) -> list[dict[str, Any]]:
+    """Validate a local HealthBench-format JSONL file and convert it; raise DataValidationError on any problem."""
+    try:
+        rows = read_jsonl(path)
+    except FileNotFoundError:
+        raise DataValidationError(
+            [f"{path}: file not found (give a local HealthBench-format JSONL file)"]
+        ) from None
+    records, errors, seen = [], [], {}
+    for line, row in rows:
+        problems = validate_healthbench_row(row)
+        if not problems and row["prompt_id"] in seen:
+            problems = [
+                f"field 'prompt_id': {row['prompt_id']!r} already used on line {seen[row['prompt_id']]}"
+            ]
+        if not problems:
+            record = convert_row(row)
+            problems = validate_prompt(record)  # the converted record must be a valid prompt too
+            if not problems:
+                seen[row["prompt_id"]] = line
+                records.append(record)
+        errors += [f"{path}:{line}: {p}" for p in problems]
+    if errors:
+        raise DataValidationError(errors)
+    if not records:
+        raise DataValidationError([f"{path}: no HealthBench rows found; the file is empty"])
+    return records
+
+
+# -------------------------------------------------------------------------------------------- scoring
+
+
+def signed_points(item: dict[str, Any]) -> float:
+    """The HealthBench (signed) points of a criterion, original (`points`) or converted (`hb_points`)."""
+    return float(item["hb_points"]) if "hb_points" in item else float(item["points"])
+
+
+def criterion_axis(item: dict[str, Any]) -> str:
+    if isinstance(item.get("axis"), str):
+        return item["axis"]
+    axes = _tag_values(item.get("tags", []), "axis:")
+    return axes[0] if axes else UNSPECIFIED_AXIS
+
+
+def example_scores(met: np.ndarray, points: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Per-example `sum(met points) / sum(positive points)`; NaN where an example has no positive points."""
+    achieved = np.bincount(owner, weights=np.where(met, points, 0.0), minlength=n)
+    possible = np.bincount(owner, weights=np.clip(points, 0.0, None), minlength=n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(possible > 0, achieved / np.where(possible > 0, possible, 1.0), np.nan)
+
+
+def clipped_mean_stats(values: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Mean clipped to [0, 1], bootstrap std of the clipped mean, and n (NaN entries are left out)."""
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"score": math.nan, "std_error": math.nan, "n": 0}
+    rng = np.random.default_rng(seed)
+    resampled = values[rng.integers(0, values.size, size=(BOOTSTRAP_SAMPLES, values.size))]
+    means = np.clip(resampled.mean(axis=1), 0.0, 1.0)
+    return {
+        "score": float(np.clip(values.mean(), 0.0, 1.0)),
+        "std_error": float(means.std()),
+        "n": int(values.size),
+    }
+
+
+def healthbench_score(
+    criteria_met: Sequence[Sequence[bool]], rubrics: Sequence[Sequence[dict[str, Any]]], seed: int = 0
+) -> dict[str, Any]:
+    """HealthBench scores: `overall` (clipped mean), `std_error`, `n`, `per_example` (unclipped), `axes`.
+
+    `axes` maps each axis to {"score", "std_error", "n"}, computed on that axis's criteria alone.
+    Criteria may be in the HealthBench form (`points`, `tags`) or converted (`hb_points`, `axis`).
+    """
+    if len(criteria_met) != len(rubrics):
+        raise ValueError(f"criteria_met has {len(criteria_met)} examples but rubrics has {len(rubrics)}")
+    for i, (met, rubric) in enumerate(zip(criteria_met, rubrics)):
+        if len(met) != len(rubric):
+            raise ValueError(f"example {i}: {len(met)} grades for {len(rubric)} criteria")
+    n = len(rubrics)
+    owner = np.array([i for i, rubric in enumerate(rubrics) for _ in rubric], dtype=np.int64)
+    points = np.array([signed_points(item) for rubric in rubrics for item in rubric], dtype=np.float64)
+    met = np.array([bool(m) for grades in criteria_met for m in grades], dtype=bool)
+    axes = np.array([criterion_axis(item) for rubric in rubrics for item in rubric], dtype=object)
+    per_example = example_scores(met, points, owner, n)
+    overall = clipped_mean_stats(per_example, seed)
+    by_axis = {}
+    for axis in sorted(set(axes.tolist())):
+        keep = axes == axis
+        by_axis[axis] = clipped_mean_stats(example_scores(met[keep], points[keep], owner[keep], n), seed)
+    return {
+        "overall": overall["score"],
+        "std_error": overall["std_error"],
+        "n": overall["n"],
+        "per_example": per_example.tolist(),
+        "axes": by_axis,
+    }
+
+
+class HealthBenchScorer:
+    """Matrix scorer: the unclipped HealthBench score of each answer (NaN without HealthBench criteria).
+
+    `matcher` is a matcher name for `build_matcher` (`llm`, `semantic`, `regex`) or any object with
+    `.match(pairs) -> list[bool]`. `axes`, when given, restricts scoring to those axes' criteria (e.g.
+    the axes that `AXIS_TO_DIMENSION` maps to one dimension).
+    """
+
+    def __init__(
+        self,
+        matcher: str | Any = "llm",
+        matcher_kwargs: dict[str, Any] | None = None,
+        axes: Sequence[str] | None = None,
+    ):
+        if isinstance(matcher, str):
+            from quark_lightning.rewards.rubric_matchers import build_matcher
+
+            matcher = build_matcher(matcher, **dict(matcher_kwargs or {}))
+        self.matcher = matcher
+        self.axes = set(axes) if axes is not None else None
+
+    def criteria(self, prompt: dict[str, Any]) -> list[dict[str, Any]]:
+        items = [item for item in prompt.get("rubric") or [] if "hb_points" in item]
+        return [item for item in items if self.axes is None or criterion_axis(item) in self.axes]
+
+    def score_one(self, items: list[dict[str, Any]], hits: Sequence[bool]) -> tuple[float, list[str]]:
+        findings, achieved, possible = [], 0.0, 0.0
+        for item, hit in zip(items, hits, strict=True):
+            pts = signed_points(item)
+            possible += max(pts, 0.0)
+            achieved += pts if hit else 0.0
+            label = f"{item.get('id', '?')} ({pts:+g} points, axis {criterion_axis(item)}): {item.get('text', '')}"
+            if hit and pts < 0:
+                findings.append(f"met negative criterion {label}")
+            elif not hit and pts > 0:
+                findings.append(f"missed positive criterion {label}")
+        if possible == 0:
+            return math.nan, findings + ["no positive criteria: HealthBench score undefined"]
+        return achieved / possible, findings
+
+    def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
+        per_prompt = [self.criteria(p) for p in prompts]
+        pairs = [
+            (item, answer) for items, answer in zip(per_prompt, completions, strict=True) for item in items
+        ]
+        all_hits = list(self.matcher.match(pairs)) if pairs else []  # one batched call
+        scores, findings, start = [], [], 0
+        for items in per_prompt:
+            if not items:
+                scores.append(math.nan)
+                findings.append([])
+                continue
+            s, f = self.score_one(items, all_hits[start : start + len(items)])
+            start += len(items)
+            scores.append(s)
+            findings.append(f)
+        return ScoreResult.from_lists(scores, findings)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m quark_lightning.data.healthbench",
+        description="Convert a local HealthBench-format JSONL file to quark-lightning prompts (JSONL).",
+    )
+    parser.add_argument("--input", required=True, help="local HealthBench-format JSONL file")
+    parser.add_argument("--output", default=None, help="JSONL file to write (default: stdout)")
+    args = parser.parse_args(argv)
+    try:
+        records = load_healthbench(args.input)
+    except DataValidationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(lines)
+        print(f"wrote {len(records)} prompts to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
