@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import lightning as L
+import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
@@ -64,6 +65,35 @@ def to_dataset(records: list[dict[str, Any]]) -> Dataset:
     )
 
 
+class AreaWeightedSampler(torch.utils.data.Sampler):
+    """Draws prompts with per-area sampling weights that may change while an epoch runs (curriculum).
+
+    Weight of prompt i = area_weight[area_i] / (number of prompts of that area), so with equal area weights
+    every area is drawn equally often; indices are drawn lazily, so an update applies from the next draw.
+    """
+
+    def __init__(self, areas: list[str], seed: int = 0):
+        self.areas = areas
+        self.counts = {a: areas.count(a) for a in set(areas)}
+        self.area_weights = {a: 1.0 for a in self.counts}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def set_area_weights(self, weights: dict[str, float]) -> None:
+        self.area_weights = {a: float(weights.get(a, self.area_weights[a])) for a in self.counts}
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.area_weights.values())
+        return {a: w / total for a, w in self.area_weights.items()}
+
+    def __len__(self) -> int:
+        return len(self.areas)
+
+    def __iter__(self):
+        for _ in range(len(self.areas)):
+            w = torch.tensor([self.area_weights[a] / self.counts[a] for a in self.areas])
+            yield int(torch.multinomial(w, 1, generator=self.generator))
+
+
 def collate_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A batch is a list of prompt objects (the scorers need their rubrics and metadata)."""
     return [json.loads(r["record"]) for r in rows]
@@ -95,6 +125,8 @@ class PromptDataModule(L.LightningDataModule):
         self.records: list[dict[str, Any]] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.sampler: AreaWeightedSampler | None = None  # set up when a curriculum is used
+        self.curriculum = False
 
     def prepare_data(self) -> None:  # validation happens once, before any training
         self.load()
@@ -119,7 +151,24 @@ class PromptDataModule(L.LightningDataModule):
         else:
             self.train_set, self.val_set = full, full.select([])
 
+    def enable_curriculum(self, seed: int = 0) -> AreaWeightedSampler:
+        """Switch from uniform shuffling to area-weighted sampling (the closed loop sets the weights)."""
+        self.setup("fit")
+        if self.sampler is None:
+            self.sampler = AreaWeightedSampler(list(self.train_set["area"]), seed)
+        self.curriculum = True
+        return self.sampler
+
     def train_dataloader(self) -> DataLoader:
+        if self.curriculum:
+            return DataLoader(
+                self.train_set,
+                batch_size=self.prompts_per_step,
+                sampler=self.sampler,
+                drop_last=True,
+                collate_fn=collate_prompts,
+                num_workers=self.num_workers,
+            )
         return DataLoader(
             self.train_set,
             batch_size=self.prompts_per_step,

@@ -20,7 +20,8 @@ The floor is applied to the target before smoothing: a convex combination of flo
 floored and sums to 1, so the floor holds at every step without compounding (flooring after smoothing
 would pull the fixed point towards uniform weights at every step).
 
-An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
+The closed-loop supervision callback may multiply w_hat by a per-dimension `loop_gain` (1 by default;
+> 1 for a dimension that fails its target on held-out evaluation). An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
 dimension would. Any factor can be switched off (factor = 1) for ablation. The initial weights are the
 risk priors normalized (w_k(0) = rho_k / sum rho), per the notes. The scalar reward is sum_k w_k z_k.
 """
@@ -144,6 +145,8 @@ class TriFactorWeighting(nn.Module):
         self.register_buffer("ema_score", torch.zeros(K))
         self.register_buffer("ema_corr", torch.eye(K))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # closed-loop gain (callbacks/closed_loop.py): > 1 for dimensions failing their target on held-out data
+        self.register_buffer("loop_gain", torch.ones(K))
 
     def factors(self, z: torch.Tensor, raw: torch.Tensor, target_z: torch.Tensor | None) -> TADWFactors:
         ones = torch.ones_like(self.risk)
@@ -169,7 +172,9 @@ class TriFactorWeighting(nn.Module):
         self.ema_score.mul_(1 - m).add_(m * col_mean)
         self.ema_corr.mul_(1 - mc).add_(mc * correlation(z))
         f = self.factors(z, raw, target_z)
-        w_new = floor_weights(f.weakness * f.risk * f.redundancy, self.w_min)  # (K,) sums to 1
+        w_new = floor_weights(
+            f.weakness * f.risk * f.redundancy * self.loop_gain, self.w_min
+        )  # (K,) sums to 1
         self.weights.copy_((1 - self.eta) * self.weights + self.eta * w_new)
         self.steps.add_(1)
         return f

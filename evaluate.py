@@ -1,0 +1,28 @@
+"""Entry point: `python evaluate.py models='{base: /m/base, rl: outputs/.../policy}'` (see conf/evaluate.yaml).
+
+All wiring lives in quark_lightning.evaluation.
+"""
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from quark_lightning.errors import QuarkError
+    from quark_lightning.evaluation import run_evaluation
+
+    try:
+        run_evaluation(cfg)
+    except QuarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

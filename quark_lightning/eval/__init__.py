@@ -1,0 +1,1 @@
+"""Evaluation: observable metrics per dimension / category / area, attributable diagnosis, reports."""

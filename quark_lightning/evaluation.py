@@ -1,0 +1,203 @@
+"""Evaluate one or more models against the alignment matrix: `python evaluate.py` (conf/evaluate.yaml).
+
+For each model: one answer per prompt (greedy by default) with the HF generate engine, scores from the
+matrix, `evaluation_metrics`, and a report (`write_report`) under `<run_dir>/<model name>/`. With
+several models, `<run_dir>/comparison.md` puts them side by side.
+
+A model is given as (`models: {name: path}`):
+
+- a directory saved with `save_pretrained` (e.g. `<train run>/policy`), loaded through the one loading
+  path (`load_causal_lm`);
+- a LoRA adapter directory (it holds `adapter_config.json`), loaded with
+  `peft.AutoPeftModelForCausalLM` (the base model named in the adapter config must be loadable);
+- a Lightning checkpoint (`.ckpt`) written by GRPO training: the base model comes from the `model`
+  config (tiny or hf, as in training) and the checkpoint's `policy.*` weights are loaded into it (a
+  LoRA policy is rebuilt with `model.lora` and merged).
+
+With no `models`, the configured model is evaluated as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from quark_lightning.data.datamodule import load_prompt_records
+from quark_lightning.errors import ConfigError
+from quark_lightning.eval.metrics import evaluation_metrics
+from quark_lightning.eval.report import comparison_table, write_report
+from quark_lightning.matrix.build import build_matrix
+from quark_lightning.models.loading import (
+    LoadedModel,
+    ModelLoadError,
+    apply_lora,
+    load_causal_lm,
+    load_tokenizer,
+)
+
+POLICY_PREFIX = "policy."  # GRPOModule.policy
+
+
+def _load_model_cfg(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedModel:
+    from quark_lightning.run import load_model
+
+    return load_model(model_cfg, records)
+
+
+def load_adapter(path: str, model_cfg: DictConfig) -> LoadedModel:
+    from peft import AutoPeftModelForCausalLM
+
+    try:
+        model = AutoPeftModelForCausalLM.from_pretrained(
+            path, trust_remote_code=bool(model_cfg.trust_remote_code)
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not load the LoRA adapter {path!r} or its base model: {type(err).__name__}: {err}. "
+            "The base model named in adapter_config.json (base_model_name_or_path) must be loadable."
+        ) from err
+    has_tokenizer = any(
+        os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")
+    )
+    base = model.peft_config[model.active_adapter].base_model_name_or_path
+    tokenizer = load_tokenizer(path if has_tokenizer else base, bool(model_cfg.trust_remote_code))
+    return LoadedModel(model=model, tokenizer=tokenizer)
+
+
+def load_checkpoint(path: str, model_cfg: DictConfig, records: list[dict[str, Any]]) -> tuple[LoadedModel, int]:
+    """The configured base model with the checkpoint's policy weights; and the checkpoint's global step."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
+        raise ModelLoadError(f"could not read checkpoint {path!r}: {type(err).__name__}: {err}") from err
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    policy_state = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
+    if not policy_state:
+        raise ModelLoadError(
+            f"checkpoint {path!r} has no '{POLICY_PREFIX}*' weights: it is not a GRPO training checkpoint"
+        )
+    loaded = _load_model_cfg(model_cfg, records)
+    model = loaded.model
+    if any("lora_" in k for k in policy_state):
+        lora = model_cfg.lora
+        target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, target)
+    try:
+        model.load_state_dict(policy_state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(
+            f"checkpoint {path!r} does not fit the configured model ({model_cfg.kind}): {err}. "
+            "Fix: evaluate with the same model (and model.lora) settings the run was trained with."
+        ) from err
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return LoadedModel(model=model, tokenizer=loaded.tokenizer), int(ckpt.get("global_step", 0))
+
+
+def load_for_eval(
+    name: str, path: str | None, model_cfg: DictConfig, records: list[dict[str, Any]]
+) -> tuple[LoadedModel, int]:
+    """Load one model to evaluate (see the module docstring); return it and its training step."""
+    if path is None:
+        return _load_model_cfg(model_cfg, records), 0
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"models.{name}: {path!r} does not exist. Fix: give an HF model directory, a LoRA adapter "
+            "directory or a .ckpt file written by training"
+        )
+    if os.path.isfile(path):
+        if not path.endswith(".ckpt"):
+            raise ConfigError(f"models.{name}: {path!r} is a file but not a Lightning checkpoint (.ckpt)")
+        return load_checkpoint(path, model_cfg, records)
+    if os.path.exists(os.path.join(path, "adapter_config.json")):
+        return load_adapter(path, model_cfg), 0
+    loaded = load_causal_lm(
+        path,
+        dtype=model_cfg.dtype,
+        trust_remote_code=bool(model_cfg.trust_remote_code),
+        revision=model_cfg.get("revision"),
+        attn_implementation=model_cfg.get("attn_implementation"),
+    )
+    return loaded, 0
+
+
+def generate_answers(engine, loaded: LoadedModel, prompts: list[dict[str, Any]], batch_size: int, greedy: bool):
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        answers += engine.generate(loaded.model, loaded.tokenizer, batch, 1, greedy=greedy).completions
+    return answers
+
+
+def _model_specs(cfg: DictConfig) -> dict[str, str | None]:
+    models = cfg.get("models") or {}
+    if not isinstance(models, DictConfig | dict):
+        raise ConfigError("models: expected a mapping name -> path, e.g. models='{base: /m/base, rl: /m/rl}'")
+    specs = {str(k): (None if v is None else str(v)) for k, v in models.items()}
+    if specs:
+        return specs
+    default = "tiny" if cfg.model.kind == "tiny" else os.path.basename(str(cfg.model.name_or_path).rstrip("/"))
+    return {default or "model": None}
+
+
+def _dir_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate each model of `cfg.models` (or the configured model); return {model name: metrics}."""
+    torch.manual_seed(int(cfg.seed))
+    limit = cfg.get("limit")
+    if limit is not None and int(limit) < 1:
+        raise ConfigError(f"limit: got {limit}, expected a positive number of prompts (or null for all)")
+    batch_size = int(cfg.get("batch_size", 16))
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: got {batch_size}, expected >= 1")
+    specs = _model_specs(cfg)
+    records = load_prompt_records(cfg.data.path)  # validates every row; a bad row stops here
+    prompts = records[: int(limit)] if limit is not None else records
+    matrix = build_matrix(cfg.matrix)
+    engine = instantiate(cfg.rollout)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run_dir = str(cfg.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+        fh.write(OmegaConf.to_yaml(cfg, resolve=True))
+
+    results: dict[str, dict] = {}
+    reports: dict[str, str] = {}
+    for name, path in specs.items():
+        loaded, step = load_for_eval(name, path, cfg.model, records)
+        loaded.model.to(device)
+        print(f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True)
+        answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
+        scored = matrix.score(prompts, answers)
+        metrics = evaluation_metrics(matrix, prompts, answers, scored, step=step)
+        out_dir = os.path.join(run_dir, _dir_name(name))
+        reports[name] = write_report([metrics], out_dir, title=f"Evaluation: {name}")
+        with open(os.path.join(out_dir, "samples.jsonl"), "w") as fh:
+            for i, (p, a) in enumerate(zip(prompts, answers)):
+                row = scored.scores[i].tolist()
+                scores = {n: (None if v != v else v) for n, v in zip(matrix.names, row)}  # NaN -> null
+                findings = {n: scored.findings[n][i] for n in matrix.names}
+                fh.write(json.dumps({"id": p["id"], "response": a, "scores": scores, "findings": findings}) + "\n")
+        results[name] = metrics
+        del loaded
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    print("\nReports:")
+    for name, path in reports.items():
+        print(f"  {name:<16} {path}")
+    if len(results) > 1:
+        table = comparison_table(results)
+        comparison = os.path.join(run_dir, "comparison.md")
+        with open(comparison, "w") as fh:
+            fh.write(f"# Model comparison ({len(prompts)} prompts)\n\n{table}\n")
+        print(f"  {'comparison':<16} {comparison}\n\n{table}")
+    return results

@@ -1,0 +1,85 @@
+"""Closed-loop supervision: a dimension made weak on purpose is diagnosed and pushed, with the reason."""
+
+import lightning as L
+import torch
+
+from callbacks.closed_loop import ClosedLoopSupervision
+from quark_lightning.data.datamodule import AreaWeightedSampler, PromptDataModule
+from quark_lightning.eval.metrics import evaluation_metrics, finding_pattern
+from quark_lightning.matrix import AlignmentMatrix, Dimension
+from quark_lightning.models.loading import load_causal_lm
+from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
+from quark_lightning.rewards.format import FormatScorer
+from quark_lightning.rewards.safety import SafetyScorer
+from quark_lightning.rollout.hf_generate import HFGenerateEngine
+
+LENGTH_PATTERN = "length: # words, below the minimum of #"
+
+
+def weak_matrix():
+    # nobody writes 500 words in 12 new tokens: the length rule fails on every answer
+    return AlignmentMatrix([
+        Dimension("format_rules", "format", FormatScorer(min_words=500, max_words=900, rules=["length"]), target=0.9),
+        Dimension("safety", "fundamental", SafetyScorer(), risk=3.0, target=1.0),
+    ])
+
+
+def test_finding_patterns_group_specifics():
+    assert finding_pattern("length: 7 words, below the minimum of 500") == LENGTH_PATTERN
+    assert finding_pattern("bad pattern 'hedging': \"it depends\"") == "bad pattern '...': '...'"
+
+
+def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    loaded = load_causal_lm(tiny_model_dir)
+    module = GRPOModule(loaded.model, loaded.tokenizer, weak_matrix(), GRPOConfig(num_generations=2, lr=1e-3),
+                        HFGenerateEngine(max_new_tokens=12), aggregator="sum")
+    loop = ClosedLoopSupervision(every_n_steps=2, num_prompts=12, write_reports=False, report_dir=str(tmp_path))
+    dm = PromptDataModule(prompts_per_step=2, val_fraction=0.2)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[loop])
+    trainer.fit(module, datamodule=dm)
+
+    first = loop.history[0]
+    assert first["dimensions"]["format_rules"]["pass_rate"] == 0.0
+    top = [d for d in first["diagnosis"] if d["dimension"] == "format_rules"][0]
+    assert top["finding"] == LENGTH_PATTERN and top["share"] == 1.0 and top["examples"]
+    gain_actions = [a for a in first["actions"] if a["kind"] == "loop_gain" and a["target"] == "format_rules"]
+    assert gain_actions and LENGTH_PATTERN in gain_actions[0]["reason"]
+    assert "loop gain 1.00 -> 2.00" in gain_actions[0]["reason"]
+    assert float(module.matrix_weights[0]) == 2.0  # static weight 1 x gain 2: the weak rule now counts double
+    sampling = [a for a in first["actions"] if a["kind"] == "sampling"]
+    assert sampling and all("sampling share" in a["reason"] for a in sampling)
+    assert dm.sampler is not None and abs(sum(dm.sampler.shares().values()) - 1.0) < 1e-6
+    assert len(loop.history) >= 2  # start, every 2 steps, end
+
+    restored = ClosedLoopSupervision()
+    restored.load_state_dict(loop.state_dict())
+    assert restored.gain == loop.gain and restored.area_weights == loop.area_weights
+    assert len(restored.history) == len(loop.history)
+
+
+def test_tadw_receives_the_loop_gain():
+    from quark_lightning.optim.weighting import TriFactorWeighting
+
+    w = TriFactorWeighting(risk=[1.0, 1.0], weakness=False, risk_priority=False, redundancy=False, eta=1.0)
+    w.loop_gain.copy_(torch.tensor([3.0, 1.0]))
+    w.update(torch.zeros(4, 2), torch.zeros(4, 2))
+    assert float(w.weights[0]) > 0.7  # floor(3/4) = 0.02 + 0.96 * 0.75
+
+
+def test_area_weighted_sampler_follows_the_weights():
+    sampler = AreaWeightedSampler(["a"] * 8 + ["b"] * 2, seed=0)
+    sampler.set_area_weights({"a": 1.0, "b": 9.0})
+    drawn = [sampler.areas[i] for _ in range(20) for i in sampler]
+    assert drawn.count("b") / len(drawn) > 0.8
+
+
+def test_evaluation_metrics_per_category_and_area(bundled_records):
+    matrix = weak_matrix()
+    prompts = bundled_records[:6]
+    answers = [p["reference"] for p in prompts]
+    m = evaluation_metrics(matrix, prompts, answers, matrix.score(prompts, answers), step=7)
+    assert m["step"] == 7 and m["categories"]["format"]["pass_rate"] == 0.0
+    assert m["categories"]["fundamental"]["pass_rate"] == 1.0  # references are safe
+    assert set(m["areas"]) == {p["area"] for p in prompts}
