@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from typing import Any
 
 import torch
@@ -69,7 +70,9 @@ def load_adapter(path: str, model_cfg: DictConfig) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer)
 
 
-def load_checkpoint(path: str, model_cfg: DictConfig, records: list[dict[str, Any]]) -> tuple[LoadedModel, int]:
+def load_checkpoint(
+    path: str, model_cfg: DictConfig, records: list[dict[str, Any]]
+) -> tuple[LoadedModel, int]:
     """The configured base model with the checkpoint's policy weights; and the checkpoint's global step."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -127,12 +130,25 @@ def load_for_eval(
     return loaded, 0
 
 
-def generate_answers(engine, loaded: LoadedModel, prompts: list[dict[str, Any]], batch_size: int, greedy: bool):
+def generate_answers(
+    engine, loaded: LoadedModel, prompts: list[dict[str, Any]], batch_size: int, greedy: bool
+):
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         answers += engine.generate(loaded.model, loaded.tokenizer, batch, 1, greedy=greedy).completions
     return answers
+
+
+def select_prompts(records: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    """`limit` prompts drawn with `seed` (every model sees the same ones), in file order; None = all.
+
+    A random subset rather than the first N: data files are often sorted by clinical area.
+    """
+    if limit is None or int(limit) >= len(records):
+        return list(records)
+    keep = sorted(random.Random(seed).sample(range(len(records)), int(limit)))
+    return [records[i] for i in keep]
 
 
 def _model_specs(cfg: DictConfig) -> dict[str, str | None]:
@@ -142,7 +158,9 @@ def _model_specs(cfg: DictConfig) -> dict[str, str | None]:
     specs = {str(k): (None if v is None else str(v)) for k, v in models.items()}
     if specs:
         return specs
-    default = "tiny" if cfg.model.kind == "tiny" else os.path.basename(str(cfg.model.name_or_path).rstrip("/"))
+    default = (
+        "tiny" if cfg.model.kind == "tiny" else os.path.basename(str(cfg.model.name_or_path).rstrip("/"))
+    )
     return {default or "model": None}
 
 
@@ -161,7 +179,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size: got {batch_size}, expected >= 1")
     specs = _model_specs(cfg)
     records = load_prompt_records(cfg.data.path)  # validates every row; a bad row stops here
-    prompts = records[: int(limit)] if limit is not None else records
+    prompts = select_prompts(records, limit, int(cfg.seed))
     matrix = build_matrix(cfg.matrix)
     engine = instantiate(cfg.rollout)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,7 +193,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     for name, path in specs.items():
         loaded, step = load_for_eval(name, path, cfg.model, records)
         loaded.model.to(device)
-        print(f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True)
+        print(
+            f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True
+        )
         answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
         scored = matrix.score(prompts, answers)
         metrics = evaluation_metrics(matrix, prompts, answers, scored, step=step)
@@ -186,7 +206,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
                 row = scored.scores[i].tolist()
                 scores = {n: (None if v != v else v) for n, v in zip(matrix.names, row)}  # NaN -> null
                 findings = {n: scored.findings[n][i] for n in matrix.names}
-                fh.write(json.dumps({"id": p["id"], "response": a, "scores": scores, "findings": findings}) + "\n")
+                fh.write(
+                    json.dumps({"id": p["id"], "response": a, "scores": scores, "findings": findings}) + "\n"
+                )
         results[name] = metrics
         del loaded
         torch.cuda.empty_cache() if torch.cuda.is_available() else None

@@ -18,10 +18,17 @@ LENGTH_PATTERN = "length: # words, below the minimum of #"
 
 def weak_matrix():
     # nobody writes 500 words in 12 new tokens: the length rule fails on every answer
-    return AlignmentMatrix([
-        Dimension("format_rules", "format", FormatScorer(min_words=500, max_words=900, rules=["length"]), target=0.9),
-        Dimension("safety", "fundamental", SafetyScorer(), risk=3.0, target=1.0),
-    ])
+    return AlignmentMatrix(
+        [
+            Dimension(
+                "format_rules",
+                "format",
+                FormatScorer(min_words=500, max_words=900, rules=["length"]),
+                target=0.9,
+            ),
+            Dimension("safety", "fundamental", SafetyScorer(), risk=3.0, target=1.0),
+        ]
+    )
 
 
 def test_finding_patterns_group_specifics():
@@ -32,12 +39,27 @@ def test_finding_patterns_group_specifics():
 def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_model_dir, tmp_path):
     torch.manual_seed(0)
     loaded = load_causal_lm(tiny_model_dir)
-    module = GRPOModule(loaded.model, loaded.tokenizer, weak_matrix(), GRPOConfig(num_generations=2, lr=1e-3),
-                        HFGenerateEngine(max_new_tokens=12), aggregator="sum")
-    loop = ClosedLoopSupervision(every_n_steps=2, num_prompts=12, write_reports=False, report_dir=str(tmp_path))
+    module = GRPOModule(
+        loaded.model,
+        loaded.tokenizer,
+        weak_matrix(),
+        GRPOConfig(num_generations=2, lr=1e-3),
+        HFGenerateEngine(max_new_tokens=12),
+        aggregator="sum",
+    )
+    loop = ClosedLoopSupervision(
+        every_n_steps=2, num_prompts=12, write_reports=False, report_dir=str(tmp_path)
+    )
     dm = PromptDataModule(prompts_per_step=2, val_fraction=0.2)
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[loop])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[loop],
+    )
     trainer.fit(module, datamodule=dm)
 
     first = loop.history[0]

@@ -78,13 +78,24 @@ def _jsonable(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------- tables
 def summary_table(first: dict, last: dict) -> str:
     """Every dimension and category of a run: start vs end vs change, for pass rate and mean."""
-    header = ["", "category", "pass rate start", "pass rate end", "change", "mean start", "mean end", "change"]
+    header = [
+        "",
+        "category",
+        "pass rate start",
+        "pass rate end",
+        "change",
+        "mean start",
+        "mean end",
+        "change",
+    ]
     rows = []
     for name, end in last["dimensions"].items():
         start = first["dimensions"].get(name, {})
         a, b = start.get("pass_rate"), end.get("pass_rate")
         ma, mb = start.get("mean"), end.get("mean")
-        rows.append([_cell(name), _cell(end.get("category")), _pct(a), _pct(b), _pp(a, b), _num(ma), _num(mb)])
+        rows.append(
+            [_cell(name), _cell(end.get("category")), _pct(a), _pct(b), _pp(a, b), _num(ma), _num(mb)]
+        )
         rows[-1].append(_diff(ma, mb))
     for cat, end in last["categories"].items():
         a, b = first["categories"].get(cat, {}).get("pass_rate"), end.get("pass_rate")
@@ -136,6 +147,8 @@ def _line_plot(path: str, series: dict[str, list[tuple[int, float]]], title: str
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
+        if ylabel == "pass rate":
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
@@ -147,7 +160,9 @@ def _line_plot(path: str, series: dict[str, list[tuple[int, float]]], title: str
 
 def _areas_plot(path: str, areas: dict[str, dict]) -> None:
     plt = _plt()
-    ranked = sorted(((a, r["pass_rate"]) for a, r in areas.items() if _finite(r.get("pass_rate"))), key=lambda x: x[1])
+    ranked = sorted(
+        ((a, r["pass_rate"]) for a, r in areas.items() if _finite(r.get("pass_rate"))), key=lambda x: x[1]
+    )
     fig, ax = plt.subplots(figsize=(7, max(2.0, 0.35 * len(ranked) + 1)))
     try:
         ax.barh([a for a, _ in ranked], [v for _, v in ranked], color="tab:blue")
@@ -162,10 +177,14 @@ def _areas_plot(path: str, areas: dict[str, dict]) -> None:
 def _plots(history: list[dict], weights: dict | None, out_dir: str) -> list[tuple[str, str]]:
     """Write the PNGs; return (caption, file name) of each one written."""
     steps = [h["step"] for h in history]
-    dims = {d: [(s, h["dimensions"].get(d, {}).get("pass_rate")) for s, h in zip(steps, history)]
-            for d in history[-1]["dimensions"]}
-    cats = {c: [(s, h["categories"].get(c, {}).get("pass_rate")) for s, h in zip(steps, history)]
-            for c in history[-1]["categories"]}
+    dims = {
+        d: [(s, h["dimensions"].get(d, {}).get("pass_rate")) for s, h in zip(steps, history)]
+        for d in history[-1]["dimensions"]
+    }
+    cats = {
+        c: [(s, h["categories"].get(c, {}).get("pass_rate")) for s, h in zip(steps, history)]
+        for c in history[-1]["categories"]
+    }
     written = []
     _line_plot(os.path.join(out_dir, "dimensions.png"), dims, "Pass rate per dimension", "pass rate")
     written.append(("Pass rate per dimension", "dimensions.png"))
@@ -188,16 +207,26 @@ def _dimension_section(history: list[dict]) -> str:
     for name, row in last["dimensions"].items():
         start = first["dimensions"].get(name, {}).get("pass_rate")
         target = row.get("target")
-        rows.append([
-            _cell(name),
-            _cell(row.get("category")),
-            _num(row.get("mean")),
-            _pct(row.get("pass_rate")),
-            _num(target) if target is not None else "median",
-            _pp(start, row.get("pass_rate")) if len(history) > 1 else "–",
-            str(row.get("count", "–")),
-        ])
-    header = ["dimension", "category", "mean", "pass rate", "target", f"change since step {first['step']}", "n"]
+        rows.append(
+            [
+                _cell(name),
+                _cell(row.get("category")),
+                _num(row.get("mean")),
+                _pct(row.get("pass_rate")),
+                _num(target) if target is not None else "median",
+                _pp(start, row.get("pass_rate")) if len(history) > 1 else "–",
+                str(row.get("count", "–")),
+            ]
+        )
+    header = [
+        "dimension",
+        "category",
+        "mean",
+        "pass rate",
+        "target",
+        f"change since step {first['step']}",
+        "n",
+    ]
     return "## Dimensions\n\n" + _table(header, rows)
 
 
@@ -220,12 +249,14 @@ def _area_section(last: dict) -> str:
     for area, row in sorted(areas, key=lambda x: x[1]["pass_rate"])[:WORST_AREAS]:
         per_dim = [(d, v) for d, v in row.get("dimensions", {}).items() if _finite(v)]
         weakest = min(per_dim, key=lambda x: x[1]) if per_dim else None
-        rows.append([
-            _cell(area),
-            str(row.get("count", "–")),
-            _pct(row["pass_rate"]),
-            f"{_cell(weakest[0])} ({_pct(weakest[1])})" if weakest else "–",
-        ])
+        rows.append(
+            [
+                _cell(area),
+                str(row.get("count", "–")),
+                _pct(row["pass_rate"]),
+                f"{_cell(weakest[0])} ({_pct(weakest[1])})" if weakest else "–",
+            ]
+        )
     title = f"## Weakest clinical areas ({min(WORST_AREAS, len(areas))} of {len(areas)})\n\n"
     return title + _table(["area", "answers", "pass rate", "weakest dimension"], rows)
 
@@ -255,7 +286,9 @@ def _actions_section(last: dict) -> str:
     for a in actions:
         value = a.get("value")
         value = _num(value) if isinstance(value, float) else _cell(value)
-        lines.append(f"- **{_cell(a.get('kind'))}** `{_cell(a.get('target'))}` → {value}: {_cell(a.get('reason', ''))}")
+        lines.append(
+            f"- **{_cell(a.get('kind'))}** `{_cell(a.get('target'))}` → {value}: {_cell(a.get('reason', ''))}"
+        )
     return "## Actions\n\n" + "\n".join(lines)
 
 
