@@ -168,6 +168,31 @@ def _dir_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
+def healthbench_beside(cfg: DictConfig, prompts: list[dict[str, Any]], answers: list[str]) -> dict | None:
+    """The HealthBench score (met points / positive points, mean clipped to [0, 1]) of prompts converted
+    from HealthBench, reported beside the matrix metrics when `healthbench.matcher` is set."""
+    hb_cfg = cfg.get("healthbench") or {}
+    if not hb_cfg.get("matcher"):
+        return None
+    from quark_lightning.data.healthbench import HealthBenchScorer, healthbench_score
+
+    kwargs = hb_cfg.get("matcher_kwargs") or {}
+    kwargs = OmegaConf.to_container(kwargs) if OmegaConf.is_config(kwargs) else dict(kwargs)
+    scorer = HealthBenchScorer(hb_cfg.matcher, kwargs)
+    rows = [(p, a, scorer.criteria(p)) for p, a in zip(prompts, answers)]
+    rows = [r for r in rows if r[2]]
+    if not rows:
+        return None
+    hits = scorer.matcher.match([(item, a) for _, a, items in rows for item in items])
+    met, start = [], 0
+    for _, _, items in rows:
+        met.append(hits[start : start + len(items)])
+        start += len(items)
+    result = healthbench_score(met, [items for _, _, items in rows], seed=int(cfg.seed))
+    result.pop("per_example", None)
+    return result
+
+
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate each model of `cfg.models` (or the configured model); return {model name: metrics}."""
     torch.manual_seed(int(cfg.seed))
@@ -199,8 +224,20 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
         scored = matrix.score(prompts, answers)
         metrics = evaluation_metrics(matrix, prompts, answers, scored, step=step)
+        hb = healthbench_beside(cfg, prompts, answers)
+        if hb is not None:
+            metrics["healthbench"] = hb
+            print(f"[{name}] HealthBench score {hb['overall']:.3f} +- {hb['std_error']:.3f} (n={hb['n']})")
         out_dir = os.path.join(run_dir, _dir_name(name))
         reports[name] = write_report([metrics], out_dir, title=f"Evaluation: {name}")
+        if hb is not None:
+            with open(reports[name], "a") as fh:
+                axes = ", ".join(f"{a} {r['score']:.3f}" for a, r in hb["axes"].items())
+                fh.write(
+                    f"\n## HealthBench score\n\n{hb['overall']:.3f} +- {hb['std_error']:.3f} over "
+                    f"{hb['n']} conversations (met points / positive points, mean clipped to [0, 1]). "
+                    f"Per axis: {axes}.\n"
+                )
         with open(os.path.join(out_dir, "samples.jsonl"), "w") as fh:
             for i, (p, a) in enumerate(zip(prompts, answers)):
                 row = scored.scores[i].tolist()

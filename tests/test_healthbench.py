@@ -306,3 +306,18 @@ def test_cli_reports_bad_rows(tmp_path):
     proc = _cli("--input", path)
     assert proc.returncode == 2
     assert f"{path}:1: field 'rubrics'" in proc.stderr
+
+
+def test_healthbench_score_is_reported_beside_ours(tmp_path):
+    """evaluate.py's helper: the HealthBench score of converted prompts, with a deterministic matcher."""
+    from omegaconf import OmegaConf
+
+    from quark_lightning.data.healthbench import load_healthbench
+    from quark_lightning.evaluation import healthbench_beside
+
+    prompts = load_healthbench(str(FIXTURE))
+    cfg = OmegaConf.create({"seed": 0, "healthbench": {"matcher": "regex", "matcher_kwargs": {}}})
+    result = healthbench_beside(cfg, prompts, ["anything"] * len(prompts))
+    # regex meets nothing on converted rows (no patterns): every example scores 0, so the overall is 0
+    assert result["overall"] == 0.0 and result["n"] == len(prompts) and "axes" in result
+    assert healthbench_beside(OmegaConf.create({"seed": 0}), prompts, ["x"] * len(prompts)) is None
