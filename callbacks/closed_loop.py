@@ -172,24 +172,29 @@ class ClosedLoopSupervision(L.Callback):
         weights = {}
         for area in sampler.counts:
             rate = metrics["areas"].get(area, {}).get("pass_rate")
-            weights[area] = (
-                (1.0 - rate + self.curriculum_floor) ** self.curriculum_strength
-                if rate == rate and rate is not None
-                else 1.0
-            )
-        sampler.set_area_weights(weights)
+            if (
+                rate is not None and rate == rate
+            ):  # areas the held-out split did not cover keep a neutral weight
+                weights[area] = (1.0 - rate + self.curriculum_floor) ** self.curriculum_strength
+        neutral = sum(weights.values()) / len(weights) if weights else 1.0
+        sampler.set_area_weights({a: weights.get(a, neutral) for a in sampler.counts})
         self.area_weights = dict(sampler.area_weights)
         after = sampler.shares()
         actions = []
         for area in sorted(after, key=lambda a: -after[a]):
             if abs(after[area] - before[area]) > 0.01:
                 rate = metrics["areas"].get(area, {}).get("pass_rate", float("nan"))
+                why = (
+                    f"held-out pass rate {rate:.2f}"
+                    if rate == rate
+                    else "not in the held-out sample (neutral)"
+                )
                 actions.append(
                     {
                         "kind": "sampling",
                         "target": area,
                         "value": after[area],
-                        "reason": f"{area}: held-out pass rate {rate:.2f}; sampling share {before[area]:.2f} -> {after[area]:.2f}",
+                        "reason": f"{area}: {why}; sampling share {before[area]:.2f} -> {after[area]:.2f}",
                     }
                 )
         return actions

@@ -2,10 +2,10 @@
 
 From the matrix's scores (N, K) and findings on a set of (prompt, answer) pairs:
 
-- per dimension (torchmetrics `MeanMetric`s, so they reduce across ranks): `mean` raw score,
-  `pass_rate` = share of applicable answers with score >= the dimension's target, `violation_rate` =
-  1 - pass_rate, `count` of applicable answers (dimensions without a target: pass = above the
-  dimension's median, reported as `target: null`);
+- per dimension (torchmetrics `MeanMetric`s): `mean` raw score, `pass_rate` = share of applicable
+  answers with score >= the dimension's target, `violation_rate` = 1 - pass_rate, `count` of applicable
+  answers (a dimension without a target, such as a reward model's raw logit, has a mean but no pass
+  rate, and the loop never pushes it);
 - per category: the mean pass rate of its dimensions;
 - per clinical area: the pass rate over every (answer, dimension) pair of the area, and per dimension;
 - diagnosis: the findings behind failures, grouped into patterns (numbers and quoted spans replaced by
@@ -39,15 +39,9 @@ def finding_pattern(finding: str) -> str:
 
 
 def pass_mask(scores: torch.Tensor, targets: Sequence[float | None]) -> torch.Tensor:
-    """(N, K) bool: the answer meets the dimension's target (or its median when it has none); NaN -> False."""
-    thresholds = []
-    for k, t in enumerate(targets):
-        col = scores[:, k]
-        if t is None:
-            valid = col[~torch.isnan(col)]
-            t = float(valid.median()) if valid.numel() else math.nan
-        thresholds.append(t)
-    return scores >= torch.tensor(thresholds, dtype=scores.dtype).unsqueeze(0)
+    """(N, K) bool: the answer meets the dimension's target; NaN scores and target-less dimensions -> False."""
+    thresholds = torch.tensor([math.nan if t is None else float(t) for t in targets], dtype=scores.dtype)
+    return scores >= thresholds.unsqueeze(0)
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -62,12 +56,13 @@ def dimension_metrics(matrix: AlignmentMatrix, scores: torch.Tensor, passed: tor
     for k, dim in enumerate(matrix.dimensions):
         applicable = ~torch.isnan(scores[:, k])
         n = int(applicable.sum())
-        rate = _mean(passed[applicable, k].float()) if n else float("nan")
+        has_target = dim.target is not None
+        rate = _mean(passed[applicable, k].float()) if n and has_target else float("nan")
         out[dim.name] = {
             "category": dim.category,
             "mean": _mean(scores[:, k]) if n else float("nan"),
             "pass_rate": rate,
-            "violation_rate": 1.0 - rate if n else float("nan"),
+            "violation_rate": 1.0 - rate if n and has_target else float("nan"),
             "count": n,
             "target": dim.target,
         }
@@ -83,13 +78,17 @@ def category_metrics(dims: dict[str, dict]) -> dict[str, dict]:
 
 
 def area_metrics(
-    prompts: Sequence[dict[str, Any]], names: list[str], scores: torch.Tensor, passed: torch.Tensor
+    prompts: Sequence[dict[str, Any]],
+    names: list[str],
+    scores: torch.Tensor,
+    passed: torch.Tensor,
+    has_target: torch.Tensor,
 ) -> dict[str, dict]:
     areas = [p.get("area", "general") for p in prompts]
     out = {}
     for area in sorted(set(areas)):
         rows = torch.tensor([a == area for a in areas])
-        applicable = ~torch.isnan(scores[rows])
+        applicable = ~torch.isnan(scores[rows]) & has_target.unsqueeze(0)  # (n_area, K)
         per_dim = {
             n: _mean(passed[rows][applicable[:, k], k].float())
             for k, n in enumerate(names)
@@ -161,7 +160,13 @@ def evaluation_metrics(
         "num_samples": len(completions),
         "dimensions": dims,
         "categories": category_metrics(dims),
-        "areas": area_metrics(prompts, matrix.names, scores, passed),
+        "areas": area_metrics(
+            prompts,
+            matrix.names,
+            scores,
+            passed,
+            torch.tensor([d.target is not None for d in matrix.dimensions]),
+        ),
         "diagnosis": diagnose(prompts, completions, scored.findings, passed, matrix.names),
         "actions": [],
     }
