@@ -4,7 +4,6 @@ All wiring lives in quark_lightning.evaluation.
 """
 
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -14,14 +13,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from quark_lightning.errors import QuarkError
+    from quark_lightning.errors import run_or_exit
     from quark_lightning.evaluation import run_evaluation
 
-    try:
-        run_evaluation(cfg)
-    except QuarkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(run_evaluation, cfg)
 
 
 if __name__ == "__main__":

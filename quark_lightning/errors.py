@@ -7,3 +7,14 @@ class QuarkError(Exception):
 
 class ConfigError(QuarkError, ValueError):
     """A configuration value is wrong: the message names the key, what was expected, and the fix."""
+
+
+def run_or_exit(function, cfg):
+    """Run an entry point's wiring function; a QuarkError prints its message (no traceback) and exits 2."""
+    import sys
+
+    try:
+        return function(cfg)
+    except QuarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
