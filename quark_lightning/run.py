@@ -8,18 +8,19 @@ Everything below this file receives objects, not config.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from dataclasses import fields
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config import validate_config
 from quark_lightning.data.datamodule import PromptDataModule
+from quark_lightning.errors import ConfigError
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm
 from quark_lightning.models.tiny import ensure_tiny_model
@@ -91,12 +92,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the stage the config names (`stage`, default `grpo`)."""
     stage = cfg.get("stage", "grpo")
     if stage not in STAGES:
-        from quark_lightning.errors import ConfigError
-
         raise ConfigError(f"stage: got {stage!r}, expected one of {sorted(STAGES)}. Fix: pass stage=grpo")
     module_name, function = STAGES[stage]
-    import importlib
-
     return getattr(importlib.import_module(module_name), function)(cfg)
 
 
@@ -107,13 +104,8 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def run_grpo(cfg: DictConfig) -> dict[str, Any]:
-    validate_config(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = cfg.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-
-    datamodule = PromptDataModule(
+def build_datamodule(cfg: DictConfig) -> PromptDataModule:
+    return PromptDataModule(
         path=cfg.data.path,
         prompts_per_step=cfg.data.prompts_per_step,
         val_fraction=cfg.data.val_fraction,
@@ -124,14 +116,45 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         calculator_prompts=cfg.data.get("calculator_prompts", 0),
         calculator_seed=cfg.data.get("calculator_seed", 0),
     )
+
+
+def save_outputs(
+    cfg: DictConfig, trainer: L.Trainer, module: GRPOModule, tokenizer, logger
+) -> dict[str, Any]:
+    """Final checkpoint (every rank enters), the policy as an HF directory, and where everything is."""
+    result: dict[str, Any] = {"run_dir": cfg.run_dir}
+    # ModelCheckpoint only saves every N steps; the final state always goes to checkpoints/last.ckpt.
+    final_ckpt = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
+    trainer.save_checkpoint(final_ckpt)  # collective call: every rank enters, rank 0 writes
+    result["checkpoint"] = final_ckpt
+    if not trainer.is_global_zero:
+        return result
+    if cfg.save_policy:
+        policy_dir = os.path.join(cfg.run_dir, "policy")
+        module.policy.save_pretrained(policy_dir)
+        tokenizer.save_pretrained(policy_dir)
+        result["policy_dir"] = policy_dir
+    if logger:
+        result["tensorboard_dir"] = logger.log_dir
+    print("\nDone.")
+    for key, value in result.items():
+        print(f"  {key:<16} {value}")
+    if logger:
+        print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
+    return result
+
+
+def run_grpo(cfg: DictConfig) -> dict[str, Any]:
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    datamodule = build_datamodule(cfg)
     records = datamodule.load()  # validates every row; a bad row stops here
     matrix = build_matrix(cfg.matrix)
     loaded = load_model(cfg.model, records)
 
     resuming = cfg.ckpt_path is not None
     if resuming and not os.path.exists(cfg.ckpt_path):
-        from quark_lightning.errors import ConfigError
-
         raise ConfigError(
             f"ckpt_path: {cfg.ckpt_path!r} does not exist. Fix: point it at <run_dir>/checkpoints/last.ckpt"
         )
@@ -156,24 +179,4 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
     logger = instantiate(cfg.logger, version="grpo") if cfg.get("logger") else False
     trainer = L.Trainer(**trainer_kwargs(cfg), logger=logger, callbacks=build_callbacks(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-
-    result: dict[str, Any] = {"run_dir": run_dir}
-    # ModelCheckpoint only saves every N steps; the final state always goes to checkpoints/last.ckpt.
-    final_ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
-    trainer.save_checkpoint(final_ckpt)  # collective call: every rank enters, rank 0 writes
-    result["checkpoint"] = final_ckpt
-    if trainer.is_global_zero:
-        if cfg.save_policy:
-            policy_dir = os.path.join(run_dir, "policy")
-            module.policy.save_pretrained(policy_dir)
-            loaded.tokenizer.save_pretrained(policy_dir)
-            result["policy_dir"] = policy_dir
-        if logger:
-            result["tensorboard_dir"] = logger.log_dir
-        print("\nDone.")
-        for key, value in result.items():
-            print(f"  {key:<16} {value}")
-        if logger:
-            print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return result
+    return save_outputs(cfg, trainer, module, loaded.tokenizer, logger)
