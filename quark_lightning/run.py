@@ -22,7 +22,7 @@ from quark_lightning.config import validate_config
 from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.errors import ConfigError
 from quark_lightning.matrix.build import build_matrix
-from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm
+from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
 from quark_lightning.models.tiny import ensure_tiny_model
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.modules.sft import SFTDataset, SFTModule
@@ -162,6 +162,8 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         print(f"Resuming from {cfg.ckpt_path} (policy, reference, optimizer, step and callback state)")
     if cfg.warmstart.enabled and not resuming:  # a checkpoint already holds the warm-started weights
         run_warmstart(cfg, loaded, records)
+    if cfg.model.get("adapter_path"):  # start RL from an SFT adapter: its policy is the reference
+        loaded.model = merge_sft_adapter(loaded.model, cfg.model.adapter_path)
     policy = loaded.model
     if cfg.model.lora.enabled:
         lora = cfg.model.lora

@@ -86,3 +86,41 @@ def test_disabled_adapter_reference_gives_the_base_logits_exactly(tiny_model_dir
     policy.train()
     ref(policy, **inputs)
     assert policy.training  # the reference forward restores the policy's mode
+
+
+def test_rl_from_an_sft_adapter_uses_the_sft_policy_as_reference(tiny_model_dir, tmp_path):
+    """The reference after an SFT adapter gives the SFT policy's logits, not the base model's."""
+    from peft import AutoPeftModelForCausalLM
+
+    from quark_lightning.models.loading import merge_sft_adapter
+
+    sft = apply_lora(
+        load_causal_lm(tiny_model_dir).model, r=4, alpha=8, dropout=0.0, target_modules="all-linear"
+    )
+    with torch.no_grad():  # a trained SFT adapter
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    sft.save_pretrained(tmp_path / "sft-adapter")
+
+    loaded = load_causal_lm(tiny_model_dir)
+    inputs = _inputs(loaded.tokenizer)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    sft_policy = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "sft-adapter").eval()
+    policy = apply_lora(
+        merge_sft_adapter(loaded.model, str(tmp_path / "sft-adapter")),
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        target_modules="all-linear",
+    )  # a fresh RL adapter on top
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # RL has moved the policy away from the SFT policy
+        sft_logits, base_logits = sft_policy(**inputs).logits, base(**inputs).logits
+    ref_logits = build_reference(policy)(policy, **inputs)
+    torch.testing.assert_close(ref_logits, sft_logits, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ref_logits, base_logits, atol=1e-3)
+    with pytest.raises(ModelLoadError, match="LoRA adapter"):
+        merge_sft_adapter(load_causal_lm(tiny_model_dir).model, str(tmp_path / "missing"))

@@ -94,3 +94,19 @@ def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float, targe
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
     )
     return get_peft_model(model, config)
+
+
+def merge_sft_adapter(model: PreTrainedModel, adapter_path: str) -> PreTrainedModel:
+    """Fold a trained (SFT) LoRA adapter into the base weights, so the SFT policy is the new base.
+
+    Interpretation of "when RL starts from an SFT adapter the reference is the SFT policy": we merge the
+    adapter first. The frozen reference (a frozen copy, or the RL adapter disabled) is then the SFT
+    policy, never the bare base model, and no second adapter has to be kept in sync.
+    """
+    from peft import PeftModel
+
+    try:
+        merged = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+    except (OSError, ValueError) as err:
+        raise explain_load_error(adapter_path, err, "LoRA adapter") from err
+    return merged
