@@ -173,6 +173,18 @@ def mean_rows(rows: list[dict]) -> dict:
     return out
 
 
+def per_dimension_table(results: dict, label: str, key: str, fmt: str) -> list[str]:
+    """A blank line, then one row per aggregator of `results[name][key]` (one value per dimension)."""
+    lines = [
+        "",
+        "| aggregator | " + " | ".join(f"{label} {n}" for n in NAMES) + " |",
+        "|---|" + "---:|" * len(NAMES),
+    ]
+    for name in AGGREGATORS:
+        lines.append(f"| {name} | " + " | ".join(fmt.format(v) for v in results[name][key]) + " |")
+    return lines
+
+
 def markdown(results: dict, config: dict) -> str:
     lines = [
         "| aggregator | "
@@ -190,20 +202,8 @@ def markdown(results: dict, config: dict) -> str:
             + " | ".join(f"{v:+.3f}" for v in r["improvement"])
             + f" | {r['worst']:+.3f} | {ratio_txt} | {best - r['worst']:+.3f} |"
         )
-    lines += [
-        "",
-        "| aggregator | " + " | ".join(f"adv share {n}" for n in NAMES) + " |",
-        "|---|" + "---:|" * len(NAMES),
-    ]
-    for name in AGGREGATORS:
-        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in results[name]["adv_share"]) + " |")
-    lines += [
-        "",
-        "| aggregator | " + " | ".join(f"final w {n}" for n in NAMES) + " |",
-        "|---|" + "---:|" * len(NAMES),
-    ]
-    for name in AGGREGATORS:
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in results[name]["final_weights"]) + " |")
+    lines += per_dimension_table(results, "adv share", "adv_share", "{:.2f}")
+    lines += per_dimension_table(results, "final w", "final_weights", "{:.3f}")
     lines += [
         "",
         "Gains are in reference standard deviations of each dimension's raw score (exact expectations, "

@@ -40,6 +40,7 @@ import torch
 from quark_lightning.data.schema import DataValidationError, read_jsonl, validate_prompt
 from quark_lightning.errors import ConfigError, QuarkError
 from quark_lightning.matrix.matrix import AlignmentMatrix, MatrixScores
+from quark_lightning.optim.aggregation import weighted_sum
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -112,10 +113,8 @@ def build(config_dir: str, matrix: str | None, overrides: Sequence[str]) -> Alig
 
 
 def static_reward(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """nansum_k(w_k * s_k) per row; NaN where every dimension is NaN. scores (N, K), weights (K,)."""
-    applies = ~scores.isnan()  # (N, K)
-    total = torch.where(applies, scores * weights, 0.0).sum(1)  # (N,)
-    return torch.where(applies.any(1), total, math.nan)  # (N,)
+    """nansum_k(w_k * s_k) per row; NaN where every dimension is NaN (the trainer's `sum` aggregation)."""
+    return weighted_sum(scores, weights)  # (N, K), (K,) -> (N,)
 
 
 def _num(x: float) -> float | None:
