@@ -9,6 +9,10 @@ normalizer, so a resumed run restores them from the checkpoint and does not reca
 
 The calibration report (mean, std, scored samples and status per dimension) is printed, logged to
 TensorBoard as text and written to `<run_dir>/rfn_calibration.json` when `report_path` is set.
+
+With `statistics_path` (the output of the pipeline's `rfn_calibration` stage) the statistics are loaded
+from disk instead: the stage that calibrated them and the RL stage that uses them are then separate, and
+a rerun of RL never recalibrates.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from quark_lightning.distributed import gather_objects, gather_rows, world_size
 from quark_lightning.optim.aggregation import NEEDS_NORMALIZER
-from quark_lightning.optim.normalization import ReferenceFrozenNormalizer
+from quark_lightning.optim.normalization import ReferenceFrozenNormalizer, load_statistics
 
 
 def calibration_shard(records: list[dict[str, Any]], n: int, rank: int, world: int) -> list[dict[str, Any]]:
@@ -44,6 +48,20 @@ def format_report(names: list[str], normalizer: ReferenceFrozenNormalizer) -> st
     return "\n".join(lines)
 
 
+def calibrate(pl_module, records: list[dict[str, Any]], num_prompts: int, G: int, rank: int = 0) -> int:
+    """Fit pl_module.normalizer on the frozen reference's own answers; returns the samples scored.
+
+    Each rank answers its shard of the first `num_prompts` prompts G times; the scores are gathered so
+    the statistics are identical on every rank."""
+    prompts = calibration_shard(records, num_prompts, rank, world_size())
+    rollout = pl_module.reference_rollout(prompts, G)
+    scores = pl_module.matrix.score(rollout.prompts, rollout.completions).scores.to(pl_module.device)
+    all_scores = gather_rows(scores)  # (M, K), identical on every rank
+    all_ids = gather_objects([p["id"] for p in rollout.prompts])
+    pl_module.normalizer.fit(all_scores, all_ids)
+    return all_scores.size(0)
+
+
 class ReferenceFrozenNormalization(L.Callback):
     def __init__(
         self,
@@ -57,6 +75,7 @@ class ReferenceFrozenNormalization(L.Callback):
         fallback_std: float = 1.0,
         recalibrate: bool = False,
         report_path: str | None = None,
+        statistics_path: str | None = None,
     ):
         self.calibration_prompts = calibration_prompts
         self.num_generations = num_generations
@@ -65,6 +84,7 @@ class ReferenceFrozenNormalization(L.Callback):
         )
         self.recalibrate = recalibrate
         self.report_path = report_path
+        self.statistics_path = statistics_path
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if pl_module.aggregator_name not in NEEDS_NORMALIZER:
@@ -83,17 +103,18 @@ class ReferenceFrozenNormalization(L.Callback):
             if trainer.is_global_zero:
                 print("RFN: using the frozen statistics restored from the checkpoint")
             return
+        if self.statistics_path:
+            load_statistics(normalizer, pl_module.matrix.names, self.statistics_path)
+            if trainer.is_global_zero:
+                print(f"RFN: using the frozen statistics calibrated in {self.statistics_path}")
+            self._report(trainer, pl_module, int(normalizer.count.max()))
+            return
         records = trainer.datamodule.calibration_records() if trainer.datamodule else None
         if not records:
             raise ValueError("RFN calibration needs prompts: pass a PromptDataModule to trainer.fit")
-        prompts = calibration_shard(records, self.calibration_prompts, trainer.global_rank, world_size())
         G = self.num_generations or pl_module.config.num_generations
-        rollout = pl_module.reference_rollout(prompts, G)
-        scores = pl_module.matrix.score(rollout.prompts, rollout.completions).scores.to(pl_module.device)
-        all_scores = gather_rows(scores)  # (M, K), identical on every rank
-        all_ids = gather_objects([p["id"] for p in rollout.prompts])
-        normalizer.fit(all_scores, all_ids)
-        self._report(trainer, pl_module, all_scores.size(0))
+        num_samples = calibrate(pl_module, records, self.calibration_prompts, G, trainer.global_rank)
+        self._report(trainer, pl_module, num_samples)
 
     def _report(self, trainer: L.Trainer, pl_module, num_samples: int) -> None:
         if not trainer.is_global_zero:

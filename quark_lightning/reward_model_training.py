@@ -281,6 +281,26 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def compose_experiment(experiment: str, overrides: list[str] | None = None) -> DictConfig:
+    """The train config with `+experiment=NAME` (and overrides) composed, also from inside train.py.
+
+    `run_dir` is left unresolved (`${hydra:...}`): set it before use."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()  # inside `python train.py` Hydra is initialized already
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return compose(config_name="train", overrides=[f"+experiment={experiment}", *(overrides or [])])
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+
+
 def ensure_reward_model(
     experiment: str, cache_dir: str | None = None, overrides: list[str] | None = None
 ) -> str:
@@ -294,22 +314,12 @@ def ensure_reward_model(
     import hashlib
     from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf, open_dict
 
     from quark_lightning.data.preferences import BUNDLED_FEEDBACK, BUNDLED_PAIRS, resolve
     from quark_lightning.models.tiny import default_cache_dir
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    GlobalHydra.instance().clear()  # inside `python train.py` Hydra is initialized already
-    try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", *(overrides or [])])
-    finally:
-        if outer is not None:
-            GlobalHydra.instance().initialize(outer)
+    cfg = compose_experiment(experiment, overrides)
     key_src = OmegaConf.to_yaml(cfg.reward_model) + OmegaConf.to_yaml(cfg.model.get("tiny", {}))
     bundled = BUNDLED_PAIRS if cfg.reward_model.source == "pairs" else BUNDLED_FEEDBACK
     data_file = resolve(cfg.reward_model.data_path, bundled)

@@ -1,8 +1,16 @@
 """Supervised fine-tuning on (prompt, expert answer) pairs, with the loss on assistant tokens only.
 
-Used by the demo as a short warm start so the policy writes answer-like text before RL. Each example is
-rendered with the tokenizer's chat template; the prompt part (everything up to the generation prompt)
-is masked out of the labels with -100, so only the answer and its end-of-turn marker are learned.
+Used by the demo as a short warm start, and by the pipeline's foundational-SFT and expert
+behaviour-cloning stages. Each example is rendered with the tokenizer's chat template; the prompt part
+(everything up to the generation prompt) is masked out of the labels with -100, so only the answer and
+its end-of-turn marker are learned. LoRA or full fine-tuning is decided by the caller (wrap the policy
+with `apply_lora` first); only parameters with `requires_grad` are optimized.
+
+Batching: length bucketing, not packing. Examples are shuffled, cut into pools of `pool_factor` batches,
+each pool is sorted by length and cut into batches, and the batch order is shuffled again. Padding
+shrinks without changing what is learned. We do not pack several examples into one row: with the
+standard attention of HF causal LMs a packed row lets one example attend to the previous one unless a
+block-diagonal mask (flash-attention varlen) is used, which CPU attention does not offer.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from quark_lightning.errors import QuarkError
 
 
 def build_sft_example(tokenizer, record: dict[str, Any], max_length: int) -> dict[str, list[int]]:
@@ -32,7 +42,10 @@ class SFTDataset(Dataset):
     def __init__(self, tokenizer, records: list[dict[str, Any]], max_length: int = 512):
         usable = [r for r in records if isinstance(r.get("reference"), str) and r["reference"].strip()]
         if not usable:
-            raise ValueError("supervised warm start: no prompt has a 'reference' answer to train on")
+            raise QuarkError(
+                "supervised fine-tuning: no example has a 'reference' answer to train on. Fix: add "
+                "'reference' to the prompt rows, or choose other SFT sources"
+            )
         self.examples = [build_sft_example(tokenizer, r, max_length) for r in usable]
         self.pad_id = tokenizer.pad_token_id
 
@@ -54,8 +67,60 @@ class SFTDataset(Dataset):
             attn[i, :n] = 1
         return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
-    def loader(self, batch_size: int, shuffle: bool = True) -> DataLoader:
+    def lengths(self) -> list[int]:
+        return [len(e["input_ids"]) for e in self.examples]
+
+    def loader(
+        self, batch_size: int, shuffle: bool = True, bucketing: bool = False, seed: int = 0
+    ) -> DataLoader:
+        if bucketing:
+            sampler = LengthBucketBatchSampler(self.lengths(), batch_size, seed=seed, shuffle=shuffle)
+            return DataLoader(self, batch_sampler=sampler, collate_fn=self.collate)
         return DataLoader(self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate)
+
+
+def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
+    """Share of the token slots in `batches` (index lists) that are padding under right padding."""
+    slots = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1.0 - sum(lengths[i] for b in batches for i in b) / slots if slots else 0.0
+
+
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length: shuffle, sort within pools of `pool_factor` batches, shuffle batches.
+
+    Every example appears exactly once per epoch; the epoch counter advances the seed, so epochs differ
+    but a run is reproducible.
+    """
+
+    def __init__(
+        self, lengths: list[int], batch_size: int, seed: int = 0, pool_factor: int = 8, shuffle: bool = True
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths, self.batch_size = list(lengths), batch_size
+        self.seed, self.pool_factor, self.shuffle = seed, max(1, pool_factor), shuffle
+        self.epoch = 0
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        pool = self.batch_size * self.pool_factor
+        batches: list[list[int]] = []
+        for start in range(0, n, pool):
+            chunk = sorted(order[start : start + pool], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def __iter__(self):
+        batches = self.batches(self.epoch)
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
 class SFTModule(L.LightningModule):

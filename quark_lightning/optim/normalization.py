@@ -158,3 +158,69 @@ class ReferenceFrozenNormalizer(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self.status = list(state.get("status", self.status))
         self.prompt_means = dict(state.get("prompt_means", {}))
+
+
+# ---------------------------------------------------------------- frozen statistics on disk
+STATISTICS_FILE = "rfn_statistics.safetensors"
+STATISTICS_META = "rfn_statistics.json"
+
+
+def save_statistics(normalizer: ReferenceFrozenNormalizer, names: Sequence[str], directory: str) -> str:
+    """Write the frozen statistics (safetensors buffers + JSON statuses and anchors); return the dir.
+
+    The pipeline's `rfn_calibration` stage writes them; the RL stage loads them instead of calibrating.
+    """
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    if not bool(normalizer.fitted):
+        raise ValueError("save_statistics: the normalizer is not calibrated yet")
+    os.makedirs(directory, exist_ok=True)
+    tensors = {k: getattr(normalizer, k).detach().cpu().contiguous() for k in ("mean", "std", "count")}
+    save_file(tensors, os.path.join(directory, STATISTICS_FILE))
+    meta = {
+        "dimensions": list(names),
+        "mode": normalizer.mode,
+        "status": list(normalizer.status),
+        "prompt_means": normalizer.prompt_means,
+    }
+    with open(os.path.join(directory, STATISTICS_META), "w") as fh:
+        json.dump(meta, fh, indent=2)
+    return directory
+
+
+def load_statistics(normalizer: ReferenceFrozenNormalizer, names: Sequence[str], directory: str) -> None:
+    """Load statistics written by `save_statistics` into `normalizer` (same dimensions, same order)."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+
+    from quark_lightning.errors import ConfigError
+
+    meta_path = os.path.join(directory, STATISTICS_META)
+    if not os.path.exists(meta_path):
+        raise ConfigError(
+            f"optimization.normalization.statistics_path: {directory!r} holds no {STATISTICS_META}. "
+            "Fix: point it at the output of the rfn_calibration stage, or set it to null to calibrate"
+        )
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    if list(meta["dimensions"]) != list(names):
+        raise ConfigError(
+            f"optimization.normalization.statistics_path: {directory!r} was calibrated for dimensions "
+            f"{meta['dimensions']}, but the matrix has {list(names)}. Fix: recalibrate (statistics_path=null)"
+        )
+    if meta["mode"] != normalizer.mode:
+        raise ConfigError(
+            f"optimization.normalization.mode: the statistics in {directory!r} are {meta['mode']!r}, the "
+            f"config asks for {normalizer.mode!r}. Fix: use the same mode or recalibrate"
+        )
+    tensors = load_file(os.path.join(directory, STATISTICS_FILE))
+    for key in ("mean", "std", "count"):
+        getattr(normalizer, key).copy_(tensors[key])
+    normalizer.fitted.fill_(True)
+    normalizer.status = list(meta["status"])
+    normalizer.prompt_means = dict(meta["prompt_means"])
