@@ -2,10 +2,16 @@
 
 Each check names the key, what was expected, what was found, and how to fix it; all problems are
 reported at once as one `ConfigError`.
+
+Safe defaults checked here: `model.trust_remote_code` must be a real boolean (a string such as
+"false" would otherwise count as true); model, adapter and checkpoint paths must exist before anything
+is loaded, and with `HF_HUB_OFFLINE=1` a model must be a local directory.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -137,5 +143,123 @@ def validate_config(cfg: DictConfig) -> None:
                 "the dotted path of a scorer class",
                 f"set {key}.scorer._target_ to e.g. quark_lightning.rewards.format.FormatScorer.",
             )
+    _check_model_paths(p, cfg, missing)
+    _check_more_ranges(p, cfg)
     if p:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
+
+
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name or name
+
+
+def is_local_path(value: str) -> bool:
+    """Spelled as a path (absolute, ./, ../ or ~), so it must exist locally; `org/name` may be a hub name."""
+    return value.startswith(("/", "./", "../", "~")) or os.path.exists(value)
+
+
+def model_location_problem(value: str) -> str | None:
+    """Why `value` cannot name a model (None when it can): a missing or non-directory local path, an
+    invalid hub name, or a hub name while HF_HUB_OFFLINE=1."""
+    path = os.path.expanduser(value)
+    if is_local_path(value):
+        if not os.path.isdir(path):
+            kind = "is a file" if os.path.isfile(path) else "does not exist"
+            return f"{kind}; expected a directory saved with save_pretrained (config.json + weights)"
+        return None
+    if not HUB_NAME.match(value):
+        return "is neither an existing local directory nor a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return "is not a local directory, and HF_HUB_OFFLINE=1 forbids downloading it from the hub"
+    return None
+
+
+def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
+    _require(
+        p,
+        cfg,
+        "model.trust_remote_code",
+        lambda v: isinstance(v, bool),
+        "true or false (a YAML boolean)",
+        "pass model.trust_remote_code=false (turn it on only for model code you have read and trust).",
+    )
+    name = _get(cfg, "model.name_or_path")
+    if (
+        _get(cfg, "model.kind") == "hf"
+        and "model.name_or_path" not in missing
+        and isinstance(name, str)
+        and name
+    ):
+        problem = model_location_problem(name)
+        if problem:
+            p.append(
+                f"model.name_or_path: {name!r} {problem}. "
+                "Fix: pass model.name_or_path=/path/to/a/saved/model (or use model=tiny)."
+            )
+    adapter = _get(cfg, "model.adapter_path")
+    if adapter is not None:
+        directory = os.path.expanduser(str(adapter))
+        if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
+            p.append(
+                f"model.adapter_path: {adapter!r} is not a LoRA adapter directory (no adapter_config.json). "
+                "Fix: point it at a directory saved by peft's save_pretrained, or set model.adapter_path=null."
+            )
+    ckpt = _get(cfg, "ckpt_path")
+    if ckpt is not None and not (isinstance(ckpt, str) and os.path.isfile(os.path.expanduser(ckpt))):
+        p.append(
+            f"ckpt_path: {ckpt!r} is not an existing local checkpoint file. "
+            "Fix: point it at <run_dir>/checkpoints/last.ckpt, or set ckpt_path=null."
+        )
+
+
+def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
+    """Ranges of the keys not covered above (each would otherwise fail deep inside a library)."""
+    _require(p, cfg, "seed", is_int, "an integer")
+    _require(p, cfg, "data.path", lambda v: isinstance(v, str) and v.strip(), "'bundled' or a file path")
+    _require(p, cfg, "data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    _require(
+        p, cfg, "data.calculator_prompts", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0"
+    )
+    if _get(cfg, "model.lora.enabled"):
+        _require(p, cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
+        _require(p, cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    _require(p, cfg, "algorithm.weight_decay", lambda v: v is None or (is_num(v) and v >= 0), "a number >= 0")
+    _require(
+        p, cfg, "algorithm.warmup_steps", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0"
+    )
+    _require(
+        p,
+        cfg,
+        "algorithm.betas",
+        lambda v: v is None or (len(v) == 2 and all(is_num(b) and 0 <= b < 1 for b in v)),
+        "two numbers in [0, 1), e.g. [0.9, 0.999]",
+    )
+    _require(
+        p, cfg, "rollout.max_prompt_length", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1"
+    )
+    _require(
+        p, cfg, "rollout.top_k", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0 (0 = off)"
+    )
+    _require(
+        p,
+        cfg,
+        "rollout.min_p",
+        lambda v: v is None or (is_num(v) and 0 <= v <= 1),
+        "null or a number in [0, 1]",
+    )
+    _require(
+        p, cfg, "rollout.repetition_penalty", lambda v: v is None or (is_num(v) and v > 0), "a number > 0"
+    )
+    if _get(cfg, "warmstart.enabled"):
+        _require(p, cfg, "warmstart.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        _require(p, cfg, "warmstart.max_length", lambda v: is_int(v) and v >= 8, "an integer >= 8 (tokens)")
+        _require(p, cfg, "warmstart.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    dims = _get(cfg, "matrix.dimensions")
+    for name, dim in (dims or {}).items() if isinstance(dims, DictConfig) else []:
+        if dim is not None:
+            _require(
+                p,
+                cfg,
+                f"matrix.dimensions.{name}.target",
+                lambda v: v is None or is_num(v),
+                "null or a number (the score the dimension should reach)",
+            )

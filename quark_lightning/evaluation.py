@@ -75,9 +75,14 @@ def load_checkpoint(
 ) -> tuple[LoadedModel, int]:
     """The configured base model with the checkpoint's policy weights; and the checkpoint's global step."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, never arbitrary pickled objects (a .ckpt may
+        # come from anywhere); our GRPO checkpoints hold nothing else.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
-        raise ModelLoadError(f"could not read checkpoint {path!r}: {type(err).__name__}: {err}") from err
+        raise ModelLoadError(
+            f"could not read checkpoint {path!r} as tensors only (weights_only=True): "
+            f"{type(err).__name__}: {str(err)[:300]}. Fix: pass a .ckpt written by GRPO training"
+        ) from err
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     policy_state = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
     if not policy_state:

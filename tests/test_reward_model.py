@@ -166,7 +166,8 @@ def test_preference_pair_validation_reports_file_line_field(tmp_path):
     with pytest.raises(DataValidationError) as err:
         load_preference_pairs(broken)
     assert err.value.errors == [
-        f"{broken}:2: invalid JSON at column 2: Expecting property name enclosed in double quotes"
+        f"{broken}:2: invalid JSON at column 2: Expecting property name enclosed in double quotes "
+        "(each line must be one complete JSON object)"
     ]
     path = write_jsonl(
         tmp_path / "bad.jsonl",
@@ -180,9 +181,10 @@ def test_preference_pair_validation_reports_file_line_field(tmp_path):
     with pytest.raises(DataValidationError) as err:
         load_preference_pairs(path)
     assert err.value.errors == [
-        f"{path}:2: field 'preference': got 'A', expected one of 'a', 'b', 'tie'",
-        f"{path}:3: field 'response_b': must be a non-empty string",
-        f'{path}:4: field \'messages\': must be a non-empty list of {{"role", "content"}} objects',
+        f"{path}:2: field 'preference': got 'A', expected one of 'a', 'b', 'tie' "
+        "('a': response_a is better, 'tie': no significant difference)",
+        f"{path}:3: field 'response_b': must be a non-empty string, got '  '",
+        f'{path}:4: field \'messages\': must be a non-empty list of {{"role", "content"}} objects, got []',
     ]
     same = write_jsonl(tmp_path / "same.jsonl", [dict(good, response_b=good["response_a"])])
     with pytest.raises(
@@ -212,7 +214,8 @@ def test_feedback_validation_reports_file_line_field(tmp_path):
     assert err.value.errors == [
         f"{path}:2: field 'rating': got 0, expected 1 (liked) or -1 (disliked)",
         f"{path}:3: field 'rating': got True, expected 1 (liked) or -1 (disliked)",
-        f'{path}:4: field \'tags\': must be a list of strings (e.g. ["verbose", "unsafe"])',
+        f'{path}:4: field \'tags\': must be a list of non-empty strings (e.g. ["verbose", "unsafe"]), '
+        "got 'x'",
     ]
     no_id = write_jsonl(tmp_path / "noid.jsonl", [{k: v for k, v in good.items() if k != "id"}])
     assert load_online_feedback(no_id)[0]["id"] == "noid.jsonl:1"  # id is optional

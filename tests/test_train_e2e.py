@@ -63,13 +63,13 @@ def test_smoke_run_logs_every_dimension_and_checkpoints(smoke_run):
 def test_resume_from_checkpoint_continues_the_step_count(smoke_run, tmp_path):
     tmp, _ = smoke_run
     ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 3
     assert "matrix_weights" in state["state_dict"]
     proc = train(tmp_path, f"ckpt_path={ckpt}", "trainer.max_steps=5", cache=tmp / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = torch.load(
-        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert resumed["global_step"] == 5
     assert f"Resuming from {ckpt}" in proc.stdout

@@ -36,7 +36,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from quark_lightning.data import ASSETS
-from quark_lightning.data.schema import DataValidationError, check_messages, read_jsonl
+from quark_lightning.data.schema import (
+    DataValidationError,
+    check_id,
+    check_messages,
+    check_string_list,
+    check_text,
+    read_jsonl,
+    show,
+)
 
 BUNDLED_PAIRS = ASSETS / "preference_pairs.jsonl"
 BUNDLED_FEEDBACK = ASSETS / "online_feedback.jsonl"
@@ -54,9 +62,7 @@ def _nonempty_str(value: Any) -> bool:
 
 
 def _check_id(record: dict[str, Any]) -> list[str]:
-    if "id" in record and not _nonempty_str(record["id"]):
-        return ["field 'id': must be a non-empty string when present (e.g. 'pp-001')"]
-    return []
+    return check_id(record["id"], "id", "pp-001") if "id" in record else []
 
 
 def validate_pair(record: Any) -> list[str]:
@@ -67,15 +73,19 @@ def validate_pair(record: Any) -> list[str]:
     for key in ("response_a", "response_b"):
         if key not in record:
             errs.append(f"field '{key}': missing (the two responses to compare)")
-        elif not _nonempty_str(record[key]):
-            errs.append(f"field '{key}': must be a non-empty string")
+        else:
+            errs += check_text(record[key], key)
     pref = record.get("preference")
     if pref not in PREFERENCES:
-        errs.append(f"field 'preference': got {pref!r}, expected one of 'a', 'b', 'tie'")
+        errs.append(
+            f"field 'preference': got {show(pref)}, expected one of 'a', 'b', 'tie' "
+            "('a': response_a is better, 'tie': no significant difference)"
+        )
     elif (
         pref != "tie"
         and _nonempty_str(record.get("response_a"))
-        and record.get("response_a", "").strip() == record.get("response_b", "").strip()
+        and _nonempty_str(record.get("response_b"))
+        and record["response_a"].strip() == record["response_b"].strip()
     ):
         errs.append(
             f"field 'preference': got {pref!r} but response_a and response_b are identical; use 'tie'"
@@ -90,14 +100,12 @@ def validate_feedback(record: Any) -> list[str]:
     errs = _check_id(record) + check_messages(record.get("messages"))
     if "response" not in record:
         errs.append("field 'response': missing (the answer the user reacted to)")
-    elif not _nonempty_str(record["response"]):
-        errs.append("field 'response': must be a non-empty string")
+    else:
+        errs += check_text(record["response"], "response")
     rating = record.get("rating")
     if isinstance(rating, bool) or rating not in RATINGS:
-        errs.append(f"field 'rating': got {rating!r}, expected 1 (liked) or -1 (disliked)")
-    tags = record.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        errs.append('field \'tags\': must be a list of strings (e.g. ["verbose", "unsafe"])')
+        errs.append(f"field 'rating': got {show(rating)}, expected 1 (liked) or -1 (disliked)")
+    errs += check_string_list(record.get("tags", []), "tags", '["verbose", "unsafe"]')
     return errs
 
 
@@ -122,7 +130,9 @@ def _validate_file(path: str, validate: Callable[[Any], list[str]], what: str) -
     if errors:
         raise DataValidationError(errors)
     if not records:
-        raise DataValidationError([f"{path}: no {what} found; the file is empty"])
+        raise DataValidationError(
+            [f"{path}: no {what} found; the file is empty (write one JSON object a line)"]
+        )
     return records
 
 

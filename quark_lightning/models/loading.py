@@ -23,7 +23,11 @@ class ModelLoadError(QuarkError, RuntimeError):
 
 
 def explain_load_error(name_or_path: str, err: Exception, what: str = "model") -> ModelLoadError:
-    if os.path.isdir(name_or_path):
+    if name_or_path.startswith(("/", "./", "../", "~")) and not os.path.exists(
+        os.path.expanduser(name_or_path)
+    ):
+        hint = f"no such directory; pass the directory a {what} was saved to with save_pretrained"
+    elif os.path.isdir(name_or_path):
         hint = (
             f"the directory exists but does not hold a loadable {what}: it needs config.json, the weights "
             "(model.safetensors or pytorch_model.bin) and the tokenizer files, as written by save_pretrained"
@@ -69,6 +73,8 @@ def load_causal_lm(
 ) -> LoadedModel:
     if dtype not in DTYPES:
         raise ModelLoadError(f"model.dtype: got {dtype!r}, expected one of {sorted(DTYPES)}")
+    if not isinstance(trust_remote_code, bool):  # "false" (a string) must not switch it on
+        raise ModelLoadError(f"model.trust_remote_code: got {trust_remote_code!r}, expected true or false")
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if revision:
         kwargs["revision"] = revision

@@ -28,13 +28,21 @@ from typing import Any
 import torch
 
 from quark_lightning.data import ASSETS
-from quark_lightning.data.schema import DataValidationError, read_jsonl
+from quark_lightning.data.schema import (
+    MAX_LIST_ITEMS,
+    DataValidationError,
+    check_count,
+    check_id,
+    check_text,
+    read_jsonl,
+)
 from quark_lightning.errors import ConfigError, QuarkError
 from quark_lightning.rewards.assertions import canonical_unit, known_units
 from quark_lightning.rewards.text import words
 
 BUNDLED_KB = ASSETS / "knowledge_base.jsonl"
 RELATIONS = ("eq", "max", "min", "range")
+MAX_CLAIMS = 50  # claims of one entry
 STOPWORDS = frozenset(
     "a an the and or of to in on for with by at as is are was were be been it its this that these those "
     "you your i we they he she them his her our can could should would may might will do does did".split()
@@ -110,6 +118,8 @@ def _is_text(x: Any) -> bool:
 def _check_string_list(value: Any, where: str, non_empty: bool) -> list[str]:
     if not isinstance(value, list) or not all(_is_text(v) for v in value):
         return [f"field '{where}': must be a list of non-empty strings"]
+    if len(value) > MAX_LIST_ITEMS:
+        return check_count(value, where, MAX_LIST_ITEMS, "keep the most distinctive ones")
     if non_empty and not value:
         return [f"field '{where}': must not be empty (the claim is only relevant when one of them appears)"]
     return []
@@ -166,17 +176,16 @@ def validate_entry(row: Any) -> list[str]:
     """Problems of one knowledge-base row, each starting with `field '...'`."""
     if not isinstance(row, dict):
         return [f"the row must be a JSON object, got {type(row).__name__}"]
-    errs = []
-    if not _is_text(row.get("id")):
-        errs.append("field 'id': must be a non-empty string (a unique evidence id such as 'kb-pharm-001')")
-    if not _is_text(row.get("text")):
-        errs.append("field 'text': must be a non-empty string (the authoritative statement)")
+    errs = check_id(row.get("id"), "id", "kb-pharm-001")
+    errs += check_text(row.get("text"), "text", " (the authoritative statement)")
     for key in ("source", "area"):
         if key in row and not isinstance(row[key], str):
             errs.append(f"field '{key}': must be a string")
     claims = row.get("claims", [])
     if not isinstance(claims, list):
         errs.append("field 'claims': must be a list of claim objects")
+    elif len(claims) > MAX_CLAIMS:
+        errs += check_count(claims, "claims", MAX_CLAIMS, "split the entry into several entries")
     else:
         errs += [e for i, c in enumerate(claims) for e in _check_claim(c, f"claims[{i}]")]
     return errs
