@@ -26,6 +26,7 @@ from quark_lightning.data.schema import MAX_TEXT_CHARS, DataValidationError, loc
 from quark_lightning.errors import ConfigError
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, MatrixConfigError
+from quark_lightning.rewards.format import FormatScorer
 from quark_lightning.rewards.retrieval import load_knowledge_base
 from quark_lightning.score import load_responses
 from tests.conftest import REPO, write_jsonl
@@ -231,8 +232,6 @@ def test_loaded_prompts_remember_their_line_and_valid_facts_pass():
     assert location(records[2]).endswith("medical_prompts.jsonl:3")
     assert location({"id": "calc-1"}) == "prompt 'calc-1'"
     validate_fact_references(records, garm_matrix())  # every bundled fact id is in the bundled KB
-    from quark_lightning.rewards.format import FormatScorer
-
     no_kb = AlignmentMatrix([Dimension("format_rules", "format", FormatScorer())])
     validate_fact_references([{"id": "x", "facts": ["nope"]}], no_kb)  # facts unused: nothing to check
 

@@ -4,6 +4,9 @@ Knowledge base (JSONL, DESIGN.md section 3): `{"id", "text", "source", "area", "
 A claim is `{"entity", "aliases", "attribute", "keywords", and exactly one of "quantity" or "polarity"}`,
 with `quantity = {"value", "unit", "relation": eq|max|min|range, "value_high" (range only), "tolerance"}`.
 Every bad row is reported as `FILE:LINE: field 'x': what is wrong` before anything is scored.
+Limits: ids of at most 200 characters, text of at most 100,000, at most `MAX_CLAIMS` (50) claims an
+entry and 100 keywords or aliases a claim (see `quark_lightning/data/schema.py`). An empty file is
+allowed: GARM then scores NaN (nothing to check against).
 
 Retrievers (interpretation; the paper says only "retrieve authoritative evidence"):
 - `BM25Retriever` (default): Okapi BM25, k1 = 1.5, b = 0.75, Lucene's idf log(1 + (D - df + 0.5) /
