@@ -1,18 +1,32 @@
-"""Build an AlignmentMatrix from its config (`conf/matrix/*.yaml`)."""
+"""Build an AlignmentMatrix from its config (`conf/matrix/*.yaml`).
+
+`matrix.on_failure` is the default failure policy of every dimension; `matrix.dimensions.NAME.on_failure`
+overrides it key by key (validated in matrix/guard.py when the matrix is built).
+"""
 
 from __future__ import annotations
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.matrix.guard import merged_policy
 from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, MatrixConfigError
 
 
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def build_matrix(matrix_cfg: DictConfig) -> AlignmentMatrix:
+    default_on_failure = _plain(matrix_cfg.get("on_failure"))
     dimensions = []
     for name, dim in (matrix_cfg.get("dimensions") or {}).items():
         if dim is None:
             continue
+        # validated before the scorer is built (building one may train a reward model)
+        on_failure = merged_policy(
+            default_on_failure, _plain(dim.get("on_failure")), f"matrix.dimensions.{name}"
+        )
         try:
             scorer = instantiate(dim.scorer)
         except Exception as err:  # noqa: BLE001 - any failure here is a config problem to report
@@ -31,6 +45,7 @@ def build_matrix(matrix_cfg: DictConfig) -> AlignmentMatrix:
                 risk=float(dim.get("risk", 1.0) or 1.0),
                 target=dim.get("target"),
                 gate=OmegaConf.to_container(dim.gate, resolve=True) if dim.get("gate") else None,
+                on_failure=on_failure,
             )
         )
     return AlignmentMatrix(dimensions)

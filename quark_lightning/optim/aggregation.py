@@ -15,6 +15,11 @@ Chosen with `optimization=NAME` (config key `optimization.aggregator`):
 
 In every aggregator a NaN score (dimension does not apply) contributes 0, and a completion no dimension
 applies to gets a NaN reward, hence advantage 0. `weighted_sum` is kept as an alias of `sum`.
+
+A score whose scorer *failed* (matrix/guard.py) is NaN too, so outside gates it counts as "does not
+apply". Gates are told apart by the `failed` mask: a failed sample on a gate dimension is vetoed
+(`gate.on_failure: veto`, the default) or excluded from learning (`exclude`: reward NaN, advantage 0);
+it never passes the gate as if it were safe.
 """
 
 from __future__ import annotations
@@ -96,22 +101,47 @@ def get_aggregator(name: str) -> Aggregator:
     return AGGREGATORS[name]
 
 
+def excluded_by_gates(gates: Sequence, failed: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Rows whose scorer failed on a gate dimension with `on_failure: exclude`.  (N, K) -> (N,) bool"""
+    out = torch.zeros(n, dtype=torch.bool)
+    if failed is None:
+        return out
+    for k, gate in gates:
+        if getattr(gate, "on_failure", "veto") == "exclude":
+            out = out | failed[:, k].cpu()
+    return out
+
+
 def apply_gates(
-    reward: torch.Tensor, scores: torch.Tensor, gates: Sequence
+    reward: torch.Tensor, scores: torch.Tensor, gates: Sequence, failed: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vetoes: where a gate dimension's raw score is below its threshold, cap or set the reward.
 
-    reward (N,), scores (N, K), gates [(k, Gate)] -> (gated reward (N,), vetoed (N, len(gates)) bool).
-    A NaN score (dimension not applicable) never triggers its gate.
+    reward (N,), scores (N, K), gates [(k, Gate)], failed (N, K) bool or None
+    -> (gated reward (N,), vetoed (N, len(gates)) bool).
+    A NaN score (dimension not applicable) never triggers its gate. A failed score (NaN, `failed` True)
+    triggers it under `gate.on_failure == "veto"` (a failed row with a NaN reward gets `value`), and
+    makes the reward NaN under `"exclude"` unless another gate vetoes the row.
     """
+    failed = failed if failed is not None else torch.zeros(scores.shape, dtype=torch.bool)
+    failed = failed.to(reward.device)
     vetoed = []
     for k, gate in gates:
         hit = scores[:, k] < gate.below  # NaN compares False
+        failed_veto = failed[:, k] & (getattr(gate, "on_failure", "veto") == "veto")
+        hit = hit | failed_veto
         value = torch.full_like(reward, gate.value)
-        new = torch.minimum(reward, value) if gate.mode == "cap" else value
-        reward = torch.where(hit & ~torch.isnan(reward), new, reward)
+        base = torch.where(failed_veto & torch.isnan(reward), value, reward)
+        new = torch.minimum(base, value) if gate.mode == "cap" else value
+        reward = torch.where(hit & ~torch.isnan(base), new, reward)
         vetoed.append(hit)
-    return reward, (torch.stack(vetoed, 1) if vetoed else torch.zeros(reward.size(0), 0, dtype=torch.bool))
+    vetoed_t = (
+        torch.stack(vetoed, 1)
+        if vetoed
+        else torch.zeros(reward.size(0), 0, dtype=torch.bool, device=reward.device)
+    )
+    excluded = excluded_by_gates(gates, failed, reward.size(0)).to(reward.device) & ~vetoed_t.any(1)
+    return torch.where(excluded, torch.full_like(reward, float("nan")), reward), vetoed_t
 
 
 def aggregate_and_advantages(
@@ -121,14 +151,16 @@ def aggregate_and_advantages(
     ctx: AggregationContext,
     scale: str = "group",
     gates: Sequence = (),
+    failed: torch.Tensor | None = None,
 ) -> tuple[AggregatedReward, torch.Tensor, torch.Tensor]:
     """Aggregate, apply gates, then group advantages unless the aggregator made its own.
 
     -> (agg, advantages (N,), frac_zero_std). With `gdpo` (advantages made per dimension) a vetoed
-    completion gets the lowest advantage of its group.
+    completion gets the lowest advantage of its group, and one excluded by a failed gate gets 0.
+    `failed` (N, K) bool marks scores whose scorer failed (MatrixScores.failed).
     """
     agg = get_aggregator(name)(scores, weights, ctx)
-    agg.reward, vetoed = apply_gates(agg.reward, scores, gates)
+    agg.reward, vetoed = apply_gates(agg.reward, scores, gates, failed)
     grouped = group_advantages(agg.reward, ctx.group_size, scale, ctx.eps)
     if agg.advantages is None:
         return agg, grouped.advantages, grouped.frac_zero_std
@@ -138,4 +170,5 @@ def aggregate_and_advantages(
             adv.view(-1, ctx.group_size).min(1, keepdim=True).values.expand(-1, ctx.group_size).reshape(-1)
         )
         adv = torch.where(vetoed.any(1), group_min, adv)
-    return agg, adv, grouped.frac_zero_std
+    excluded = excluded_by_gates(gates, failed, adv.size(0)).to(adv.device) & ~vetoed.any(1).to(adv.device)
+    return agg, torch.where(excluded, torch.zeros_like(adv), adv), grouped.frac_zero_std
