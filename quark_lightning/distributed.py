@@ -148,3 +148,16 @@ def global_step_view(rollout, scores: torch.Tensor, aggregated, frac_zero_std, s
         normalized=gather_opt(aggregated.normalized),
     )
     return rollout, gather_rows(scores), aggregated, float(summed[1] / world), stats
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The module's unsharded state dict on rank 0 (CPU), for exporting a sharded (FSDP2) policy.
+
+    A collective when the module is sharded: every rank must call it; ranks other than 0 get {}. Returns
+    None for an unsharded module (save it as it is).
+    """
+    if not is_sharded(module):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -19,6 +19,8 @@ builders below; `build_strategy` turns the mapping into a strategy object.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +33,10 @@ from quark_lightning.errors import ConfigError
 def build_strategy(spec: str | dict[str, Any] | Strategy) -> str | Strategy:
     """A Lightning strategy name passes through; a `{_target_: ...}` mapping is instantiated."""
     if isinstance(spec, dict):
-        from hydra.utils import instantiate
+        from hydra.utils import get_object  # called directly so a ConfigError reaches the user unwrapped
 
-        return instantiate(spec)
+        kwargs = dict(spec)
+        return get_object(kwargs.pop("_target_"))(**kwargs)
     return spec
 
 
@@ -70,6 +73,49 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # every rank shards and holds data
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loader, plus the modules' extra state (e.g. the RFN statuses and anchors).
+
+        Lightning loads a full checkpoint parameter by parameter through torch's distributed state-dict
+        API, which hands each module's `set_extra_state` a placeholder instead of the saved value. The
+        placeholder is ignored while loading, and the saved values are applied afterwards.
+        """
+        path = Path(self.broadcast(checkpoint_path))
+        saved = {}
+        if path.is_file():
+            full = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
+            saved = {k: v for k, v in full.get("state_dict", {}).items() if k.endswith(EXTRA_STATE_SUFFIX)}
+        with _ignore_extra_state_placeholders(self.lightning_module):
+            checkpoint = super().load_checkpoint(path, weights_only=weights_only)
+        for key, value in saved.items():
+            owner = key[: -len(EXTRA_STATE_SUFFIX)].rstrip(".")
+            self.lightning_module.get_submodule(owner).set_extra_state(value)
+        return checkpoint
+
+
+EXTRA_STATE_SUFFIX = "_extra_state"
+
+
+@contextmanager
+def _ignore_extra_state_placeholders(module: nn.Module):
+    """While active, `set_extra_state` of every submodule skips torch's `_EXTRA_STATE` placeholder."""
+    patched = []
+    for sub in module.modules():
+        if type(sub).get_extra_state is not nn.Module.get_extra_state:
+            original = sub.set_extra_state
+
+            def guarded(state, _original=original):
+                if type(state).__name__ != "_EXTRA_STATE":
+                    _original(state)
+
+            sub.set_extra_state = guarded
+            patched.append(sub)
+    try:
+        yield
+    finally:
+        for sub in patched:
+            del sub.set_extra_state
 
 
 def shard_module(model: nn.Module, mesh, reshard_after_forward: bool = True) -> nn.Module:

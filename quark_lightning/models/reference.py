@@ -51,8 +51,13 @@ class FrozenCopyReference(nn.Module):
         self.frozen = FrozenModule(copy.deepcopy(policy))
 
     @torch.no_grad()
-    def forward(self, policy: nn.Module, **inputs) -> torch.Tensor:  # noqa: ARG002
-        return self.frozen(**inputs).logits
+    def forward(self, policy: nn.Module, **inputs) -> torch.Tensor:
+        return self.outputs(policy, **inputs).logits
+
+    @torch.no_grad()
+    def outputs(self, policy: nn.Module, **inputs):  # noqa: ARG002
+        """The frozen model's whole output (logits and, with `use_cache`, the KV cache)."""
+        return self.frozen(**inputs)
 
 
 class DisabledAdapterReference(nn.Module):
@@ -62,8 +67,13 @@ class DisabledAdapterReference(nn.Module):
 
     @torch.no_grad()
     def forward(self, policy: nn.Module, **inputs) -> torch.Tensor:
+        return self.outputs(policy, **inputs).logits
+
+    @torch.no_grad()
+    def outputs(self, policy: nn.Module, **inputs):
+        """The base model's whole output (logits and, with `use_cache`, the KV cache)."""
         with policy.disable_adapter(), eval_mode(policy):
-            return policy(**inputs).logits
+            return policy(**inputs)
 
 
 def build_reference(policy: nn.Module) -> nn.Module:

@@ -79,6 +79,7 @@ class HFGenerateEngine:
         repetition_penalty: float = 1.0,
         max_prompt_length: int = 256,
         decode: str = "fast",
+        share_prefill: bool = True,
     ):
         if decode not in DECODE_MODES:
             raise ValueError(f"rollout.decode: {decode!r} is not one of {DECODE_MODES}")
@@ -95,6 +96,7 @@ class HFGenerateEngine:
         self.max_new_tokens = max_new_tokens
         self.max_prompt_length = max_prompt_length
         self.decode = decode
+        self.share_prefill = share_prefill
 
     def encode_prompts(self, tokenizer, prompts: Sequence[dict[str, Any]], device) -> dict[str, torch.Tensor]:
         tokenizer.padding_side = "left"
@@ -147,6 +149,8 @@ class HFGenerateEngine:
         """Shared prefill, then a KV-cache decode loop over the unfinished rows.  -> (B * G, C)"""
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
         G, eos, pad = num_generations, tokenizer.eos_token_id, tokenizer.pad_token_id
+        if not self.share_prefill:  # prefill every completion's copy of the prompt, as `generate` does
+            ids, mask, G = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0), 1
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P) skips left padding
         out = policy(
             input_ids=ids,
@@ -156,11 +160,12 @@ class HFGenerateEngine:
             logits_to_keep=1,
         )
         cache = out["cache"] if "cache" in out else out["past_key_values"]
-        cache.batch_repeat_interleave(G)  # (B, ...) -> (B * G, ...): one prefill per prompt
+        if G > 1:
+            cache.batch_repeat_interleave(G)  # (B, ...) -> (B * G, ...): one prefill per prompt
         logits = out.logits[:, -1].repeat_interleave(G, dim=0)  # (N, V)
         mask = mask.repeat_interleave(G, dim=0)  # (N, P)
         last_pos = positions[:, -1:].repeat_interleave(G, dim=0)  # (N, 1)
-        N = ids.size(0) * G
+        N = ids.size(0) * G  # = B * num_generations either way
         result = torch.full((N, self.max_new_tokens), pad, dtype=ids.dtype, device=ids.device)  # (N, C)
         rows = torch.arange(N, device=ids.device)  # rows of `result` still in the batch
         warp = {k: self.sampling[k] for k in ("temperature", "top_k", "top_p")}

@@ -1,0 +1,76 @@
+"""Shared by the speed benchmarks: the two Llama-architecture models, prompts, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+CACHE = os.environ.get("QUARK_BENCH_CACHE", str(Path.home() / ".cache" / "quark_lightning" / "bench"))
+
+# Llama architecture, BPE tokenizer trained on the bundled text (models/tiny.py). Parameter counts are
+# printed by the benchmarks; "tiny" is ~2M, "small" ~25M.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(
+        vocab_size=2048,
+        hidden_size=160,
+        intermediate_size=512,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "small": dict(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=7,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    ),
+}
+
+
+def model_dir(size: str) -> str:
+    """Build once (cached) and return the directory of the `size` model, loadable with from_pretrained."""
+    from quark_lightning.data import BUNDLED_PROMPTS
+    from quark_lightning.data.datamodule import load_prompt_records
+    from quark_lightning.models.tiny import ensure_tiny_model
+    from quark_lightning.run import corpus_texts
+
+    records = load_prompt_records(str(BUNDLED_PROMPTS))
+    return ensure_tiny_model(
+        corpus_texts(records), cache_dir=CACHE, max_position_embeddings=1024, **SIZES[size]
+    )
+
+
+def bench_prompts(n: int) -> list[dict]:
+    from quark_lightning.data import BUNDLED_PROMPTS
+    from quark_lightning.data.datamodule import load_prompt_records
+
+    return load_prompt_records(str(BUNDLED_PROMPTS))[:n]
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, {'CUDA' if torch.cuda.is_available() else 'no GPU'}"
+    )
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
