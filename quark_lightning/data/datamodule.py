@@ -18,6 +18,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from quark_lightning.data import BUNDLED_PROMPTS
+from quark_lightning.data.resumable import ResumableDataLoader, ResumableSampler, ShuffleSampler
 from quark_lightning.data.schema import DataValidationError, read_jsonl, validate_records
 
 
@@ -65,18 +66,19 @@ def to_dataset(records: list[dict[str, Any]]) -> Dataset:
     )
 
 
-class AreaWeightedSampler(torch.utils.data.Sampler):
+class AreaWeightedSampler(ResumableSampler):
     """Draws prompts with per-area sampling weights that may change while an epoch runs (curriculum).
 
     Weight of prompt i = area_weight[area_i] / (number of prompts of that area), so with equal area weights
     every area is drawn equally often; indices are drawn lazily, so an update applies from the next draw.
+    Its position inside a pass is saved in checkpoints (`ResumableSampler`).
     """
 
     def __init__(self, areas: list[str], seed: int = 0):
+        super().__init__(len(areas), torch.Generator().manual_seed(seed))
         self.areas = areas
         self.counts = {a: areas.count(a) for a in set(areas)}
         self.area_weights = {a: 1.0 for a in self.counts}
-        self.generator = torch.Generator().manual_seed(seed)
 
     def set_area_weights(self, weights: dict[str, float]) -> None:
         self.area_weights = {a: float(weights.get(a, self.area_weights[a])) for a in self.counts}
@@ -85,13 +87,9 @@ class AreaWeightedSampler(torch.utils.data.Sampler):
         total = sum(self.area_weights.values())
         return {a: w / total for a, w in self.area_weights.items()}
 
-    def __len__(self) -> int:
-        return len(self.areas)
-
-    def __iter__(self):
-        for _ in range(len(self.areas)):
-            w = torch.tensor([self.area_weights[a] / self.counts[a] for a in self.areas])
-            yield int(torch.multinomial(w, 1, generator=self.generator))
+    def draw(self, count: int) -> list[int]:  # noqa: ARG002 - one index at a time, with the current weights
+        w = torch.tensor([self.area_weights[a] / self.counts[a] for a in self.areas])
+        return [int(torch.multinomial(w, 1, generator=self.generator))]
 
 
 def collate_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -160,19 +158,11 @@ class PromptDataModule(L.LightningDataModule):
         return self.sampler
 
     def train_dataloader(self) -> DataLoader:
-        if self.curriculum:
-            return DataLoader(
-                self.train_set,
-                batch_size=self.prompts_per_step,
-                sampler=self.sampler,
-                drop_last=True,
-                collate_fn=collate_prompts,
-                num_workers=self.num_workers,
-            )
-        return DataLoader(
+        """Curriculum or uniform shuffling; the position inside the epoch is saved in checkpoints."""
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.prompts_per_step,
-            shuffle=True,
+            sampler=self.sampler if self.curriculum else ShuffleSampler(self.train_set),
             drop_last=True,
             collate_fn=collate_prompts,
             num_workers=self.num_workers,
