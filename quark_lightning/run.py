@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config import validate_config
 from quark_lightning.data.datamodule import PromptDataModule
+from quark_lightning.data.references import validate_fact_references
 from quark_lightning.errors import ConfigError
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
@@ -59,7 +60,11 @@ def load_model(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedMo
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg.trainer, resolve=True)
+    from quark_lightning.strategies import build_strategy  # `strategy:` may be a {_target_: ...} mapping
+
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"))
+    return kwargs
 
 
 def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, Any]]) -> None:
@@ -79,7 +84,9 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The `callbacks` group plus the unified optimization's callbacks (reward rescaling, weighting)."""
     configured = list((cfg.get("callbacks") or {}).values())
     configured += [cfg.optimization.get("normalization"), cfg.optimization.get("weighting")]
-    return [instantiate(c) for c in configured if c is not None]
+    from callbacks.rng_state import RNGStateCallback  # always: resuming needs the random streams
+
+    return [instantiate(c) for c in configured if c is not None] + [RNGStateCallback()]
 
 
 def grpo_config(cfg: DictConfig) -> GRPOConfig:
@@ -101,6 +108,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 STAGES: dict[str, tuple[str, str]] = {
     "grpo": ("quark_lightning.run", "run_grpo"),
     "reward_model": ("quark_lightning.reward_model_training", "run_reward_model"),
+    "pipeline": ("quark_lightning.pipeline.runner", "run_pipeline"),
 }
 
 
@@ -127,11 +135,14 @@ def save_outputs(
     final_ckpt = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
     trainer.save_checkpoint(final_ckpt)  # collective call: every rank enters, rank 0 writes
     result["checkpoint"] = final_ckpt
+    from quark_lightning.distributed import full_state_dict
+
+    full_policy = full_state_dict(module.policy) if cfg.save_policy else None  # FSDP2: every rank gathers
     if not trainer.is_global_zero:
         return result
     if cfg.save_policy:
         policy_dir = os.path.join(cfg.run_dir, "policy")
-        module.policy.save_pretrained(policy_dir)
+        module.policy.save_pretrained(policy_dir, state_dict=full_policy)  # None: the unsharded module's own
         tokenizer.save_pretrained(policy_dir)
         result["policy_dir"] = policy_dir
     if logger:
@@ -145,12 +156,17 @@ def save_outputs(
 
 
 def run_grpo(cfg: DictConfig) -> dict[str, Any]:
+    from quark_lightning.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+
+    if cfg.get("ckpt_path") is not None:  # `last` or a run dir -> <run_dir>/checkpoints/last.ckpt
+        cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)
     datamodule = build_datamodule(cfg)
     records = datamodule.load()  # validates every row; a bad row stops here
     matrix = build_matrix(cfg.matrix)
+    validate_fact_references(records, matrix)  # a prompt's `facts` must name knowledge-base ids
     loaded = load_model(cfg.model, records)
 
     resuming = cfg.ckpt_path is not None
@@ -179,6 +195,8 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         aggregator=cfg.optimization.aggregator,
     )
     logger = instantiate(cfg.logger, version="grpo") if cfg.get("logger") else False
-    trainer = L.Trainer(**trainer_kwargs(cfg), logger=logger, callbacks=build_callbacks(cfg))
+    trainer = L.Trainer(
+        **trainer_kwargs(cfg), logger=logger, callbacks=build_callbacks(cfg), plugins=[AtomicCheckpointIO()]
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return save_outputs(cfg, trainer, module, loaded.tokenizer, logger)

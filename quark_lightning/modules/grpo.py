@@ -33,13 +33,16 @@ from quark_lightning.algorithms.grpo_loss import (
     selective_log_softmax,
     token_entropy,
 )
+from quark_lightning.distributed import clip_grad_norm, global_step_view, token_level_rank_scale
 from quark_lightning.matrix import AlignmentMatrix
+from quark_lightning.matrix.guard import FailureCounter
 from quark_lightning.models.reference import (
     DisabledAdapterReference,
     FrozenCopyReference,
     FrozenModule,
     build_reference,
 )
+from quark_lightning.modules.shared_prefix import completion_logits, position_ids_from_mask  # noqa: F401
 from quark_lightning.optim.advantages import nanstd
 from quark_lightning.optim.aggregation import (
     NEEDS_NORMALIZER,
@@ -48,7 +51,8 @@ from quark_lightning.optim.aggregation import (
     get_aggregator,
 )
 from quark_lightning.optim.normalization import ReferenceFrozenNormalizer
-from quark_lightning.rollout.hf_generate import HFGenerateEngine, Rollout
+from quark_lightning.rollout.base import Rollout, RolloutEngine
+from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
 
 @dataclass
@@ -82,11 +86,6 @@ class StepRecord:
     findings: dict[str, list[list[str]]] = field(default_factory=dict)
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` assigns them.  (N, L) -> (N, L)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 class GRPOModule(L.LightningModule):
     def __init__(
         self,
@@ -94,7 +93,7 @@ class GRPOModule(L.LightningModule):
         tokenizer,
         matrix: AlignmentMatrix,
         config: GRPOConfig,
-        rollout_engine: HFGenerateEngine | None = None,
+        rollout_engine: RolloutEngine | None = None,
         aggregator: str = "sum",
         normalizer: ReferenceFrozenNormalizer | None = None,
     ):
@@ -119,19 +118,32 @@ class GRPOModule(L.LightningModule):
         self.register_buffer("matrix_weights", matrix.weights(), persistent=True)  # (K,)
         self.automatic_optimization = False
         self.last_step: StepRecord | None = None
+        self.scorer_failures = FailureCounter(matrix.names)  # logged as failures/<dim>, failures_total/<dim>
 
     def on_train_start(self) -> None:
         self.policy.train()  # the warm start or a loader may leave it in eval mode; frozen parts stay eval
 
+    def configure_model(self) -> None:
+        """FSDP2 (trainer=fsdp2): shard the policy and the frozen reference copy, one unit per decoder layer.
+
+        Only ModelParallelStrategy sets a device mesh; other strategies leave the module as it is. The
+        reference copy is sharded too (it runs one forward per micro-batch on every rank, in step), so it
+        costs 1/world of its memory per rank; the small reward models stay replicated.
+        """
+        mesh = self._device_mesh  # None unless the strategy is ModelParallelStrategy (FSDP2)
+        if mesh is None:
+            return
+        from quark_lightning.strategies import shard_module
+
+        if isinstance(self.reference, FrozenCopyReference):
+            shard_module(self.reference.frozen.module, mesh["data_parallel"])
+        shard_module(self.policy, mesh["data_parallel"])
+
     # ------------------------------------------------------------------ log-probs
     def _forward_logits(self, model_call, input_ids, attention_mask, completion_len: int) -> torch.Tensor:
-        logits = model_call(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-        )
-        logits = logits if torch.is_tensor(logits) else logits.logits
-        return logits[:, -completion_len - 1 : -1]  # (n, C, V) predicts each completion token
+        """(n, C, V) logits predicting each completion token; a group's prompt runs once (shared_prefix.py)."""
+        G = self.config.num_generations
+        return completion_logits(model_call, input_ids, attention_mask, completion_len, G)
 
     def policy_logits(self, input_ids, attention_mask, completion_len: int) -> torch.Tensor:
         return self._forward_logits(self.policy, input_ids, attention_mask, completion_len)
@@ -142,7 +154,7 @@ class GRPOModule(L.LightningModule):
         C = rollout.completion_ids.size(1)
         out = []
         for sl in self._chunks(rollout.completion_ids.size(0)):
-            call = lambda **kw: self.reference(self.policy, **kw)  # noqa: E731
+            call = lambda **kw: self.reference.outputs(self.policy, **kw)  # noqa: E731
             logits = self._forward_logits(call, rollout.input_ids[sl], rollout.attention_mask[sl], C)
             out.append(selective_log_softmax(logits, rollout.completion_ids[sl]))
         return torch.cat(out)
@@ -174,7 +186,8 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------ reward side
     def score_rollout(self, rollout: Rollout):
-        matrix_scores = self.matrix.score(rollout.prompts, rollout.completions)
+        matrix_scores = self.matrix.score(rollout.prompts, rollout.completions)  # scorers under on_failure
+        self.scorer_failures.record(matrix_scores.failures)
         scores = matrix_scores.scores.to(self.device)  # (N, K)
         ctx = AggregationContext(
             group_size=self.config.num_generations,
@@ -188,6 +201,7 @@ class GRPOModule(L.LightningModule):
             ctx,
             self.config.scale_rewards,
             self.matrix.gates(),
+            failed=matrix_scores.failed.to(self.device),  # a failed gate sample is vetoed, never passed
         )
         return matrix_scores, scores, aggregated, advantages, frac_zero_std
 
@@ -207,6 +221,8 @@ class GRPOModule(L.LightningModule):
         sched = self.lr_schedulers()
         mask = rollout.completion_mask.float()  # (N, C)
         C = mask.size(1)
+        # `dapo` divides by the token count of the whole (all-rank) batch, as in single-process training
+        rank_scale = token_level_rank_scale(mask.sum()) if cfg.loss_type == "dapo" else 1.0
         stats: dict[str, float] = {}
         for iteration in range(cfg.num_iterations):
             opt.zero_grad(set_to_none=True)
@@ -231,9 +247,9 @@ class GRPOModule(L.LightningModule):
                     beta=cfg.beta,
                     eps_low=cfg.epsilon,
                     eps_high=cfg.epsilon_high,
-                    max_completion_length=C,
+                    max_completion_length=getattr(self.engine, "max_new_tokens", C),  # TRL: the config max
                 )
-                w = chunk_weight(cfg.loss_type, mask[sl], mask)
+                w = chunk_weight(cfg.loss_type, mask[sl], mask) * rank_scale
                 self.manual_backward(out.loss * w)
                 totals["loss"] += float(out.loss.detach()) * w
                 tok_w = float(mask[sl].sum() / mask.sum().clamp(min=1))
@@ -256,13 +272,16 @@ class GRPOModule(L.LightningModule):
             advantages=advantages.detach().cpu(),
             findings=matrix_scores.findings,
         )
-        self._log_step(rollout, scores, aggregated, frac_zero_std, stats, (t0, t_gen, t_score, t_ref, t_end))
+        # every rank enters; the logger writes on rank 0 the statistics of the whole (all-rank) batch
+        logged = global_step_view(rollout, scores, aggregated, frac_zero_std, stats)
+        self._log_step(*logged, (t0, t_gen, t_score, t_ref, t_end))
 
     def _clip_and_step(self, opt, sched) -> float:
         params = [p for p in self.policy.parameters() if p.requires_grad and p.grad is not None]
         norm = float("nan")
         if self.config.max_grad_norm is not None and params:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+            wrapped = self._trainer.strategy.model if self._trainer is not None else None  # FSDP1 root
+            norm = clip_grad_norm(params, self.config.max_grad_norm, wrapped)
         opt.step()
         if sched is not None:
             sched.step()
@@ -281,6 +300,7 @@ class GRPOModule(L.LightningModule):
             metrics[f"rewards/{name}/std"] = float(nanstd(col))
         for k, name in enumerate(self.matrix.names):
             metrics[f"weights/{name}"] = float(self.matrix_weights[k])
+        metrics.update(self.scorer_failures.metrics())
         reward = aggregated.reward
         metrics["reward"] = float(torch.nanmean(reward)) if not torch.isnan(reward).all() else float("nan")
         metrics["reward_std"] = float(nanstd(reward.view(-1, G), dim=1).mean())

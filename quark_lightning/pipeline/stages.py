@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -272,14 +273,20 @@ def run_grpo_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dic
     source = policy_source(ctx) or {}
     policy_dir = result.get("policy_dir") or os.path.join(stage_dir, "policy")
     is_adapter = os.path.exists(os.path.join(policy_dir, "adapter_config.json"))
+    reward = None
+    summary_path = os.path.join(stage_dir, "summary.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as fh:
+            reward = json.load(fh)["metrics"].get("reward")
     return {
+        "reward": reward,
         "policy": policy_dir,
         "adapter": policy_dir if is_adapter else None,
         # an RL adapter sits on the policy RL started from (the merged cloned policy)
         "base": source.get("policy") or str(cfg.model.get("name_or_path") or ""),
         "checkpoint": result.get("checkpoint"),
         "eval_dir": os.path.join(stage_dir, "eval"),
-        "summary": os.path.join(stage_dir, "summary.json"),
+        "summary": summary_path,
     }
 
 

@@ -26,6 +26,13 @@ def _highlights(outputs: dict[str, Any]) -> str:
     after = outputs.get("held_out_after")
     if after:
         parts.append(f"held-out pair accuracy {after.get('pair_accuracy', float('nan')):.3f}")
+    reward = outputs.get("reward")
+    if reward:
+        parts.append(
+            f"reward {reward['start']:+.3f} → {reward['end']:+.3f} (mean of first/last steps, {reward['steps']} steps)"
+        )
+    if outputs.get("export_dir"):
+        parts.append(", ".join(k for k in ("model", "adapter", "merged") if k in outputs) + ", model card")
     if outputs.get("status"):
         off = [k for k, v in outputs["status"].items() if v != "ok"]
         parts.append(f"{outputs.get('samples')} answers" + (f"; not ok: {', '.join(off)}" if off else ""))
