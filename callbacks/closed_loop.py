@@ -94,6 +94,7 @@ class ClosedLoopSupervision(L.Callback):
         if trainer.is_global_zero and len(self.history) >= 1 and self.report_dir:
             from quark_lightning.eval.report import summary_table
 
+            os.makedirs(self.report_dir, exist_ok=True)  # write_reports=false made no step reports
             path = os.path.join(self.report_dir, "summary.md")
             table = summary_table(self.history[0], self.history[-1])
             with open(path, "w") as fh:

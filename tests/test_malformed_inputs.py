@@ -404,3 +404,10 @@ def test_train_py_stops_on_a_missing_model_directory(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "model.name_or_path: '/nonexistent/model' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_corrupt_parquet_file_is_reported_not_a_pyarrow_traceback(tmp_path):
+    bad = tmp_path / "prompts.parquet"
+    bad.write_bytes(b"this is not parquet\n")
+    with pytest.raises(DataValidationError, match=r"prompts.parquet: not a readable Parquet file"):
+        load_prompt_records(str(bad))

@@ -38,7 +38,15 @@ def load_prompt_records(
     if path.endswith(".parquet"):
         if not os.path.exists(path):
             raise DataValidationError([f"{path}: file not found (set data.path to an existing Parquet file)"])
-        table = Dataset.from_parquet(path)
+        try:
+            table = Dataset.from_parquet(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataValidationError(
+                [
+                    f"{path}: not a readable Parquet file ({type(err).__name__}: {err}); write it with "
+                    "pandas.DataFrame.to_parquet or use JSONL"
+                ]  # fmt: skip
+            ) from err
         return validate_records(
             ((i + 1, dict(r)) for i, r in enumerate(table)), f"{path} row", require_reference
         )

@@ -120,7 +120,7 @@ def diagnose(
         for i, found in enumerate(findings.get(name, [])):
             if passed[i, k]:
                 continue
-            for pattern in {finding_pattern(f) for f in found}:
+            for pattern in sorted({finding_pattern(f) for f in found}):  # stable across processes
                 counts[pattern] += 1
                 seen[pattern].append(i)
         for pattern, count in counts.most_common(top_k):

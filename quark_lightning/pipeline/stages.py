@@ -125,6 +125,8 @@ def mean_answer_nll(model: torch.nn.Module, dataset, batch_size: int = 16) -> fl
 
 
 def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
+    from callbacks.rng_state import RNGStateCallback
+    from quark_lightning.checkpointing import AtomicCheckpointIO
     from quark_lightning.data.sft_sources import load_sft_examples
     from quark_lightning.modules.sft import SFTDataset, SFTModule, padding_fraction
     from quark_lightning.run import build_datamodule, trainer_kwargs
@@ -165,9 +167,8 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
     ckpt = last_checkpoint(stage_dir)
     if ckpt:
         print(f"  resuming from {ckpt}")
-    trainer = L.Trainer(
-        **kwargs, logger=logger, callbacks=[checkpoint_callback(stage_dir, opts.checkpoint_every)]
-    )
+    callbacks = [checkpoint_callback(stage_dir, opts.checkpoint_every), RNGStateCallback()]
+    trainer = L.Trainer(**kwargs, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt)
     policy.eval()
     nll_after = mean_answer_nll(policy, eval_set) if eval_set else None
