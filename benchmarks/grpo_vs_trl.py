@@ -1,7 +1,7 @@
 """GRPO step time, throughput and peak memory: quark-lightning vs TRL's GRPOTrainer, A/B interleaved.
 
     pip install -e ".[bench]"            # TRL is only needed here (not by the tests)
-    python benchmarks/grpo_vs_trl.py [--sizes tiny small] [--modes full lora] [--repeats 2] [--steps 4]
+    python benchmarks/grpo_vs_trl.py [--sizes tiny small] [--modes full lora] [--repeats 3] [--steps 4]
 
 Same on both sides: the Llama-architecture models of benchmarks/_models.py (~2M and ~25M parameters),
 the same bundled prompts in the same chat template, the same rule-based reward functions (format,
@@ -301,7 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
     parser.add_argument("--modes", nargs="+", default=["full", "lora"])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run; the first is dropped")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--G", type=int, default=4)
@@ -322,8 +322,10 @@ def main() -> None:
     if importlib.util.find_spec("trl") is None:
         print("TRL is not installed; this benchmark compares against it. Run: pip install -e '.[bench]'")
         return
+    import torch
     import trl
 
+    torch.set_num_threads(args.threads)  # as in the workers, so the machine line reports it
     for size in args.sizes:
         model_dir(size)  # build once, before the timed subprocesses
     results = {}
