@@ -12,6 +12,12 @@ In every strategy a prompt's G completions are sampled, scored and turned into a
 what must be global (RFN statistics, TADW weights, logged reward statistics, the token count of a
 token-level loss) is gathered or reduced across ranks (quark_lightning/distributed.py).
 
+Exactness across ranks (tests/test_distributed_equivalence.py): with the same global batch, 2 ranks give
+the single-process loss, advantages, RFN statistics, TADW weights and parameters for the loss types
+`grpo`, `dr_grpo` and `dapo` with `scale_rewards: group` (every aggregator: group advantages only need
+the rank's own groups). Not exact: `scale_rewards: batch` and `gdpo`'s batch re-normalization use the
+statistics of the rank's batch, not of the global batch (TRL gathers them).
+
 A YAML `strategy:` is either a Lightning name (`ddp`) or a mapping with `_target_` naming one of the
 builders below; `build_strategy` turns the mapping into a strategy object.
 """
