@@ -198,3 +198,16 @@ def test_padding_fraction_by_hand():
 
     # batch [0, 1]: width 4, 3 + 4 real tokens of 8 slots; batch [2]: no padding. 1 pad of 10 slots.
     assert padding_fraction([3, 4, 2], [[0, 1], [2]]) == pytest.approx(0.1)
+
+
+def test_rerun_from_repeated_after_an_interruption_resumes_instead_of_redoing(tmp_path, recorder):
+    runner.run_pipeline(make_cfg(tmp_path))
+    cfg = make_cfg(tmp_path, rerun_from="second")
+    recorder.die_in = "second"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_pipeline(cfg)
+    recorder.calls.clear()
+    runner.run_pipeline(make_cfg(tmp_path, rerun_from="second"))  # the same command again
+    assert recorder.calls == ["second", "third"]
+    moved = [d for d in os.listdir(tmp_path / "run") if d.startswith("second.old-")]
+    assert len(moved) == 1  # moved aside once (the finished run), not the interrupted redo

@@ -177,7 +177,10 @@ def write_state(stage_dir: str, state: dict[str, Any]) -> None:
 def move_aside(stage_dir: str) -> str | None:
     if not os.path.exists(stage_dir):
         return None
-    target = f"{stage_dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    target = base = f"{stage_dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while os.path.exists(target):  # two moves within one second
+        target, n = f"{base}-{n}", n + 1
     os.replace(stage_dir, target)
     return target
 
@@ -223,6 +226,31 @@ def run_stage(ctx: PipelineContext, spec: StageSpec, upstream: str, index: int, 
     return StageRecord(spec.name, spec.kind, stage_dir, status, outputs, seconds, fp)
 
 
+def expected_fingerprints(cfg: DictConfig, specs: list[StageSpec]) -> list[str]:
+    """Each stage's fingerprint under this config (a chain: each includes the one before)."""
+    out, upstream = [], ""
+    for spec in specs:
+        upstream = fingerprint(cfg, spec, upstream)
+        out.append(upstream)
+    return out
+
+
+def redo_from(cfg: DictConfig, specs: list[StageSpec], first: int, root: str) -> None:
+    """`pipeline.rerun_from`: move the directories of that stage and later ones aside (never delete).
+
+    A stage that is `running` with this very config is kept, so that repeating the same command after
+    an interruption resumes it instead of starting it over again."""
+    fps = expected_fingerprints(cfg, specs)
+    for spec, fp in zip(specs[first:], fps[first:]):
+        stage_dir = os.path.join(root, spec.name)
+        state = read_state(stage_dir)
+        if state is not None and state.get("status") == "running" and state.get("fingerprint") == fp:
+            continue
+        moved = move_aside(stage_dir)
+        if moved:
+            print(f"[pipeline] rerun_from={specs[first].name}: moved {spec.name} aside to {moved}")
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the configured stages; returns every stage's record and the summary path."""
     from quark_lightning.pipeline.summary import write_summary
@@ -235,10 +263,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     root = str(cfg.run_dir)
     os.makedirs(root, exist_ok=True)
     if rerun_from is not None:
-        for spec in specs[rerun_from:]:
-            moved = move_aside(os.path.join(root, spec.name))
-            if moved:
-                print(f"[pipeline] rerun_from={specs[rerun_from].name}: moved {spec.name} aside to {moved}")
+        redo_from(cfg, specs, rerun_from, root)
     last = only if only is not None else (until if until is not None else len(specs) - 1)
     ctx = PipelineContext(cfg=cfg, root=root)
     upstream = ""
