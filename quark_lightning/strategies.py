@@ -90,7 +90,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         path = Path(self.broadcast(checkpoint_path))
         saved = {}
         if path.is_file():
-            full = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
+            full = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             saved = {k: v for k, v in full.get("state_dict", {}).items() if k.endswith(EXTRA_STATE_SUFFIX)}
         with _ignore_extra_state_placeholders(self.lightning_module):
             checkpoint = super().load_checkpoint(path, weights_only=weights_only)
