@@ -37,6 +37,19 @@ def recorder(monkeypatch):
     return rec
 
 
+SFT_OPTIONS = {
+    "sources": {"expert_references": {}},
+    "steps": 1,
+    "batch_size": 1,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "max_length": 64,
+    "bucketing": True,
+    "checkpoint_every": 1,
+    "lora": {"enabled": False, "r": 4},
+}
+
+
 def make_cfg(tmp_path, **pipeline):
     return OmegaConf.create(
         {
@@ -49,8 +62,8 @@ def make_cfg(tmp_path, **pipeline):
                 "until": None,
                 "rerun_from": None,
                 "stages": {
-                    "first": {"kind": "sft", "lr": 0.1},
-                    "second": {"kind": "reward_model", "lr": 0.2},
+                    "first": {"kind": "sft", "lr": 0.1, **SFT_OPTIONS},
+                    "second": {"kind": "reward_model", "lr": 0.2, "experiment": "x", "dimension": "d"},
                     "third": {"kind": "grpo", "lr": 0.3},
                 },
                 **pipeline,
@@ -211,3 +224,16 @@ def test_rerun_from_repeated_after_an_interruption_resumes_instead_of_redoing(tm
     assert recorder.calls == ["second", "third"]
     moved = [d for d in os.listdir(tmp_path / "run") if d.startswith("second.old-")]
     assert len(moved) == 1  # moved aside once (the finished run), not the interrupted redo
+
+
+def test_wrong_stage_options_are_reported_together_before_anything_runs(tmp_path, recorder):
+    cfg = make_cfg(tmp_path)
+    cfg.pipeline.stages.first = {"kind": "sft", "sources": {}, "steps": 0, "lr": "fast"}
+    cfg.pipeline.stages.second = {"kind": "reward_model", "experiment": "rm_orm"}
+    with pytest.raises(ConfigError) as err:
+        runner.run_pipeline(cfg)
+    msg = str(err.value)
+    assert "pipeline.stages.first.steps: got 0, expected an integer >= 1" in msg
+    assert "pipeline.stages.first.lr: got 'fast'" in msg and "pipeline.stages.first.sources" in msg
+    assert "pipeline.stages.second.dimension: got None" in msg
+    assert recorder.calls == []

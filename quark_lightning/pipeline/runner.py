@@ -254,8 +254,10 @@ def redo_from(cfg: DictConfig, specs: list[StageSpec], first: int, root: str) ->
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the configured stages; returns every stage's record and the summary path."""
     from quark_lightning.pipeline.summary import write_summary
+    from quark_lightning.pipeline.validation import validate_stages
 
     specs = stage_specs(cfg)
+    validate_stages(cfg, specs)
     pipe = cfg.pipeline
     only = _select(specs, "only", pipe.get("only"))
     until = _select(specs, "until", pipe.get("until"))
