@@ -434,3 +434,16 @@ def test_grpo_run_with_faulty_scorers_completes_and_logs_failure_counts(tiny_mod
     for i, found in enumerate(record.findings["safety"]):
         if found and found[0].startswith("scorer failed"):
             assert record.reward[i] <= -1.0
+
+    # the cumulative counts travel in the checkpoint, so a resumed run keeps counting from them
+    saved: dict = {}
+    module.on_save_checkpoint(saved)
+    fresh = GRPOModule(
+        loaded.model,
+        loaded.tokenizer,
+        matrix,
+        GRPOConfig(num_generations=4),
+        HFGenerateEngine(max_new_tokens=8),
+    )
+    fresh.on_load_checkpoint(saved)
+    assert fresh.scorer_failures.total == module.scorer_failures.total

@@ -329,8 +329,9 @@ class ScorerGuard:
 
 
 class FailureCounter:
-    """Per-step and cumulative failure counts of a training run, as metrics `failures/<dim>` (this step)
-    and `failures_total/<dim>` (since the module was built; not restored on resume)."""
+    """Per-step and cumulative failure counts of a training run (summed over ranks by GRPOModule), as
+    metrics `failures/<dim>` (this step) and `failures_total/<dim>` (since the start of the run; the
+    total is in the checkpoint, so it continues after a resume)."""
 
     def __init__(self, names: Sequence[str]):
         self.step = dict.fromkeys(names, 0)

@@ -33,7 +33,12 @@ from quark_lightning.algorithms.grpo_loss import (
     selective_log_softmax,
     token_entropy,
 )
-from quark_lightning.distributed import clip_grad_norm, global_step_view, token_level_rank_scale
+from quark_lightning.distributed import (
+    all_reduce_sum,
+    clip_grad_norm,
+    global_step_view,
+    token_level_rank_scale,
+)
 from quark_lightning.matrix import AlignmentMatrix
 from quark_lightning.matrix.guard import FailureCounter
 from quark_lightning.models.reference import (
@@ -187,7 +192,7 @@ class GRPOModule(L.LightningModule):
     # ------------------------------------------------------------------ reward side
     def score_rollout(self, rollout: Rollout):
         matrix_scores = self.matrix.score(rollout.prompts, rollout.completions)  # scorers under on_failure
-        self.scorer_failures.record(matrix_scores.failures)
+        self.scorer_failures.record(self._failures_all_ranks(matrix_scores.failures))
         scores = matrix_scores.scores.to(self.device)  # (N, K)
         ctx = AggregationContext(
             group_size=self.config.num_generations,
@@ -204,6 +209,18 @@ class GRPOModule(L.LightningModule):
             failed=matrix_scores.failed.to(self.device),  # a failed gate sample is vetoed, never passed
         )
         return matrix_scores, scores, aggregated, advantages, frac_zero_std
+
+    def _failures_all_ranks(self, failures: dict[str, int]) -> dict[str, int]:
+        """This step's scorer-failure counts summed over ranks (every rank calls this each step)."""
+        counts = torch.tensor([failures.get(n, 0) for n in self.matrix.names], dtype=torch.float32)
+        summed = all_reduce_sum(counts.to(self.device)).tolist()  # (K,)
+        return {n: int(c) for n, c in zip(self.matrix.names, summed)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["scorer_failures_total"] = dict(self.scorer_failures.total)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.scorer_failures.total.update(checkpoint.get("scorer_failures_total", {}))
 
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
