@@ -1,7 +1,8 @@
 """Two CPU processes (gloo) give the single-process result with the same global batch.
 
 Each strategy runs tests/scripts/equivalence_run.py: 2 GRPO steps with RFN + TADW, beta 0.04, for the
-loss types grpo, dr_grpo and dapo, on a global batch of 4 prompts x 4 completions (2 prompts per rank
+loss types grpo, dr_grpo and dapo, and for scale_rewards=batch and the gdpo aggregator (whose batch
+statistics are gathered over ranks), on a global batch of 4 prompts x 4 completions (2 prompts per rank
 with 2 processes). The rollout engine returns fixed completions per prompt (sampling depends on each
 rank's RNG); everything after it is the real code. Compared with the single-process run:
 
@@ -11,8 +12,11 @@ rank's RNG); everything after it is the real code. Compared with the single-proc
 - the RFN statistics and the TADW weights after the run;
 - every policy parameter after the run (and it did move).
 
-Tolerances: 1e-5 absolute on advantages/rewards/statistics, 1e-5 relative + 1e-7 absolute on metrics, 2e-6
-absolute on parameters (the gradient all-reduce sums in another order than one backward over the batch).
+Tolerances: 1e-5 absolute on advantages/rewards/statistics, 1e-5 relative + 1e-7 absolute on metrics, 1e-5
+absolute on parameters after 2 AdamW steps of lr 1e-3 (the gradient all-reduce sums in another order than
+one backward over the batch, and Adam's division by sqrt(v) magnifies that rounding where gradients are
+tiny; measured: 2.1e-7 with scale_rewards=group, 3.9e-6 with scale_rewards=batch, whose advantages are
+equal to the bit).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import torch
 from quark_lightning.models.loading import load_causal_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+# loss types, plus batch-level statistics: scale_rewards=batch and the gdpo aggregator (gathered over ranks)
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "grpo@batch", "dr_grpo@gdpo")
 METRICS = (
     "loss",
     "reward",
@@ -96,7 +101,7 @@ def test_two_processes_equal_one_process(strategy, single_run, tmp_path, tiny_mo
         want = torch.load(single_run / f"{loss_type}_params.pt")
         got = torch.load(tmp_path / f"{loss_type}_params.pt")
         for name, value in want.items():
-            torch.testing.assert_close(got[name], value, atol=2e-6, rtol=0, msg=f"{loss_type} {name}")
+            torch.testing.assert_close(got[name], value, atol=1e-5, rtol=0, msg=f"{loss_type} {name}")
         moved = max(float((want[n] - initial[n].detach()).abs().max()) for n in want)
         assert moved > 1e-4  # the steps did train
 

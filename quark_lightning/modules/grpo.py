@@ -36,8 +36,12 @@ from quark_lightning.algorithms.grpo_loss import (
 from quark_lightning.distributed import (
     all_reduce_sum,
     clip_grad_norm,
+    gather_objects,
+    gather_rows,
     global_step_view,
+    rank,
     token_level_rank_scale,
+    world_size,
 )
 from quark_lightning.matrix import AlignmentMatrix
 from quark_lightning.matrix.guard import FailureCounter
@@ -51,6 +55,7 @@ from quark_lightning.modules.shared_prefix import completion_logits, position_id
 from quark_lightning.optim.advantages import nanstd
 from quark_lightning.optim.aggregation import (
     NEEDS_NORMALIZER,
+    AggregatedReward,
     AggregationContext,
     aggregate_and_advantages,
     get_aggregator,
@@ -194,21 +199,39 @@ class GRPOModule(L.LightningModule):
         matrix_scores = self.matrix.score(rollout.prompts, rollout.completions)  # scorers under on_failure
         self.scorer_failures.record(self._failures_all_ranks(matrix_scores.failures))
         scores = matrix_scores.scores.to(self.device)  # (N, K)
+        failed = matrix_scores.failed.to(self.device)  # (N, K) a failed gate sample is vetoed, never passed
+        prompt_ids = [p["id"] for p in rollout.prompts]
+        batch_level = self.config.scale_rewards == "batch" or self.aggregator_name == "gdpo"
+        if batch_level and world_size() > 1:
+            # batch statistics over the global batch, as TRL gathers them; then keep this rank's rows
+            n = scores.size(0)
+            agg, adv, frac = self._aggregate(
+                gather_rows(scores), gather_rows(failed.to(torch.uint8)).bool(), gather_objects(prompt_ids)
+            )
+            rows = slice(rank() * n, (rank() + 1) * n)
+            agg = AggregatedReward(
+                reward=agg.reward[rows],
+                advantages=agg.advantages[rows] if agg.advantages is not None else None,
+                normalized=agg.normalized[rows] if agg.normalized is not None else None,
+            )
+            return matrix_scores, scores, agg, adv[rows], frac
+        aggregated, advantages, frac_zero_std = self._aggregate(scores, failed, prompt_ids)
+        return matrix_scores, scores, aggregated, advantages, frac_zero_std
+
+    def _aggregate(self, scores: torch.Tensor, failed: torch.Tensor, prompt_ids: list[str]):
+        """(N, K) raw scores -> (AggregatedReward, advantages (N,), frac_zero_std)."""
         ctx = AggregationContext(
-            group_size=self.config.num_generations,
-            prompt_ids=[p["id"] for p in rollout.prompts],
-            normalizer=self.normalizer,
+            group_size=self.config.num_generations, prompt_ids=prompt_ids, normalizer=self.normalizer
         )
-        aggregated, advantages, frac_zero_std = aggregate_and_advantages(
+        return aggregate_and_advantages(
             self.aggregator_name,
             scores,
             self.matrix_weights,
             ctx,
             self.config.scale_rewards,
             self.matrix.gates(),
-            failed=matrix_scores.failed.to(self.device),  # a failed gate sample is vetoed, never passed
+            failed=failed,
         )
-        return matrix_scores, scores, aggregated, advantages, frac_zero_std
 
     def _failures_all_ranks(self, failures: dict[str, int]) -> dict[str, int]:
         """This step's scorer-failure counts summed over ranks (every rank calls this each step)."""

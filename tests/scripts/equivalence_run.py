@@ -141,8 +141,8 @@ class Recorder(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.final = {
-            "rfn_mean": pl_module.normalizer.mean.tolist(),
-            "rfn_std": pl_module.normalizer.std.tolist(),
+            "rfn_mean": pl_module.normalizer.mean.tolist() if pl_module.normalizer is not None else [],
+            "rfn_std": pl_module.normalizer.std.tolist() if pl_module.normalizer is not None else [],
             "weights": pl_module.matrix_weights.tolist(),
             "params": full_params(pl_module.policy),
             "sharded": is_sharded(pl_module.policy),
@@ -157,7 +157,11 @@ def make_strategy(name: str):
     return {"single": "auto", "ddp": "ddp"}[name]
 
 
-def run_one(out_dir: str, strategy: str, devices: int, model_dir: str, loss_type: str, steps: int) -> None:
+def run_one(out_dir: str, strategy: str, devices: int, model_dir: str, variant: str, steps: int) -> None:
+    """`variant`: a loss type, optionally `@batch` (scale_rewards=batch) or `@gdpo` (the gdpo aggregator)."""
+    loss_type, _, option = variant.partition("@")
+    aggregator = "gdpo" if option == "gdpo" else "rfn_tadw"
+    scale = "batch" if option == "batch" else "group"
     L.seed_everything(0, verbose=False)
     loaded = load_causal_lm(model_dir)
     matrix = AlignmentMatrix(
@@ -175,10 +179,13 @@ def run_one(out_dir: str, strategy: str, devices: int, model_dir: str, loss_type
         loaded.model,
         loaded.tokenizer,
         matrix,
-        GRPOConfig(num_generations=G, lr=1e-3, beta=0.04, loss_type=loss_type, max_grad_norm=1.0),
+        GRPOConfig(
+            num_generations=G, lr=1e-3, beta=0.04, loss_type=loss_type, max_grad_norm=1.0, scale_rewards=scale
+        ),
         ScriptedEngine(texts, max_new_tokens=MAX_NEW_TOKENS),
-        aggregator="rfn_tadw",
+        aggregator=aggregator,
     )
+    unified = [ReferenceFrozenNormalization(calibration_prompts=8, min_count=2), TriFactorWeightingCallback()]
     recorder = Recorder()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -191,18 +198,14 @@ def run_one(out_dir: str, strategy: str, devices: int, model_dir: str, loss_type
         enable_checkpointing=False,
         use_distributed_sampler=False,
         default_root_dir=out_dir,
-        callbacks=[
-            ReferenceFrozenNormalization(calibration_prompts=8, min_count=2),
-            TriFactorWeightingCallback(),
-            recorder,
-        ],
+        callbacks=[*(unified if aggregator == "rfn_tadw" else []), recorder],
     )
     trainer.fit(module, datamodule=dm)
     rank = trainer.global_rank
     params = recorder.final.pop("params")
     if rank == 0:
-        torch.save(params, os.path.join(out_dir, f"{loss_type}_params.pt"))
-    with open(os.path.join(out_dir, f"{loss_type}_rank{rank}.json"), "w") as fh:
+        torch.save(params, os.path.join(out_dir, f"{variant}_params.pt"))
+    with open(os.path.join(out_dir, f"{variant}_rank{rank}.json"), "w") as fh:
         json.dump({"steps": recorder.steps, "final": recorder.final}, fh)
 
 
