@@ -237,3 +237,16 @@ def test_wrong_stage_options_are_reported_together_before_anything_runs(tmp_path
     assert "pipeline.stages.first.lr: got 'fast'" in msg and "pipeline.stages.first.sources" in msg
     assert "pipeline.stages.second.dimension: got None" in msg
     assert recorder.calls == []
+
+
+def test_an_attempt_that_failed_under_another_config_is_moved_aside_and_started_over(tmp_path, recorder):
+    recorder.die_in = "second"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_pipeline(make_cfg(tmp_path))
+    cfg = make_cfg(tmp_path)
+    cfg.pipeline.stages.second.lr = 0.7  # the user fixed a value
+    recorder.calls.clear()
+    result = runner.run_pipeline(cfg)
+    assert recorder.calls == ["second", "third"]
+    assert result["stages"]["second"]["value"] == "second:0.7"
+    assert [d for d in os.listdir(tmp_path / "run") if d.startswith("second.old-")]

@@ -11,8 +11,9 @@ stage before it. Rerunning the same command:
 - a stage that is `done` with the same fingerprint is skipped (its recorded outputs feed later stages);
 - a stage that is `running` (the process was killed) is run again and resumes from its own checkpoint
   where it has one (SFT and RL stages checkpoint; reward-model training and calibration are short and
-  restart);
-- a stage whose fingerprint changed stops the pipeline with the keys to fix: nothing is overwritten
+  restart); if its config has changed since (e.g. a bad value was fixed), the partial attempt is moved
+  aside and the stage starts over;
+- a finished stage whose fingerprint changed stops the pipeline with the keys to fix: nothing is overwritten
   unless `pipeline.rerun_from=<stage>` asks for it, and then the old directories are moved aside to
   `<stage>.old-<time>`, not deleted.
 
@@ -208,7 +209,16 @@ def run_stage(ctx: PipelineContext, spec: StageSpec, upstream: str, index: int, 
     state = read_state(stage_dir)
     head = f"[pipeline {index}/{total}] {spec.name} ({spec.kind})"
     if state is not None and state.get("fingerprint") != fp:
-        raise _mismatch_error(spec, state, source, stage_dir)
+        if state.get("status") == "done":
+            raise _mismatch_error(spec, state, source, stage_dir)
+        # interrupted (or failed) under another config: its partial outputs cannot be resumed; keep them aside
+        changed = (
+            ", ".join(_changed_keys(state.get("fingerprint_source", {}), source)[:8]) or "an earlier stage"
+        )
+        print(
+            f"{head}: the interrupted attempt had another config ({changed}); moved to {move_aside(stage_dir)}"
+        )
+        state = None
     if state is not None and state.get("status") == "done":
         print(f"{head}: done earlier, skipped ({stage_dir})")
         return StageRecord(spec.name, spec.kind, stage_dir, "skipped", state["outputs"], state["seconds"], fp)
