@@ -1,6 +1,6 @@
 """SFT batching: length-bucketed batches vs plain shuffled batches, side by side in one run.
 
-    python benchmarks/sft_bucketing.py [--epochs 3] [--batch-size 8] [--repeats 3]
+    python benchmarks/sft_bucketing.py [--batch-size 8] [--repeats 3]
 
 Data: the expert-cloning stage's examples (bundled expert references + 64 worked calculator
 explanations), tokenized with the tiny model's tokenizer; model: the demo's tiny Llama (158 K parameters).
@@ -30,11 +30,6 @@ from quark_lightning.models.loading import load_causal_lm
 from quark_lightning.models.tiny import ensure_tiny_model
 from quark_lightning.modules.sft import LengthBucketBatchSampler, SFTDataset, padding_fraction
 from quark_lightning.run import corpus_texts
-
-
-def plain_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def run_epoch(model: torch.nn.Module, dataset: SFTDataset, batches: list[list[int]]) -> float:
@@ -74,7 +69,7 @@ def main() -> None:
     pads: dict[str, list[float]] = {"plain": [], "bucketed": []}
     for r in range(args.repeats):
         plans = {
-            "plain": plain_batches(len(dataset), args.batch_size, seed=r),
+            "plain": LengthBucketBatchSampler(lengths, args.batch_size, seed=r, bucketing=False).batches(0),
             "bucketed": LengthBucketBatchSampler(lengths, args.batch_size, seed=r).batches(0),
         }
         order = ["plain", "bucketed"] if r % 2 == 0 else ["bucketed", "plain"]

@@ -70,13 +70,12 @@ class SFTDataset(Dataset):
     def lengths(self) -> list[int]:
         return [len(e["input_ids"]) for e in self.examples]
 
-    def loader(
-        self, batch_size: int, shuffle: bool = True, bucketing: bool = False, seed: int = 0
-    ) -> DataLoader:
-        if bucketing:
-            sampler = LengthBucketBatchSampler(self.lengths(), batch_size, seed=seed, shuffle=shuffle)
-            return DataLoader(self, batch_sampler=sampler, collate_fn=self.collate)
+    def loader(self, batch_size: int, shuffle: bool = True) -> DataLoader:
         return DataLoader(self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate)
+
+    def sampled_loader(self, sampler: Sampler[list[int]]) -> DataLoader:
+        """Batches chosen by `sampler` (e.g. a LengthBucketBatchSampler)."""
+        return DataLoader(self, batch_sampler=sampler, collate_fn=self.collate)
 
 
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
@@ -89,22 +88,31 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length: shuffle, sort within pools of `pool_factor` batches, shuffle batches.
 
     Every example appears exactly once per epoch; the epoch counter advances the seed, so epochs differ
-    but a run is reproducible.
+    but a run is reproducible. `bucketing=False` skips the sort: plain shuffled batches, same seeding.
     """
 
     def __init__(
-        self, lengths: list[int], batch_size: int, seed: int = 0, pool_factor: int = 8, shuffle: bool = True
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int = 0,
+        pool_factor: int = 8,
+        shuffle: bool = True,
+        bucketing: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths, self.batch_size = list(lengths), batch_size
         self.seed, self.pool_factor, self.shuffle = seed, max(1, pool_factor), shuffle
+        self.bucketing = bucketing
         self.epoch = 0
 
     def batches(self, epoch: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed + epoch)
         n = len(self.lengths)
         order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        if not self.bucketing:
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         pool = self.batch_size * self.pool_factor
         batches: list[list[int]] = []
         for start in range(0, n, pool):

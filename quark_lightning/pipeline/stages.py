@@ -128,7 +128,7 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
     from callbacks.rng_state import RNGStateCallback
     from quark_lightning.checkpointing import AtomicCheckpointIO
     from quark_lightning.data.sft_sources import load_sft_examples
-    from quark_lightning.modules.sft import SFTDataset, SFTModule, padding_fraction
+    from quark_lightning.modules.sft import LengthBucketBatchSampler, SFTDataset, SFTModule, padding_fraction
     from quark_lightning.run import build_datamodule, trainer_kwargs
 
     cfg = stage_config(ctx, stage_dir)
@@ -154,12 +154,11 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
         policy = apply_lora(policy, lora.r, lora.alpha, lora.dropout, target)
     nll_before = mean_answer_nll(policy, eval_set) if eval_set else None
 
-    loader = train_set.loader(opts.batch_size, bucketing=opts.bucketing, seed=cfg.seed)
-    if opts.bucketing:
-        pad = padding_fraction(train_set.lengths(), loader.batch_sampler.batches(0))
-    else:
-        pad = padding_fraction(train_set.lengths(), [list(range(i, min(i + opts.batch_size, len(train_set))))
-                                                     for i in range(0, len(train_set), opts.batch_size)])  # fmt: skip
+    batches = LengthBucketBatchSampler(
+        train_set.lengths(), opts.batch_size, cfg.seed, bucketing=opts.bucketing
+    )
+    loader = train_set.sampled_loader(batches)
+    pad = padding_fraction(train_set.lengths(), batches.batches(0))  # of the first epoch, as trained
     module = SFTModule(policy, lr=opts.lr, weight_decay=opts.weight_decay, warmup_steps=opts.warmup_steps)
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=opts.steps, max_epochs=-1, log_every_n_steps=10)
