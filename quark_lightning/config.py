@@ -21,6 +21,7 @@ from quark_lightning.algorithms.grpo_loss import LOSS_REDUCTIONS
 from quark_lightning.errors import ConfigError
 from quark_lightning.matrix import CATEGORIES
 from quark_lightning.models.loading import DTYPES
+from quark_lightning.models.sources import MODEL_KINDS
 from quark_lightning.optim.advantages import SCALE_MODES
 from quark_lightning.optim.aggregation import AGGREGATORS
 
@@ -59,7 +60,12 @@ def validate_config(cfg: DictConfig) -> None:
             p.append(f"{key}: required but not set (???). Fix: pass {key}=<value> on the command line.")
     # model
     _require(
-        p, cfg, "model.kind", lambda v: v in ("tiny", "hf"), "'tiny' or 'hf'", "use model=tiny or model=hf."
+        p,
+        cfg,
+        "model.kind",
+        lambda v: v in MODEL_KINDS,
+        f"one of {list(MODEL_KINDS)}",
+        "use model=tiny, model=smollm2 or model=hf.",
     )
     if _get(cfg, "model.kind") == "hf" and "model.name_or_path" not in missing:
         _require(
@@ -194,6 +200,15 @@ def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> Non
             p.append(
                 f"model.name_or_path: {name!r} {problem}. "
                 "Fix: pass model.name_or_path=/path/to/a/saved/model (or use model=tiny)."
+            )
+    gguf_file = _get(cfg, "model.gguf_file")
+    if _get(cfg, "model.kind") == "hf" and gguf_file:
+        folder = os.path.expanduser(str(name or ""))
+        path = gguf_file if os.path.isabs(str(gguf_file)) else os.path.join(folder, str(gguf_file))
+        if not os.path.isfile(path):
+            p.append(
+                f"model.gguf_file: {path!r} is not a file. Fix: pass model.name_or_path=<folder holding the "
+                "file> and model.gguf_file=<its file name>, or an absolute path to the .gguf file."
             )
     adapter = _get(cfg, "model.adapter_path")
     if adapter is not None:

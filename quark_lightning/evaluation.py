@@ -163,9 +163,8 @@ def _model_specs(cfg: DictConfig) -> dict[str, str | None]:
     specs = {str(k): (None if v is None else str(v)) for k, v in models.items()}
     if specs:
         return specs
-    default = (
-        "tiny" if cfg.model.kind == "tiny" else os.path.basename(str(cfg.model.name_or_path).rstrip("/"))
-    )
+    kind = cfg.model.kind
+    default = kind if kind != "hf" else os.path.basename(str(cfg.model.name_or_path).rstrip("/"))
     return {default or "model": None}
 
 

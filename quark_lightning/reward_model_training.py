@@ -30,6 +30,7 @@ from quark_lightning.data.preferences import (
 )
 from quark_lightning.errors import ConfigError
 from quark_lightning.models.loading import DTYPES
+from quark_lightning.models.sources import MODEL_KINDS
 
 SOURCES = ("pairs", "feedback")
 OBJECTIVE = "J = L_diff + lambda * L_same; L_diff = -log s(r_w - r_l); L_same = -log s(m - |r_1 - r_2|)"
@@ -107,7 +108,12 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
         _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
         _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
     _require(
-        p, cfg, "model.kind", lambda v: v in ("tiny", "hf"), "'tiny' or 'hf'", "use model=tiny or model=hf."
+        p,
+        cfg,
+        "model.kind",
+        lambda v: v in MODEL_KINDS,
+        f"one of {list(MODEL_KINDS)}",
+        "use model=tiny, model=smollm2 or model=hf.",
     )
     if OmegaConf.select(cfg, "model.kind") == "hf":
         _require(
@@ -154,13 +160,10 @@ def load_pairs(rm: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 
 def build_reward_model(cfg: DictConfig, corpus: list[str]):
-    from quark_lightning.models.tiny import ensure_tiny_model
+    from quark_lightning.models.sources import resolve_model_path
     from quark_lightning.modules.reward_model import ScalarRewardModel
 
-    if cfg.model.kind == "tiny":
-        path = ensure_tiny_model(corpus, cache_dir=cfg.model.cache_dir, **cfg.model.tiny)
-    else:
-        path = cfg.model.name_or_path
+    path = resolve_model_path(cfg.model, corpus)  # tiny, hub/local dir, GGUF, smollm2
     rm = cfg.reward_model
     return ScalarRewardModel.from_backbone(
         path,

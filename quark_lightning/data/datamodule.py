@@ -105,6 +105,14 @@ def collate_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [json.loads(r["record"]) for r in rows]
 
 
+def with_system_prompt(record: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    """The record with `system_prompt` as its first message, unless the conversation has its own system one."""
+    messages = record["messages"]
+    if messages and messages[0].get("role") == "system":
+        return record
+    return {**record, "messages": [{"role": "system", "content": system_prompt}, *messages]}
+
+
 class PromptDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -117,6 +125,7 @@ class PromptDataModule(L.LightningDataModule):
         require_reference: bool = False,
         calculator_prompts: int = 0,
         calculator_seed: int = 0,
+        system_prompt: str | None = None,
     ):
         super().__init__()
         self.path = resolve_path(path)
@@ -128,6 +137,7 @@ class PromptDataModule(L.LightningDataModule):
         self.require_reference = require_reference
         self.calculator_prompts = calculator_prompts
         self.calculator_seed = calculator_seed
+        self.system_prompt = system_prompt
         self.records: list[dict[str, Any]] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -144,6 +154,8 @@ class PromptDataModule(L.LightningDataModule):
                 from quark_lightning.data.calculators import generate_calculator_prompts
 
                 records += generate_calculator_prompts(self.calculator_prompts, seed=self.calculator_seed)
+            if self.system_prompt:
+                records = [with_system_prompt(r, self.system_prompt) for r in records]
             self.records = records
         return self.records
 
