@@ -24,7 +24,8 @@ from quark_lightning.data.references import validate_fact_references
 from quark_lightning.errors import ConfigError
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
-from quark_lightning.models.tiny import ensure_tiny_model
+from quark_lightning.models.saving import save_policy
+from quark_lightning.models.sources import resolve_model_path
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.modules.sft import SFTDataset, SFTModule
 
@@ -46,10 +47,7 @@ def corpus_texts(records: list[dict[str, Any]]) -> list[str]:
 
 
 def load_model(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedModel:
-    if model_cfg.kind == "tiny":
-        path = ensure_tiny_model(corpus_texts(records), cache_dir=model_cfg.cache_dir, **model_cfg.tiny)
-    else:
-        path = model_cfg.name_or_path
+    path = resolve_model_path(model_cfg, corpus_texts(records))  # tiny, hub/local dir, GGUF, smollm2
     return load_causal_lm(
         path,
         dtype=model_cfg.dtype,
@@ -123,7 +121,16 @@ def build_datamodule(cfg: DictConfig) -> PromptDataModule:
         require_reference=bool(cfg.warmstart.enabled),
         calculator_prompts=cfg.data.get("calculator_prompts", 0),
         calculator_seed=cfg.data.get("calculator_seed", 0),
+        system_prompt=cfg.data.get("system_prompt"),
     )
+
+
+def starts_from_sft(cfg: DictConfig) -> bool:
+    """True when RL starts from weights that are not the loaded model's: a warm start or a merged adapter.
+
+    A resumed run counts too: its checkpoint holds the warm-started weights.
+    """
+    return bool(cfg.warmstart.enabled or cfg.model.get("adapter_path"))
 
 
 def save_outputs(
@@ -141,9 +148,8 @@ def save_outputs(
     if not trainer.is_global_zero:
         return result
     if cfg.save_policy:
-        policy_dir = os.path.join(cfg.run_dir, "policy")
-        module.policy.save_pretrained(policy_dir, state_dict=full_policy)  # None: the unsharded module's own
-        tokenizer.save_pretrained(policy_dir)
+        policy_dir = os.path.join(cfg.run_dir, "policy")  # LoRA after an SFT start: + policy/base/
+        save_policy(module.policy, tokenizer, policy_dir, full_policy, save_base=starts_from_sft(cfg))
         result["policy_dir"] = policy_dir
     if logger:
         result["tensorboard_dir"] = logger.log_dir

@@ -37,9 +37,11 @@ def last_evaluation(eval_dir: str) -> dict[str, Any] | None:
 
 
 def copy_dir(src: str, dst: str) -> None:
+    """Copy a saved policy; its `base/` (the start policy, written after an SFT start) is not needed here:
+    the exported adapter is re-pointed at the pipeline's own base."""
     if os.path.exists(dst):
         shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("base") if os.path.isdir(src) else None)
 
 
 def export_adapter(rl: StageRecord, out_dir: str, merge: bool) -> dict[str, str]:
