@@ -113,7 +113,8 @@ def heldout_eval(cfg, policy_path: str | None, out_file: Path, batch_size: int =
 
     datamodule = build_datamodule(cfg)
     records = datamodule.load()
-    prompts = datamodule.val_records()
+    datamodule.setup("fit")
+    prompts = datamodule.val_records()  # the split training never draws from
     matrix = build_matrix(cfg.matrix)
     engine = instantiate(cfg.rollout)
     loaded, _ = load_for_eval("policy", policy_path, cfg.model, records)

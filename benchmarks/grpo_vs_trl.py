@@ -2,25 +2,36 @@
 
     pip install -e ".[bench]"            # TRL is only needed here (not by the tests)
     python benchmarks/grpo_vs_trl.py [--sizes tiny small] [--modes full lora] [--repeats 3] [--steps 4]
+    # real scale: SmolLM2-135M-Instruct (134.5M params, vocab 49,152), resumable, time-boxed
+    taskset -c 1 env OMP_NUM_THREADS=1 nohup python benchmarks/grpo_vs_trl.py --sizes smollm2 --G 4 \
+        --prompts 2 --max-new-tokens 64 --steps 3 --repeats 2 --budget-min 25 > /tmp/bench.log 2>&1 &
 
-Same on both sides: the Llama-architecture models of benchmarks/_models.py (~2M and ~25M parameters),
-the same bundled prompts in the same chat template, the same rule-based reward functions (format,
+Same on both sides: the Llama-architecture models of benchmarks/_models.py (~2M and ~25M parameters) or
+SmolLM2-135M-Instruct (`smollm2`: a plain HF directory, see `resolve_model_dir`), the same bundled prompts in the same chat template, the same rule-based reward functions (format,
 expert rubric, safety: one TRL reward function per matrix dimension, summed with weight 1 = our `sum`
 aggregator = TRL's `sum_then_normalize`), G completions per prompt, max completion length, beta (k3 KL to
 a frozen reference), loss type `grpo`, group scaling, AdamW lr 1e-5, clip 0.2, gradient-norm clip 1.0,
 fp32 on CPU, no gradient checkpointing. `lora` = rank 8, alpha 16 on all linear layers (the reference is
 the base with the adapter disabled on both sides).
 
-Each measurement is one fresh subprocess that runs `--steps` optimizer steps (the first is a warm-up and
-is dropped) of one trainer; subprocesses alternate ours/TRL (order rotating per repeat), so both see the
-same machine load. Peak RSS is the subprocess's `ru_maxrss` (includes each library's import footprint).
-Our step time splits into the `time/*` metrics GRPOModule logs; "overhead" is the rest of the step.
-Writes benchmarks/results/grpo_vs_trl.{json,md}. Without TRL installed it says so and exits 0.
+Arms: `ours` (the default chunked LM-head log-probs), `trl`, and `ours_full_logits` (ours with
+`logprob_chunk_size: null`, the previous path that upcasts the whole (N, C, V) logits to fp32: the
+"before" of the peak-RSS comparison). Each measurement is one fresh subprocess that runs `--steps`
+optimizer steps (the first is a warm-up and is dropped) of one arm; subprocesses alternate the arms
+(order rotating per repeat), so all see the same machine load: on a shared machine read the ratios, not
+the absolute times. Peak RSS is the subprocess's `ru_maxrss` (includes each library's import footprint
+and the model load). Our step time splits into the `time/*` metrics GRPOModule logs; "overhead" is the
+rest of the step. Every finished subprocess is cached under `--cache-dir` (keyed by the settings), so an
+interrupted run resumes where it stopped (`--fresh` discards the cache); `--budget-min` stops launching
+subprocesses once the next one would end past the budget, and the tables mark what is missing.
+Writes benchmarks/results/grpo_vs_trl.{json,md}, one section per `--sizes` set (other sets already in
+the JSON are kept). Without TRL installed it says so and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -37,9 +48,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` finds `benchmarks`
 
-from benchmarks._models import bench_prompts, machine, md_table, model_dir  # noqa: E402
+from benchmarks._models import CACHE, bench_prompts, machine, md_table, model_dir  # noqa: E402
 
 SPLIT_KEYS = ("time/generation", "time/reference", "time/policy", "time/scoring")
+ARMS = ("ours", "trl", "ours_full_logits")
+SMOLLM2_DIR = "/tmp/smollm2-hf"  # default of --smollm2-dir; see resolve_model_dir
+
+
+def resolve_model_dir(size: str, smollm2_dir: str = SMOLLM2_DIR) -> str:
+    """The one place that chooses a benchmark model's directory (loaded with `load_causal_lm`).
+
+    tiny / small: built and cached by benchmarks/_models.py. smollm2: SmolLM2-135M-Instruct as a plain HF
+    directory, for now the `--smollm2-dir` flag (default /tmp/smollm2-hf). TODO: take it from
+    `quark_lightning.models.sources` (model=smollm2) once that lands; only this function changes.
+    """
+    if size == "smollm2":
+        if not os.path.isfile(os.path.join(smollm2_dir, "config.json")):
+            raise SystemExit(f"--sizes smollm2: {smollm2_dir!r} is not an HF model directory (--smollm2-dir)")
+        return smollm2_dir
+    return model_dir(size)
 
 
 # ---------------------------------------------------------------------------------- shared setup
@@ -72,10 +99,16 @@ def run_ours(args) -> dict:
     from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
     L.seed_everything(args.seed, verbose=False)
-    loaded = load_causal_lm(model_dir(args.size))
+    loaded = load_causal_lm(resolve_model_dir(args.size, args.smollm2_dir))
     policy = apply_lora(loaded.model, 8, 16, 0.0, "all-linear") if args.mode == "lora" else loaded.model
     cfg = GRPOConfig(
-        num_generations=args.G, loss_type="grpo", beta=args.beta, lr=1e-5, max_grad_norm=1.0, epsilon=0.2
+        num_generations=args.G,
+        loss_type="grpo",
+        beta=args.beta,
+        lr=1e-5,
+        max_grad_norm=1.0,
+        epsilon=0.2,
+        logprob_chunk_size=None if args.worker == "ours_full_logits" else args.logprob_chunk_size,
     )
     module = GRPOModule(
         policy,
@@ -153,7 +186,7 @@ def run_trl(args) -> dict:
 
     from quark_lightning.models.loading import load_causal_lm
 
-    loaded = load_causal_lm(model_dir(args.size))
+    loaded = load_causal_lm(resolve_model_dir(args.size, args.smollm2_dir))
     records = bench_prompts(10_000)
     dataset = Dataset.from_list([{"prompt": r["messages"], "record": json.dumps(r)} for r in records])
 
@@ -222,34 +255,78 @@ def run_trl(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------- orchestration
-def worker_cmd(args, trainer: str, size: str, mode: str, out: str) -> list[str]:
+SETTINGS = ("steps", "prompts", "G", "max_new_tokens", "beta", "threads", "seed", "logprob_chunk_size")
+
+
+def worker_cmd(args, arm: str, size: str, mode: str, out: str) -> list[str]:
     return [
-        sys.executable, __file__, "--worker", trainer, "--size", size, "--mode", mode, "--json", out,
+        sys.executable, __file__, "--worker", arm, "--size", size, "--mode", mode, "--json", out,
         "--steps", str(args.steps), "--prompts", str(args.prompts), "--G", str(args.G),
         "--max-new-tokens", str(args.max_new_tokens), "--beta", str(args.beta),
         "--threads", str(args.threads), "--seed", str(args.seed),
+        "--logprob-chunk-size", str(args.logprob_chunk_size), "--smollm2-dir", args.smollm2_dir,
     ]  # fmt: skip
 
 
-def run_cell(args, size: str, mode: str) -> dict:
-    runs: dict[str, list[dict]] = {"ours": [], "trl": []}
-    order = ["ours", "trl"]
+def run_dir(args, trl_version: str) -> Path:
+    """Cache folder of this benchmark's subprocess results, keyed by every setting that changes them."""
+    key = {k: getattr(args, k) for k in SETTINGS} | {"trl": trl_version, "smollm2": args.smollm2_dir}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(args.cache_dir, f"grpo_vs_trl-{digest}")
+
+
+class Budget:
+    """Stops launching subprocesses once the next one would end past the budget; the next one is estimated
+    as the longest finished run of the same arm (of any arm before that arm has run)."""
+
+    def __init__(self, minutes: float | None):
+        self.t0, self.limit = time.perf_counter(), None if minutes is None else 60.0 * minutes
+        self.longest: dict[str, float] = {}
+
+    def allows_another(self, arm: str) -> bool:
+        estimate = self.longest.get(arm, max(self.longest.values(), default=0.0))
+        return self.limit is None or time.perf_counter() - self.t0 + estimate <= self.limit
+
+    def record(self, arm: str, seconds: float) -> None:
+        self.longest[arm] = max(self.longest.get(arm, 0.0), seconds)
+
+
+def run_all(args, cache: Path, budget: Budget) -> dict:
+    """Every cell (size x mode) and arm, repeat by repeat (a budget cut leaves whole repeats of all)."""
+    arms = [a for a in ARMS if a in args.arms]
+    cells = [(size, mode) for size in args.sizes for mode in args.modes]
+    runs: dict[str, dict[str, list[dict]]] = {f"{s} {m}": {a: [] for a in arms} for s, m in cells}
     for r in range(args.repeats):
-        for trainer in order[r % 2 :] + order[: r % 2]:
-            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-                out = fh.name
-            proc = subprocess.run(worker_cmd(args, trainer, size, mode, out), capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{trainer} {size} {mode} failed:\n{proc.stderr[-3000:]}")
-            runs[trainer].append(json.loads(Path(out).read_text()))
-            print(f"  {size:<5} {mode:<4} repeat {r} {trainer:<4} done", flush=True)
-    return {t: summarize(v) for t, v in runs.items()}
+        k = r % len(arms)
+        for size, mode in cells:
+            for arm in arms[k:] + arms[:k]:  # the order rotates per repeat
+                label = f"  {size:<7} {mode:<4} repeat {r} {arm:<16}"
+                path = cache / f"{size}_{mode}_{arm}_r{r}.json"
+                if path.is_file():
+                    runs[f"{size} {mode}"][arm].append(json.loads(path.read_text()))
+                    print(f"{label} cached", flush=True)
+                    continue
+                if not budget.allows_another(arm):
+                    print(f"{label} skipped (--budget-min)", flush=True)
+                    continue
+                t = time.perf_counter()
+                tmp = path.with_suffix(".tmp")
+                cmd = worker_cmd(args, arm, size, mode, str(tmp))
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{arm} {size} {mode} failed:\n{proc.stderr[-3000:]}")
+                tmp.replace(path)  # only a finished subprocess counts as cached
+                budget.record(arm, time.perf_counter() - t)
+                runs[f"{size} {mode}"][arm].append(json.loads(path.read_text()))
+                print(f"{label} done in {time.perf_counter() - t:.0f} s", flush=True)
+    return {cell: {a: summarize(v) for a, v in by_arm.items() if v} for cell, by_arm in runs.items()}
 
 
 def summarize(runs: list[dict]) -> dict:
     steps = [s for run in runs for s in run["steps"]]
     step_times = [s["step"] for s in steps]
     out = {
+        "runs": len(runs),
         "median_step_s": statistics.median(step_times),
         "step_times_s": step_times,
         "completion_tokens_per_s": statistics.median(
@@ -264,43 +341,90 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def _ratio(a: dict | None, b: dict | None, key: str, bold: bool = False) -> str:
+    if not a or not b:
+        return "–"
+    text = f"{a[key] / b[key]:.2f}x"
+    return f"**{text}**" if bold else text
+
+
+def _num(arm: dict | None, key: str, fmt: str) -> str:
+    return format(arm[key], fmt) if arm else "–"
+
+
+def _runs_text(results: dict, meta: dict) -> str:
+    counts = {arm.get("runs", meta["repeats"]) for r in results.values() for arm in r.values()}
+    lo, hi = min(counts, default=0), max(counts, default=0)
+    text = f"{lo if lo == hi else f'{lo}-{hi}'} interleaved subprocess run(s) per arm"
+    if hi < meta["repeats"]:
+        text += f" (of {meta['repeats']} requested; the time budget, --budget-min, skipped the rest)"
+    return text
+
+
 def render(results: dict, meta: dict) -> str:
     rows, split_rows = [], []
     for cell, r in results.items():
-        ours, trl = r["ours"], r["trl"]
+        ours, trl, old = r.get("ours"), r.get("trl"), r.get("ours_full_logits")
         rows.append([
-            cell, f"{ours['median_step_s']:.2f}", f"{trl['median_step_s']:.2f}",
-            f"**{ours['median_step_s'] / trl['median_step_s']:.2f}x**",
-            f"{ours['completion_tokens_per_s']:.0f}", f"{trl['completion_tokens_per_s']:.0f}",
-            f"{ours['peak_rss_mb']:.0f}", f"{trl['peak_rss_mb']:.0f}",
-            f"{ours['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x",
+            cell, _num(ours, "median_step_s", ".2f"), _num(trl, "median_step_s", ".2f"),
+            _ratio(ours, trl, "median_step_s", bold=True),
+            _num(ours, "completion_tokens_per_s", ".0f"), _num(trl, "completion_tokens_per_s", ".0f"),
+            _num(ours, "peak_rss_mb", ".0f"), _num(trl, "peak_rss_mb", ".0f"),
+            _ratio(ours, trl, "peak_rss_mb", bold=True),
+            _num(old, "peak_rss_mb", ".0f"), _ratio(ours, old, "peak_rss_mb"),
+            _ratio(old, trl, "median_step_s"),
         ])  # fmt: skip
-        sp, step = ours["split_s"], ours["median_step_s"]
-        bound = sp["generation"] + sp["policy"]
-        split_rows.append([
-            cell, f"{step:.2f}", *(f"{sp[k]:.2f} ({100 * sp[k] / step:.0f}%)"
-                                   for k in ("generation", "reference", "policy", "scoring", "overhead")),
-            f"{bound:.2f}", f"{step / bound:.2f}x",
-        ])  # fmt: skip
+        for label, arm in ((cell, ours), (f"{cell} (full logits)", old)):
+            if not arm or "split_s" not in arm:
+                continue
+            sp, step = arm["split_s"], arm["median_step_s"]
+            bound = sp["generation"] + sp["policy"]
+            split_rows.append([
+                label, f"{step:.2f}", *(f"{sp[k]:.2f} ({100 * sp[k] / step:.0f}%)"
+                                        for k in ("generation", "reference", "policy", "scoring", "overhead")),
+                f"{bound:.2f}", f"{step / bound:.2f}x",
+            ])  # fmt: skip
     head = (
         f"GRPO step, ours vs TRL {meta['trl_version']} GRPOTrainer: {meta['prompts']} prompts x G={meta['G']}, "
         f"max_new_tokens={meta['max_new_tokens']}, beta={meta['beta']}, loss grpo, fp32 CPU, "
-        f"{meta['repeats']} interleaved subprocess runs per trainer x {meta['steps'] - 1} measured steps. "
-        f"Machine: {meta['machine']}."
+        f"{_runs_text(results, meta)} x {meta['steps'] - 1} measured steps. Machine: {meta['machine']}."
     )
+    if meta.get("logprob_chunk_size"):
+        head += (
+            f" Ours: chunked LM-head log-probs ({meta['logprob_chunk_size']} tokens per chunk); 'full logits' ="
+            " ours with `logprob_chunk_size: null` (the previous path, the before of before/after)."
+        )
+    if meta.get("missing"):
+        head += f" Missing (time budget): {', '.join(meta['missing'])}."
+    if meta.get("note"):
+        head += f" {meta['note']}"
     table = md_table(
         ["model / tuning", "ours s/step", "TRL s/step", "step ratio (ours/TRL)", "ours tok/s", "TRL tok/s",
-         "ours peak RSS MB", "TRL peak RSS MB", "RSS ratio"], rows)  # fmt: skip
+         "ours peak RSS MB", "TRL peak RSS MB", "RSS ratio (ours/TRL)", "full-logits peak RSS MB (before)",
+         "RSS after/before", "full-logits step ratio (/TRL)"], rows)  # fmt: skip
     split = md_table(
         ["model / tuning", "ours step s", "generation", "reference fwd", "policy fwd/bwd+opt", "scoring",
          "overhead", "lower bound (gen + fwd/bwd)", "step / bound"], split_rows)  # fmt: skip
     return f"{head}\n\n{table}\n\nOur step split (medians):\n\n{split}\n"
 
 
+def load_runs(path: Path) -> dict:
+    """The sections already in the JSON, by their `--sizes` set (the older one-section format too)."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if "runs" in data:
+        return data["runs"]
+    if "meta" in data:
+        return {" ".join(data["meta"].get("sizes", ["?"])): data}
+    return {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], help="tiny, small, smollm2")
     parser.add_argument("--modes", nargs="+", default=["full", "lora"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run; the first is dropped")
     parser.add_argument("--prompts", type=int, default=2)
@@ -309,14 +433,20 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logprob-chunk-size", type=int, default=256, help="ours: tokens per LM-head chunk")
+    parser.add_argument("--smollm2-dir", default=SMOLLM2_DIR, help="SmolLM2-135M-Instruct HF directory")
+    parser.add_argument("--budget-min", type=float, default=None, help="stop launching runs after this")
+    parser.add_argument("--cache-dir", default=str(Path(CACHE) / "runs"), help="finished runs (resume)")
+    parser.add_argument("--fresh", action="store_true", help="discard the cached runs of these settings")
+    parser.add_argument("--note", default="", help="a sentence added to the Markdown section")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = run_ours(args) if args.worker == "ours" else run_trl(args)
+        result = run_trl(args) if args.worker == "trl" else run_ours(args)
         Path(args.json).write_text(json.dumps(result))
         return
     if importlib.util.find_spec("trl") is None:
@@ -327,18 +457,27 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)  # as in the workers, so the machine line reports it
     for size in args.sizes:
-        model_dir(size)  # build once, before the timed subprocesses
-    results = {}
-    for size in args.sizes:
-        for mode in args.modes:
-            results[f"{size} {mode}"] = run_cell(args, size, mode)
-    meta = {k: v for k, v in vars(args).items() if k not in ("out", "worker", "size", "mode", "json")}
-    meta.update(machine=machine(), trl_version=trl.__version__)
-    text = render(results, meta)
-    os.makedirs(args.out, exist_ok=True)
-    Path(args.out, "grpo_vs_trl.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    Path(args.out, "grpo_vs_trl.md").write_text(text)
-    print(text)
+        resolve_model_dir(size, args.smollm2_dir)  # build once, before the timed subprocesses
+    cache = run_dir(args, trl.__version__)
+    if args.fresh and cache.is_dir():
+        for f in cache.glob("*.json"):
+            f.unlink()
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"runs cached in {cache}", flush=True)
+    budget = Budget(args.budget_min)
+    results = run_all(args, cache, budget)
+    missing = [f"{cell} {a}" for cell, r in results.items() for a in args.arms if a not in r]
+    drop = ("out", "worker", "size", "mode", "json", "fresh", "cache_dir", "note")
+    meta = {k: v for k, v in vars(args).items() if k not in drop}
+    meta.update(machine=machine(), trl_version=trl.__version__, missing=missing, note=args.note)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(out / "grpo_vs_trl.json")
+    runs[" ".join(args.sizes)] = {"meta": meta, "results": results}
+    (out / "grpo_vs_trl.json").write_text(json.dumps({"runs": runs}, indent=2))
+    sections = [f"## {name}\n\n{render(r['results'], r['meta'])}" for name, r in runs.items()]
+    (out / "grpo_vs_trl.md").write_text("\n".join(sections))
+    print(render(results, meta))
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ def global_step_view(rollout, scores: torch.Tensor, aggregated, frac_zero_std, s
         completions=gather_objects(rollout.completions),
         prompts=gather_objects(rollout.prompts),
         truncated=gather_rows(rollout.truncated),
+        prompt_truncated=gather_rows(rollout.prompt_truncated),
     )
     gather_opt = lambda t: gather_rows(t) if t is not None else None  # noqa: E731
     aggregated = dataclasses.replace(

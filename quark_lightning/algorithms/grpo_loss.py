@@ -29,16 +29,123 @@ import torch
 LossReduction = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each chosen token.  logits (B, T, V), token_ids (B, T) -> (B, T)."""
-    logps = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+def selective_log_softmax(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-probability of each chosen token under softmax(logits / temperature).
+
+    logits (B, T, V), token_ids (B, T) -> (B, T). Upcasts the whole (B, T, V) to fp32: the reference
+    implementation; training uses `chunked_selective_log_softmax` on the hidden states instead.
+    """
+    logps = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
     return torch.gather(logps, -1, token_ids.unsqueeze(-1)).squeeze(-1)
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position.  (B, T, V) -> (B, T)."""
-    logps = torch.log_softmax(logits.float(), dim=-1)
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each position.  (B, T, V) -> (B, T)."""
+    logps = torch.log_softmax(logits.float() / temperature, dim=-1)
     return -(logps.exp() * logps).sum(-1)
+
+
+def _head_logits(hidden: torch.Tensor, weight, bias, temperature: float) -> torch.Tensor:
+    """fp32 logits / temperature of a chunk of tokens.  hidden (m, H), weight (V, H) -> (m, V)."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
+class _ChunkedHeadLogProbs(torch.autograd.Function):
+    """log softmax(lm_head(h) / T)[token] over chunks of tokens; the backward recomputes each chunk.
+
+    Memory: one (chunk, V) fp32 block (plus temporaries of that size) at a time, forward and backward;
+    saved for the backward are only the inputs and the (M,) log-normalizers.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, token_ids, temperature, chunk_size, want_entropy):
+        M = hidden.size(0)
+        logp = hidden.new_empty(M, dtype=torch.float32)
+        lse = hidden.new_empty(M, dtype=torch.float32)
+        entropy = hidden.new_zeros(M if want_entropy else 0, dtype=torch.float32)
+        for s in range(0, M, chunk_size):
+            e = min(s + chunk_size, M)
+            logits = _head_logits(hidden[s:e], weight, bias, temperature)  # (m, V) fp32
+            lse[s:e] = torch.logsumexp(logits, dim=-1)
+            logp[s:e] = logits.gather(1, token_ids[s:e, None]).squeeze(1) - lse[s:e]
+            if want_entropy:  # H = lse - sum_v p_v * logit_v
+                probs = torch.exp(logits - lse[s:e, None])
+                entropy[s:e] = lse[s:e] - probs.mul_(logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, token_ids, lse)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        dev = hidden.device.type  # the backward recomputes the logits under the forward's autocast state
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):  # noqa: ARG004 - the entropy is a detached statistic
+        hidden, weight, bias, token_ids, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        T, chunk = ctx.temperature, ctx.chunk_size
+        dev, autocast_on, autocast_dtype = ctx.autocast
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if need_b else None
+        grad_logp = grad_logp.float()
+        M = hidden.size(0)
+        with torch.autocast(dev, dtype=autocast_dtype, enabled=autocast_on):
+            for s in range(0, M, chunk):
+                e = min(s + chunk, M)
+                g = grad_logp[s:e, None]  # (m, 1)
+                # d logp / d logits = (onehot(token) - softmax) / T, in place on the recomputed logits
+                dlogits = _head_logits(hidden[s:e], weight, bias, T).sub_(lse[s:e, None]).exp_().mul_(-g)
+                dlogits.scatter_add_(1, token_ids[s:e, None], g)
+                if T != 1.0:
+                    dlogits.div_(T)
+                if need_b:
+                    grad_b += dlogits.sum(0)
+                dlogits = dlogits.to(weight.dtype)  # the head's matmuls in its own dtype, as autograd would
+                if need_h:
+                    grad_h[s:e] = dlogits @ weight
+                if need_w:
+                    grad_w += (dlogits.t() @ hidden[s:e].to(weight.dtype)).float()
+        grad_w = grad_w.to(weight.dtype) if need_w else None
+        grad_b = grad_b.to(bias.dtype) if need_b else None
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def chunked_selective_log_softmax(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    mask: torch.Tensor | None = None,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`selective_log_softmax(linear(hidden, weight, bias), token_ids, temperature)` without the logits.
+
+    hidden (B, T, H) final hidden states, weight (V, H) the LM head, token_ids (B, T) -> log-probs (B, T)
+    fp32 and, with `with_entropy`, the entropies (B, T) (detached; TRL's logged `entropy`). The LM head,
+    the fp32 upcast, the log-softmax and the gather run on `chunk_size` tokens at a time, and the backward
+    recomputes each chunk's logits instead of keeping them, so no (B, T, V) tensor is ever held. Tokens
+    where `mask` (B, T) is 0 are skipped: their log-prob and entropy are 0 (they never reach a loss).
+    Gradients flow to `hidden`, `weight` (the tied embedding under full fine-tuning) and `bias`.
+    """
+    B, T, H = hidden.shape
+    flat_h, flat_ids = hidden.reshape(B * T, H), token_ids.reshape(B * T)
+    keep = None
+    if mask is not None and not bool(mask.bool().all()):
+        keep = mask.reshape(B * T).bool().nonzero().squeeze(1)  # (M,)
+        flat_h, flat_ids = flat_h.index_select(0, keep), flat_ids.index_select(0, keep)
+    logp, entropy = _ChunkedHeadLogProbs.apply(
+        flat_h, weight, bias, flat_ids, float(temperature), max(1, int(chunk_size)), with_entropy
+    )
+    if keep is not None:
+        logp = logp.new_zeros(B * T).index_copy(0, keep, logp)
+        entropy = entropy.new_zeros(B * T).index_copy(0, keep, entropy) if with_entropy else entropy
+    return logp.view(B, T), entropy.view(B, T) if with_entropy else None
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ replace them between steps, and they are saved in the checkpoint.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 from quark_lightning.algorithms.grpo_loss import (
     LOSS_REDUCTIONS,
     chunk_weight,
+    chunked_selective_log_softmax,
     grpo_policy_loss,
     masked_mean,
     selective_log_softmax,
@@ -50,8 +52,17 @@ from quark_lightning.models.reference import (
     FrozenCopyReference,
     FrozenModule,
     build_reference,
+    eval_mode,
 )
-from quark_lightning.modules.shared_prefix import completion_logits, position_ids_from_mask  # noqa: F401
+from quark_lightning.modules.shared_prefix import (  # noqa: F401
+    checkpointing_active,
+    completion_hidden_states,
+    completion_logits,
+    enable_gradient_checkpointing,
+    head_split_matches,
+    position_ids_from_mask,
+    split_lm_head,
+)
 from quark_lightning.optim.advantages import nanstd
 from quark_lightning.optim.aggregation import (
     NEEDS_NORMALIZER,
@@ -80,6 +91,19 @@ class GRPOConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    # tokens per LM-head chunk of the log-prob computation (no (N, C, V) logits are held);
+    # null = the full-logits path (the whole (n, C, V) upcast to fp32, as before; kept to compare)
+    logprob_chunk_size: int | None = 256
+    gradient_checkpointing: bool = False  # TRL's name: recompute the policy's activations in the backward
+
+    def __post_init__(self) -> None:
+        chunk = self.logprob_chunk_size
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"algorithm.logprob_chunk_size: got {chunk!r}, expected null or an integer >= 1")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(
+                f"algorithm.gradient_checkpointing: got {self.gradient_checkpointing!r}, expected true or false"
+            )
 
 
 @dataclass
@@ -124,6 +148,9 @@ class GRPOModule(L.LightningModule):
         self.normalizer = normalizer  # buffers: the frozen statistics are saved in the checkpoint
         self.weighting: nn.Module | None = None  # set by the TADW callback; its state is checkpointed
         self.reference = build_reference(policy) if config.beta != 0.0 else None
+        if config.gradient_checkpointing:  # after the reference copy, which stays plain (it never trains)
+            enable_gradient_checkpointing(policy)
+        self._head_split_ok: dict[int, bool] = {}  # id(lm_head) -> the backbone + head split gives the logits
         self.reward_models = nn.ModuleDict({k: FrozenModule(m) for k, m in matrix.torch_modules().items()})
         self.register_buffer("matrix_weights", matrix.weights(), persistent=True)  # (K,)
         self.automatic_optimization = False
@@ -150,32 +177,113 @@ class GRPOModule(L.LightningModule):
         shard_module(self.policy, mesh["data_parallel"])
 
     # ------------------------------------------------------------------ log-probs
+    # Per-token log-probs are of softmax(logits / T), T the rollout's sampling temperature (TRL divides the
+    # logits by `temperature` the same way), for the policy and the reference alike. By default the
+    # model's backbone gives the final hidden states and `chunked_selective_log_softmax` applies the LM
+    # head a chunk of tokens at a time (no (n, C, V) logits, forward or backward); `logprob_chunk_size:
+    # null`, a sharded policy or an architecture whose logits are not lm_head(hidden) use the full logits.
+    @property
+    def temperature(self) -> float:
+        """The rollout engine's sampling temperature (HF engine `sampling`, vLLM `sampling_kwargs`); 1.0 if none."""
+        engine = self.engine
+        sampling = getattr(engine, "sampling", None) or getattr(engine, "sampling_kwargs", None) or {}
+        t = sampling.get("temperature", getattr(engine, "temperature", 1.0))
+        return float(t) if t else 1.0  # None / 0 (greedy) -> the plain distribution
+
     def _forward_logits(self, model_call, input_ids, attention_mask, completion_len: int) -> torch.Tensor:
         """(n, C, V) logits predicting each completion token; a group's prompt runs once (shared_prefix.py)."""
-        G = self.config.num_generations
+        G = 1 if checkpointing_active(model_call) else self.config.num_generations  # HF drops the cache
         return completion_logits(model_call, input_ids, attention_mask, completion_len, G)
 
     def policy_logits(self, input_ids, attention_mask, completion_len: int) -> torch.Tensor:
+        """The policy's raw (n, C, V) logits of the completion tokens (the full-logits path; no temperature)."""
         return self._forward_logits(self.policy, input_ids, attention_mask, completion_len)
+
+    def _lm_head_split(self, model) -> tuple[nn.Module, nn.Linear] | None:
+        """(backbone, lm_head) when the chunked path applies to `model`, else None (full logits)."""
+        if not self.config.logprob_chunk_size or not isinstance(model, nn.Module):
+            return None
+        parts = split_lm_head(model)
+        if parts is None:
+            return None
+        key = id(parts[1])
+        if key not in self._head_split_ok:  # checked once per head on a tiny input
+            self._head_split_ok[key] = head_split_matches(model, *parts)
+        return parts if self._head_split_ok[key] else None
+
+    def token_logps(
+        self,
+        model,
+        input_ids: torch.Tensor,  # (n, P + C)
+        attention_mask: torch.Tensor,  # (n, P + C)
+        completion_ids: torch.Tensor,  # (n, C)
+        completion_mask: torch.Tensor | None = None,  # (n, C); None = every position
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log softmax(logits / T)[completion token] (n, C) fp32 under `model` as it is called (mode, adapter
+        state), and the entropies (n, C) (detached) when `with_entropy`. Positions where `completion_mask`
+        is 0 are 0 on the chunked path (never computed; every consumer masks them)."""
+        C = completion_ids.size(1)
+        T = self.temperature
+        parts = self._lm_head_split(model)
+        if parts is None:
+            logits = self._forward_logits(model, input_ids, attention_mask, C)  # (n, C, V)
+            logp = selective_log_softmax(logits, completion_ids, T)
+            return logp, token_entropy(logits.detach(), T) if with_entropy else None
+        backbone, head = parts
+        G = 1 if checkpointing_active(model) else self.config.num_generations  # HF drops the cache
+        hidden = completion_hidden_states(backbone, input_ids, attention_mask, C, G)  # (n, C, H)
+        return chunked_selective_log_softmax(
+            hidden,
+            head.weight,
+            completion_ids,
+            bias=head.bias,
+            temperature=T,
+            chunk_size=self.config.logprob_chunk_size,
+            mask=completion_mask,
+            with_entropy=with_entropy,
+        )
+
+    @contextmanager
+    def _reference_model(self):
+        """The frozen reference, as a model to call: the frozen copy, or the policy with its adapter off."""
+        if isinstance(self.reference, FrozenCopyReference):
+            yield self.reference.frozen.module
+        elif isinstance(self.reference, DisabledAdapterReference):
+            with self.policy.disable_adapter(), eval_mode(self.policy):
+                yield self.policy
+        else:  # another kind: its own call (full-logits path)
+            yield lambda **kw: self.reference.outputs(self.policy, **kw)
 
     @torch.no_grad()
     def reference_logps(self, rollout: Rollout) -> torch.Tensor:
         """Per-token log-probs of the completions under the frozen reference.  -> (N, C)"""
-        C = rollout.completion_ids.size(1)
         out = []
-        for sl in self._chunks(rollout.completion_ids.size(0)):
-            call = lambda **kw: self.reference.outputs(self.policy, **kw)  # noqa: E731
-            logits = self._forward_logits(call, rollout.input_ids[sl], rollout.attention_mask[sl], C)
-            out.append(selective_log_softmax(logits, rollout.completion_ids[sl]))
+        with self._reference_model() as ref:
+            for sl in self._chunks(rollout.completion_ids.size(0)):
+                logp, _ = self.token_logps(
+                    ref,
+                    rollout.input_ids[sl],
+                    rollout.attention_mask[sl],
+                    rollout.completion_ids[sl],
+                    rollout.completion_mask[sl],
+                )
+                out.append(logp)
         return torch.cat(out)
 
     @torch.no_grad()
     def policy_logps(self, rollout: Rollout) -> torch.Tensor:
-        C = rollout.completion_ids.size(1)
+        """Per-token log-probs of the completions under the current policy (no autograd).  -> (N, C)"""
         out = []
         for sl in self._chunks(rollout.completion_ids.size(0)):
-            logits = self.policy_logits(rollout.input_ids[sl], rollout.attention_mask[sl], C)
-            out.append(selective_log_softmax(logits, rollout.completion_ids[sl]))
+            logp, _ = self.token_logps(
+                self.policy,
+                rollout.input_ids[sl],
+                rollout.attention_mask[sl],
+                rollout.completion_ids[sl],
+                rollout.completion_mask[sl],
+            )
+            out.append(logp)
         return torch.cat(out)
 
     def _chunks(self, n: int) -> list[slice]:
@@ -275,8 +383,14 @@ class GRPOModule(L.LightningModule):
                 "entropy": 0.0,
             }
             for sl in self._chunks(mask.size(0)):
-                logits = self.policy_logits(rollout.input_ids[sl], rollout.attention_mask[sl], C)
-                logp = selective_log_softmax(logits, rollout.completion_ids[sl])  # (n, C)
+                logp, entropy = self.token_logps(  # (n, C), with the entropy (n, C) of the first iteration
+                    self.policy,
+                    rollout.input_ids[sl],
+                    rollout.attention_mask[sl],
+                    rollout.completion_ids[sl],
+                    mask[sl],
+                    with_entropy=iteration == 0,
+                )
                 out = grpo_policy_loss(
                     logp,
                     old_logp[sl] if old_logp is not None else logp.detach(),
@@ -296,7 +410,7 @@ class GRPOModule(L.LightningModule):
                 for key in ("kl", "clip_low", "clip_high", "clip_region"):
                     totals[key] += float(getattr(out, key)) * tok_w
                 if iteration == 0:
-                    totals["entropy"] += float(masked_mean(token_entropy(logits.detach()), mask[sl])) * tok_w
+                    totals["entropy"] += float(masked_mean(entropy, mask[sl])) * tok_w
             grad_norm = self._clip_and_step(opt, sched)
             if iteration == 0:
                 stats = dict(totals, grad_norm=grad_norm)
@@ -363,6 +477,7 @@ class GRPOModule(L.LightningModule):
         metrics["completions/min_length"] = float(lengths.min())
         metrics["completions/max_length"] = float(lengths.max())
         metrics["completions/clipped_ratio"] = float(rollout.truncated.float().mean())
+        metrics["prompts/truncated_ratio"] = float(rollout.prompt_truncated.float().mean())
         metrics["num_tokens"] = float(rollout.attention_mask.sum())
         metrics["step_time"] = t_end - t0
         metrics["time/generation"] = t_gen - t0

@@ -8,6 +8,8 @@ Contract of `generate(policy, tokenizer, prompts, num_generations, greedy=False)
 - the G completions of a prompt are contiguous rows (prompt i owns rows i*G .. i*G+G-1);
 - `prompt_ids`/`prompt_mask` are left-padded, `completion_ids` right-padded with the pad token;
 - `completion_mask` is 1 up to and including the first EOS; `truncated` marks rows without an EOS;
+- a prompt longer than the engine's `max_prompt_length` keeps its last tokens (left truncation, as TRL:
+  the generation header and the latest turn survive); `prompt_truncated` marks its rows;
 - tensors are ordinary tensors (not inference tensors) on the policy's device, so they can enter autograd;
 - the engine samples from the policy's current weights (an engine with its own copy syncs them first).
 """
@@ -30,6 +32,7 @@ class Rollout:
     completions: list[str]  # (N,) decoded text without special tokens
     prompts: list[dict[str, Any]]  # (N,) the prompt object of each completion (repeated G times)
     truncated: torch.Tensor  # (N,) bool, no EOS within max_new_tokens
+    prompt_truncated: torch.Tensor  # (N,) bool, the prompt was longer than max_prompt_length (left-cut)
 
     @property
     def input_ids(self) -> torch.Tensor:
