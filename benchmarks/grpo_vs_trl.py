@@ -49,20 +49,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` finds `benchmarks`
 
 from benchmarks._models import CACHE, bench_prompts, machine, md_table, model_dir  # noqa: E402
+from benchmarks._models import smollm2_dir as smollm2_default  # noqa: E402
 
 SPLIT_KEYS = ("time/generation", "time/reference", "time/policy", "time/scoring")
 ARMS = ("ours", "trl", "ours_full_logits")
-SMOLLM2_DIR = "/tmp/smollm2-hf"  # default of --smollm2-dir; see resolve_model_dir
 
 
-def resolve_model_dir(size: str, smollm2_dir: str = SMOLLM2_DIR) -> str:
+def resolve_model_dir(size: str, smollm2_dir: str | None = None) -> str:
     """The one place that chooses a benchmark model's directory (loaded with `load_causal_lm`).
 
     tiny / small: built and cached by benchmarks/_models.py. smollm2: SmolLM2-135M-Instruct as a plain HF
-    directory, for now the `--smollm2-dir` flag (default /tmp/smollm2-hf). TODO: take it from
-    `quark_lightning.models.sources` (model=smollm2) once that lands; only this function changes.
+    directory: `--smollm2-dir`, or by default model=smollm2's source (fetched and converted once).
     """
     if size == "smollm2":
+        smollm2_dir = smollm2_dir or smollm2_default()
         if not os.path.isfile(os.path.join(smollm2_dir, "config.json")):
             raise SystemExit(f"--sizes smollm2: {smollm2_dir!r} is not an HF model directory (--smollm2-dir)")
         return smollm2_dir
@@ -264,7 +264,8 @@ def worker_cmd(args, arm: str, size: str, mode: str, out: str) -> list[str]:
         "--steps", str(args.steps), "--prompts", str(args.prompts), "--G", str(args.G),
         "--max-new-tokens", str(args.max_new_tokens), "--beta", str(args.beta),
         "--threads", str(args.threads), "--seed", str(args.seed),
-        "--logprob-chunk-size", str(args.logprob_chunk_size), "--smollm2-dir", args.smollm2_dir,
+        "--logprob-chunk-size", str(args.logprob_chunk_size),
+        *(["--smollm2-dir", args.smollm2_dir] if args.smollm2_dir else []),
     ]  # fmt: skip
 
 
@@ -434,7 +435,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logprob-chunk-size", type=int, default=256, help="ours: tokens per LM-head chunk")
-    parser.add_argument("--smollm2-dir", default=SMOLLM2_DIR, help="SmolLM2-135M-Instruct HF directory")
+    parser.add_argument(
+        "--smollm2-dir", default=None, help="SmolLM2-135M-Instruct HF directory (default: model=smollm2's)"
+    )
     parser.add_argument("--budget-min", type=float, default=None, help="stop launching runs after this")
     parser.add_argument("--cache-dir", default=str(Path(CACHE) / "runs"), help="finished runs (resume)")
     parser.add_argument("--fresh", action="store_true", help="discard the cached runs of these settings")

@@ -1,7 +1,7 @@
 """Rollout speed of the HF engine's decoding paths against the memory-bandwidth floor, A/B interleaved.
 
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/rollout_speed.py [--sizes tiny small smollm2]
-        [--smollm2-path /tmp/smollm2-hf] [--step-rows 8] [--step-tokens 32] [--rollout-sizes tiny small]
+        [--smollm2-path DIR (default: model=smollm2)] [--step-rows 8] [--step-tokens 32] [--rollout-sizes tiny small]
         [--prompts 4] [--G 8] [--max-new-tokens 64] [--repeats 3] [--clock cpu|wall] [--compile]
 
 Part 1, the decode step against its floor. A decode step reads every weight once, so it cannot beat
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmar
 
 import torch  # noqa: E402
 
-from benchmarks._models import bench_prompts, machine, md_table, model_dir, num_params  # noqa: E402
+from benchmarks._models import bench_prompts, machine, md_table, model_dir, num_params, smollm2_dir  # noqa: E402
 from quark_lightning.models.loading import load_causal_lm  # noqa: E402
 from quark_lightning.rollout.hf_generate import CACHE_KWARG, HFGenerateEngine, sample_next  # noqa: E402
 
@@ -243,7 +243,7 @@ def rotate(names: list[str], r: int) -> list[str]:
 
 
 def load(size: str, args):
-    loaded = load_causal_lm(args.smollm2_path if size == "smollm2" else model_dir(size))
+    loaded = load_causal_lm((args.smollm2_path or smollm2_dir()) if size == "smollm2" else model_dir(size))
     model, tok = loaded.model, loaded.tokenizer
     if args.eos_bias:
         with torch.no_grad():
@@ -345,7 +345,7 @@ def bench_rollouts(model, tok, names: list[str], args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "smollm2"])
-    parser.add_argument("--smollm2-path", default="/tmp/smollm2-hf")
+    parser.add_argument("--smollm2-path", default=None)
     parser.add_argument("--step-rows", type=int, default=8)
     parser.add_argument("--step-tokens", type=int, default=32)
     parser.add_argument("--rollout-sizes", nargs="*", default=["tiny", "small"])
