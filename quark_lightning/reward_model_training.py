@@ -1,11 +1,22 @@
 """Stage `reward_model`: train the scalar ORM (or the online-feedback RM) and save it as an HF directory.
 
     validate config -> load + validate pairs (or feedback -> pairs) -> split by question (seeded)
-    -> build the backbone (tiny model or any HF model) + 2-layer head -> evaluate held-out
+    -> build the backbone (tiny model or the run's `model`) + 2-layer head -> evaluate held-out
     -> Lightning fit with the ties loss -> evaluate held-out -> save <run_dir>/reward_model
 
 `python train.py +experiment=rm_orm` (preference pairs) or `+experiment=rm_online` (online feedback).
 The saved directory is what `quark_lightning.rewards.orm.ORMScorer(path=...)` loads.
+
+The backbone (`reward_model.backbone`):
+    policy   the run's `model` group: model=tiny (the default), model=smollm2, model=hf model.name_or_path=...
+    tiny     the tiny model built in code, whatever `model` is (model.tiny when model=tiny, else the
+             sizes of conf/model/tiny.yaml)
+and how it trains (`reward_model.train_backbone`):
+    full     every backbone weight and the head
+    lora     a LoRA adapter (reward_model.lora) and the head; merged into the backbone on save
+    frozen   the head alone, on the backbone's pooled hidden state of each distinct text, computed once
+             (no backbone gradient): a 135M backbone trains in seconds after one forward per text
+    auto     full for the tiny model, frozen for a pretrained one (lora when reward_model.lora.enabled)
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -33,6 +45,12 @@ from quark_lightning.models.loading import DTYPES
 from quark_lightning.models.sources import MODEL_KINDS
 
 SOURCES = ("pairs", "feedback")
+BACKBONES = ("tiny", "policy")
+TRAIN_BACKBONE = ("auto", "full", "lora", "frozen")
+POOLINGS = ("last", "mean")  # = modules.reward_model.POOLINGS (not imported here: that module imports torch)
+TINY_MODEL_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "model", "tiny.yaml"
+)
 OBJECTIVE = "J = L_diff + lambda * L_same; L_diff = -log s(r_w - r_l); L_same = -log s(m - |r_1 - r_2|)"
 OBJECTIVE_LITERAL = "J = L_diff + lambda * L_same; L_same = -log s(|r_1 - r_2|) (literal paper transcription)"
 REPORTED = (
@@ -104,26 +122,61 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
             lambda v: v is None or (is_int(v) and v >= 1),
             "null or an integer >= 1",
         )
-    if OmegaConf.select(cfg, f"{rm}.lora.enabled"):
-        _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
-        _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
     _require(
         p,
         cfg,
-        "model.kind",
-        lambda v: v in MODEL_KINDS,
-        f"one of {list(MODEL_KINDS)}",
-        "use model=tiny, model=smollm2 or model=hf.",
+        f"{rm}.backbone",
+        lambda v: v in BACKBONES,
+        "'tiny' or 'policy'",
+        f"pass {rm}.backbone=tiny (the tiny model built in code) or {rm}.backbone=policy (the run's "
+        "`model`, e.g. model=smollm2).",
     )
-    if OmegaConf.select(cfg, "model.kind") == "hf":
+    _require(
+        p,
+        cfg,
+        f"{rm}.train_backbone",
+        lambda v: v in TRAIN_BACKBONE,
+        "one of 'auto', 'full', 'lora', 'frozen'",
+        f"pass {rm}.train_backbone=frozen (head only, on cached features), =lora, =full or =auto (full for "
+        "the tiny model, frozen for a pretrained one).",
+    )
+    _require(p, cfg, f"{rm}.pooling", lambda v: v in POOLINGS, "'last' or 'mean' (what the head reads)")
+    _require(
+        p,
+        cfg,
+        f"{rm}.feature_batch_size",
+        lambda v: is_int(v) and v >= 1,
+        "an integer >= 1 (texts per backbone forward when caching frozen features)",
+    )
+    mode = OmegaConf.select(cfg, f"{rm}.train_backbone")
+    lora_on = bool(OmegaConf.select(cfg, f"{rm}.lora.enabled"))
+    if lora_on and mode in ("full", "frozen"):
+        p.append(
+            f"{rm}.lora.enabled: got True, but {rm}.train_backbone is {mode!r}. Fix: pass "
+            f"{rm}.train_backbone=lora (or auto), or {rm}.lora.enabled=false."
+        )
+    if lora_on or mode == "lora":
+        _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
+        _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
+    # the `model` group is the backbone only with backbone=policy (or when it is the tiny model itself)
+    if OmegaConf.select(cfg, f"{rm}.backbone") != "tiny" or OmegaConf.select(cfg, "model.kind") == "tiny":
         _require(
             p,
             cfg,
-            "model.name_or_path",
-            lambda v: isinstance(v, str) and v and v != "???",
-            "a hub name or a local directory",
+            "model.kind",
+            lambda v: v in MODEL_KINDS,
+            f"one of {list(MODEL_KINDS)}",
+            "use model=tiny, model=smollm2 or model=hf.",
         )
-    _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
+        if OmegaConf.select(cfg, "model.kind") == "hf":
+            _require(
+                p,
+                cfg,
+                "model.name_or_path",
+                lambda v: isinstance(v, str) and v and v != "???",
+                "a hub name or a local directory",
+            )
+        _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
     _require(
         p,
         cfg,
@@ -159,20 +212,62 @@ def load_pairs(rm: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
     return train, held_out, pair_texts(records)
 
 
+def backbone_model_config(cfg: DictConfig) -> DictConfig:
+    """The model config the reward model is built on: the run's `model` (backbone=policy, or when it is
+    the tiny model), else the tiny model of conf/model/tiny.yaml in the run's model.cache_dir."""
+    if cfg.reward_model.backbone == "policy" or cfg.model.kind == "tiny":
+        return cfg.model
+    tiny = OmegaConf.load(TINY_MODEL_CONFIG)
+    tiny.cache_dir = cfg.model.cache_dir
+    return tiny
+
+
+def train_backbone_mode(cfg: DictConfig) -> str:
+    """full | lora | frozen: `reward_model.train_backbone`, with auto resolved (see the module docstring)."""
+    rm = cfg.reward_model
+    if rm.train_backbone != "auto":
+        return rm.train_backbone
+    if rm.get("lora") is not None and rm.lora.get("enabled"):
+        return "lora"
+    return "full" if backbone_model_config(cfg).kind == "tiny" else "frozen"
+
+
+def backbone_name(cfg: DictConfig) -> str:
+    """tiny, smollm2, or the hub name / directory of model=hf."""
+    model_cfg = backbone_model_config(cfg)
+    return str(model_cfg.get("name_or_path")) if model_cfg.kind == "hf" else str(model_cfg.kind)
+
+
+def describe_backbone(cfg: DictConfig) -> str:
+    """E.g. 'smollm2 (reward_model.backbone=policy, train_backbone=frozen, pooling=last)', for the log."""
+    return (
+        f"{backbone_name(cfg)} (reward_model.backbone={cfg.reward_model.backbone}, "
+        f"train_backbone={train_backbone_mode(cfg)}, pooling={cfg.reward_model.pooling})"
+    )
+
+
 def build_reward_model(cfg: DictConfig, corpus: list[str]):
     from quark_lightning.models.sources import resolve_model_path
     from quark_lightning.modules.reward_model import ScalarRewardModel
 
-    path = resolve_model_path(cfg.model, corpus)  # tiny, hub/local dir, GGUF, smollm2
+    model_cfg = backbone_model_config(cfg)
+    path = resolve_model_path(model_cfg, corpus)  # tiny, hub/local dir, GGUF, smollm2
     rm = cfg.reward_model
-    return ScalarRewardModel.from_backbone(
+    mode = train_backbone_mode(cfg)
+    lora = dict(OmegaConf.to_container(rm.lora, resolve=True)) if rm.get("lora") else {}
+    lora["enabled"] = mode == "lora"
+    model = ScalarRewardModel.from_backbone(
         path,
-        dtype=cfg.model.dtype,
-        trust_remote_code=bool(cfg.model.trust_remote_code),
-        revision=cfg.model.get("revision"),
+        dtype=model_cfg.dtype,
+        trust_remote_code=bool(model_cfg.get("trust_remote_code")),
+        revision=model_cfg.get("revision"),
         head_hidden_size=rm.head_hidden_size,
-        lora=OmegaConf.to_container(rm.lora, resolve=True) if rm.get("lora") else None,
+        lora=lora,
+        pooling=rm.pooling,
     )
+    if mode == "frozen":
+        model.freeze_backbone()
+    return model
 
 
 def format_table(before: dict[str, float], after: dict[str, float]) -> str:
@@ -186,7 +281,12 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
 
 def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate and save the reward model the config describes; returns paths and metrics."""
-    from quark_lightning.modules.reward_model import PairDataset, RewardModelModule, evaluate_pairs
+    from quark_lightning.modules.reward_model import (
+        FeaturePairDataset,
+        PairDataset,
+        RewardModelModule,
+        evaluate_pairs,
+    )
 
     validate_reward_model_config(cfg)
     rm = cfg.reward_model
@@ -197,9 +297,31 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     train_pairs, held_pairs, corpus = load_pairs(rm)  # a bad row stops here, before any model is built
     print(f"Reward model ({rm.source}): train {describe(train_pairs)}")
     print(f"Reward model ({rm.source}): held-out {describe(held_pairs)}")
+    if rm.backbone == "tiny" and cfg.model.kind != "tiny":
+        print(
+            f"Reward model backbone: the tiny model, not model={cfg.model.kind} "
+            "(pass reward_model.backbone=policy to train on the run's model)"
+        )
+    print(f"Reward model backbone: {describe_backbone(cfg)}")
+    if rm.backbone == "policy" and cfg.model.get("adapter_path"):
+        print(
+            f"  (model.adapter_path={cfg.model.adapter_path} is not applied: the backbone is the base model)"
+        )
+    mode = train_backbone_mode(cfg)
     model = build_reward_model(cfg, corpus)
-    train_set = PairDataset(model, train_pairs, rm.max_length)
-    held_set = PairDataset(model, held_pairs, rm.max_length)
+    feature_seconds, feature_texts = 0.0, 0
+    if mode == "frozen":  # one backbone forward per distinct text; the head trains on the cached features
+        train_set = FeaturePairDataset(model, train_pairs, rm.max_length, rm.feature_batch_size)
+        held_set = FeaturePairDataset(model, held_pairs, rm.max_length, rm.feature_batch_size)
+        feature_seconds = train_set.seconds + held_set.seconds
+        feature_texts = train_set.num_texts + held_set.num_texts
+        print(
+            f"Frozen backbone: features of {feature_texts} distinct texts "
+            f"({train_set.num_tokens + held_set.num_tokens} tokens) in {feature_seconds:.0f}s"
+        )
+    else:
+        train_set = PairDataset(model, train_pairs, rm.max_length)
+        held_set = PairDataset(model, held_pairs, rm.max_length)
     before = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
 
     module = RewardModelModule(
@@ -228,11 +350,14 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     logger = instantiate(cfg.logger, version="reward_model") if cfg.get("logger") else False
     trainer = L.Trainer(**kwargs, logger=logger, callbacks=[])
     started = time.perf_counter()
-    trainer.fit(
-        module,
-        train_dataloaders=train_loader,
-        val_dataloaders=held_set.loader(rm.eval_batch_size) if len(held_set) else None,
-    )
+    with warnings.catch_warnings():
+        if mode == "frozen":  # the frozen backbone is in eval mode on purpose (ScalarRewardModel.train)
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(
+            module,
+            train_dataloaders=train_loader,
+            val_dataloaders=held_set.loader(rm.eval_batch_size) if len(held_set) else None,
+        )
     train_seconds = time.perf_counter() - started
     model.eval()
     after = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
@@ -253,12 +378,18 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
             "batch_size": rm.batch_size,
             "max_length": rm.max_length,
             "tie_threshold": rm.tie_threshold,
-            "lora": bool(rm.lora.enabled) if rm.get("lora") else False,
+            "lora": mode == "lora",
+            "backbone": rm.backbone,
+            "backbone_model": backbone_name(cfg),
+            "train_backbone": mode,
+            "pooling": rm.pooling,
+            "feature_texts": feature_texts,
+            "feature_seconds": round(feature_seconds, 1),
             "train_pairs": len(train_set),
             "held_out_pairs": len(held_set),
             "held_out_metrics_before": before,
             "held_out_metrics_after": after,
-            "train_seconds": round(train_seconds, 1),
+            "train_seconds": round(train_seconds, 1),  # the Lightning fit (after feature caching)
         }
         out_dir = os.path.join(run_dir, "reward_model")
         model.save_pretrained(out_dir, summary=summary)
@@ -268,7 +399,10 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         lam = f"lambda={rm.ties_lambda}, m={rm.ties_margin}" + (
             ", literal paper form" if rm.literal_paper_form else ""
         )
-        print(f"\nHeld-out evaluation ({len(held_set)} pairs; {lam}; {steps} steps, {train_seconds:.0f}s):")
+        took = f"{train_seconds:.0f}s" + (
+            f" + {feature_seconds:.0f}s of features" if mode == "frozen" else ""
+        )
+        print(f"\nHeld-out evaluation ({len(held_set)} pairs; {lam}; {steps} steps, {took}):")
         print(format_table(before, after))
         print(
             f"held-out pair accuracy: {after['pair_accuracy']:.3f}  "
@@ -304,35 +438,88 @@ def compose_experiment(experiment: str, overrides: list[str] | None = None) -> D
             GlobalHydra.instance().initialize(outer)
 
 
-def ensure_reward_model(
-    experiment: str, cache_dir: str | None = None, overrides: list[str] | None = None
-) -> str:
-    """Train (once) the reward model of `+experiment=NAME` and return its saved directory.
+def backbone_fingerprint(model_cfg: DictConfig) -> str:
+    """What identifies a backbone in the reward-model cache key, without loading or converting it: the
+    source fields (the tiny sizes for model=tiny; smollm2 is pinned by its checksum) and, for a local
+    directory, the names, sizes and mtimes of its config and weight files (a policy re-trained in place)."""
+    import json
 
-    The run directory is `cache_dir/reward_models/<experiment>-<key>`, where the key hashes the composed
-    reward-model and model config and the training data, so a changed config or data file trains anew and
-    an unchanged one is reused. Used by `ORMScorer(train_experiment=...)` so a matrix can name a reward
-    model that does not exist yet (the embedded demo does this).
-    """
+    fields = ("kind", "name_or_path", "gguf_file", "revision", "dtype", "trust_remote_code")
+    ident: dict[str, Any] = {k: model_cfg.get(k) for k in fields}
+    if model_cfg.kind == "tiny":
+        ident["tiny"] = OmegaConf.to_container(model_cfg.tiny, resolve=True)
+    text = json.dumps(ident, sort_keys=True, default=str)
+    folder = os.path.expanduser(str(model_cfg.get("name_or_path") or ""))
+    if model_cfg.kind == "hf" and folder and os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if name == "config.json" or name.endswith((".safetensors", ".bin", ".gguf")):
+                st = os.stat(os.path.join(folder, name))
+                text += f"\n{name} {st.st_size} {st.st_mtime_ns}"
+    return text
+
+
+def reward_model_run_dir(
+    experiment: str,
+    cache_dir: str | None = None,
+    overrides: list[str] | None = None,
+    backbone: str | None = None,
+    model: Any = None,
+):
+    """(validated config, cache run dir) of the reward model `ensure_reward_model` trains; nothing is built.
+
+    backbone: sets reward_model.backbone (tiny | policy); model: the config the policy backbone is (the
+    run's `model`; without it, the experiment's own `model` group)."""
     import hashlib
     from pathlib import Path
 
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     from quark_lightning.data.preferences import BUNDLED_FEEDBACK, BUNDLED_PAIRS, resolve
     from quark_lightning.models.tiny import default_cache_dir
 
     cfg = compose_experiment(experiment, overrides)
-    key_src = OmegaConf.to_yaml(cfg.reward_model) + OmegaConf.to_yaml(cfg.model.get("tiny", {}))
+    with open_dict(cfg):
+        if backbone is not None:
+            cfg.reward_model.backbone = backbone
+        if model is not None and cfg.reward_model.backbone == "policy":
+            plain = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else dict(model)
+            cfg.model = OmegaConf.create(plain)
+        if cfg.reward_model.backbone != "policy" or cfg.model.kind == "tiny":
+            cfg.model.cache_dir = cache_dir or cfg.model.cache_dir  # the tiny model: built in this cache
+    validate_reward_model_config(cfg)  # a wrong value stops here, before any hashing or training
+    model_cfg = backbone_model_config(cfg)
+    key_src = OmegaConf.to_yaml(cfg.reward_model) + backbone_fingerprint(model_cfg)
     bundled = BUNDLED_PAIRS if cfg.reward_model.source == "pairs" else BUNDLED_FEEDBACK
     data_file = resolve(cfg.reward_model.data_path, bundled)
     digest = hashlib.sha256(key_src.encode() + Path(data_file).read_bytes()).hexdigest()[:12]
-    run_dir = Path(cache_dir or default_cache_dir()) / "reward_models" / f"{experiment}-{digest}"
+    name = os.path.basename(backbone_name(cfg).rstrip("/"))
+    tag = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:40] or "model"
+    run_dir = Path(cache_dir or default_cache_dir()) / "reward_models" / f"{experiment}-{tag}-{digest}"
+    return cfg, run_dir
+
+
+def ensure_reward_model(
+    experiment: str,
+    cache_dir: str | None = None,
+    overrides: list[str] | None = None,
+    backbone: str | None = None,
+    model: Any = None,
+) -> str:
+    """Train (once) the reward model of `+experiment=NAME` and return its saved directory.
+
+    The run directory is `cache_dir/reward_models/<experiment>-<backbone>-<key>`, where the key hashes the
+    composed reward-model config (backbone, train_backbone, pooling included), the backbone's identity
+    (`backbone_fingerprint`) and the training data, so a changed config, backbone or data file trains anew
+    and an unchanged one is reused. Used by `ORMScorer(train_experiment=..., backbone=..., policy_model=...)`
+    so a matrix can name a reward model that does not exist yet (the embedded demo does this).
+    """
+    from omegaconf import open_dict
+
+    cfg, run_dir = reward_model_run_dir(experiment, cache_dir, overrides, backbone, model)
     saved = run_dir / "reward_model"
     if (saved / "reward_model.json").exists():
         return str(saved)
     print(f"Training the reward model of +experiment={experiment} once (cached in {run_dir})")
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
-        cfg.model.cache_dir = cache_dir or cfg.model.cache_dir
     return run_reward_model(cfg)["reward_model_dir"]

@@ -2,7 +2,8 @@
 
 `ScalarRewardModel` = `AutoModel.from_pretrained(name_or_path)` (the base transformer, no LM head;
 LoRA optional through peft) + a 2-layer MLP head (hidden -> hidden -> 1, the "2-layer head" of the
-team's reward models) read at the last non-padding token. A (question, answer) pair is rendered with
+team's reward models) read at the last non-padding token (`pooling: last`, the default) or on the mean
+of the non-padding hidden states (`pooling: mean`). A (question, answer) pair is rendered with
 the tokenizer's chat template (the answer as the assistant turn), so training, evaluation and the
 `ORMScorer` all see exactly the same text. Sequences longer than `max_length` keep their *end* (the
 answer and the end-of-turn marker the head reads); batches are right-padded.
@@ -15,6 +16,12 @@ Saved format (`save_pretrained(dir)`), a plain Hugging Face directory plus two f
     reward_model.json                head sizes, base model type, training summary (metrics, λ, m, ...)
 
 `ScalarRewardModel.from_pretrained(dir)` loads it back through `AutoModel` / `AutoTokenizer`.
+
+Frozen backbone (`freeze_backbone()`, `reward_model.train_backbone: frozen`): the backbone gets no gradient
+and stays in eval mode, so its pooled hidden state of a text never changes. `FeaturePairDataset` computes
+it once per distinct text (no grad, length-sorted batches) and training runs the head alone on those
+cached features: `head_scores(features(ids, mask)) == forward(ids, mask)`, so the saved model scores
+text exactly as the head was trained.
 
 `RewardModelModule` trains it on pairs with the ties loss (`quark_lightning.algorithms.ties_loss`),
 AdamW, logging `rm/loss`, `rm/loss_diff`, `rm/loss_same`, `rm/loss_center`, `rm/accuracy` and, on the
@@ -41,6 +48,7 @@ HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 FORMAT = "quark-scalar-reward-model"
 TRAIN_HINT = "python train.py +experiment=rm_orm"
+POOLINGS = ("last", "mean")
 
 
 class RewardModelLoadError(QuarkError, RuntimeError):
@@ -69,7 +77,7 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
 
 
 class ScalarRewardModel(nn.Module):
-    """r_θ(x, y): backbone hidden state at the last non-padding token -> Linear-GELU-Linear -> scalar."""
+    """r_θ(x, y): backbone hidden state at the last non-pad token (or their mean) -> Linear-GELU-Linear."""
 
     def __init__(
         self,
@@ -77,10 +85,15 @@ class ScalarRewardModel(nn.Module):
         tokenizer,
         head_hidden_size: int | None = None,
         summary: dict[str, Any] | None = None,
+        pooling: str = "last",
     ):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: got {pooling!r}, expected one of {list(POOLINGS)}")
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.backbone_frozen = False
         hidden = int(backbone.config.hidden_size)
         head_hidden = int(head_hidden_size or hidden)
         self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
@@ -98,6 +111,7 @@ class ScalarRewardModel(nn.Module):
         revision: str | None = None,
         head_hidden_size: int | None = None,
         lora: dict[str, Any] | None = None,
+        pooling: str = "last",
     ) -> ScalarRewardModel:
         """A fresh reward model on a pretrained backbone (hub name or local dir); head randomly initialised."""
         from transformers import AutoModel
@@ -124,9 +138,23 @@ class ScalarRewardModel(nn.Module):
                 task_type="FEATURE_EXTRACTION",
             )
             backbone = get_peft_model(backbone, config)
-        model = cls(backbone, tokenizer, head_hidden_size)
+        model = cls(backbone, tokenizer, head_hidden_size, pooling=pooling)
         model.head.to(torch.float32)
         return model
+
+    def freeze_backbone(self) -> ScalarRewardModel:
+        """No gradient into the backbone and eval mode for good (`train()` keeps it in eval): only the
+        head trains, and the backbone's features of a text are fixed, so they can be computed once."""
+        self.backbone.requires_grad_(False)
+        self.backbone_frozen = True
+        self.backbone.eval()
+        return self
+
+    def train(self, mode: bool = True) -> ScalarRewardModel:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def merge_lora(self) -> None:
         """Fold a LoRA adapter into the backbone weights (in place; the scores do not change)."""
@@ -149,7 +177,9 @@ class ScalarRewardModel(nn.Module):
             "version": 1,
             "hidden_size": self.head[0].in_features,
             "head_hidden_size": self.head[0].out_features,
-            "head": "Linear(hidden, head_hidden) -> GELU -> Linear(head_hidden, 1) on the last non-pad token",
+            "pooling": self.pooling,
+            "head": "Linear(hidden, head_hidden) -> GELU -> Linear(head_hidden, 1) on the "
+            + ("last non-pad token" if self.pooling == "last" else "mean of the non-pad tokens"),
             "base_model_type": getattr(self.backbone.config, "model_type", None),
             "base_name_or_path": getattr(self.backbone.config, "_name_or_path", None),
             "rendering": "tokenizer chat template, answer as the assistant turn; long inputs keep their end",
@@ -206,7 +236,12 @@ class ScalarRewardModel(nn.Module):
             raise RewardModelLoadError(f"{err}. {fix}") from err
         except (OSError, ValueError) as err:
             raise RewardModelLoadError(f"could not load the backbone in {directory!r}: {err}. {fix}") from err
-        model = cls(backbone, tokenizer, meta.get("head_hidden_size"), meta.get("summary"))
+        pooling = meta.get("pooling", "last")  # directories saved before pooling existed read the last token
+        if pooling not in POOLINGS:
+            raise RewardModelLoadError(
+                f"{directory}/{META_FILE}: pooling {pooling!r}, expected one of {list(POOLINGS)}. {fix}"
+            )
+        model = cls(backbone, tokenizer, meta.get("head_hidden_size"), meta.get("summary"), pooling=pooling)
         model.head.load_state_dict(load_file(os.path.join(directory, HEAD_FILE)))
         return model.eval()
 
@@ -222,15 +257,27 @@ class ScalarRewardModel(nn.Module):
         ids = self.tokenizer(self.render(messages, response), add_special_tokens=False)["input_ids"]
         return ids[-max_length:]  # keep the end: the answer and the token the head reads
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, attention_mask (N, T) -> rewards (N,) float32."""
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask (N, T) -> pooled backbone hidden states (N, H) in the head's dtype."""
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state  # (N, T, H)
-        positions = torch.arange(attention_mask.size(1), device=attention_mask.device)  # (T,)
-        last = (attention_mask * positions).argmax(dim=1)  # (N,) last non-pad position, either padding side
-        pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (N, H)
-        return self.head(pooled.to(self.head[0].weight.dtype)).squeeze(-1).float()
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).float()  # (N, T, 1); summed in float32 for any dtype
+            pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (N, H)
+        else:
+            positions = torch.arange(attention_mask.size(1), device=attention_mask.device)  # (T,)
+            last = (attention_mask * positions).argmax(dim=1)  # (N,) last non-pad position, either side
+            pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (N, H)
+        return pooled.to(self.head[0].weight.dtype)
+
+    def head_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, H) -> rewards (N,) float32."""
+        return self.head(features.to(self.head[0].weight.dtype)).squeeze(-1).float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask (N, T) -> rewards (N,) float32."""
+        return self.head_scores(self.features(input_ids, attention_mask))
 
     @torch.no_grad()
     def score(
@@ -283,16 +330,91 @@ class PairDataset(Dataset):
         )
 
 
+@torch.no_grad()
+def extract_features(
+    model: ScalarRewardModel, encoded: Sequence[Sequence[int]], batch_size: int = 16
+) -> torch.Tensor:
+    """Pooled backbone features (N, H) of token lists, in eval mode without grad, batched by length
+    (sorted, so a batch pads to about its own length); row i belongs to encoded[i]."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.zeros(len(encoded), model.head[0].in_features, dtype=model.head[0].weight.dtype)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = pad_right([encoded[i] for i in rows], model.tokenizer.pad_token_id)
+        out[rows] = model.features(ids.to(device), mask.to(device)).cpu()
+    model.train(was_training)
+    return out
+
+
+class FeaturePairDataset(Dataset):
+    """Preference pairs over a frozen backbone's cached features: each distinct (question, answer) text
+    goes through the backbone once; an item is (row of a, row of b, preference code +1 / −1 / 0)."""
+
+    def __init__(
+        self,
+        model: ScalarRewardModel,
+        pairs: Sequence[dict[str, Any]],
+        max_length: int = 512,
+        batch_size: int = 16,
+    ):
+        import time
+
+        if not model.backbone_frozen:
+            raise ValueError(
+                "FeaturePairDataset needs a frozen backbone (call model.freeze_backbone() first)"
+            )
+        rows: dict[tuple[int, ...], int] = {}
+        self.items = []
+        for p in pairs:
+            a = tuple(model.encode(p["messages"], p["response_a"], max_length))
+            b = tuple(model.encode(p["messages"], p["response_b"], max_length))
+            self.items.append(
+                (
+                    rows.setdefault(a, len(rows)),
+                    rows.setdefault(b, len(rows)),
+                    PREFERENCE_CODES[p["preference"]],
+                )
+            )
+        started = time.perf_counter()
+        self.features = extract_features(model, list(rows), batch_size)  # (U, H)
+        self.seconds = time.perf_counter() - started
+        self.num_texts = len(rows)
+        self.num_tokens = sum(len(t) for t in rows)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+    def collate(self, rows) -> dict[str, torch.Tensor]:
+        """features (2B, H) = [a_1..a_B, b_1..b_B], pref (B,)."""
+        index = torch.tensor([r[0] for r in rows] + [r[1] for r in rows], dtype=torch.long)
+        return {"features": self.features[index], "pref": torch.tensor([r[2] for r in rows])}
+
+    def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        return PairDataset.loader(self, batch_size, shuffle, seed)
+
+
 def pair_rewards(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_a (B,), r_b (B,)) of a collated pair batch."""
-    rewards = model(batch["input_ids"], batch["attention_mask"])  # (2B,)
+    """(r_a (B,), r_b (B,)) of a collated pair batch (token ids, or a frozen backbone's cached features)."""
+    if "features" in batch:
+        rewards = model.head_scores(batch["features"])  # (2B,)
+    else:
+        rewards = model(batch["input_ids"], batch["attention_mask"])  # (2B,)
     b = batch["pref"].size(0)
     return rewards[:b], rewards[b:]
 
 
 @torch.no_grad()
 def evaluate_pairs(
-    model: ScalarRewardModel, dataset: PairDataset, batch_size: int = 16, tie_threshold: float = 0.5
+    model: ScalarRewardModel,
+    dataset: PairDataset | FeaturePairDataset,
+    batch_size: int = 16,
+    tie_threshold: float = 0.5,
 ) -> dict[str, float]:
     """preference_metrics over a whole dataset (eval mode, no grad)."""
     was_training = model.training
@@ -344,7 +466,8 @@ class RewardModelModule(L.LightningModule):
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def on_train_start(self) -> None:
-        self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes (a frozen
+        # backbone stays in eval: ScalarRewardModel.train)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         r_a, r_b = pair_rewards(self.model, batch)  # (B,), (B,)

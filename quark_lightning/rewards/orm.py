@@ -6,6 +6,12 @@ and is exposed as `self.model` (an nn.Module): the GRPO module registers it besi
 moves to the policy's device and is never in the optimizer. (question, answer) is rendered with the
 reward model's own chat template, exactly as in its training.
 
+Backbone of a reward model trained on demand (`train_experiment`): `backbone: tiny` (the tiny model
+built in code; the demo's default) or `backbone: policy` (`policy_model`, the run's `model` group, e.g.
+model=smollm2: by default a frozen backbone with a trained head, see reward_model_training.py). The cache
+key includes the backbone, so tiny and policy reward models never collide. A policy-backbone reward model
+costs a forward of that model per scored answer (benchmarks/results/rm_backbones.md).
+
 Scores are the raw scalar rewards (Bradley–Terry logits, unbounded, comparable within one reward
 model only); the unified optimization (Reference-Frozen Normalization) puts them on a common scale.
 """
@@ -28,9 +34,15 @@ class ORMScorer:
         dtype: str = "float32",
         train_experiment: str | None = None,
         cache_dir: str | None = None,
+        backbone: str | None = None,
+        policy_model: Any = None,
+        train_overrides: Sequence[str] | None = None,
     ):
         """`path`: a saved reward-model directory. Or leave it null and name `train_experiment` (e.g.
-        `rm_orm`): that reward model is trained once on its bundled data and cached under `cache_dir`."""
+        `rm_orm`): that reward model is trained once on its bundled data and cached under `cache_dir`,
+        on `backbone` (tiny | policy; null = the experiment's reward_model.backbone) where `policy` is
+        `policy_model` (a model config, `${model}` in a matrix), with `train_overrides` (Hydra overrides
+        of that experiment, e.g. [reward_model.pooling=mean]). All three are ignored when `path` is set."""
         if path is None:
             if not train_experiment:
                 raise ValueError(
@@ -39,7 +51,13 @@ class ORMScorer:
                 )
             from quark_lightning.reward_model_training import ensure_reward_model
 
-            path = ensure_reward_model(train_experiment, cache_dir)
+            path = ensure_reward_model(
+                train_experiment,
+                cache_dir,
+                [str(o) for o in train_overrides or []],
+                backbone=backbone,
+                model=policy_model,
+            )
         self.path = path
         self.model = ScalarRewardModel.from_pretrained(path, dtype=dtype)
         self.model.requires_grad_(False).eval()
