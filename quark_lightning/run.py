@@ -28,6 +28,7 @@ from quark_lightning.models.saving import save_policy
 from quark_lightning.models.sources import resolve_model_path
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.modules.sft import SFTDataset, SFTModule
+from quark_lightning.optim.aggregation import NEEDS_NORMALIZER
 
 # Intentional, so not worth a warning: the frozen reference and reward models stay in eval mode, and the
 # checkpoint of a manually optimized step holds the state after the step (what a resume needs).
@@ -81,7 +82,10 @@ def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The `callbacks` group plus the unified optimization's callbacks (reward rescaling, weighting)."""
     configured = list((cfg.get("callbacks") or {}).values())
-    configured += [cfg.optimization.get("normalization"), cfg.optimization.get("weighting")]
+    normalization = cfg.optimization.get("normalization")
+    if cfg.optimization.aggregator not in NEEDS_NORMALIZER:  # sum, gdpo: an experiment's RFN keys don't apply
+        normalization = None
+    configured += [normalization, cfg.optimization.get("weighting")]
     from callbacks.rng_state import RNGStateCallback  # always: resuming needs the random streams
 
     return [instantiate(c) for c in configured if c is not None] + [RNGStateCallback()]
@@ -167,6 +171,7 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt_path") is not None:  # `last` or a run dir -> <run_dir>/checkpoints/last.ckpt
         cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
     validate_config(cfg)
+    algorithm = grpo_config(cfg)  # checks its own values, before anything heavy
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)
     datamodule = build_datamodule(cfg)
@@ -196,7 +201,7 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         policy=policy,
         tokenizer=loaded.tokenizer,
         matrix=matrix,
-        config=grpo_config(cfg),
+        config=algorithm,
         rollout_engine=instantiate(cfg.rollout),
         aggregator=cfg.optimization.aggregator,
     )

@@ -4,6 +4,8 @@ sampling temperature; gradient checkpointing gives the same loss and gradients."
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import pytest
 import torch
@@ -268,3 +270,20 @@ def test_training_steps_with_checkpointing_lora_and_temperature(tiny_model_dir):
         n for n, p in module.policy.named_parameters() if p.requires_grad and not torch.equal(p, before[n])
     ]
     assert moved
+
+
+def test_bad_logprob_options_exit_2_before_any_model_loads(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [
+            sys.executable, "train.py", "+experiment=smoke", "algorithm.logprob_chunk_size=0",
+            f"run_dir={tmp_path / 'run'}", f"model.cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=repo, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "algorithm.logprob_chunk_size: got 0" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "cache").exists()  # stopped before the tiny model was built

@@ -80,6 +80,11 @@ WHEEL_SOURCES = {"smollm2": SMOLLM2}
 
 
 # ---------------------------------------------------------------------------------------------- files
+def default_cache_dir() -> str:
+    """$QUARK_CACHE, else ~/.cache/quark_lightning (what the model configs' `cache_dir` defaults to)."""
+    return os.environ.get("QUARK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "quark_lightning")
+
+
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -258,7 +263,7 @@ def resolve_model_path(model_cfg, corpus: list[str] | None = None) -> str:
     corpus: text the tiny tokenizer is trained on (only `kind: tiny` uses it).
     """
     kind = model_cfg.kind
-    cache_dir = model_cfg.cache_dir
+    cache_dir = model_cfg.get("cache_dir") or default_cache_dir()
     if kind == "tiny":
         from quark_lightning.models.tiny import ensure_tiny_model
 

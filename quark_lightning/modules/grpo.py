@@ -45,6 +45,7 @@ from quark_lightning.distributed import (
     token_level_rank_scale,
     world_size,
 )
+from quark_lightning.errors import ConfigError
 from quark_lightning.matrix import AlignmentMatrix
 from quark_lightning.matrix.guard import FailureCounter
 from quark_lightning.models.reference import (
@@ -99,9 +100,12 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         chunk = self.logprob_chunk_size
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"algorithm.logprob_chunk_size: got {chunk!r}, expected null or an integer >= 1")
+            raise ConfigError(
+                f"algorithm.logprob_chunk_size: got {chunk!r}, expected null or an integer >= 1. "
+                "Fix: pass algorithm.logprob_chunk_size=256 (or null for the full-logits path)."
+            )
         if not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(
+            raise ConfigError(
                 f"algorithm.gradient_checkpointing: got {self.gradient_checkpointing!r}, expected true or false"
             )
 
