@@ -522,4 +522,10 @@ def ensure_reward_model(
     print(f"Training the reward model of +experiment={experiment} once (cached in {run_dir})")
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
-    return run_reward_model(cfg)["reward_model_dir"]
+    from quark_lightning.checkpointing import capture_rng_state, restore_rng_state
+
+    streams = capture_rng_state()  # training it must not change the calling run's random streams:
+    try:  # a first run (trains the RM) and a rerun (finds it cached) then sample the same answers
+        return run_reward_model(cfg)["reward_model_dir"]
+    finally:
+        restore_rng_state(streams)

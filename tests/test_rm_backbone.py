@@ -318,3 +318,25 @@ def test_bad_backbone_on_the_command_line_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "reward_model.backbone: got 'qwen', expected 'tiny' or 'policy'" in proc.stderr
     assert not (tmp_path / "cache").exists()  # nothing heavy started
+
+
+def test_training_a_reward_model_on_demand_leaves_the_callers_random_streams(monkeypatch, tmp_path):
+    """A first run (which trains the matrix's reward model) and a rerun (which finds it cached) must sample
+    the same answers: training on demand may not advance the run's random streams."""
+    import random
+
+    import quark_lightning.reward_model_training as rmt
+
+    def training_that_draws(cfg):
+        torch.rand(7), random.random()
+        return {"reward_model_dir": str(tmp_path / "rm")}
+
+    monkeypatch.setattr(rmt, "run_reward_model", training_that_draws)
+    torch.manual_seed(3)
+    random.seed(3)
+    expected = (torch.rand(4), random.random())
+    torch.manual_seed(3)
+    random.seed(3)
+    rmt.ensure_reward_model("rm_orm", str(tmp_path))
+    assert torch.equal(torch.rand(4), expected[0])
+    assert random.random() == expected[1]
