@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 
-import lightning as L
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -18,13 +17,13 @@ from quark_lightning.algorithms.grpo_loss import (
     selective_log_softmax,
     token_entropy,
 )
-from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import apply_lora, load_causal_lm
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.modules.shared_prefix import checkpointing_active, split_lm_head
 from quark_lightning.rewards.format import FormatScorer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from tests.test_grpo_module import fit
 
 G, C = 3, 7
 
@@ -253,16 +252,7 @@ def test_training_steps_with_checkpointing_lora_and_temperature(tiny_model_dir):
         tiny_model_dir, lora=True, temperature=0.7, gradient_checkpointing=True, num_iterations=2
     )
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=PromptDataModule(path="bundled", prompts_per_step=2, val_fraction=0.0))
+    trainer = fit(module, steps=2)  # the GRPO module tests' quiet 1-device fit
     assert trainer.global_step == 2
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["loss"]) and float(metrics["entropy"]) > 0

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
-from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.rewards.format import FormatScorer
 from quark_lightning.rollout.base import render_prompts
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from tests.test_grpo_module import fit
 
 MAX_PROMPT = 48
 LATEST = "What dose of ibuprofen is safe?"
@@ -87,14 +86,5 @@ def test_grpo_logs_truncated_prompt_ratio(tiny_model_dir, max_prompt_length, rat
         GRPOConfig(num_generations=2, beta=0.0, lr=1e-3),
         HFGenerateEngine(max_new_tokens=4, max_prompt_length=max_prompt_length),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=PromptDataModule(path="bundled", prompts_per_step=2, val_fraction=0.0))
+    trainer = fit(module, steps=1)  # the GRPO module tests' quiet 1-device fit
     assert float(trainer.callback_metrics["prompts/truncated_ratio"]) == pytest.approx(ratio)
