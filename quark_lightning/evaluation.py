@@ -174,26 +174,25 @@ def _dir_name(name: str) -> str:
 
 def healthbench_beside(cfg: DictConfig, prompts: list[dict[str, Any]], answers: list[str]) -> dict | None:
     """The HealthBench score (met points / positive points, mean clipped to [0, 1]) of prompts converted
-    from HealthBench, reported beside the matrix metrics when `healthbench.matcher` is set."""
+    from HealthBench, reported beside the matrix metrics when `healthbench.grader` is set. Criteria the
+    grader could not decide (judge down, reply that does not parse) count as not met and are reported
+    as `ungraded`."""
     hb_cfg = cfg.get("healthbench") or {}
-    if not hb_cfg.get("matcher"):
+    if not hb_cfg.get("grader"):
         return None
     from quark_lightning.data.healthbench import HealthBenchScorer, healthbench_score
 
-    kwargs = hb_cfg.get("matcher_kwargs") or {}
+    kwargs = hb_cfg.get("grader_kwargs") or {}
     kwargs = OmegaConf.to_container(kwargs) if OmegaConf.is_config(kwargs) else dict(kwargs)
-    scorer = HealthBenchScorer(hb_cfg.matcher, kwargs)
-    rows = [(p, a, scorer.criteria(p)) for p, a in zip(prompts, answers)]
-    rows = [r for r in rows if r[2]]
-    if not rows:
+    scorer = HealthBenchScorer(hb_cfg.grader, cfg.get("judge"), kwargs)
+    graded = [(items, verdicts) for items, verdicts in scorer.grade(prompts, answers) if items]
+    if not graded:
         return None
-    hits = scorer.matcher.match([(item, a) for _, a, items in rows for item in items])
-    met, start = [], 0
-    for _, _, items in rows:
-        met.append(hits[start : start + len(items)])
-        start += len(items)
-    result = healthbench_score(met, [items for _, _, items in rows], seed=int(cfg.seed))
+    met = [[bool(v.met) for v in verdicts] for _, verdicts in graded]
+    result = healthbench_score(met, [items for items, _ in graded], seed=int(cfg.seed))
     result.pop("per_example", None)
+    result["grader"] = str(hb_cfg.grader)
+    result["ungraded"] = sum(v.error is not None for _, verdicts in graded for v in verdicts)
     return result
 
 

@@ -121,7 +121,7 @@ def scorer(kb_path):
 
 
 def verdicts(scorer, answer, prompt=PROMPT):
-    return [(j.assertion.text, j.verdict) for j in scorer.judge([prompt], [answer])[0]]
+    return [(j.assertion.text, j.verdict) for j in scorer.judgements([prompt], [answer])[0]]
 
 
 # ------------------------------------------------------------------------------------------- the must-show
@@ -156,7 +156,7 @@ def test_polarity_claim_refutes_and_supports(scorer):
     assert verdicts(scorer, "Antibiotics do not help colds.") == [
         ("Antibiotics do not help colds", SUPPORTED)
     ]
-    judgement = scorer.judge([PROMPT], ["Antibiotics cure a cold."])[0][0]
+    judgement = scorer.judgements([PROMPT], ["Antibiotics cure a cold."])[0][0]
     assert judgement.evidence_id == "kb-inf-001" and judgement.claim.entity == "antibiotics"
 
 
@@ -214,7 +214,7 @@ def test_quantity_nearest_to_the_claim_keyword_is_compared(scorer):
         "Adults should do 150 to 300 minutes of moderate aerobic activity a week, "
         "or 75 to 150 minutes of vigorous activity."
     )
-    judgement = scorer.judge([PROMPT], [answer])[0][0]
+    judgement = scorer.judgements([PROMPT], [answer])[0][0]
     assert judgement.verdict == SUPPORTED and "150 to 300 minutes" in judgement.reason
     bad = "Take 500 mg to 1 g every 4 to 6 hours, up to 8 g of paracetamol a day."
     assert verdicts(scorer, bad)[0][1] == REFUTED
@@ -309,7 +309,7 @@ def test_prompt_facts_are_always_evidence(kb_path):
 def test_bad_arguments_say_what_to_fix(kb_path):
     with pytest.raises(ConfigError, match="aggregate"):
         AssertionScorer(knowledge_base=kb_path, aggregate="mean")
-    with pytest.raises(ConfigError, match="judge_model"):
+    with pytest.raises(ConfigError, match="verifier 'llm' needs a judge: judge=local judge.model="):
         AssertionScorer(knowledge_base=kb_path, verifier="llm")
     with pytest.raises(ConfigError, match="retriever"):
         AssertionScorer(knowledge_base=kb_path, retriever="tfidf")
@@ -413,7 +413,7 @@ def test_kb_validation_reports_file_line_field(tmp_path):
         ("NOT_ENOUGH_INFO", NOT_ENOUGH_INFO),
         ("not enough information", NOT_ENOUGH_INFO),
         ("not supported", NOT_ENOUGH_INFO),
-        ("zxq qq", NOT_ENOUGH_INFO),
+        ("zxq qq", None),  # no verdict word: the answer becomes a failed sample, not a silent verdict
     ],
 )
 def test_parse_verdict(reply, verdict):
@@ -448,19 +448,36 @@ def tiny_judge_dir(tmp_path_factory):
 
 
 def test_llm_judge_plumbing_on_a_tiny_local_model(kb_path, tiny_judge_dir):
+    """A random-weight judge replies gibberish: every asked assertion is an error, never a guessed verdict."""
     scorer = AssertionScorer(knowledge_base=kb_path, verifier="llm", judge_model=tiny_judge_dir, top_k=1)
     answers = ["Antibiotics cure a cold. Paracetamol: up to 8 g a day.", "Rest well."]
-    judgements = scorer.judge([PROMPT, PROMPT], answers)
+    judgements = scorer.judgements([PROMPT, PROMPT], answers)
     assert [len(js) for js in judgements] == [2, 1]
-    assert all(j.verdict in VERDICTS for js in judgements for j in js)
+    for j in (j for js in judgements for j in js):
+        assert j.verdict in VERDICTS
+        assert j.error is None or j.verdict == NOT_ENOUGH_INFO
     result = scorer.score([PROMPT, PROMPT], answers)
-    assert set(result.scores.tolist()) <= {0.0, -1.0}
-    assert result.findings[1][-1].startswith("checked ")
+    asked = [i for i, js in enumerate(judgements) if any(j.error for j in js)]
+    assert sorted(result.failures) == asked
+    assert all("judge reply has no verdict word" in why for why in result.failures.values())
 
 
-def test_llm_judge_replies_become_scores_and_findings(kb_path, tiny_judge_dir, monkeypatch):
-    scorer = AssertionScorer(knowledge_base=kb_path, verifier="llm", judge_model=tiny_judge_dir, top_k=1)
-    monkeypatch.setattr(scorer.verifier, "generate", lambda prompts: ["REFUTED"] * len(prompts))
+def test_llm_judge_replies_become_scores_and_findings(kb_path):
+    from judge_fixtures import ScriptedJudge
+
+    refute = ScriptedJudge(lambda text: "REFUTED")
+    scorer = AssertionScorer(knowledge_base=kb_path, verifier="llm", judge=refute, top_k=1)
     result = scorer.score([PROMPT], ["Antibiotics cure a cold."])
-    assert result.scores.tolist() == [-1.0]
+    assert result.scores.tolist() == [-1.0] and result.failures == {}
     assert result.findings[0][0] == "refuted: \"Antibiotics cure a cold\" vs kb-inf-001: judge said 'REFUTED'"
+    assert "Statement: Antibiotics cure a cold" in refute.asked[0] and "[kb-inf-001]" in refute.asked[0]
+
+
+def test_llm_judge_without_a_verdict_fails_the_sample(kb_path):
+    from judge_fixtures import ScriptedJudge
+
+    judge = ScriptedJudge(lambda text: None if "cold" in text else "maybe")
+    scorer = AssertionScorer(knowledge_base=kb_path, verifier="llm", judge=judge, top_k=1)
+    result = scorer.score([PROMPT, PROMPT], ["Antibiotics cure a cold.", "Paracetamol: up to 8 g a day."])
+    assert result.failures[0].endswith("scripted failure")
+    assert "no verdict word: 'maybe'" in result.failures[1]

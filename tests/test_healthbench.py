@@ -238,7 +238,7 @@ def test_scorer_with_stub_matcher():
     }
     no_rubric = {"id": "own-2", "messages": records[0]["messages"]}
     stub = StubMatcher()
-    scorer = HealthBenchScorer(matcher=stub)
+    scorer = HealthBenchScorer(grader=stub)
     result = scorer.score([records[0], records[1], no_hb, no_rubric], ["c1 c2 c4", "c5", "x", "c1"])
     assert stub.calls == 1
     scores = result.scores.tolist()
@@ -255,7 +255,7 @@ def test_scorer_with_stub_matcher():
 def test_scorer_matches_healthbench_score():
     records = load_healthbench(FIXTURE)
     answers = ["c1 c3", "c1 c2 c5", "c4", "c1 c2 c3", "c1 c4", "c2"]
-    result = HealthBenchScorer(matcher=StubMatcher()).score(records, answers)
+    result = HealthBenchScorer(grader=StubMatcher()).score(records, answers)
     met = [[i["id"] in a.split() for i in r["rubric"]] for r, a in zip(records, answers)]
     expected = healthbench_score(met, [r["rubric"] for r in records])["per_example"]
     assert result.scores.tolist() == pytest.approx(expected)
@@ -263,18 +263,20 @@ def test_scorer_matches_healthbench_score():
 
 def test_scorer_axes_restriction():
     (record,) = load_healthbench(FIXTURE)[:1]
-    scorer = HealthBenchScorer(matcher=StubMatcher(), axes=["completeness"])
+    scorer = HealthBenchScorer(grader=StubMatcher(), axes=["completeness"])
     assert scorer.score([record], ["c2"]).scores.tolist() == pytest.approx([5 / 8])
 
 
 def test_scorer_builds_named_matchers():
     records = load_healthbench(FIXTURE)
-    regex = HealthBenchScorer(matcher="regex")
-    assert isinstance(regex.matcher, RegexMatcher)
+    regex = HealthBenchScorer(grader="regex")
+    assert isinstance(regex.grader.matcher, RegexMatcher)
     # converted rows carry no patterns: regex meets nothing, so each score is 0
     assert regex.score(records[:2], ["call emergency services", "ORS"]).scores.tolist() == [0.0, 0.0]
-    with pytest.raises(ValueError, match="judge_model"):
-        HealthBenchScorer()  # default "llm" needs a judge model
+    with pytest.raises(ValueError, match="published HealthBench grader needs a judge"):
+        HealthBenchScorer()  # the default, the published grader, needs the run's judge
+    with pytest.raises(ValueError, match="expected one of published, llm_answer_only"):
+        HealthBenchScorer(grader="llm")
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -316,8 +318,9 @@ def test_healthbench_score_is_reported_beside_ours(tmp_path):
     from quark_lightning.evaluation import healthbench_beside
 
     prompts = load_healthbench(str(FIXTURE))
-    cfg = OmegaConf.create({"seed": 0, "healthbench": {"matcher": "regex", "matcher_kwargs": {}}})
+    cfg = OmegaConf.create({"seed": 0, "healthbench": {"grader": "regex", "grader_kwargs": {}}})
     result = healthbench_beside(cfg, prompts, ["anything"] * len(prompts))
     # regex meets nothing on converted rows (no patterns): every example scores 0, so the overall is 0
     assert result["overall"] == 0.0 and result["n"] == len(prompts) and "axes" in result
+    assert result["grader"] == "regex" and result["ungraded"] == 0
     assert healthbench_beside(OmegaConf.create({"seed": 0}), prompts, ["x"] * len(prompts)) is None

@@ -36,13 +36,26 @@ def test_semantic_matcher_finds_the_paraphrase():
     assert hits == [True, False]
 
 
-def test_llm_judge_matcher_plumbing(tiny_model_dir):
-    matcher = LLMJudgeMatcher(tiny_model_dir)
-    assert "Criterion: Advises cutting down on salt" in matcher.prompt(ITEM, "Reduce sodium.")
-    hits = matcher.match([(ITEM, "Eat less salt."), (ITEM, "Reduce sodium.")])
-    assert hits[0] is True and isinstance(hits[1], bool)  # the regex settles the first without the judge
-    with pytest.raises(ValueError, match="needs matcher_kwargs.judge_model"):
+def test_llm_judge_matcher_asks_only_what_the_regex_leaves_open():
+    from judge_fixtures import ScriptedJudge
+
+    judge = ScriptedJudge(lambda text: "Yes." if "sodium" in text else "I think so")
+    matcher = LLMJudgeMatcher(judge)
+    verdicts = matcher.match_verdicts([(ITEM, "Eat less salt."), (ITEM, "Reduce sodium."), (ITEM, "Walk.")])
+    assert [v.met for v in verdicts] == [True, True, None]  # regex; judge YES; a reply that does not parse
+    assert "does not parse as YES or NO: 'I think so'" in verdicts[2].error
+    assert len(judge.asked) == 2 and "Criterion: Advises cutting down on salt" in judge.asked[0]
+    with pytest.raises(ValueError, match="rubric matcher 'llm' needs a judge"):
         build_matcher("llm")
+
+
+def test_rubric_scorer_reports_an_unjudged_answer_as_failed():
+    from judge_fixtures import ScriptedJudge
+
+    scorer = RubricScorer(matcher="llm", judge=ScriptedJudge(lambda text: None if "Walk" in text else "NO"))
+    out = scorer.score([PROMPT, PROMPT], ["Walk daily.", "Sleep."])
+    assert out.failures == {0: "rubric item e1: scripted failure"}
+    assert out.scores.tolist()[1] == 0.0 and "missed essential e1" in out.findings[1][0]
 
 
 def test_reference_scaling_subtracts_the_reference_mean():

@@ -26,11 +26,11 @@ Per-axis scores are computed the same way on each axis's criteria alone, over th
 least one positive criterion on that axis. The optional length adjustment is not applied.
 
 `HealthBenchScorer` is a matrix scorer returning the unclipped per-example score; which criteria an
-answer meets is decided by a rubric matcher (`rubric_matchers.py`): `llm` (default, needs
-`matcher_kwargs.judge_model`), `semantic`, or `regex`. The regex matcher only sees the items' `any`
-patterns, which converted HealthBench rows leave empty, so with it nothing is ever met: use it only for
-rows that carry patterns. The LLM matcher sees the final answer and the criterion, not the whole
-conversation as the HealthBench grader does.
+answer meets is decided by a grader (rewards/healthbench_grader.py): `published` (default: HealthBench's
+protocol, the whole conversation and one rubric item to the run's `judge`, a JSON `criteria_met`
+verdict), or the named alternatives `llm_answer_only`, `semantic` and `regex`, which are not the
+published method. The regex grader only sees the items' `any` patterns, which converted HealthBench rows
+leave empty, so with it nothing is ever met: use it only for rows that carry patterns.
 
 `AXIS_TO_DIMENSION` maps the five axes onto our matrix dimensions (an interpretation, not part of
 HealthBench).
@@ -275,22 +275,25 @@ def healthbench_score(
 class HealthBenchScorer:
     """Matrix scorer: the unclipped HealthBench score of each answer (NaN without HealthBench criteria).
 
-    `matcher` is a matcher name for `build_matcher` (`llm`, `semantic`, `regex`) or any object with
-    `.match(pairs) -> list[bool]`. `axes`, when given, restricts scoring to those axes' criteria (e.g.
-    the axes that `AXIS_TO_DIMENSION` maps to one dimension).
+    `grader` is a name for `build_grader` (rewards/healthbench_grader.py): `published` (the default:
+    HealthBench's protocol through the run's `judge`), or `llm_answer_only`, `semantic`, `regex`
+    (named alternatives that are not the published method), or any object with `.grade(triples)` or
+    `.match(pairs)`. `axes`, when given, restricts scoring to those axes' criteria (e.g. the axes that
+    `AXIS_TO_DIMENSION` maps to one dimension). An answer with a criterion the grader could not decide
+    is a failed sample (ScoreResult.failures).
     """
 
     def __init__(
         self,
-        matcher: str | Any = "llm",
-        matcher_kwargs: dict[str, Any] | None = None,
+        grader: str | Any = "published",
+        judge: Any = None,
+        grader_kwargs: dict[str, Any] | None = None,
         axes: Sequence[str] | None = None,
     ):
-        if isinstance(matcher, str):
-            from quark_lightning.rewards.rubric_matchers import build_matcher
+        from quark_lightning.rewards.healthbench_grader import build_grader
 
-            matcher = build_matcher(matcher, **dict(matcher_kwargs or {}))
-        self.matcher = matcher
+        self.grader = build_grader(grader, judge, **dict(grader_kwargs or {}))
+        self.llm_judge = getattr(self.grader, "judge", None)
         self.axes = set(axes) if axes is not None else None
 
     def criteria(self, prompt: dict[str, Any]) -> list[dict[str, Any]]:
@@ -312,23 +315,31 @@ class HealthBenchScorer:
             return math.nan, findings + ["no positive criteria: HealthBench score undefined"]
         return achieved / possible, findings
 
-    def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
+    def grade(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]):
+        """Per prompt: its criteria and the grader's Verdict on each (one batched grader call)."""
         per_prompt = [self.criteria(p) for p in prompts]
-        pairs = [
-            (item, answer) for items, answer in zip(per_prompt, completions, strict=True) for item in items
+        triples = [
+            (p.get("messages") or [], answer, item)
+            for p, items, answer in zip(prompts, per_prompt, completions, strict=True)
+            for item in items
         ]
-        all_hits = list(self.matcher.match(pairs)) if pairs else []  # one batched call
-        scores, findings, start = [], [], 0
-        for items in per_prompt:
+        verdicts = iter(self.grader.grade(triples) if triples else [])
+        return [(items, [next(verdicts) for _ in items]) for items in per_prompt]
+
+    def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
+        scores, findings, failures = [], [], {}
+        for i, (items, verdicts) in enumerate(self.grade(prompts, completions)):
             if not items:
                 scores.append(math.nan)
                 findings.append([])
                 continue
-            s, f = self.score_one(items, all_hits[start : start + len(items)])
-            start += len(items)
+            bad = [(item, v) for item, v in zip(items, verdicts) if v.error is not None]
+            if bad:
+                failures[i] = f"criterion {bad[0][0].get('id', '?')}: {bad[0][1].error}"
+            s, f = self.score_one(items, [bool(v.met) for v in verdicts])
             scores.append(s)
             findings.append(f)
-        return ScoreResult.from_lists(scores, findings)
+        return ScoreResult.from_lists(scores, findings, failures)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -17,8 +17,9 @@ default of every dimension; `matrix.dimensions.NAME.on_failure` overrides single
                       fail at once instead of starting another thread
 
 What is a failure (per sample): the call raised, timed out, returned something that is not a
-ScoreResult of the right shape (N scores, N findings lists), or the sample's score is +-inf (or NaN
-with `nan_is_failure`). A NaN returned by the scorer is otherwise its declaration "does not apply"
+ScoreResult of the right shape (N scores, N findings lists), the scorer reported the sample in
+`ScoreResult.failures` (an LLM judge that timed out, answered 5xx or gave a reply that does not parse,
+after the judge client's own retries), or the sample's score is +-inf (or NaN with `nan_is_failure`). A NaN returned by the scorer is otherwise its declaration "does not apply"
 (DESIGN.md section 4) and is not counted. Failed samples are NaN in `MatrixScores.scores`, True in
 `MatrixScores.failed` (so they stay distinguishable from not-applicable ones), and their findings read
 "scorer failed: <reason>". Gates look at `failed` (see `Gate.on_failure`): a failed sample is never
@@ -164,8 +165,10 @@ def run_in_thread(fn: Callable[[], Any], timeout_s: float, name: str) -> Any:
     return box["value"]
 
 
-def checked_result(result: Any, n: int) -> tuple[torch.Tensor, list[list[str]]]:
-    """A scorer's return value as ((n,) float32 scores, n findings lists); raises _CallFailed if malformed."""
+def checked_result(result: Any, n: int) -> tuple[torch.Tensor, list[list[str]], dict[int, str]]:
+    """A scorer's return value as ((n,) float32 scores, n findings lists, {sample: why it failed});
+    raises _CallFailed if malformed. The failures are those the scorer reports itself (ScoreResult.failures,
+    e.g. a judge request that timed out)."""
     if not hasattr(result, "scores") or not hasattr(result, "findings"):
         raise _CallFailed(f"returned {type(result).__name__}, expected a ScoreResult(scores, findings)")
     try:
@@ -178,7 +181,10 @@ def checked_result(result: Any, n: int) -> tuple[torch.Tensor, list[list[str]]]:
     if not isinstance(findings, Sequence) or len(findings) != n:
         size = len(findings) if isinstance(findings, Sequence) else type(findings).__name__
         raise _CallFailed(f"returned {size} findings lists for {n} samples")
-    return scores, [list(f) for f in findings]
+    failures = getattr(result, "failures", None) or {}
+    if not isinstance(failures, Mapping) or not all(isinstance(i, int) and 0 <= i < n for i in failures):
+        raise _CallFailed(f"returned failures {failures!r}, expected a mapping sample index -> reason")
+    return scores, [list(f) for f in findings], {int(i): str(r) for i, r in failures.items()}
 
 
 def sample_fault(value: float, nan_is_failure: bool) -> str | None:
@@ -215,7 +221,7 @@ class ScorerGuard:
         self._warned = False
 
     # one call of the scorer on a subset; -> ((n,) scores, findings) or raises _CallFailed
-    def _call(self, prompts: Sequence[dict], completions: Sequence[str]) -> tuple[torch.Tensor, list]:
+    def _call(self, prompts: Sequence[dict], completions: Sequence[str]) -> tuple[torch.Tensor, list, dict]:
         self._hung = [t for t in self._hung if t.is_alive()]
         if len(self._hung) >= self.policy.max_hung_calls:
             raise _CallFailed(
@@ -242,7 +248,7 @@ class ScorerGuard:
     def _score_subset(self, idx: list[int], prompts, completions, out: GuardedResult) -> None:
         """Score samples `idx` in one call; when the whole call fails, score each sample alone."""
         try:
-            scores, findings = self._call([prompts[i] for i in idx], [completions[i] for i in idx])
+            scores, findings, failures = self._call([prompts[i] for i in idx], [completions[i] for i in idx])
         except _CallFailed as failure:
             if len(idx) > 1:
                 for i in idx:
@@ -251,7 +257,7 @@ class ScorerGuard:
                 out.reasons.update(dict.fromkeys(idx, failure.reason))
             return
         for j, i in enumerate(idx):
-            fault = sample_fault(float(scores[j]), self.policy.nan_is_failure)
+            fault = failures.get(j) or sample_fault(float(scores[j]), self.policy.nan_is_failure)
             if fault is not None:
                 out.reasons[i] = fault
             else:

@@ -162,13 +162,36 @@ class AlignmentMatrix:
         return [(k, d.gate) for k, d in enumerate(self.dimensions) if d.gate is not None]
 
     def torch_modules(self) -> dict[str, torch.nn.Module]:
-        """Learned reward models held by scorers (frozen; registered beside the policy)."""
-        out = {}
+        """Learned reward models and in-process judge models held by scorers (frozen; registered beside
+        the policy so Lightning puts them on each rank's device). A judge shared by several dimensions
+        is registered once, as `judge_<first dimension using it>`."""
+        out: dict[str, torch.nn.Module] = {}
         for dim in self.dimensions:
             module = getattr(dim.scorer, "model", None)
             if isinstance(module, torch.nn.Module):
                 out[dim.name] = module
+        for name, judge in self.judges().items():
+            module = getattr(judge, "model", None)
+            if isinstance(module, torch.nn.Module) and all(m is not module for m in out.values()):
+                out[f"judge_{name}"] = module
         return out
+
+    def judges(self) -> dict[str, Any]:
+        """The LLM judges the scorers ask, by the first dimension using each (shared judges once)."""
+        out: dict[str, Any] = {}
+        for dim in self.dimensions:
+            judge = getattr(dim.scorer, "llm_judge", None)
+            if judge is not None and all(j is not judge for j in out.values()):
+                out[dim.name] = judge
+        return out
+
+    def judge_stats(self) -> dict[str, int]:
+        """Summed counters of every judge: requests sent, cache hits and misses, failed replies."""
+        total = {"requests": 0, "cache_hits": 0, "cache_misses": 0, "failures": 0}
+        for judge in self.judges().values():
+            for key, value in judge.stats().items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> MatrixScores:
         if len(prompts) != len(completions):

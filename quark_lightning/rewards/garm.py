@@ -31,9 +31,10 @@ Verifiers:
   dangerous" gets no verdict: the rules err towards not refuting, since a false refutation punishes
   a correct answer.
   Any refuting claim wins over supporting ones; no relevant claim -> not_enough_info.
-- "llm" asks a causal LM (any hub name or local directory) for one word, SUPPORTED / REFUTED /
-  NOT_ENOUGH_INFO, given the assertion and the evidence texts; greedy decoding; anything else ->
-  not_enough_info.
+- "llm" asks the run's LLM judge (the `judge` config group: an in-process HF causal LM or any
+  OpenAI-compatible server) for one word, SUPPORTED / REFUTED / NOT_ENOUGH_INFO, given the assertion and
+  the evidence texts; greedy. A reply with none of those words, or no reply (timeout, server error),
+  makes the answer a failed sample of the dimension (counted by the guard), not a silent verdict.
 
 Findings (the "attributable diagnosis"): one line per refuted assertion naming the evidence id and why,
 and a summary `checked 3 assertions: 2 supported, 1 refuted, 4 not enough information`.
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ class Judgement:
     evidence_id: str | None = None  # the entry that decided the verdict
     claim: Claim | None = None  # the claim that decided it (rule verifier)
     reason: str = ""
+    error: str | None = None  # the judge gave no verdict (the answer is then a failed sample)
 
 
 class Verifier(Protocol):
@@ -167,71 +169,51 @@ _VERDICT_WORD = re.compile(
 )
 
 
-def parse_verdict(text: str) -> str:
-    """The first verdict word in the judge's output; 'not supported' or anything else -> not_enough_info."""
+def parse_verdict(text: str) -> str | None:
+    """The first verdict word in the judge's output ('not supported' -> not_enough_info); None if none."""
     m = _VERDICT_WORD.search(text)
-    word = m.group(1).lower() if m else ""
+    if m is None:
+        return None
+    word = m.group(1).lower()
     return {"supported": SUPPORTED, "refuted": REFUTED}.get(word, NOT_ENOUGH_INFO)
 
 
+def judge_messages(assertion: Assertion, evidence: Sequence[EvidenceEntry]) -> list[dict[str, str]]:
+    listed = "\n".join(f"[{e.id}] {e.text}" for e in evidence)
+    content = JUDGE_INSTRUCTION.format(evidence=listed, statement=assertion.text)
+    return [{"role": "user", "content": content}]
+
+
 class LLMJudgeVerifier:
-    """Generative verdicts from any causal LM, loaded through the one loading path."""
+    """Generative verdicts from the run's LLM judge (`judge` group: in-process HF model or a server).
 
-    def __init__(
-        self,
-        judge_model: str,
-        trust_remote_code: bool = False,
-        dtype: str = "float32",
-        device: str | None = None,
-        batch_size: int = 8,
-        max_new_tokens: int = 8,
-    ):
-        from quark_lightning.models.loading import load_causal_lm
+    No reply (timeout, server error) or a reply without a verdict word gives a Judgement with `error`
+    set; the scorer then reports the answer as failed (the guard counts it) instead of guessing.
+    """
 
-        loaded = load_causal_lm(judge_model, dtype=dtype, trust_remote_code=trust_remote_code)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = loaded.model.to(self.device).eval()
-        self.tokenizer = loaded.tokenizer
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+    def __init__(self, judge: Any):
+        from quark_lightning.judges import build_judge
 
-    def prompt(self, assertion: Assertion, evidence: Sequence[EvidenceEntry]) -> str:
-        listed = "\n".join(f"[{e.id}] {e.text}" for e in evidence)
-        content = JUDGE_INSTRUCTION.format(evidence=listed, statement=assertion.text)
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-
-    @torch.no_grad()
-    def generate(self, prompts: Sequence[str]) -> list[str]:
-        outputs = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = self.tokenizer(
-                list(prompts[start : start + self.batch_size]),
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(self.device)
-            ids = self.model.generate(
-                **batch,
-                do_sample=False,
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )  # (B, T + new)
-            new = ids[:, batch["input_ids"].shape[1] :]  # (B, new)
-            outputs += self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return outputs
+        self.judge = judge if hasattr(judge, "complete") else build_judge(judge)
 
     def verify_many(self, items: Sequence[tuple[Assertion, list[EvidenceEntry]]]) -> list[Judgement]:
         asked = [i for i, (_, ev) in enumerate(items) if ev]  # no evidence: nothing to ask
-        replies = dict(zip(asked, self.generate([self.prompt(*items[i]) for i in asked])))
+        replies = dict(
+            zip(asked, self.judge.complete([judge_messages(*items[i]) for i in asked]), strict=True)
+        )
         judgements = []
         for i, (assertion, evidence) in enumerate(items):
             reply = replies.get(i)
             if reply is None:
                 judgements.append(Judgement(assertion, NOT_ENOUGH_INFO, reason="no evidence retrieved"))
                 continue
-            reason = f"judge said {reply.strip()[:60]!r}"
-            judgements.append(Judgement(assertion, parse_verdict(reply), evidence[0].id, reason=reason))
+            verdict = parse_verdict(reply.text) if reply.ok else None
+            if verdict is None:
+                error = reply.error or f"judge reply has no verdict word: {reply.text.strip()[:80]!r}"
+                judgements.append(Judgement(assertion, NOT_ENOUGH_INFO, reason=error, error=error))
+                continue
+            reason = f"judge said {reply.text.strip()[:60]!r}"
+            judgements.append(Judgement(assertion, verdict, evidence[0].id, reason=reason))
         return judgements
 
 
@@ -252,13 +234,19 @@ AGGREGATES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def build_verifier(name: str, judge_model: str | None, **judge_kwargs: Any) -> Verifier:
+def build_verifier(name: str, judge: Any = None, judge_model: str | None = None) -> Verifier:
+    """`rules`, or `llm` with the run's judge (`judge_model` = shorthand for a local judge on that model)."""
     if name == "rules":
         return RuleVerifier()
     if name == "llm":
-        if not judge_model:
-            raise ConfigError("verifier 'llm' needs judge_model=<hub name or local directory of a causal LM>")
-        return LLMJudgeVerifier(judge_model, **judge_kwargs)
+        if judge_model:
+            judge = {"kind": "local", "model": judge_model, "max_tokens": 8}
+        if judge is None or (isinstance(judge, Mapping) and not judge.get("model")):
+            raise ConfigError(
+                "verifier 'llm' needs a judge: judge=local judge.model=<dir or hub name>, or judge=openai "
+                "judge.base_url=http://HOST:PORT/v1 judge.model=<name> (or judge_model=<dir> for a local one)"
+            )
+        return LLMJudgeVerifier(judge)
     raise ConfigError(f"verifier: got {name!r}, expected 'rules' or 'llm'")
 
 
@@ -295,8 +283,7 @@ class AssertionScorer:
         verifier: str = "rules",
         judge_model: str | None = None,
         aggregate: str = "zero_tolerance",
-        judge_trust_remote_code: bool = False,
-        judge_device: str | None = None,
+        judge: Any = None,
     ):
         if aggregate not in AGGREGATES:
             raise ConfigError(f"aggregate: got {aggregate!r}, expected one of {', '.join(AGGREGATES)}")
@@ -306,9 +293,8 @@ class AssertionScorer:
         self.by_id = {e.id: e for e in self.entries}
         self.retriever = build_retriever(retriever, self.entries) if self.entries else None
         self.top_k = top_k
-        self.verifier = build_verifier(
-            verifier, judge_model, trust_remote_code=judge_trust_remote_code, device=judge_device
-        )
+        self.verifier = build_verifier(verifier, judge, judge_model)
+        self.llm_judge = getattr(self.verifier, "judge", None)  # None with verifier=rules
         self.aggregate = AGGREGATES[aggregate]
 
     def evidence_for(self, prompts: Sequence[dict[str, Any]], assertions: Sequence[list[Assertion]]):
@@ -325,7 +311,9 @@ class AssertionScorer:
             evidence.append(per_answer)
         return evidence
 
-    def judge(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> list[list[Judgement]]:
+    def judgements(
+        self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]
+    ) -> list[list[Judgement]]:
         """Every assertion's verdict, per answer: the attributable record behind the scores."""
         assertions = [split_assertions(c) for c in completions]
         evidence = self.evidence_for(prompts, assertions)
@@ -336,7 +324,7 @@ class AssertionScorer:
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
         if not self.entries:
             return ScoreResult(torch.full((len(completions),), math.nan), [[] for _ in completions])
-        judgements = self.judge(prompts, completions)
+        judgements = self.judgements(prompts, completions)
         counts = torch.tensor(
             [[sum(j.verdict == v for j in js) for v in (SUPPORTED, REFUTED)] for js in judgements],
             dtype=torch.float32,
@@ -346,4 +334,9 @@ class AssertionScorer:
             findings_for(js, [f for f in p.get("facts") or [] if f not in self.by_id])
             for p, js in zip(prompts, judgements, strict=True)
         ]
-        return ScoreResult(scores, findings)
+        failures = {
+            i: f'assertion "{bad[0].assertion.text[:60]}": {bad[0].error}'
+            for i, js in enumerate(judgements)
+            if (bad := [j for j in js if j.error is not None])
+        }
+        return ScoreResult(scores, findings, failures)

@@ -14,8 +14,9 @@ with weights w_E : w_I : w_H : w_P = 2 : 1 : 1 : 2 by default, and two guards:
   so padding an answer with many minor points cannot outweigh the essentials.
 
 An item is met when any of its `any` regular expressions matches the answer (case-insensitive); with
-`matcher: semantic` or `matcher: llm` a MiniLM similarity or an LLM judge can also find it met
-(rubric_matchers.py). With `reference_scaling`, a prompt's `rubric_reference_mean` (the mean score of
+`matcher: semantic` or `matcher: llm` a MiniLM similarity or the run's LLM judge (`judge` group) can
+also find it met (rubric_matchers.py); an answer whose judge verdict failed is reported as a failed
+sample (ScoreResult.failures), not scored as if the item were missed. With `reference_scaling`, a prompt's `rubric_reference_mean` (the mean score of
 reference answers to it, QuarkMedBench-style) is subtracted, so the score says "better or worse than
 the reference models on this prompt".
 Prompts without a rubric get NaN (not applicable). Findings name every missed essential, every hit
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quark_lightning.rewards.base import ScoreResult
-from quark_lightning.rewards.rubric_matchers import build_matcher
+from quark_lightning.rewards.rubric_matchers import build_matcher, match_verdicts
 
 ITEM_TYPES = ("essential", "important", "highlight", "pitfall")
 
@@ -44,6 +45,7 @@ class RubricScorer:
         matcher: str = "regex",
         matcher_kwargs: dict[str, Any] | None = None,
         reference_scaling: bool = False,
+        judge: Any = None,
     ):
         self.weights = {"essential": 2.0, "important": 1.0, "highlight": 1.0, "pitfall": 2.0}
         if weights:
@@ -54,7 +56,11 @@ class RubricScorer:
         self.truncation = truncation
         self.min_essential_ratio = min_essential_ratio
         self.saturation_ratio = saturation_ratio
-        self.matcher = build_matcher(matcher, **dict(matcher_kwargs or {}))
+        kwargs = dict(matcher_kwargs or {})
+        if matcher == "llm" and judge is not None and "judge_model" not in kwargs:
+            kwargs["judge"] = judge  # the run's `judge` group
+        self.matcher = build_matcher(matcher, **kwargs)
+        self.llm_judge = getattr(self.matcher, "judge", None)  # None unless matcher=llm
         self.reference_scaling = reference_scaling
 
     def score_one(
@@ -102,20 +108,24 @@ class RubricScorer:
             for p, answer in zip(prompts, completions, strict=True)
             for item in p.get("rubric") or []
         ]
-        all_hits = self.matcher.match(pairs)  # one batched call for every (item, answer) of the batch
-        scores, findings, start = [], [], 0
-        for prompt, answer in zip(prompts, completions):
+        verdicts = match_verdicts(self.matcher, pairs)  # one batched call for every (item, answer)
+        scores, findings, failures, start = [], [], {}, 0
+        for i, (prompt, answer) in enumerate(zip(prompts, completions)):
             rubric = prompt.get("rubric") or []
             if not rubric:
                 scores.append(math.nan)
                 findings.append([])
                 continue
-            s, f = self.score_one(rubric, answer, all_hits[start : start + len(rubric)])
+            own = verdicts[start : start + len(rubric)]
             start += len(rubric)
+            bad = [(item, v) for item, v in zip(rubric, own) if v.error is not None]
+            if bad:
+                failures[i] = f"rubric item {bad[0][0].get('id', '?')}: {bad[0][1].error}"
+            s, f = self.score_one(rubric, answer, [bool(v.met) for v in own])
             mean = prompt.get("rubric_reference_mean")
             if self.reference_scaling and isinstance(mean, (int, float)):
                 f.append(f"scaled against the reference mean {mean:g}: {s:.3f} -> {s - mean:.3f}")
                 s -= mean
             scores.append(s)
             findings.append(f)
-        return ScoreResult.from_lists(scores, findings)
+        return ScoreResult.from_lists(scores, findings, failures)

