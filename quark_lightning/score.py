@@ -169,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.output:
         print(f"scored {count} responses on {len(matrix.names)} dimensions -> {args.output}", file=sys.stderr)
+    if matrix.judges():
+        stats = matrix.judge_stats()
+        where = "; ".join(j.describe() for j in matrix.judges().values())
+        print(
+            f"{where}: {stats['requests']} requests sent, {stats['cache_hits']} cache hits, "
+            f"{stats['cache_misses']} cache misses, {stats['failures']} failed replies",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -459,6 +459,8 @@ class GRPOModule(L.LightningModule):
         for k, name in enumerate(self.matrix.names):
             metrics[f"weights/{name}"] = float(self.matrix_weights[k])
         metrics.update(self.scorer_failures.metrics())
+        if self.matrix.judges():  # this rank's LLM-judge counters since the start: requests, cache hits...
+            metrics.update({f"judge/{k}": float(v) for k, v in self.matrix.judge_stats().items()})
         reward = aggregated.reward
         metrics["reward"] = float(torch.nanmean(reward)) if not torch.isnan(reward).all() else float("nan")
         metrics["reward_std"] = float(nanstd(reward.view(-1, G), dim=1).mean())
