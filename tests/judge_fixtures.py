@@ -65,7 +65,9 @@ def transformers_serve(model_dir: str, ready_timeout_s: float = 180.0) -> Iterat
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                raise RuntimeError(
+                    f"transformers serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
