@@ -16,9 +16,8 @@ from quark_lightning.data.healthbench import HealthBenchScorer
 from quark_lightning.judges import JudgeConfig
 from quark_lightning.judges.local import LocalJudge
 from quark_lightning.judges.openai_compatible import OpenAICompatibleJudge
-from quark_lightning.matrix.guard import ScorerFailureError
+from quark_lightning.matrix.guard import FailurePolicy, ScorerFailureError
 from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension
-from quark_lightning.matrix.guard import FailurePolicy
 from quark_lightning.rewards.garm import AssertionScorer
 from quark_lightning.rewards.garm import judge_messages as garm_messages
 from quark_lightning.rewards.healthbench_grader import grader_messages
