@@ -151,8 +151,22 @@ def validate_config(cfg: DictConfig) -> None:
             )
     _check_model_paths(p, cfg, missing)
     _check_more_ranges(p, cfg)
+    p += judge_problems(cfg)
     if p:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
+
+
+def judge_problems(cfg: DictConfig) -> list[str]:
+    """The `judge` group's wrong values (checked even when no dimension asks the judge)."""
+    if cfg.get("judge") is None:
+        return []
+    from quark_lightning.judges import judge_config
+
+    try:
+        judge_config(cfg.judge)
+    except ConfigError as err:
+        return str(err).removeprefix("invalid judge config:\n  - ").split("\n  - ")
+    return []
 
 
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name or name

@@ -190,3 +190,21 @@ def test_the_api_key_is_sent_as_a_header_and_never_echoed(monkeypatch):
     assert headers["authorization"] == f"Bearer {secret}"
     assert secret not in reply.error and "***" in reply.error
     assert secret not in repr(judge.config) and secret not in judge.describe()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("judge.timeout_s=0", "judge.timeout_s: got 0"),
+        ("judge.kind=vllm", "judge.kind: got 'vllm'"),
+        ("+judge.api_key=sk-123", "judge.api_key: unknown key"),
+    ],
+)
+def test_a_bad_judge_group_stops_a_run_before_anything_loads(override, key):
+    from test_config import compose_cfg
+
+    from quark_lightning.config import validate_config
+
+    with pytest.raises(ConfigError, match=key):
+        validate_config(compose_cfg("+experiment=smoke", "judge=openai", override))
+    validate_config(compose_cfg("+experiment=smoke", "judge=openai", "judge.base_url=http://127.0.0.1:8000/v1"))
