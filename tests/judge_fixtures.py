@@ -4,19 +4,16 @@ and a scripted in-memory judge for hand-checked scorer logic."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from quark_lightning.judges import JudgeConfig
 from quark_lightning.judges.base import Judge, JudgeReply
+from quark_lightning.judges.local_server import free_port, transformers_serve
+
+__all__ = ["FaultServer", "ScriptedJudge", "completion", "free_port", "transformers_serve"]
 
 
 class ScriptedJudge(Judge):
@@ -36,54 +33,6 @@ class ScriptedJudge(Judge):
             reply = self.script(text)
             out.append(JudgeReply(reply) if reply is not None else JudgeReply(None, error="scripted failure"))
         return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def transformers_serve(model_dir: str, ready_timeout_s: float = 180.0) -> Iterator[str]:
-    """`transformers serve MODEL_DIR` on 127.0.0.1 (offline, CPU); yields its base URL, stops it after."""
-    import httpx
-
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    exe = Path(sys.executable).with_name("transformers")
-    cmd = [str(exe) if exe.exists() else "transformers", "serve", model_dir, "--host", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--device", "cpu"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"transformers serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}"
-                )
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve was not ready after {ready_timeout_s:g} s")
-            time.sleep(0.5)
-        yield f"{base}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class FaultServer:

@@ -236,3 +236,54 @@ def test_the_api_key_appears_in_no_output(tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+# ------------------------------------------------------------------------------ a real judge: SmolLM2
+def smollm2_dir() -> Path:
+    from quark_lightning.models.sources import default_cache_dir
+
+    return Path(default_cache_dir()) / "models" / "SmolLM2-135M-Instruct"
+
+
+def readme_score_command(base_url: str, output: Path) -> list[str]:
+    """The README's judge example (the command after `transformers serve`), with this test's port and output."""
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash\ntransformers serve ", 1)[1].split("```", 1)[0]
+    command = block.split("\n", 1)[1].replace("\\\n", " ")
+    command = command.replace("http://127.0.0.1:8000/v1", base_url).replace("judged.jsonl", str(output))
+    return [os.path.expandvars(part) for part in shlex.split(command)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (smollm2_dir() / "config.json").exists(),
+    reason="SmolLM2 is not converted yet (run `python train.py +experiment=real_demo` or any model=smollm2 run once)",
+)
+def test_smollm2_as_a_server_judges_like_in_process_and_the_readme_command_works(tmp_path):
+    from quark_lightning.judges.verdicts import yes_no_verdict
+
+    model = str(smollm2_dir())
+    asks = conversations()
+    with transformers_serve(model) as base_url:
+        server = OpenAICompatibleJudge(server_cfg(base_url, model)).complete(asks)
+        local = LocalJudge(local_cfg(model)).complete(asks)
+        assert [r.text for r in server] == [r.text for r in local]
+        n_garm = len(asks) - 6 - 4  # conversations(): GARM asks, then 3 rubric items x 2, 2 criteria x 2
+        rubric = [yes_no_verdict(r).met for r in server[n_garm : n_garm + 6]]
+        assert any(v is not None for v in rubric)  # a real model: at least some replies are verdicts
+        output = tmp_path / "judged.jsonl"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "QUARK_CACHE": str(tmp_path / "cache")}
+        proc = subprocess.run(
+            readme_score_command(base_url, output),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 4 and all("compliance" in r["scores"] for r in rows)
+    assert f"judge {base_url} (model {model})" in proc.stderr and "requests sent" in proc.stderr
