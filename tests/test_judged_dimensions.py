@@ -157,3 +157,37 @@ def test_a_gate_dimension_whose_judge_fails_vetoes_the_sample():
     reward, vetoed = apply_gates(torch.tensor([2.0, 2.0]), scored.scores, matrix.gates(), scored.failed)
     assert reward.tolist() == [2.0, -1.0] and vetoed[:, 0].tolist() == [False, True]
     assert isinstance(matrix.gates()[0][1], Gate)
+
+
+def test_evaluate_reports_the_published_healthbench_score_through_a_judge_server():
+    from judge_fixtures import FaultServer, completion
+    from omegaconf import OmegaConf
+
+    from quark_lightning.evaluation import healthbench_beside
+
+    def behaviour(n, body):
+        item = body["messages"][0]["content"].split("# Rubric item\n", 1)[1].split(" ", 1)[0]
+        return (
+            200,
+            completion('{"explanation": "x", "criteria_met": %s}' % ("true" if item == "[8]" else "false")),
+            0.0,
+        )
+
+    with FaultServer(behaviour) as server:
+        cfg = OmegaConf.create(
+            {
+                "seed": 0,
+                "healthbench": {"grader": "published", "grader_kwargs": {}},
+                "judge": {
+                    "kind": "openai",
+                    "base_url": server.base_url,
+                    "model": "grader",
+                    "cache_dir": None,
+                },
+            }
+        )
+        result = healthbench_beside(cfg, [HB_PROMPT, HB_PROMPT], ["See a doctor today.", "Wait it out."])
+    assert len(server.requests) == 6  # 3 criteria x 2 answers
+    assert result["grader"] == "published" and result["ungraded"] == 0
+    assert result["overall"] == pytest.approx(0.8)  # (8 / 10) for both examples
+    assert result["axes"]["accuracy"]["score"] == pytest.approx(1.0)
