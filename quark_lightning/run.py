@@ -97,6 +97,21 @@ def grpo_config(cfg: DictConfig) -> GRPOConfig:
     return GRPOConfig(**{k: v for k, v in algo.items() if k in names})
 
 
+def lr_scheduler_factory(cfg: DictConfig):
+    """`algorithm.lr_scheduler` as optimizer -> scheduler (checked on a throwaway optimizer); None if unset."""
+    node = cfg.algorithm.get("lr_scheduler")
+    if node is None:
+        return None
+    from quark_lightning.optim.schedules import validate_scheduler_factory
+
+    try:
+        factory = instantiate(node)
+    except Exception as err:  # noqa: BLE001 - a wrong _target_ or argument is a config problem
+        raise ConfigError(f"algorithm.lr_scheduler: could not be built: {err}") from err
+    validate_scheduler_factory(factory)
+    return factory
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the stage the config names (`stage`, default `grpo`)."""
     stage = cfg.get("stage", "grpo")
@@ -172,6 +187,7 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
     validate_config(cfg)
     algorithm = grpo_config(cfg)  # checks its own values, before anything heavy
+    scheduler = lr_scheduler_factory(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)
     datamodule = build_datamodule(cfg)
@@ -204,6 +220,7 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         config=algorithm,
         rollout_engine=instantiate(cfg.rollout),
         aggregator=cfg.optimization.aggregator,
+        lr_scheduler=scheduler,
     )
     logger = instantiate(cfg.logger, version="grpo") if cfg.get("logger") else False
     trainer = L.Trainer(

@@ -42,7 +42,7 @@ def selective_log_softmax(
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / temperature) at each position.  (B, T, V) -> (B, T)."""
+    """Entropy of softmax(logits / temperature) at each position (differentiable).  (B, T, V) -> (B, T)."""
     logps = torch.log_softmax(logits.float() / temperature, dim=-1)
     return -(logps.exp() * logps).sum(-1)
 
@@ -61,7 +61,9 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, token_ids, temperature, chunk_size, want_entropy):
+    def forward(
+        ctx, hidden, weight, bias, token_ids, temperature, chunk_size, want_entropy, entropy_grad=False
+    ):
         M = hidden.size(0)
         logp = hidden.new_empty(M, dtype=torch.float32)
         lse = hidden.new_empty(M, dtype=torch.float32)
@@ -78,12 +80,15 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         dev = hidden.device.type  # the backward recomputes the logits under the forward's autocast state
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        ctx.mark_non_differentiable(entropy)
+        ctx.entropy_grad = bool(want_entropy and entropy_grad)
+        if not ctx.entropy_grad:
+            ctx.mark_non_differentiable(entropy)  # a logged statistic (TRL's `entropy`)
         return logp, entropy
 
     @staticmethod
-    def backward(ctx, grad_logp, grad_entropy):  # noqa: ARG004 - the entropy is a detached statistic
+    def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, bias, token_ids, lse = ctx.saved_tensors
+        use_entropy = ctx.entropy_grad and grad_entropy is not None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         T, chunk = ctx.temperature, ctx.chunk_size
         dev, autocast_on, autocast_dtype = ctx.autocast
@@ -96,8 +101,15 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
             for s in range(0, M, chunk):
                 e = min(s + chunk, M)
                 g = grad_logp[s:e, None]  # (m, 1)
-                # d logp / d logits = (onehot(token) - softmax) / T, in place on the recomputed logits
-                dlogits = _head_logits(hidden[s:e], weight, bias, T).sub_(lse[s:e, None]).exp_().mul_(-g)
+                logits = _head_logits(hidden[s:e], weight, bias, T)  # (m, V) scaled logits z
+                if use_entropy:  # dH/dz = -p * (log p + H), H = -sum p log p
+                    logq = logits - lse[s:e, None]  # (m, V) log p
+                    probs = logq.exp()
+                    ent = -(probs * logq).sum(-1, keepdim=True)  # (m, 1)
+                    dlogits = probs * (-g) - grad_entropy[s:e, None].float() * probs * (logq + ent)
+                else:
+                    # d logp / d z = onehot(token) - softmax, in place on the recomputed logits
+                    dlogits = logits.sub_(lse[s:e, None]).exp_().mul_(-g)
                 dlogits.scatter_add_(1, token_ids[s:e, None], g)
                 if T != 1.0:
                     dlogits.div_(T)
@@ -110,7 +122,7 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
                     grad_w += (dlogits.t() @ hidden[s:e].to(weight.dtype)).float()
         grad_w = grad_w.to(weight.dtype) if need_w else None
         grad_b = grad_b.to(bias.dtype) if need_b else None
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def chunked_selective_log_softmax(
@@ -123,11 +135,13 @@ def chunked_selective_log_softmax(
     chunk_size: int = 256,
     mask: torch.Tensor | None = None,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`selective_log_softmax(linear(hidden, weight, bias), token_ids, temperature)` without the logits.
 
     hidden (B, T, H) final hidden states, weight (V, H) the LM head, token_ids (B, T) -> log-probs (B, T)
-    fp32 and, with `with_entropy`, the entropies (B, T) (detached; TRL's logged `entropy`). The LM head,
+    fp32 and, with `with_entropy`, the entropies (B, T) (detached, TRL's logged `entropy`, unless
+    `entropy_grad`: then differentiable, for an entropy bonus in the loss). The LM head,
     the fp32 upcast, the log-softmax and the gather run on `chunk_size` tokens at a time, and the backward
     recomputes each chunk's logits instead of keeping them, so no (B, T, V) tensor is ever held. Tokens
     where `mask` (B, T) is 0 are skipped: their log-prob and entropy are 0 (they never reach a loss).
@@ -140,7 +154,14 @@ def chunked_selective_log_softmax(
         keep = mask.reshape(B * T).bool().nonzero().squeeze(1)  # (M,)
         flat_h, flat_ids = flat_h.index_select(0, keep), flat_ids.index_select(0, keep)
     logp, entropy = _ChunkedHeadLogProbs.apply(
-        flat_h, weight, bias, flat_ids, float(temperature), max(1, int(chunk_size)), with_entropy
+        flat_h,
+        weight,
+        bias,
+        flat_ids,
+        float(temperature),
+        max(1, int(chunk_size)),
+        with_entropy,
+        entropy_grad,
     )
     if keep is not None:
         logp = logp.new_zeros(B * T).index_copy(0, keep, logp)
@@ -154,18 +175,49 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1.0
 
 
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
+def importance_log_ratio(
+    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor | None, level: str = "token"
+) -> torch.Tensor:
+    """log(pi / pi_old) per token (`token`, GRPO) or one per completion broadcast to its tokens (`sequence`,
+    GSPO 2507.18071, TRL's importance_sampling_level): the mean of the token log-ratios over the
+    completion's tokens, i.e. the log of the length-normalized sequence likelihood ratio.
+    (B, T), (B, T), (B, T) -> (B, T) or (B, 1)."""
+    log_ratio = logp - old_logp
+    if level == "token":
+        return log_ratio
+    if level == "sequence":
+        if mask is None:
+            mask = torch.ones_like(log_ratio)
+        return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # (B, 1)
+    raise ValueError(
+        f"importance_sampling_level: got {level!r}, expected one of {IMPORTANCE_SAMPLING_LEVELS}"
+    )
+
+
 def clipped_surrogate(
     logp: torch.Tensor,  # (B, T) current policy
     old_logp: torch.Tensor,  # (B, T) policy that generated the rollout (detached)
     advantages: torch.Tensor,  # (B,)
     eps_low: float,
     eps_high: float,
+    *,
+    level: str = "token",
+    delta: float | None = None,
+    mask: torch.Tensor | None = None,  # (B, T), needed by level="sequence"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO clipped surrogate per token.  Returns (surrogate (B, T), low_clipped (B, T), high_clipped (B, T))."""
-    ratio = torch.exp(logp - old_logp)  # (B, T)
+    """PPO clipped surrogate per token.  Returns (surrogate (B, T), low_clipped (B, T), high_clipped (B, T)).
+
+    `delta` (TRL's two-sided GRPO, INTELLECT-2): the unclipped term's ratio is capped at `delta`, so a
+    negative-advantage token whose ratio exploded cannot contribute an unbounded loss.
+    """
+    ratio = torch.exp(importance_log_ratio(logp, old_logp, mask, level)).expand_as(logp)  # (B, T)
     adv = advantages.unsqueeze(1)  # (B, 1)
     clipped_ratio = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    surrogate = torch.min(ratio * adv, clipped_ratio * adv)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+    surrogate = torch.min(unclipped * adv, clipped_ratio * adv)
     low_clipped = (ratio < 1.0 - eps_low) & (adv < 0)
     high_clipped = (ratio > 1.0 + eps_high) & (adv > 0)
     return surrogate, low_clipped, high_clipped
@@ -216,14 +268,28 @@ def grpo_policy_loss(
     eps_low: float = 0.2,
     eps_high: float | None = None,
     max_completion_length: int | None = None,
+    importance_sampling_level: str = "token",
+    delta: float | None = None,
+    entropy: torch.Tensor | None = None,  # (B, T) differentiable, with entropy_coef != 0
+    entropy_coef: float = 0.0,
 ) -> PolicyLossOutput:
-    """The full GRPO loss of one batch of completions, plus the statistics TRL logs."""
+    """The full GRPO loss of one batch of completions, plus the statistics TRL logs.
+
+    With `entropy_coef` c the per-token loss gains -c * H_t (an entropy bonus, verl's entropy_coeff):
+    minimizing the loss then raises the policy's entropy. TRL has no such term.
+    """
     if loss_type not in LOSS_REDUCTIONS:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(LOSS_REDUCTIONS)}")
     mask = mask.to(logp.dtype)
     eps_high = eps_low if eps_high is None else eps_high
-    surrogate, low, high = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    surrogate, low, high = clipped_surrogate(
+        logp, old_logp, advantages, eps_low, eps_high, level=importance_sampling_level, delta=delta, mask=mask
+    )
     per_token = -surrogate  # (B, T)
+    if entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the per-token entropies")
+        per_token = per_token - entropy_coef * entropy
     if beta != 0.0:
         if ref_logp is None:
             raise ValueError("beta != 0 needs reference log-probs")

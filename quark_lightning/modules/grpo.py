@@ -96,8 +96,19 @@ class GRPOConfig:
     # null = the full-logits path (the whole (n, C, V) upcast to fp32, as before; kept to compare)
     logprob_chunk_size: int | None = 256
     gradient_checkpointing: bool = False  # TRL's name: recompute the policy's activations in the backward
+    # TRL's names (GRPOConfig) and semantics:
+    importance_sampling_level: str = "token"  # token (GRPO) | sequence (GSPO: one ratio per completion)
+    delta: float | None = None  # two-sided clipping: the unclipped ratio is capped at delta (> 1 + epsilon)
+    mask_truncated_completions: bool = False  # completions cut at max_new_tokens contribute nothing
+    steps_per_generation: int = 1  # optimizer steps (mini-batches of whole groups) per rollout
+    entropy_coef: float = 0.0  # entropy bonus -c * H in the per-token loss (verl's entropy_coeff)
+    # DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and draw more
+    # prompts until the batch is full, at most `dynamic_sampling_max_draws` extra draws per step
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_draws: int = 3
 
     def __post_init__(self) -> None:
+        self._check_trl_options()
         chunk = self.logprob_chunk_size
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ConfigError(
@@ -108,6 +119,51 @@ class GRPOConfig:
             raise ConfigError(
                 f"algorithm.gradient_checkpointing: got {self.gradient_checkpointing!r}, expected true or false"
             )
+
+    def _check_trl_options(self) -> None:
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        checks = [
+            (
+                "importance_sampling_level",
+                self.importance_sampling_level in ("token", "sequence"),
+                "token or sequence",
+            ),
+            (
+                "delta",
+                self.delta is None or (is_num(self.delta) and self.delta > 1.0 + eps_high),
+                f"null or a number > 1 + epsilon_high ({1.0 + eps_high:g})",
+            ),
+            (
+                "mask_truncated_completions",
+                isinstance(self.mask_truncated_completions, bool),
+                "true or false",
+            ),
+            (
+                "steps_per_generation",
+                isinstance(self.steps_per_generation, int)
+                and not isinstance(self.steps_per_generation, bool)
+                and self.steps_per_generation >= 1,
+                "an integer >= 1",
+            ),
+            ("entropy_coef", is_num(self.entropy_coef) and self.entropy_coef >= 0, "a number >= 0"),
+            ("dynamic_sampling", isinstance(self.dynamic_sampling, bool), "true or false"),
+            (
+                "dynamic_sampling_max_draws",
+                isinstance(self.dynamic_sampling_max_draws, int)
+                and not isinstance(self.dynamic_sampling_max_draws, bool)
+                and self.dynamic_sampling_max_draws >= 0,
+                "an integer >= 0",
+            ),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(
+                    f"algorithm.{key}: got {getattr(self, key)!r}, expected {expected}. "
+                    f"Fix: pass algorithm.{key}=<{expected}>."
+                )
 
 
 @dataclass
@@ -134,8 +190,10 @@ class GRPOModule(L.LightningModule):
         rollout_engine: RolloutEngine | None = None,
         aggregator: str = "sum",
         normalizer: ReferenceFrozenNormalizer | None = None,
+        lr_scheduler: Any = None,  # optimizer -> LR scheduler (algorithm.lr_scheduler); None = warmup, constant
     ):
         super().__init__()
+        self.lr_scheduler_factory = lr_scheduler
         if config.loss_type not in LOSS_REDUCTIONS:
             raise ValueError(
                 f"algorithm.loss_type: {config.loss_type!r} is not one of {sorted(LOSS_REDUCTIONS)}"
@@ -223,9 +281,10 @@ class GRPOModule(L.LightningModule):
         completion_ids: torch.Tensor,  # (n, C)
         completion_mask: torch.Tensor | None = None,  # (n, C); None = every position
         with_entropy: bool = False,
+        entropy_grad: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log softmax(logits / T)[completion token] (n, C) fp32 under `model` as it is called (mode, adapter
-        state), and the entropies (n, C) (detached) when `with_entropy`. Positions where `completion_mask`
+        state), and the entropies (n, C) when `with_entropy` (detached unless `entropy_grad`). Positions where `completion_mask`
         is 0 are 0 on the chunked path (never computed; every consumer masks them)."""
         C = completion_ids.size(1)
         T = self.temperature
@@ -233,7 +292,9 @@ class GRPOModule(L.LightningModule):
         if parts is None:
             logits = self._forward_logits(model, input_ids, attention_mask, C)  # (n, C, V)
             logp = selective_log_softmax(logits, completion_ids, T)
-            return logp, token_entropy(logits.detach(), T) if with_entropy else None
+            if not with_entropy:
+                return logp, None
+            return logp, token_entropy(logits if entropy_grad else logits.detach(), T)
         backbone, head = parts
         G = 1 if checkpointing_active(model) else self.config.num_generations  # HF drops the cache
         hidden = completion_hidden_states(backbone, input_ids, attention_mask, C, G)  # (n, C, H)
@@ -246,6 +307,7 @@ class GRPOModule(L.LightningModule):
             chunk_size=self.config.logprob_chunk_size,
             mask=completion_mask,
             with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
         )
 
     @contextmanager
@@ -290,9 +352,10 @@ class GRPOModule(L.LightningModule):
             out.append(logp)
         return torch.cat(out)
 
-    def _chunks(self, n: int) -> list[slice]:
+    def _chunks(self, n: int, offset: int = 0) -> list[slice]:
+        """Micro-batches of `micro_batch_size` rows over rows offset .. offset + n."""
         size = self.config.micro_batch_size or n
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        return [slice(offset + i, offset + min(i + size, n)) for i in range(0, n, size)]
 
     def reference_rollout(self, prompts: list[dict[str, Any]], num_generations: int) -> Rollout:
         """Completions sampled from the frozen reference policy (for RFN calibration)."""
@@ -366,58 +429,10 @@ class GRPOModule(L.LightningModule):
         matrix_scores, scores, aggregated, advantages, frac_zero_std = self.score_rollout(rollout)
         t_score = time.perf_counter()
         ref_logp = self.reference_logps(rollout) if self.reference is not None else None
-        old_logp = self.policy_logps(rollout) if cfg.num_iterations > 1 else None
+        off_policy = cfg.num_iterations > 1 or cfg.steps_per_generation > 1  # the policy moves before reuse
+        old_logp = self.policy_logps(rollout) if off_policy else None
         t_ref = time.perf_counter()
-
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        mask = rollout.completion_mask.float()  # (N, C)
-        C = mask.size(1)
-        # `dapo` divides by the token count of the whole (all-rank) batch, as in single-process training
-        rank_scale = token_level_rank_scale(mask.sum()) if cfg.loss_type == "dapo" else 1.0
-        stats: dict[str, float] = {}
-        for iteration in range(cfg.num_iterations):
-            opt.zero_grad(set_to_none=True)
-            totals = {
-                "loss": 0.0,
-                "kl": 0.0,
-                "clip_low": 0.0,
-                "clip_high": 0.0,
-                "clip_region": 0.0,
-                "entropy": 0.0,
-            }
-            for sl in self._chunks(mask.size(0)):
-                logp, entropy = self.token_logps(  # (n, C), with the entropy (n, C) of the first iteration
-                    self.policy,
-                    rollout.input_ids[sl],
-                    rollout.attention_mask[sl],
-                    rollout.completion_ids[sl],
-                    mask[sl],
-                    with_entropy=iteration == 0,
-                )
-                out = grpo_policy_loss(
-                    logp,
-                    old_logp[sl] if old_logp is not None else logp.detach(),
-                    ref_logp[sl] if ref_logp is not None else None,
-                    advantages[sl],
-                    mask[sl],
-                    loss_type=cfg.loss_type,
-                    beta=cfg.beta,
-                    eps_low=cfg.epsilon,
-                    eps_high=cfg.epsilon_high,
-                    max_completion_length=getattr(self.engine, "max_new_tokens", C),  # TRL: the config max
-                )
-                w = chunk_weight(cfg.loss_type, mask[sl], mask) * rank_scale
-                self.manual_backward(out.loss * w)
-                totals["loss"] += float(out.loss.detach()) * w
-                tok_w = float(mask[sl].sum() / mask.sum().clamp(min=1))
-                for key in ("kl", "clip_low", "clip_high", "clip_region"):
-                    totals[key] += float(getattr(out, key)) * tok_w
-                if iteration == 0:
-                    totals["entropy"] += float(masked_mean(entropy, mask[sl])) * tok_w
-            grad_norm = self._clip_and_step(opt, sched)
-            if iteration == 0:
-                stats = dict(totals, grad_norm=grad_norm)
+        stats = self._optimize(rollout, advantages, ref_logp, old_logp)
         t_end = time.perf_counter()
 
         self.last_step = StepRecord(
@@ -433,6 +448,84 @@ class GRPOModule(L.LightningModule):
         # every rank enters; the logger writes on rank 0 the statistics of the whole (all-rank) batch
         logged = global_step_view(rollout, scores, aggregated, frac_zero_std, stats)
         self._log_step(*logged, (t0, t_gen, t_score, t_ref, t_end))
+
+    def loss_mask(self, rollout: Rollout) -> torch.Tensor:
+        """(N, C) float: the completion tokens that reach the loss; with `mask_truncated_completions`,
+        completions cut at max_new_tokens (no EOS) are all zero (TRL's semantics)."""
+        mask = rollout.completion_mask.float()
+        if self.config.mask_truncated_completions:
+            mask = mask * (~rollout.truncated.to(mask.device)).float().unsqueeze(1)
+        return mask
+
+    def minibatches(self, n: int) -> list[slice]:
+        """`steps_per_generation` contiguous slices of whole groups (G rows each), as even as possible."""
+        G, k = self.config.num_generations, self.config.steps_per_generation
+        groups = n // G
+        if k > groups:
+            raise ConfigError(
+                f"algorithm.steps_per_generation={k} needs at least {k} prompts per rank and step, got {groups}. "
+                f"Fix: raise data.prompts_per_step or lower algorithm.steps_per_generation."
+            )
+        bounds = [round(i * groups / k) * G for i in range(k + 1)]
+        return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
+
+    def _optimize(self, rollout: Rollout, advantages, ref_logp, old_logp) -> dict[str, float]:
+        """`num_iterations` passes over `steps_per_generation` mini-batches, one optimizer step each.
+        Returns the first pass's statistics, token-weighted over its mini-batches (TRL logs the same)."""
+        cfg = self.config
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        mask = self.loss_mask(rollout)  # (N, C)
+        C = mask.size(1)
+        want_entropy_grad = cfg.entropy_coef != 0.0
+        stats = dict.fromkeys(("loss", "kl", "clip_low", "clip_high", "clip_region", "entropy"), 0.0)
+        norms: list[float] = []
+        for iteration in range(cfg.num_iterations):
+            for mb in self.minibatches(mask.size(0)):
+                mb_mask = mask[mb]
+                # `dapo` divides by the token count of the whole (all-rank) mini-batch, as single-process
+                rank_scale = token_level_rank_scale(mb_mask.sum()) if cfg.loss_type == "dapo" else 1.0
+                mb_share = float(mb_mask.sum() / mask.sum().clamp(min=1))
+                opt.zero_grad(set_to_none=True)
+                for sl in self._chunks(mb.stop - mb.start, offset=mb.start):
+                    logp, entropy = self.token_logps(  # (n, C) and, when needed, the entropies (n, C)
+                        self.policy,
+                        rollout.input_ids[sl],
+                        rollout.attention_mask[sl],
+                        rollout.completion_ids[sl],
+                        mask[sl],
+                        with_entropy=iteration == 0 or want_entropy_grad,
+                        entropy_grad=want_entropy_grad,
+                    )
+                    out = grpo_policy_loss(
+                        logp,
+                        old_logp[sl] if old_logp is not None else logp.detach(),
+                        ref_logp[sl] if ref_logp is not None else None,
+                        advantages[sl],
+                        mask[sl],
+                        loss_type=cfg.loss_type,
+                        beta=cfg.beta,
+                        eps_low=cfg.epsilon,
+                        eps_high=cfg.epsilon_high,
+                        max_completion_length=getattr(
+                            self.engine, "max_new_tokens", C
+                        ),  # TRL: the config max
+                        importance_sampling_level=cfg.importance_sampling_level,
+                        delta=cfg.delta,
+                        entropy=entropy,
+                        entropy_coef=cfg.entropy_coef,
+                    )
+                    w = chunk_weight(cfg.loss_type, mask[sl], mb_mask) * rank_scale
+                    self.manual_backward(out.loss * w)
+                    if iteration == 0:
+                        tok_w = float(mask[sl].sum() / mask.sum().clamp(min=1))
+                        stats["loss"] += float(out.loss.detach()) * w * mb_share
+                        for key in ("kl", "clip_low", "clip_high", "clip_region"):
+                            stats[key] += float(getattr(out, key)) * tok_w
+                        stats["entropy"] += float(masked_mean(entropy.detach(), mask[sl])) * tok_w
+                norms.append(self._clip_and_step(opt, sched))
+        n_first = len(norms) // cfg.num_iterations
+        stats["grad_norm"] = sum(norms[:n_first]) / max(1, n_first)
+        return stats
 
     def _clip_and_step(self, opt, sched) -> float:
         params = [p for p in self.policy.parameters() if p.requires_grad and p.grad is not None]
@@ -501,8 +594,11 @@ class GRPOModule(L.LightningModule):
         if not params:
             raise ValueError("the policy has no trainable parameters; check model.lora / freezing settings")
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-        warmup = max(0, cfg.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
-        )
+        if self.lr_scheduler_factory is not None:  # algorithm.lr_scheduler (a `_partial_` schedule)
+            sched = self.lr_scheduler_factory(opt)
+        else:
+            warmup = max(0, cfg.warmup_steps)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
