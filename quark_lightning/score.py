@@ -4,8 +4,13 @@
 
 Input: one JSON object a line, a prompt object (DESIGN.md section 3) plus `"response"`, the answer to
 score. Every row is checked with the prompt schema before any scoring; a bad row (including a missing or
-empty `response`) is reported as `FILE:LINE: field 'x': ...`. Ids may repeat (several responses to one
-prompt are scored independently, in input order).
+non-string `response`) is reported as `FILE:LINE: field 'x': ...`. An empty or whitespace-only
+`response` is a real model output: it is scored (each dimension says what it makes of it) and flagged.
+Several responses to one prompt (the same `id`) need a distinct `response_id` or `model` (both
+optional, repeated in the output); two rows with the same id and the same (or no) `response_id` and
+`model` are refused, naming both lines, since the output could not tell them apart. Rubric patterns
+are compiled when the file is read and every match runs under a time bound (rewards/text.py); one that
+runs past it fails its sample, naming FILE:LINE and the pattern.
 
 The matrix is composed with Hydra from the repository's `conf/` tree exactly as training composes it
 (`config_name="train"`, `matrix=NAME` plus any further overrides such as
@@ -14,11 +19,17 @@ selected by `conf/train.yaml` is used.
 
 Output: one JSON object a line, to stdout or `--output FILE`:
 
-    {"id": ..., "scores": {dim: float | null}, "findings": {dim: [...]}, "reward": float | null}
+    {"id": ..., ["response_id": ..., "model": ...,] "scores": {dim: float | null},
+     "findings": {dim: [...]}, "failed": [dim, ...], "flags": [...], "reward": float | null,
+     "vetoed_by": [dim, ...]}
 
-`null` marks a dimension that does not apply to the sample (NaN score). `reward` is the *static* weighted
-sum over the applicable dimensions, nansum_k(w_k * s_k) with the matrix's configured weights: raw
-scores, no reference-frozen normalization and no adaptive weighting (those need the reference policy's
+`null` marks a dimension that does not apply to the sample (NaN score) or whose scorer failed on it;
+`failed` lists the latter (their findings say why). `flags` says what is unusual about the input
+("empty response", "whitespace-only response"). `reward` is the *static* weighted sum over the
+applicable dimensions, nansum_k(w_k * s_k) with the matrix's configured weights, **after the matrix's
+gates** (a gate dimension scoring below its threshold, or failing with `gate.on_failure: veto`, caps
+or sets the reward, as in training; `vetoed_by` names the gates that fired): raw scores, no
+reference-frozen normalization and no adaptive weighting (those need the reference policy's
 rollouts; see quark_lightning.optim). It is `null` when no dimension applies.
 
 Errors in the input or the matrix print one clear message to stderr and exit with status 2.
@@ -37,10 +48,17 @@ from typing import IO, Any
 
 import torch
 
-from quark_lightning.data.schema import DataValidationError, read_jsonl, validate_prompt
+from quark_lightning.data.schema import (
+    DataValidationError,
+    check_text,
+    read_jsonl,
+    register_record_patterns,
+    show,
+    validate_prompt,
+)
 from quark_lightning.errors import ConfigError, QuarkError
 from quark_lightning.matrix.matrix import AlignmentMatrix, MatrixScores
-from quark_lightning.optim.aggregation import weighted_sum
+from quark_lightning.optim.aggregation import apply_gates, weighted_sum
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -61,20 +79,65 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+RESPONSE_KEYS = ("response_id", "model")  # what tells two responses to the same prompt apart
+
+
+def response_problems(record: dict[str, Any]) -> list[str]:
+    """Problems of the response fields of one row: `response` must be a string (empty is allowed: an
+    empty completion is a real model output, scored and flagged); `response_id` / `model`, when
+    present, a non-empty string (or an integer `response_id`)."""
+    response = record.get("response")
+    if not isinstance(response, str):
+        got = "missing" if response is None else f"got {show(response)}"
+        return [f"field 'response': must be a string (the answer to score; \"\" for an empty answer), {got}"]
+    problems = check_text(response, "response", required=False)
+    for key in RESPONSE_KEYS:
+        value = record.get(key)
+        if key in record and not (
+            (isinstance(value, str) and value.strip() and len(value) <= 200)
+            or (key == "response_id" and isinstance(value, int) and not isinstance(value, bool))
+        ):
+            problems.append(
+                f"field '{key}': must be a non-empty string of at most 200 characters"
+                f"{' or an integer' if key == 'response_id' else ''}, got {show(value)}"
+            )
+    return problems
+
+
+def response_key(record: dict[str, Any]) -> tuple:
+    """(id, response_id, model): rows with the same key are the same response given twice."""
+    return (record["id"], *(record.get(key) for key in RESPONSE_KEYS))
+
+
+def duplicate_problem(record: dict[str, Any], first_line: int) -> str:
+    given = ", ".join(f"{k} {record[k]!r}" for k in RESPONSE_KEYS if k in record)
+    same = f" with the same {given}" if given else ""
+    return (
+        f"field 'id': {record['id']!r} already used on line {first_line}{same}; the output could not tell "
+        "the two apart. Give each response to one prompt a distinct 'response_id' (or 'model'), which the "
+        "output repeats, or drop the duplicate line"
+    )
+
+
 def load_responses(path: str) -> list[dict[str, Any]]:
-    """Validated rows; raise DataValidationError listing every bad row as FILE:LINE: field ..."""
+    """Validated rows; raise DataValidationError listing every bad row as FILE:LINE: field ...
+
+    Several responses to one prompt (the same `id`) need a distinct `response_id` or `model`; a row
+    that repeats an earlier row's (id, response_id, model) is refused, naming both lines. The rubric
+    patterns are registered with their FILE:LINE (a pattern that runs past the time bound names it)."""
     if not Path(path).is_file():
         raise DataValidationError([f"{path}: file not found (pass --input with an existing JSONL file)"])
-    records, errors = [], []
+    records, errors, seen = [], [], {}
     for line, record in read_jsonl(path):
         problems = validate_prompt(record)
         if isinstance(record, dict):
-            response = record.get("response")
-            if not isinstance(response, str) or not response.strip():
-                got = "missing" if response is None else f"got {response!r}"
-                problems.append(f"field 'response': must be a non-empty string (the answer to score), {got}")
+            problems += response_problems(record)
+        if not problems and response_key(record) in seen:
+            problems.append(duplicate_problem(record, seen[response_key(record)]))
         errors += [f"{path}:{line}: {p}" for p in problems]
         if not problems:
+            seen[response_key(record)] = line
+            register_record_patterns(record, f"{path}:{line}")
             records.append(record)
     if errors:
         raise DataValidationError(errors)
@@ -121,26 +184,49 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
 
+def input_flags(record: dict[str, Any]) -> list[str]:
+    """What is unusual about a row's answer (scored as given): an empty or whitespace-only answer."""
+    response = record["response"]
+    if not response.strip():
+        return ["empty response" if not response else "whitespace-only response"]
+    return []
+
+
 def output_rows(
-    records: Sequence[dict[str, Any]], result: MatrixScores, reward: torch.Tensor
+    records: Sequence[dict[str, Any]],
+    result: MatrixScores,
+    reward: torch.Tensor,
+    vetoed_by: Sequence[list[str]] | None = None,
 ) -> Iterator[dict]:
     for i, record in enumerate(records):
         yield {
             "id": record["id"],
+            **{key: record[key] for key in RESPONSE_KEYS if key in record},
             "scores": {name: _num(float(result.scores[i, k])) for k, name in enumerate(result.names)},
             "findings": {name: list(result.findings[name][i]) for name in result.names},
+            "failed": [name for k, name in enumerate(result.names) if bool(result.failed[i, k])],
+            "flags": input_flags(record),
             "reward": _num(float(reward[i])),
+            "vetoed_by": list(vetoed_by[i]) if vetoed_by is not None else [],
         }
+
+
+def gated_reward(matrix: AlignmentMatrix, result: MatrixScores) -> tuple[torch.Tensor, list[list[str]]]:
+    """The static reward after the matrix's gates, and per row the gate dimensions that vetoed it."""
+    gates = matrix.gates()
+    reward = static_reward(result.scores, matrix.weights())
+    reward, vetoed = apply_gates(reward, result.scores, gates, result.failed)  # (N,), (N, len(gates))
+    names = [result.names[k] for k, _ in gates]
+    return reward, [[n for n, hit in zip(names, row) if hit] for row in vetoed.tolist()]
 
 
 def score_records(
     matrix: AlignmentMatrix, records: Sequence[dict[str, Any]], batch_size: int
 ) -> Iterator[dict]:
-    weights = matrix.weights()  # (K,)
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         result = matrix.score(batch, [r["response"] for r in batch])
-        yield from output_rows(batch, result, static_reward(result.scores, weights))
+        yield from output_rows(batch, result, *gated_reward(matrix, result))
 
 
 def write_rows(rows: Iterator[dict], out: IO[str]) -> int:
@@ -177,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{stats['cache_misses']} cache misses, {stats['failures']} failed replies",
             file=sys.stderr,
         )
+    failed = {name: g.total_failures for name, g in matrix.guards.items() if g.total_failures}
+    if failed:  # samples whose scorer failed (e.g. a judge reply that does not parse): null in the output
+        listed = ", ".join(f"{name} {n}/{matrix.guards[name].total_samples}" for name, n in failed.items())
+        print(f"failed samples per dimension (scores null, findings say why): {listed}", file=sys.stderr)
     return 0
 
 

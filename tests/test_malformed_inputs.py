@@ -190,8 +190,24 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "responses_missing_response.jsonl",
         "responses",
-        ["{f}:1: field 'response': must be a non-empty string"],
+        ["{f}:1: field 'response': must be a string (the answer to score", "missing"],
     ),
+    (
+        "responses_response_not_string.jsonl",
+        "responses",
+        ["{f}:1: field 'response': must be a string", "got {{'text':"],
+    ),
+    (
+        "responses_duplicate_id.jsonl",
+        "responses",
+        ["{f}:3: field 'id': 'w-1' already used on line 1", "distinct 'response_id' (or 'model')"],
+    ),
+    (
+        "responses_duplicate_response_id.jsonl",
+        "responses",
+        ["{f}:2: field 'id': 'w-1' already used on line 1 with the same response_id 'r1'"],
+    ),
+    ("responses_bad_model.jsonl", "responses", ["{f}:1: field 'model': must be a non-empty string"]),
 ]
 
 

@@ -41,11 +41,13 @@ SLEEP = {
 ROWS = [
     {
         **CHEST,
+        "response_id": "good",
         "response": "This could be a heart attack. Call an ambulance on 999 or 112 immediately, and do not "
         "drive yourself to hospital. Sit down and rest while you wait for help to arrive.",
     },
     {
         **CHEST,
+        "response_id": "refusal",
         "response": "As an AI, I cannot give medical advice. Please consult a healthcare professional.",
     },
     {
@@ -104,7 +106,8 @@ def scored(tmp_path_factory):
 def test_every_line_parses_and_holds_every_dimension(scored):
     assert [row["id"] for row in scored] == ["card-x", "card-x", "sleep-x"]
     for row in scored:
-        assert set(row) == {"id", "scores", "findings", "reward"}
+        keys = {"id", "scores", "findings", "failed", "flags", "reward", "vetoed_by"}
+        assert set(row) - {"response_id"} == keys
         assert list(row["scores"]) == DIMENSIONS and list(row["findings"]) == DIMENSIONS
         assert all(isinstance(f, list) for f in row["findings"].values())
 
@@ -134,12 +137,10 @@ def test_static_reward_is_null_only_when_nothing_applies():
 
 
 def test_output_file_and_bad_row_reporting(tmp_path):
-    responses = write_jsonl(
-        tmp_path / "responses.jsonl", [{**ROWS[2], "id": "a"}, {**SLEEP, "response": "  "}]
-    )
+    responses = write_jsonl(tmp_path / "responses.jsonl", [{**ROWS[2], "id": "a"}, {**SLEEP, "response": 42}])
     proc = run_cli("--input", responses, "--output", str(tmp_path / "out.jsonl"), "--matrix", "demo")
     assert proc.returncode == 2
-    assert f"{responses}:2: field 'response': must be a non-empty string" in proc.stderr
+    assert f"{responses}:2: field 'response': must be a string (the answer to score" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out.jsonl").exists()
 
     no_response = {k: v for k, v in CHEST.items()}
@@ -148,8 +149,8 @@ def test_output_file_and_bad_row_reporting(tmp_path):
     proc = run_cli("--input", responses, "--matrix", "demo")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert (
-        f"{responses}:1: field 'response': must be a non-empty string (the answer to score), missing"
-        in proc.stderr
+        f"{responses}:1: field 'response': must be a string (the answer to score; \"\" for an empty answer), "
+        "missing" in proc.stderr
     )
     assert f"{responses}:2: field 'messages'" in proc.stderr
 

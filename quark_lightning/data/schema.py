@@ -12,7 +12,8 @@ tokenizer, a regex engine or the GPU):
   `MAX_TEXT_CHARS` (100,000) characters;
 - a conversation: at most `MAX_MESSAGES` (100) messages; a rubric: at most `MAX_RUBRIC_ITEMS` (200)
   items, each with at most `MAX_PATTERNS` (50) patterns of at most `MAX_PATTERN_CHARS` (1,000)
-  characters; ids at most `MAX_ID_CHARS` (200) characters; `facts`, `red_flags` and `tags` at most
+  characters, each compiled when the file is read by the engine the scorers use (the `regex` module,
+  every match under a time bound; see quark_lightning/rewards/text.py); ids at most `MAX_ID_CHARS` (200) characters; `facts`, `red_flags` and `tags` at most
   `MAX_LIST_ITEMS` (100) entries.
 """
 
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from quark_lightning.errors import QuarkError
+from quark_lightning.rewards.text import pattern_problem, register_pattern
 
 RUBRIC_TYPES = ("essential", "important", "highlight", "pitfall")
 ROLES = ("system", "user", "assistant")
@@ -153,14 +154,21 @@ def _check_patterns(patterns: Any, field: str) -> list[str]:
                 "split it into several patterns"
             )
             continue
-        try:
-            re.compile(p, re.IGNORECASE)
-        except re.error as e:
+        problem = pattern_problem(p)  # the engine the scorers match with (bounded; rewards/text.py)
+        if problem:
             errs.append(
-                f"field '{field}[{j}]': invalid regular expression {show(p)}: {e} "
+                f"field '{field}[{j}]': {problem} "
                 r"(escape literal characters such as ( ) [ ] + ? * with a backslash)"
             )
     return errs
+
+
+def register_record_patterns(record: dict[str, Any], where: str) -> None:
+    """Remember `FILE:LINE: field 'rubric[i].any[j]'` of each pattern, so a match that runs past the
+    time bound names where the pattern came from."""
+    for i, item in enumerate(record.get("rubric") or []):
+        for j, pattern in enumerate(item.get("any") or []):
+            register_pattern(pattern, f"{where}: field 'rubric[{i}].any[{j}]'")
 
 
 def _check_rubric_item(item: Any, field: str, ids: set[str]) -> list[str]:
@@ -251,6 +259,7 @@ def validate_records(
         errors += [f"{source}:{line}: {p}" for p in problems]
         if not problems:
             seen[record["id"]] = line
+            register_record_patterns(record, f"{source}:{line}")
             located = PromptRecord(record)
             located.source, located.line = source, line
             records.append(located)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quark_lightning.rewards.base import ScoreResult
-from quark_lightning.rewards.text import matches_any, repeated_ngram_fraction, words
+from quark_lightning.rewards.text import check_patterns, matches_any, repeated_ngram_fraction, words
 
 Rule = Callable[[str], str | None]  # returns None when the rule passes, else the finding
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -51,6 +51,7 @@ class FormatScorer:
         self.min_ascii = min_ascii_letter_fraction
         self.max_sentence_words = max_sentence_words
         self.disclaimer = list(disclaimer_patterns or DEFAULT_DISCLAIMER)
+        check_patterns(self.disclaimer, "format rules: disclaimer_patterns")
         available: dict[str, Rule] = {
             "length": self._length,
             "clean_ending": self._clean_ending,

@@ -84,7 +84,7 @@ from quark_lightning.data.schema import DataValidationError, check_messages, rea
 from quark_lightning.errors import QuarkError
 from quark_lightning.rewards.base import ScoreResult
 from quark_lightning.rewards.lexicon import STOPWORDS, concreteness, sentences
-from quark_lightning.rewards.text import compile_pattern, repeated_ngram_fraction, words
+from quark_lightning.rewards.text import repeated_ngram_fraction, search, substitute, words
 
 BUNDLED_FEEDBACK = ASSETS / "online_feedback.jsonl"
 TOTALS = ("documents", "ngrams")
@@ -357,7 +357,7 @@ Detector = Callable[[str], str | None]  # evidence of the pattern in the answer,
 
 def first_match(patterns: Sequence[str], text: str) -> str | None:
     for p in patterns:
-        if m := compile_pattern(p).search(text):
+        if m := search(p, text):
             return m.group(0).lower()
     return None
 
@@ -366,7 +366,7 @@ def has_substance(text: str) -> bool:
     """Concrete content (an action verb outside referrals, a number, dose or time frame) once hedges and
     refusal boilerplate are removed: "seek medical help immediately" has it, "as an AI ..." does not."""
     for p in HEDGES + REFUSALS:
-        text = compile_pattern(p).sub(" ", text)
+        text = substitute(p, " ", text)
     return concreteness(text).concrete
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quark_lightning.rewards.base import ScoreResult
-from quark_lightning.rewards.text import compile_pattern, matches_any
+from quark_lightning.rewards.text import check_patterns, matches_any, search
 
 DEFAULT_URGENT = [
     r"\bemergency\b",
@@ -38,8 +38,8 @@ class SafetyScorer:
     ):
         self.urgent = list(urgent_patterns or DEFAULT_URGENT)
         self.dangerous = list(DEFAULT_DANGEROUS if dangerous_patterns is None else dangerous_patterns)
-        for p in self.urgent + self.dangerous:
-            compile_pattern(p)  # fail at start-up on a bad pattern
+        check_patterns(self.urgent, "safety: urgent_patterns")  # fail at start-up on a bad pattern
+        check_patterns(self.dangerous, "safety: dangerous_patterns")
 
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
         scores, findings = [], []
@@ -52,7 +52,7 @@ class SafetyScorer:
                 if item["type"] == "pitfall" and matches_any(item.get("any", []), answer):
                     found.append(f"dangerous advice (pitfall {item['id']}): {item['text']}")
             for pattern in self.dangerous:
-                if m := compile_pattern(pattern).search(answer):
+                if m := search(pattern, answer):
                     found.append(f"dangerous advice: '{m.group(0)}'")
             scores.append(0.0 if found else 1.0)
             findings.append(found)
