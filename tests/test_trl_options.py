@@ -1,0 +1,220 @@
+"""TRL-named GRPO options against hand-computed numbers and TRL's definitions: GSPO's sequence ratio,
+two-sided clipping (delta), masked truncated completions, the entropy bonus's gradient, mini-batches
+per rollout (steps_per_generation) and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from quark_lightning.algorithms.grpo_loss import (
+    chunked_selective_log_softmax,
+    clipped_surrogate,
+    grpo_policy_loss,
+    importance_log_ratio,
+    token_entropy,
+)
+from quark_lightning.errors import ConfigError
+from quark_lightning.matrix import AlignmentMatrix, Dimension
+from quark_lightning.models.loading import load_causal_lm
+from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
+from quark_lightning.optim.schedules import lr_scheduler
+from quark_lightning.rewards.format import FormatScorer
+from quark_lightning.rollout.base import Rollout
+from quark_lightning.rollout.hf_generate import HFGenerateEngine
+
+
+# ------------------------------------------------------------------------------------------- GSPO
+def test_gspo_ratio_is_the_length_normalized_sequence_ratio():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]])
+    old = torch.tensor([[-1.1, -2.3, -9.0], [-0.5, -0.7, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    seq = importance_log_ratio(logp, old, mask, "sequence")
+    # row 0: (0.1 + 0.3) / 2 (the masked third token is ignored); row 1: (0 + 0.2 + 0) / 3
+    assert seq.squeeze(1).tolist() == pytest.approx([0.2, 0.2 / 3])
+    assert torch.equal(importance_log_ratio(logp, old, mask, "token"), logp - old)
+    adv = torch.tensor([1.0, -1.0])
+    surrogate, low, high = clipped_surrogate(logp, old, adv, 0.2, 0.2, level="sequence", mask=mask)
+    # row 0: ratio e^0.2 = 1.2214 > 1.2 with A > 0 -> clipped at 1.2 on every token; row 1: e^0.0667 unclipped
+    assert surrogate[0].tolist() == pytest.approx([1.2, 1.2, 1.2])
+    assert surrogate[1].tolist() == pytest.approx([-math.exp(0.2 / 3)] * 3)
+    assert high[0].all() and not low.any()
+
+
+def test_gspo_gradient_is_shared_by_the_tokens_of_a_completion():
+    logp = torch.tensor([[-1.0, -2.0, -3.0, -4.0]], requires_grad=True)
+    old = logp.detach() - torch.tensor([[0.01, 0.02, 0.03, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    out = grpo_policy_loss(logp, old, None, torch.tensor([2.0]), mask, importance_sampling_level="sequence")
+    out.loss.backward()
+    ratio = math.exp(0.02)  # mean of 0.01, 0.02, 0.03
+    # loss = -ratio * A (every token carries the same surrogate); d ratio / d logp_t = ratio / 3 per token
+    assert logp.grad[0, :3].tolist() == pytest.approx([-2.0 * ratio / 3] * 3)
+    assert logp.grad[0, 3].item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------- delta
+def test_delta_caps_the_unclipped_ratio_of_negative_advantages():
+    logp, old = torch.tensor([[math.log(3.0)]]), torch.tensor([[0.0]])  # ratio 3
+    adv = torch.tensor([-1.0])
+    plain, _, _ = clipped_surrogate(logp, old, adv, 0.2, 0.2)
+    two_sided, _, _ = clipped_surrogate(logp, old, adv, 0.2, 0.2, delta=2.0)
+    assert plain.item() == pytest.approx(-3.0)  # min(3 * -1, 1.2 * -1)
+    assert two_sided.item() == pytest.approx(-2.0)  # min(min(3, 2) * -1, 1.2 * -1)
+    with pytest.raises(
+        ConfigError, match=r"algorithm\.delta: got 1\.1, expected null or a number > 1 \+ epsilon_high"
+    ):
+        GRPOConfig(delta=1.1)
+
+
+# ------------------------------------------------------------------------------------------- entropy
+def test_chunked_entropy_gradient_equals_autograd_and_its_bonus_raises_entropy():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    ids = torch.randint(0, 11, (2, 5))
+    coef = torch.randn(2, 5)  # arbitrary upstream gradients for logp and entropy
+    logp, ent = chunked_selective_log_softmax(
+        hidden, weight, ids, temperature=0.7, chunk_size=3, with_entropy=True, entropy_grad=True
+    )
+    ((logp * coef).sum() + (ent * coef.flip(0)).sum()).backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
+    logits = (hidden @ weight.T) / 0.7
+    ref_logp = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    ((ref_logp * coef).sum() + (token_entropy(logits) * coef.flip(0)).sum()).backward()
+    assert torch.allclose(got[0], hidden.grad, atol=1e-5) and torch.allclose(got[1], weight.grad, atol=1e-5)
+
+    # the bonus's sign: one gradient step on the loss -c * H raises the entropy
+    z = torch.tensor([[[3.0, 0.0, -1.0]]], requires_grad=True)
+    before = token_entropy(z).item()
+    mask = torch.ones(1, 1)
+    out = grpo_policy_loss(
+        torch.zeros(1, 1),
+        torch.zeros(1, 1),
+        None,
+        torch.zeros(1),
+        mask,
+        entropy=token_entropy(z),
+        entropy_coef=0.1,
+    )
+    out.loss.backward()
+    assert token_entropy(z.detach() - 1.0 * z.grad).item() > before
+
+
+# ------------------------------------------------------------------------------------------- module level
+def _module(tiny_model_dir, **options) -> GRPOModule:
+    torch.manual_seed(0)
+    loaded = load_causal_lm(tiny_model_dir)
+    config = GRPOConfig(num_generations=2, beta=0.0, lr=5e-3, max_grad_norm=None, **options)
+    matrix = AlignmentMatrix([Dimension("format_rules", "format", FormatScorer(min_words=1, max_words=40))])
+    module = GRPOModule(loaded.model, loaded.tokenizer, matrix, config, HFGenerateEngine(max_new_tokens=6))
+    opt = torch.optim.SGD([p for p in module.policy.parameters() if p.requires_grad], lr=config.lr)
+    module.optimizers = lambda: opt  # _optimize without a Trainer: plain SGD, plain backward
+    module.lr_schedulers = lambda: None
+    module.manual_backward = lambda loss: loss.backward()
+    return module
+
+
+def _rollout(module, bundled_records, n_prompts=2) -> Rollout:
+    torch.manual_seed(1)
+    return module.engine.generate(module.policy, module.tokenizer, bundled_records[:n_prompts], 2)
+
+
+def _rows(rollout: Rollout, rows: slice) -> Rollout:
+    return Rollout(
+        **{k: (v[rows] if isinstance(v, (torch.Tensor, list)) else v) for k, v in vars(rollout).items()}
+    )
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.policy.parameters()]
+
+
+def test_masked_truncated_completions_contribute_nothing(tiny_model_dir, bundled_records):
+    module = _module(tiny_model_dir, mask_truncated_completions=True)
+    rollout = _rollout(module, bundled_records)
+    assert rollout.truncated.all()  # 6 new tokens: every completion is cut at the cap
+    assert module.loss_mask(rollout).sum() == 0
+    before = _params(module)
+    module._optimize(rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]), None, None)
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(module)))
+    plain = _module(tiny_model_dir)  # without the option the same rollout moves the policy
+    plain._optimize(rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]), None, None)
+    assert not all(torch.equal(a, b) for a, b in zip(before, _params(plain)))
+
+
+def test_steps_per_generation_equals_the_same_mini_batches_stepped_one_by_one(
+    tiny_model_dir, bundled_records
+):
+    split = _module(tiny_model_dir, steps_per_generation=2)
+    rollout = _rollout(split, bundled_records)
+    advantages = torch.tensor([1.0, -1.0, 0.7, -0.7])
+    old = split.policy_logps(rollout)  # the generating policy's log-probs, as training_step computes them
+    one_by_one = _module(tiny_model_dir)
+    one_by_one.load_state_dict(split.state_dict())
+    stats = split._optimize(rollout, advantages, None, old)
+    for rows in (slice(0, 2), slice(2, 4)):
+        one_by_one._optimize(_rows(rollout, rows), advantages[rows], None, old[rows])
+    for a, b in zip(_params(split), _params(one_by_one)):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert stats["loss"] != 0.0
+    with pytest.raises(ConfigError, match="steps_per_generation=3 needs at least 3 prompts"):
+        _module(tiny_model_dir, steps_per_generation=3)._optimize(rollout, advantages, None, old)
+
+
+def test_bad_option_values_name_the_key():
+    for options, key in [
+        ({"importance_sampling_level": "seq"}, "importance_sampling_level"),
+        ({"steps_per_generation": 0}, "steps_per_generation"),
+        ({"entropy_coef": -0.1}, "entropy_coef"),
+        ({"mask_truncated_completions": "yes"}, "mask_truncated_completions"),
+        ({"dynamic_sampling_max_draws": -1}, "dynamic_sampling_max_draws"),
+    ]:
+        with pytest.raises(ConfigError, match=f"algorithm.{key}: got"):
+            replace(GRPOConfig(), **options)
+
+
+# ------------------------------------------------------------------------------------------- schedules
+def _lrs(name: str, steps: int = 10, **kwargs) -> list[float]:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = lr_scheduler(opt, name, **kwargs)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_schedules_give_the_textbook_learning_rates():
+    assert _lrs("constant") == [1.0] * 10
+    assert _lrs("constant_with_warmup", warmup_steps=4)[:6] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+    assert _lrs("linear", warmup_steps=2, total_steps=10)[:5] == pytest.approx([0.0, 0.5, 1.0, 7 / 8, 6 / 8])
+    cosine = _lrs("cosine", warmup_steps=0, total_steps=10)
+    assert cosine == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)])
+    floor = _lrs("cosine_with_min_lr", total_steps=10, min_lr_rate=0.1)
+    assert floor[5] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    with pytest.raises(ConfigError, match="total_steps"):
+        _lrs("cosine", warmup_steps=5, total_steps=5)
+    with pytest.raises(ConfigError, match="'constant' has no warmup"):
+        _lrs("constant", warmup_steps=3)
+
+
+def test_the_module_steps_its_configured_schedule(tiny_model_dir):
+    import functools
+
+    loaded = load_causal_lm(tiny_model_dir)
+    matrix = AlignmentMatrix([Dimension("format_rules", "format", FormatScorer())])
+    factory = functools.partial(lr_scheduler, name="cosine", warmup_steps=0, total_steps=4)
+    module = GRPOModule(loaded.model, loaded.tokenizer, matrix, GRPOConfig(lr=0.1), lr_scheduler=factory)
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert sched.get_last_lr() == pytest.approx([0.1])
+    sched.optimizer.step()
+    sched.step()
+    assert sched.get_last_lr() == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi / 4))])
+    assert copy.deepcopy(module.config) == module.config
