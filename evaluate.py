@@ -20,4 +20,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from quark_lightning.entry import exit_on_bad_overrides
+
+    exit_on_bad_overrides("evaluate")  # unknown experiment / option: exit 2 with the valid names
     main()

@@ -127,9 +127,9 @@ def test_summary_table_numbers(history):
 def test_comparison_table_has_a_column_per_model(history):
     table = comparison_table({"base": history[0], "rl": history[1], "sft": history[0]})
     header = [c.strip() for c in table.splitlines()[0].split("|")[1:-1]]
-    assert header == ["", "category", "base", "rl", "sft"]
+    assert header == ["", "category", "base", "rl", "sft", "failed"]
     row = next(line for line in table.splitlines() if line.startswith("| format_rules"))
-    assert [c.strip() for c in row.split("|")[3:-1]] == ["25.0% (0.250)", "75.0% (0.750)", "25.0% (0.250)"]
+    assert [c.strip() for c in row.split("|")[3:-2]] == ["25.0% (0.250)", "75.0% (0.750)", "25.0% (0.250)"]
     assert "**expert**" in table
 
 

@@ -184,3 +184,68 @@ def test_example_responses_file_scores(tmp_path):
     out = list(score_records(rules_matrix(), records, 16))
     assert len(out) == len(records) and all("response_id" in o for o in out)
     json.dumps(out)
+
+
+# ------------------------------------------------------------------------------- 5. failed vs not applicable
+
+
+class _FailsOnSecond:
+    """A scorer that applies to every answer but raises on the second one."""
+
+    def score(self, prompts, completions):
+        from quark_lightning.rewards.base import ScoreResult
+
+        if any(c == "boom" for c in completions):
+            raise RuntimeError("scorer down")
+        return ScoreResult.from_lists([1.0] * len(completions), [[] for _ in completions])
+
+
+def test_failed_samples_are_their_own_column_in_reports(tmp_path):
+    from quark_lightning.eval.metrics import evaluation_metrics
+    from quark_lightning.eval.report import comparison_table, write_report
+
+    matrix = AlignmentMatrix(
+        [
+            Dimension("flaky", "fundamental", _FailsOnSecond(), target=0.5, on_failure={"policy": "nan"}),
+            Dimension("expert_rubric", "expert", RubricScorer(), target=0.5),
+        ]
+    )
+    rubric = [{"id": "e1", "type": "essential", "text": "water", "any": ["water"]}]
+    prompts = [{"id": "a", "messages": QUESTION, "rubric": rubric}, {"id": "b", "messages": QUESTION}]
+    prompts.append({"id": "c", "messages": QUESTION})
+    answers = ["drink water", "boom", "fine"]
+    metrics = evaluation_metrics(matrix, prompts, answers, matrix.score(prompts, answers))
+    flaky, rubric_row = metrics["dimensions"]["flaky"], metrics["dimensions"]["expert_rubric"]
+    assert (flaky["count"], flaky["failed"], flaky["not_applicable"]) == (2, 1, 0)
+    assert (rubric_row["count"], rubric_row["failed"], rubric_row["not_applicable"]) == (1, 0, 2)
+    write_report([metrics], str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert "| n | failed | not applicable |" in report and "| flaky | fundamental |" in report
+    assert "| 2 | 1 | 0 |" in report and "| 1 | 0 | 2 |" in report
+    table = comparison_table({"base": metrics, "rl": metrics})
+    assert "| failed |" in table.splitlines()[0] and "| 1 / 1 |" in table
+
+
+# ------------------------------------------------------------------------------- 5. unknown names exit 2
+
+
+@pytest.mark.parametrize(
+    "script,args,expected",
+    [
+        ("train.py", ["+experiment=nope"], "unknown experiment 'nope'"),
+        (
+            "train.py",
+            ["+experiment=smoke", "trainer.max_stepz=1"],
+            "unknown config option 'trainer.max_stepz'",
+        ),
+        ("evaluate.py", ["matrix=nope"], "unknown matrix 'nope'"),
+    ],
+)
+def test_unknown_experiment_or_option_exits_2_with_the_valid_names(tmp_path, script, args, expected):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, script, *args, f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: {expected}") and "Traceback" not in proc.stderr
+    valid = {"experiment": "demo, efficacy_real", "trainer": "max_steps", "matrix": "demo, judged, medical"}
+    assert any(v in proc.stderr for v in valid.values())

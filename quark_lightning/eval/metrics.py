@@ -5,7 +5,9 @@ From the matrix's scores (N, K) and findings on a set of (prompt, answer) pairs:
 - per dimension (torchmetrics `MeanMetric`s): `mean` raw score, `pass_rate` = share of applicable
   answers with score >= the dimension's target, `violation_rate` = 1 - pass_rate, `count` of applicable
   answers (a dimension without a target, such as a reward model's raw logit, has a mean but no pass
-  rate, and the loop never pushes it);
+  rate, and the loop never pushes it), and apart from them `failed` (the scorer failed on the answer,
+  matrix/guard.py) and `not_applicable` (the dimension does not apply); both are NaN scores and
+  neither counts in the mean or pass rate, but a failure is a fault, not "does not apply";
 - per category: the mean pass rate of its dimensions;
 - per clinical area: the pass rate over every (answer, dimension) pair of the area, and per dimension;
 - diagnosis: the findings behind failures, grouped into patterns (numbers and quoted spans replaced by
@@ -51,7 +53,12 @@ def _mean(values: torch.Tensor) -> float:
     return out if math.isfinite(out) else float("nan")
 
 
-def dimension_metrics(matrix: AlignmentMatrix, scores: torch.Tensor, passed: torch.Tensor) -> dict[str, dict]:
+def dimension_metrics(
+    matrix: AlignmentMatrix, scores: torch.Tensor, passed: torch.Tensor, failed: torch.Tensor | None = None
+) -> dict[str, dict]:
+    """Per dimension: mean, pass rate, count of scored answers, and the failed / not-applicable counts.
+    scores, passed, failed: (N, K); `failed` None = no failures."""
+    failed = torch.zeros(scores.shape, dtype=torch.bool) if failed is None else failed.cpu().bool()
     out = {}
     for k, dim in enumerate(matrix.dimensions):
         applicable = ~torch.isnan(scores[:, k])
@@ -64,6 +71,8 @@ def dimension_metrics(matrix: AlignmentMatrix, scores: torch.Tensor, passed: tor
             "pass_rate": rate,
             "violation_rate": 1.0 - rate if n and has_target else float("nan"),
             "count": n,
+            "failed": int(failed[:, k].sum()),
+            "not_applicable": int((~applicable & ~failed[:, k]).sum()),
             "target": dim.target,
         }
     return out
@@ -154,7 +163,7 @@ def evaluation_metrics(
     """Everything one evaluation observes and diagnoses, as a JSON-serializable dict."""
     scores = scored.scores.float()
     passed = pass_mask(scores, [d.target for d in matrix.dimensions])
-    dims = dimension_metrics(matrix, scores, passed)
+    dims = dimension_metrics(matrix, scores, passed, scored.failed)
     return {
         "step": step,
         "num_samples": len(completions),

@@ -118,14 +118,20 @@ def comparison_table(results: dict[str, dict]) -> str:
         for n in names:
             row = results[n]["dimensions"].get(d, {})
             cells.append(f"{_pct(row.get('pass_rate'))} ({_num(row.get('mean'))})" if row else "–")
-        rows.append([_cell(d), _cell(cat)] + cells)
+        failed = " / ".join(str(results[n]["dimensions"].get(d, {}).get("failed", "–")) for n in names)
+        rows.append([_cell(d), _cell(cat)] + cells + [failed])
     for c in cats:
         rows.append(
             [f"**{_cell(c)}**", "(category)"]
             + [_pct(results[n]["categories"].get(c, {}).get("pass_rate")) for n in names]
+            + ["–"]
         )
-    table = _table(["", "category"] + [_cell(n) for n in names], rows)
-    return table + "\n\nCells: pass rate (mean raw score); category rows: mean pass rate of its dimensions."
+    table = _table(["", "category"] + [_cell(n) for n in names] + ["failed"], rows)
+    return table + (
+        "\n\nCells: pass rate (mean raw score); category rows: mean pass rate of its dimensions. "
+        f"failed: answers the dimension's scorer failed on, per model ({' / '.join(_cell(n) for n in names)}); "
+        "they are not in the pass rate and are not counted as not applicable."
+    )
 
 
 # ---------------------------------------------------------------------------------------- plots
@@ -216,6 +222,8 @@ def _dimension_section(history: list[dict]) -> str:
                 _num(target) if target is not None else "median",
                 _pp(start, row.get("pass_rate")) if len(history) > 1 else "–",
                 str(row.get("count", "–")),
+                str(row.get("failed", "–")),
+                str(row.get("not_applicable", "–")),
             ]
         )
     header = [
@@ -226,8 +234,15 @@ def _dimension_section(history: list[dict]) -> str:
         "target",
         f"change since step {first['step']}",
         "n",
+        "failed",
+        "not applicable",
     ]
-    return "## Dimensions\n\n" + _table(header, rows)
+    note = (
+        "\n\nn: answers scored; failed: the scorer failed on the answer (a fault, see the run log); "
+        "not applicable: the dimension does not apply to the prompt. Only scored answers enter the mean and "
+        "the pass rate."
+    )
+    return "## Dimensions\n\n" + _table(header, rows) + note
 
 
 def _category_section(history: list[dict]) -> str:
