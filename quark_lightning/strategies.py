@@ -15,7 +15,7 @@ token-level loss) is gathered or reduced across ranks (quark_lightning/distribut
 Exactness across ranks (tests/test_distributed_equivalence.py): with the same global batch, 2 ranks give
 the single-process loss, advantages, RFN statistics, TADW weights and parameters for the loss types
 `grpo`, `dr_grpo` and `dapo` (group advantages only need the rank's own groups). `scale_rewards: batch`
-and `gdpo`'s batch re-normalization need the whole batch: GRPOModule.score_rollout gathers the scores of
+and `gdpo`'s batch re-normalization need the whole batch: GRPOModule.shape_rewards gathers the scores of
 every rank, aggregates the global batch and keeps its own rows, as TRL gathers them (tested too).
 
 A YAML `strategy:` is either a Lightning name (`ddp`) or a mapping with `_target_` naming one of the

@@ -218,3 +218,73 @@ def test_the_module_steps_its_configured_schedule(tiny_model_dir):
     sched.step()
     assert sched.get_last_lr() == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi / 4))])
     assert copy.deepcopy(module.config) == module.config
+
+
+# ------------------------------------------------------------------------------------------- dynamic sampling
+def test_groups_without_spread_and_the_batch_plan():
+    from quark_lightning.modules.dynamic_sampling import group_has_spread, plan_batch
+
+    reward = torch.tensor([1.0, 1.0, 0.0, 2.0, 3.0, 3.0, float("nan"), 5.0])  # 4 groups of 2
+    assert group_has_spread(reward, 2).tolist() == [False, True, False, False]
+    # draw 0: groups 1 and 3 have spread; draw 1: group 0 -> three groups for a target of 3, none filled
+    chosen, filled = plan_batch([torch.tensor([False, True, False, True]), torch.tensor([True, False])], 3)
+    assert chosen == [[1, 3], [0]] and filled == 0
+    chosen, filled = plan_batch([torch.tensor([False, True, False])], 3)  # the cap was hit: fill with two
+    assert chosen == [[0, 1, 2]] and filled == 2
+
+
+class PromptDependentScorer:
+    """Constant on prompts whose id starts with 'card' (no spread), the completion's length otherwise."""
+
+    def score(self, prompts, completions):
+        from quark_lightning.rewards.base import ScoreResult
+
+        values = [1.0 if p["id"].startswith("card") else float(len(c)) for p, c in zip(prompts, completions)]
+        return ScoreResult.from_lists(values, [[] for _ in values])
+
+
+class Source:
+    def __init__(self, records):
+        self.records, self.calls = records, 0
+
+    def draw_prompts(self, n, seed):
+        self.calls += 1
+        return self.records[self.calls * n : (self.calls + 1) * n]
+
+
+def _dynamic_module(tiny_model_dir, records, max_draws):
+    module = _module(tiny_model_dir, dynamic_sampling=True, dynamic_sampling_max_draws=max_draws)
+    module.matrix = AlignmentMatrix([Dimension("length", "format", PromptDependentScorer())])
+    module.prompt_source = Source(records)
+    return module
+
+
+def test_dynamic_sampling_never_leaves_a_zero_spread_group_when_it_can_refill(
+    tiny_model_dir, bundled_records
+):
+    records = [r for r in bundled_records if r["id"].startswith("card")][:2] + [
+        r for r in bundled_records if not r["id"].startswith("card")
+    ][:8]
+    module = _dynamic_module(tiny_model_dir, records, max_draws=3)
+    batch = records[:2]  # both 'card' prompts: no spread at all
+    rollout = module.engine.generate(module.policy, module.tokenizer, batch, 2)
+    rollout, scores = module.refill(batch, rollout, module.score_matrix(rollout))
+    ids = [p["id"] for p in rollout.prompts]
+    assert len(ids) == 4 and not any(i.startswith("card") for i in ids)
+    reward = scores.scores[:, 0]
+    assert reward.view(-1, 2).std(1).gt(0).all()  # every group in the batch has a reward spread
+    assert module.dynamic_sampling_stats["dynamic_sampling/zero_std_groups"] == 0.0
+    assert module.dynamic_sampling_stats["dynamic_sampling/extra_draws"] >= 1.0
+    assert rollout.completion_ids.size(0) == 4 and len(scores.findings["length"]) == 4
+
+
+def test_dynamic_sampling_stops_at_its_cap_and_says_so(tiny_model_dir, bundled_records):
+    cards = [r for r in bundled_records if r["id"].startswith("card")][:8]
+    module = _dynamic_module(tiny_model_dir, cards, max_draws=2)
+    batch = cards[:2]
+    rollout = module.engine.generate(module.policy, module.tokenizer, batch, 2)
+    rollout, _ = module.refill(batch, rollout, module.score_matrix(rollout))
+    stats = module.dynamic_sampling_stats
+    assert stats["dynamic_sampling/extra_draws"] == 2.0 and stats["dynamic_sampling/zero_std_groups"] == 2.0
+    assert stats["dynamic_sampling/zero_std_groups_drawn"] == 6.0  # 3 draws x 2 groups
+    assert [p["id"] for p in rollout.prompts] == [cards[0]["id"]] * 2 + [cards[1]["id"]] * 2

@@ -188,6 +188,14 @@ class PromptDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def draw_prompts(self, n: int, seed: Any) -> list[dict[str, Any]]:
+        """n training prompts drawn uniformly with replacement, seeded by `seed` (any hashable value):
+        the extra draws of dynamic sampling, the same on a rerun."""
+        import random
+
+        rng = random.Random(repr(seed))
+        return collate_prompts([self.train_set[rng.randrange(len(self.train_set))] for _ in range(n)])
+
     def calibration_records(self) -> list[dict[str, Any]]:
         """Training prompts in a fixed order (the same on every rank), for reference calibration."""
         self.setup("fit")

@@ -36,7 +36,9 @@ from quark_lightning.algorithms.grpo_loss import (
     token_entropy,
 )
 from quark_lightning.distributed import (
+    all_reduce_max_int,
     all_reduce_sum,
+    call_on_every_rank,
     clip_grad_norm,
     gather_objects,
     gather_rows,
@@ -48,12 +50,20 @@ from quark_lightning.distributed import (
 from quark_lightning.errors import ConfigError
 from quark_lightning.matrix import AlignmentMatrix
 from quark_lightning.matrix.guard import FailureCounter
+from quark_lightning.matrix.matrix import MatrixScores
 from quark_lightning.models.reference import (
     DisabledAdapterReference,
     FrozenCopyReference,
     FrozenModule,
     build_reference,
     eval_mode,
+)
+from quark_lightning.modules.dynamic_sampling import (
+    group_has_spread,
+    group_rows,
+    plan_batch,
+    select_rollout,
+    select_scores,
 )
 from quark_lightning.modules.shared_prefix import (  # noqa: F401
     checkpointing_active,
@@ -370,9 +380,17 @@ class GRPOModule(L.LightningModule):
         return self.engine.generate(self.policy, self.tokenizer, prompts, num_generations)
 
     # ------------------------------------------------------------------ reward side
-    def score_rollout(self, rollout: Rollout):
-        matrix_scores = self.matrix.score(rollout.prompts, rollout.completions)  # scorers under on_failure
+    def score_matrix(self, rollout: Rollout) -> MatrixScores:
+        """Every dimension's scores under its on_failure policy; failures counted over all ranks."""
+        matrix_scores = call_on_every_rank(  # a `stop` failure on one rank stops every rank, same message
+            lambda: self.matrix.score(rollout.prompts, rollout.completions), self.device
+        )
         self.scorer_failures.record(self._failures_all_ranks(matrix_scores.failures))
+        return matrix_scores
+
+    def shape_rewards(self, rollout: Rollout, matrix_scores: MatrixScores):
+        """(N, K) scores -> (scores, AggregatedReward, advantages (N,), frac_zero_std), batch statistics
+        over the global batch where the aggregation needs them."""
         scores = matrix_scores.scores.to(self.device)  # (N, K)
         failed = matrix_scores.failed.to(self.device)  # (N, K) a failed gate sample is vetoed, never passed
         prompt_ids = [p["id"] for p in rollout.prompts]
@@ -389,9 +407,56 @@ class GRPOModule(L.LightningModule):
                 advantages=agg.advantages[rows] if agg.advantages is not None else None,
                 normalized=agg.normalized[rows] if agg.normalized is not None else None,
             )
-            return matrix_scores, scores, agg, adv[rows], frac
+            return scores, agg, adv[rows], frac
         aggregated, advantages, frac_zero_std = self._aggregate(scores, failed, prompt_ids)
-        return matrix_scores, scores, aggregated, advantages, frac_zero_std
+        return scores, aggregated, advantages, frac_zero_std
+
+    # ------------------------------------------------------------------ dynamic sampling (DAPO)
+    def refill(self, batch: list[dict[str, Any]], rollout: Rollout, matrix_scores: MatrixScores):
+        """Drop zero-spread groups and draw more prompts until the batch is full (dynamic_sampling.py).
+        -> (rollout, matrix_scores) of exactly len(batch) groups."""
+        G, target = self.config.num_generations, len(batch)
+        draws, spreads = [(rollout, matrix_scores)], [self._spread(rollout, matrix_scores)]
+        while len(draws) - 1 < self.config.dynamic_sampling_max_draws:
+            short = int(sum(int(s.sum()) for s in spreads) < target)
+            if all_reduce_max_int(short, self.device) == 0:  # every rank is full (all ranks agree)
+                break
+            prompts = self.extra_prompts(target, seed=(self.global_step, len(draws), rank()))
+            extra = self.engine.generate(self.policy, self.tokenizer, prompts, G)
+            extra_scores = self.score_matrix(extra)
+            draws.append((extra, extra_scores))
+            spreads.append(self._spread(extra, extra_scores))
+        chosen, filled = plan_batch(spreads, target)
+        parts = [(draw, group_rows(groups, G)) for draw, groups in zip(draws, chosen) if groups]
+        self.dynamic_sampling_stats = {
+            "dynamic_sampling/extra_draws": float(len(draws) - 1),
+            "dynamic_sampling/zero_std_groups_drawn": float(sum(int((~s).sum()) for s in spreads)),
+            "dynamic_sampling/zero_std_groups": float(filled),  # in the batch: 0 unless the cap was hit
+        }
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return (
+            select_rollout([(r, rows) for (r, _), rows in parts], pad),
+            select_scores([(m, rows) for (_, m), rows in parts]),
+        )
+
+    def _spread(self, rollout: Rollout, matrix_scores: MatrixScores) -> torch.Tensor:
+        """(groups,) bool: the group's rewards (this rank's aggregation of this draw) are not all equal."""
+        ids = [p["id"] for p in rollout.prompts]
+        agg, _, _ = self._aggregate(
+            matrix_scores.scores.to(self.device), matrix_scores.failed.to(self.device), ids
+        )
+        return group_has_spread(agg.reward.detach().cpu(), self.config.num_generations)
+
+    def extra_prompts(self, n: int, seed: tuple) -> list[dict[str, Any]]:
+        """n training prompts drawn at random (seeded by step, draw and rank: a rerun draws the same)."""
+        source = getattr(self, "prompt_source", None) or getattr(self.trainer, "datamodule", None)
+        if source is None or not hasattr(source, "draw_prompts"):
+            raise ConfigError(
+                "algorithm.dynamic_sampling needs more prompts than the batch: train with the "
+                "PromptDataModule (python train.py does), or set module.prompt_source to an object with "
+                "draw_prompts(n, seed). Fix: algorithm.dynamic_sampling=false otherwise."
+            )
+        return source.draw_prompts(n, seed)
 
     def _aggregate(self, scores: torch.Tensor, failed: torch.Tensor, prompt_ids: list[str]):
         """(N, K) raw scores -> (AggregatedReward, advantages (N,), frac_zero_std)."""
@@ -426,7 +491,10 @@ class GRPOModule(L.LightningModule):
         t0 = time.perf_counter()
         rollout = self.engine.generate(self.policy, self.tokenizer, batch, cfg.num_generations)
         t_gen = time.perf_counter()
-        matrix_scores, scores, aggregated, advantages, frac_zero_std = self.score_rollout(rollout)
+        matrix_scores = self.score_matrix(rollout)
+        if cfg.dynamic_sampling:  # drop zero-spread groups, draw more prompts (DAPO)
+            rollout, matrix_scores = self.refill(batch, rollout, matrix_scores)
+        scores, aggregated, advantages, frac_zero_std = self.shape_rewards(rollout, matrix_scores)
         t_score = time.perf_counter()
         ref_logp = self.reference_logps(rollout) if self.reference is not None else None
         off_policy = cfg.num_iterations > 1 or cfg.steps_per_generation > 1  # the policy moves before reuse
@@ -552,6 +620,7 @@ class GRPOModule(L.LightningModule):
         for k, name in enumerate(self.matrix.names):
             metrics[f"weights/{name}"] = float(self.matrix_weights[k])
         metrics.update(self.scorer_failures.metrics())
+        metrics.update(getattr(self, "dynamic_sampling_stats", {}))
         if self.matrix.judges():  # this rank's LLM-judge counters since the start: requests, cache hits...
             metrics.update({f"judge/{k}": float(v) for k, v in self.matrix.judge_stats().items()})
         reward = aggregated.reward
