@@ -1,11 +1,15 @@
-"""Gathering across ranks, so statistics and weights are computed from the same data on every rank."""
+"""Gathering across ranks, so statistics and weights are computed from the same data on every rank, and
+agreeing on a failure, so that one rank stopping stops every rank (`call_on_every_rank`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from quark_lightning.errors import QuarkError
 
 
 def world_size() -> int:
@@ -56,6 +60,39 @@ def all_reduce_max_int(value: int, device: torch.device | str = "cpu") -> int:
     if world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return int(out)
+
+
+class RankStoppedError(QuarkError, RuntimeError):
+    """A rank stopped the run at a step boundary; every rank raises it with the same message."""
+
+
+def agree_on_failure(message: str | None, device: torch.device | str = "cpu") -> str | None:
+    """The failure the ranks agree on at a step boundary: None when no rank failed, else the message of
+    the lowest failing rank, as `rank R: message`. A collective: every rank calls it, failed or not
+    (one small all-reduce each step; the messages are gathered only when some rank failed)."""
+    if world_size() == 1:
+        return message
+    if not all_reduce_max_int(int(message is not None), device):
+        return None
+    messages = gather_objects([message])
+    first = next(r for r, m in enumerate(messages) if m is not None)
+    return f"rank {first}: {messages[first]}"
+
+
+def call_on_every_rank(fn: Callable[[], Any], device: torch.device | str = "cpu") -> Any:
+    """`fn()` on this rank; when it raises a QuarkError on any rank (a scorer failing under `stop`),
+    every rank raises RankStoppedError with the same message, instead of the other ranks waiting at
+    the next collective. One process: `fn()` as is."""
+    if world_size() == 1:
+        return fn()
+    try:
+        result, message = fn(), None
+    except QuarkError as err:
+        result, message = None, str(err)
+    agreed = agree_on_failure(message, device)
+    if agreed is not None:
+        raise RankStoppedError(f"{agreed} (every rank stopped at this step)")
+    return result
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
