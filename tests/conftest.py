@@ -51,3 +51,22 @@ def write_jsonl(path, rows) -> str:
         for row in rows:
             fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def noisy_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with large random weights: its greedy outputs differ from prompt to prompt and from
+    token to token (the plain tiny model repeats one token), for tests that compare generated text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3, generator=generator)
+    out = tmp_path_factory.mktemp("noisy_model")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return str(out)

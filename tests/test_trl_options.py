@@ -288,3 +288,50 @@ def test_dynamic_sampling_stops_at_its_cap_and_says_so(tiny_model_dir, bundled_r
     assert stats["dynamic_sampling/extra_draws"] == 2.0 and stats["dynamic_sampling/zero_std_groups"] == 2.0
     assert stats["dynamic_sampling/zero_std_groups_drawn"] == 6.0  # 3 draws x 2 groups
     assert [p["id"] for p in rollout.prompts] == [cards[0]["id"]] * 2 + [cards[1]["id"]] * 2
+
+
+# ------------------------------------------------------------------------------------------- stop strings, EOS ids
+def test_completion_mask_ends_at_any_stop_id_or_stop_position():
+    from quark_lightning.rollout.base import completion_mask_from_ids
+
+    ids = torch.tensor([[5, 7, 2, 9], [5, 6, 6, 6], [1, 1, 1, 1]])
+    mask, cut = completion_mask_from_ids(ids, [2, 7])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]] and cut.tolist() == [False, True, True]
+    mask, cut = completion_mask_from_ids(ids, [2], stop_at=torch.tensor([4, 1, 4]))
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]] and cut.tolist() == [
+        False,
+        False,
+        True,
+    ]
+
+
+def _greedy(tiny_model_dir, bundled_records, **engine):
+    loaded = load_causal_lm(tiny_model_dir)
+    return HFGenerateEngine(max_new_tokens=12, **engine).generate(
+        loaded.model, loaded.tokenizer, bundled_records[:2], 1, greedy=True
+    ), loaded.tokenizer
+
+
+@pytest.mark.parametrize("decode", ["fast", "generate"])
+def test_extra_eos_ids_and_stop_strings_end_completions(noisy_model_dir, bundled_records, decode):
+    tiny_model_dir = noisy_model_dir  # varied tokens: a stop string can sit mid-completion
+    plain, tok = _greedy(tiny_model_dir, bundled_records, decode=decode)
+    row = plain.completion_ids[0].tolist()
+    # an extra EOS id: the 4th generated token ends the first completion there (inclusive)
+    eos_cut, _ = _greedy(tiny_model_dir, bundled_records, decode=decode, eos_token_ids=[row[3]])
+    first = row.index(row[3])
+    assert eos_cut.completion_mask[0].sum() == first + 1 and not eos_cut.truncated[0]
+    # a stop string: the text of tokens 5..6; the completion ends with the token that completes it
+    stop = tok.decode(row[5:7])
+    assert stop.strip(), "the tiny model's tokens 5..6 decode to whitespace only"
+    cut, _ = _greedy(tiny_model_dir, bundled_records, decode=decode, stop_strings=[stop])
+    n = int(cut.completion_mask[0].sum())
+    assert stop in tok.decode(row[:n]) and stop not in tok.decode(row[: n - 1]) and n <= 7
+    assert not cut.truncated[0] and cut.completion_ids[0, :n].tolist() == row[:n]
+
+
+def test_bad_stop_settings_are_refused():
+    with pytest.raises(ConfigError, match="rollout.stop_strings"):
+        HFGenerateEngine(stop_strings="</answer>")
+    with pytest.raises(ConfigError, match="rollout.eos_token_ids"):
+        HFGenerateEngine(eos_token_ids=[-1])

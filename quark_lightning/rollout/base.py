@@ -68,16 +68,42 @@ def render_prompts(tokenizer, prompts: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def completion_mask_from_ids(
-    completion_ids: torch.Tensor, eos_token_id: int
+    completion_ids: torch.Tensor, eos_token_id: int | Sequence[int], stop_at: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask (N, C) that is 1 up to and including the first EOS; and whether each row has no EOS."""
-    is_eos = completion_ids == eos_token_id  # (N, C)
+    """Mask (N, C) that is 1 up to and including the first EOS (any of the ids given) or the position
+    `stop_at` (N,) where a stop string completed, whichever comes first; and whether each row has neither
+    (it was cut at max_new_tokens)."""
+    ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, Sequence) else [eos_token_id])
+    is_eos = torch.isin(completion_ids, ids.to(completion_ids.device))  # (N, C)
     has_eos = is_eos.any(dim=1)
-    first = torch.where(
-        has_eos,
-        is_eos.int().argmax(dim=1),
-        torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long),
-    )
-    positions = torch.arange(completion_ids.size(1), device=completion_ids.device).unsqueeze(0)  # (1, C)
+    C = completion_ids.size(1)
+    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, C, dtype=torch.long))
+    if stop_at is not None:
+        first = torch.minimum(first, stop_at.to(first.device))
+    positions = torch.arange(C, device=completion_ids.device).unsqueeze(0)  # (1, C)
     mask = (positions <= first.unsqueeze(1)).long()
-    return mask, ~has_eos
+    return mask, first >= C
+
+
+def stop_string_positions(
+    tokenizer: Any, completion_ids: torch.Tensor, stop_strings: Sequence[str]
+) -> torch.Tensor:
+    """(N,) the index of the token with which the earliest stop string is complete in each row (C when
+    none occurs). The row's text is decoded once; the token is found by bisecting decoded prefixes."""
+    N, C = completion_ids.shape
+    out = torch.full((N,), C, dtype=torch.long)
+    for i, row in enumerate(completion_ids.tolist()):
+        text = tokenizer.decode(row, skip_special_tokens=False)
+        ends = [text.find(s) + len(s) for s in stop_strings if s and s in text]
+        if not ends:
+            continue
+        end = min(ends)
+        lo, hi = 0, C - 1  # the first t with len(decode(row[: t + 1])) >= end
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tokenizer.decode(row[: mid + 1], skip_special_tokens=False)) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        out[i] = lo
+    return out

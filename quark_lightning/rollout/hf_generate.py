@@ -43,8 +43,14 @@ import torch
 import transformers
 
 from quark_lightning.distributed import is_sharded
+from quark_lightning.errors import ConfigError
 from quark_lightning.models.reference import eval_mode
-from quark_lightning.rollout.base import Rollout, completion_mask_from_ids, render_prompts
+from quark_lightning.rollout.base import (
+    Rollout,
+    completion_mask_from_ids,
+    render_prompts,
+    stop_string_positions,
+)
 
 __all__ = [
     "HFGenerateEngine",
@@ -219,9 +225,27 @@ class HFGenerateEngine:
         share_prefill: bool = True,
         sync_every: int | None = None,
         prepack_weights: bool = False,
+        eos_token_ids: Sequence[int] | None = None,
+        stop_strings: Sequence[str] | None = None,
     ):
         if decode not in DECODE_MODES:
             raise ValueError(f"rollout.decode: {decode!r} is not one of {DECODE_MODES}")
+        bad_ids = [i for i in (eos_token_ids or []) if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+        if bad_ids:
+            raise ConfigError(
+                f"rollout.eos_token_ids: got {list(eos_token_ids)}, expected token ids (integers >= 0)"
+            )
+        if stop_strings is not None and (
+            isinstance(stop_strings, str) or not all(isinstance(t, str) and t for t in stop_strings)
+        ):
+            raise ConfigError(
+                f"rollout.stop_strings: got {stop_strings!r}, expected a list of non-empty strings, "
+                "e.g. rollout.stop_strings='[\"</answer>\"]'"
+            )
+        # completions end at the tokenizer's EOS, at any of these extra ids, or once a stop string is
+        # complete (the stop string stays in the completion, as with transformers' stop_strings)
+        self.extra_eos_ids = [int(i) for i in eos_token_ids or []]
+        self.stop_strings = [str(t) for t in stop_strings or []]
         self.sampling = dict(
             max_new_tokens=max_new_tokens,
             do_sample=True,
@@ -293,21 +317,33 @@ class HFGenerateEngine:
         if greedy and num_generations > 1:  # `generate` refuses greedy with num_return_sequences > 1
             ids, mask = ids.repeat_interleave(num_generations, 0), mask.repeat_interleave(num_generations, 0)
             num_generations = 1
+        stops = {"stop_strings": self.stop_strings, "tokenizer": tokenizer} if self.stop_strings else {}
         return policy.generate(
             input_ids=ids,
             attention_mask=mask,
             **sampling,
+            **stops,
             num_return_sequences=num_generations,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=self.stop_ids(tokenizer),
             use_cache=True,
             synced_gpus=synced,
         )
 
+    def stop_ids(self, tokenizer) -> list[int]:
+        """The token ids that end a completion: the tokenizer's EOS and `eos_token_ids`."""
+        return list(dict.fromkeys([tokenizer.eos_token_id, *self.extra_eos_ids]))
+
+    def _stopped_by_string(self, tokenizer, ids: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: the row's text so far contains a stop string.  ids (n, t)."""
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=False)
+        return torch.tensor([any(s in t for s in self.stop_strings) for t in texts], device=ids.device)
+
     def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool) -> torch.Tensor:
         """Shared prefill, then a KV-cache decode loop over the unfinished rows.  -> (B * G, C)"""
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
-        G, eos, pad = num_generations, tokenizer.eos_token_id, tokenizer.pad_token_id
+        G, pad = num_generations, tokenizer.pad_token_id
+        eos = torch.tensor(self.stop_ids(tokenizer), device=ids.device)
         if not self.share_prefill:  # prefill every completion's copy of the prompt, as `generate` does
             ids, mask, G = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0), 1
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P) skips left padding
@@ -338,10 +374,12 @@ class HFGenerateEngine:
             for step in range(C):
                 token = sample_next(logits, **warp, min_p=min_p, greedy=greedy)  # (n,)
                 result[rows, step] = token  # tokens after a row's EOS are masked to pad by `to_rollout`
-                done |= token == eos
+                done |= torch.isin(token, eos)
                 steps = step + 1
                 if steps == C:
                     break
+                if self.stop_strings and steps % sync_every == 0:  # decode the unfinished rows so far
+                    done |= self._stopped_by_string(tokenizer, result[rows, :steps])
                 if steps % sync_every == 0 and bool(done.any()):  # the only host sync of the loop
                     if bool(done.all()):
                         break
@@ -369,16 +407,32 @@ class HFGenerateEngine:
         enc = self.encode_prompts(tokenizer, prompts, device)
         # Tensors made under inference_mode cannot enter autograd; clone them out of it.
         out = self._sample(policy, tokenizer, enc, num_generations, greedy).clone()
-        return self.to_rollout(tokenizer, prompts, enc, out, num_generations)
+        return self.to_rollout(
+            tokenizer, prompts, enc, out, num_generations, self.stop_ids(tokenizer), self.stop_strings
+        )
 
     @staticmethod
-    def to_rollout(tokenizer, prompts, enc: dict[str, torch.Tensor], out: torch.Tensor, G: int) -> Rollout:
-        """Split (B * G, P + C) prompt+completion ids into a Rollout."""
+    def to_rollout(
+        tokenizer,
+        prompts,
+        enc: dict[str, torch.Tensor],
+        out: torch.Tensor,
+        G: int,
+        stop_ids: Sequence[int] | None = None,
+        stop_strings: Sequence[str] = (),
+    ) -> Rollout:
+        """Split (B * G, P + C) prompt+completion ids into a Rollout; a completion ends at its first stop id
+        (default: the tokenizer's EOS) or with the token that completes a stop string."""
         prompt_len = enc["input_ids"].size(1)
         completion_ids = out[:, prompt_len:]
         if completion_ids.size(1) == 0:  # every sequence stopped at once: keep one (EOS) column
             completion_ids = torch.full((out.size(0), 1), tokenizer.eos_token_id, device=out.device)
-        mask, truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+        stop_at = (
+            stop_string_positions(tokenizer, completion_ids.cpu(), stop_strings) if stop_strings else None
+        )
+        mask, truncated = completion_mask_from_ids(
+            completion_ids, list(stop_ids or [tokenizer.eos_token_id]), stop_at
+        )
         completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         repeat = lambda t: t.repeat_interleave(G, dim=0)  # noqa: E731
