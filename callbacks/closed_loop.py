@@ -30,7 +30,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from quark_lightning.eval.metrics import evaluation_metrics
 
@@ -219,13 +218,10 @@ class ClosedLoopSupervision(L.Callback):
         lines += [f"- action: {a['reason']}" for a in metrics["actions"]]
         if not trainer.is_global_zero:
             return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for key, value in scalars.items():
-                    logger.experiment.add_scalar(key, value, global_step=step)
-                logger.experiment.add_text(
-                    "eval/diagnosis", "\n".join(lines) or "- no findings", global_step=step
-                )
+        from quark_lightning.loggers import log_scalars, log_text
+
+        log_scalars(trainer, scalars, step)  # every logger (TensorBoard, CSV, W&B, MLflow)
+        log_text(trainer, "eval/diagnosis", "\n".join(lines) or "- no findings", step)
         for a in metrics["actions"]:
             print(f"[closed loop, step {step}] {a['reason']}")
         if self.write_reports and self.report_dir:

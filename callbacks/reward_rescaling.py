@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from quark_lightning.distributed import gather_objects, gather_rows, world_size
 from quark_lightning.optim.aggregation import NEEDS_NORMALIZER
@@ -122,9 +121,9 @@ class ReferenceFrozenNormalization(L.Callback):
         names, norm = pl_module.matrix.names, pl_module.normalizer
         text = format_report(names, norm)
         print(f"\nReference-Frozen Normalization, calibrated on {num_samples} reference answers:\n{text}")
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("rfn/calibration", "```\n" + text + "\n```", global_step=0)
+        from quark_lightning.loggers import log_text
+
+        log_text(trainer, "rfn/calibration", "```\n" + text + "\n```", 0)
         if self.report_path:
             os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
             rows = {

@@ -28,7 +28,6 @@ import warnings
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config import _require, is_int, is_num
@@ -347,8 +346,10 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         val_check_interval=min(rm.val_every_n_steps, steps),
         log_every_n_steps=max(1, min(kwargs.get("log_every_n_steps", 10), steps, len(train_loader))),
     )
-    logger = instantiate(cfg.logger, version="reward_model") if cfg.get("logger") else False
-    trainer = L.Trainer(**kwargs, logger=logger, callbacks=[])
+    from quark_lightning.loggers import build_loggers, close_loggers, logger_locations
+
+    loggers = build_loggers(cfg, "reward_model")
+    trainer = L.Trainer(**kwargs, logger=loggers or False, callbacks=[])
     started = time.perf_counter()
     with warnings.catch_warnings():
         if mode == "frozen":  # the frozen backbone is in eval mode on purpose (ScalarRewardModel.train)
@@ -358,6 +359,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
             train_dataloaders=train_loader,
             val_dataloaders=held_set.loader(rm.eval_batch_size) if len(held_set) else None,
         )
+    close_loggers(loggers)
     train_seconds = time.perf_counter() - started
     model.eval()
     after = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
@@ -394,8 +396,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         out_dir = os.path.join(run_dir, "reward_model")
         model.save_pretrained(out_dir, summary=summary)
         result["reward_model_dir"] = out_dir
-        if logger:
-            result["tensorboard_dir"] = logger.log_dir
+        result.update(logger_locations(loggers))
         lam = f"lambda={rm.ties_lambda}, m={rm.ties_margin}" + (
             ", literal paper form" if rm.literal_paper_form else ""
         )
@@ -413,8 +414,8 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         print(
             f"  use it in a matrix: scorer: {{_target_: quark_lightning.rewards.orm.ORMScorer, path: {out_dir}}}"
         )
-        if logger:
-            print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
+        if "tensorboard_dir" in result:
+            print(f"  inspect with:    tensorboard --logdir {os.path.dirname(result['tensorboard_dir'])}")
     return result
 
 

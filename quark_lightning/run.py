@@ -22,6 +22,7 @@ from quark_lightning.config import validate_config
 from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.data.references import validate_fact_references
 from quark_lightning.errors import ConfigError
+from quark_lightning.loggers import build_loggers, close_loggers, logger_locations
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
 from quark_lightning.models.saving import save_policy
@@ -73,9 +74,10 @@ def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, 
     module = SFTModule(loaded.model, lr=ws.lr, weight_decay=ws.weight_decay, warmup_steps=ws.warmup_steps)
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=ws.steps, enable_checkpointing=False, log_every_n_steps=10)
-    logger = instantiate(cfg.logger, version="warmstart") if cfg.get("logger") else False
-    trainer = L.Trainer(**kwargs, logger=logger, callbacks=[])
+    loggers = build_loggers(cfg, "warmstart")
+    trainer = L.Trainer(**kwargs, logger=loggers or False, callbacks=[])
     trainer.fit(module, train_dataloaders=dataset.loader(ws.batch_size))
+    close_loggers(loggers)
     loaded.model.eval()
 
 
@@ -170,13 +172,12 @@ def save_outputs(
         policy_dir = os.path.join(cfg.run_dir, "policy")  # LoRA after an SFT start: + policy/base/
         save_policy(module.policy, tokenizer, policy_dir, full_policy, save_base=starts_from_sft(cfg))
         result["policy_dir"] = policy_dir
-    if logger:
-        result["tensorboard_dir"] = logger.log_dir
+    result.update(logger_locations(logger or []))  # `logger`: the list of build_loggers
     print("\nDone.")
     for key, value in result.items():
         print(f"  {key:<16} {value}")
-    if logger:
-        print(f"  inspect with:    tensorboard --logdir {os.path.dirname(logger.log_dir)}")
+    if "tensorboard_dir" in result:
+        print(f"  inspect with:    tensorboard --logdir {os.path.dirname(result['tensorboard_dir'])}")
     return result
 
 
@@ -222,9 +223,14 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         aggregator=cfg.optimization.aggregator,
         lr_scheduler=scheduler,
     )
-    logger = instantiate(cfg.logger, version="grpo") if cfg.get("logger") else False
+    loggers = build_loggers(cfg, "grpo")
     trainer = L.Trainer(
-        **trainer_kwargs(cfg), logger=logger, callbacks=build_callbacks(cfg), plugins=[AtomicCheckpointIO()]
+        **trainer_kwargs(cfg),
+        logger=loggers or False,
+        callbacks=build_callbacks(cfg),
+        plugins=[AtomicCheckpointIO()],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    return save_outputs(cfg, trainer, module, loaded.tokenizer, logger)
+    result = save_outputs(cfg, trainer, module, loaded.tokenizer, loggers)
+    close_loggers(loggers)
+    return result

@@ -162,13 +162,18 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
     module = SFTModule(policy, lr=opts.lr, weight_decay=opts.weight_decay, warmup_steps=opts.warmup_steps)
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=opts.steps, max_epochs=-1, log_every_n_steps=10)
-    logger = instantiate(cfg.logger, version=spec.name) if cfg.get("logger") else False
+    from quark_lightning.loggers import build_loggers, close_loggers
+
+    loggers = build_loggers(cfg, spec.name)
     ckpt = last_checkpoint(stage_dir)
     if ckpt:
         print(f"  resuming from {ckpt}")
     callbacks = [checkpoint_callback(stage_dir, opts.checkpoint_every), RNGStateCallback()]
-    trainer = L.Trainer(**kwargs, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer = L.Trainer(
+        **kwargs, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt)
+    close_loggers(loggers)
     policy.eval()
     nll_after = mean_answer_nll(policy, eval_set) if eval_set else None
     if nll_before is not None:
