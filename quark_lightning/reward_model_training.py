@@ -2,7 +2,9 @@
 
     validate config -> load + validate pairs (or feedback -> pairs) -> split by question (seeded)
     -> build the backbone (tiny model or the run's `model`) + 2-layer head -> evaluate held-out
-    -> Lightning fit with the ties loss -> evaluate held-out -> save <run_dir>/reward_model
+    -> Lightning fit with the ties loss (atomic checkpoints every `checkpoint_every` steps in
+    <run_dir>/checkpoints; the same command again resumes from last.ckpt) -> evaluate held-out
+    -> save <run_dir>/reward_model
 
 `python train.py +experiment=rm_orm` (preference pairs) or `+experiment=rm_online` (online feedback).
 The saved directory is what `quark_lightning.rewards.orm.ORMScorer(path=...)` loads.
@@ -30,6 +32,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.checkpointing import AtomicCheckpointIO
 from quark_lightning.config import _require, is_int, is_num
 from quark_lightning.data.preferences import (
     describe,
@@ -105,6 +108,7 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
     )
     _require(p, cfg, f"{rm}.tie_threshold", lambda v: is_num(v) and v > 0, "a number > 0")
     _require(p, cfg, f"{rm}.val_every_n_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(p, cfg, f"{rm}.checkpoint_every", lambda v: is_int(v) and v >= 1, "an integer >= 1 (steps)")
     _require(
         p,
         cfg,
@@ -278,6 +282,28 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_callbacks(run_dir: str, every: int) -> list[L.Callback]:
+    """`<run_dir>/checkpoints/last.ckpt` every `every` steps (written atomically by AtomicCheckpointIO),
+    plus the random streams, so a killed reward-model run resumes exactly, as the SFT and RL stages do."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from callbacks.rng_state import RNGStateCallback
+
+    checkpoints = ModelCheckpoint(
+        dirpath=os.path.join(run_dir, "checkpoints"), save_last=True, save_top_k=0, every_n_train_steps=every
+    )
+    return [checkpoints, RNGStateCallback()]
+
+
+def resume_checkpoint(run_dir: str) -> str | None:
+    """The last checkpoint of an interrupted run in `run_dir`, to resume from (None: start afresh)."""
+    path = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    if not os.path.exists(path):
+        return None
+    print(f"Reward model: resuming from {path}")
+    return path
+
+
 def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate and save the reward model the config describes; returns paths and metrics."""
     from quark_lightning.modules.reward_model import (
@@ -340,7 +366,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     steps = kwargs["max_steps"]
     kwargs.update(
         max_epochs=-1,
-        enable_checkpointing=False,
+        enable_checkpointing=True,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=None,
         val_check_interval=min(rm.val_every_n_steps, steps),
@@ -349,7 +375,13 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     from quark_lightning.loggers import build_loggers, close_loggers, logger_locations
 
     loggers = build_loggers(cfg, "reward_model")
-    trainer = L.Trainer(**kwargs, logger=loggers or False, callbacks=[])
+    trainer = L.Trainer(
+        **kwargs,
+        logger=loggers or False,
+        callbacks=checkpoint_callbacks(run_dir, rm.checkpoint_every),
+        plugins=[AtomicCheckpointIO()],
+    )
+    ckpt = resume_checkpoint(run_dir)
     started = time.perf_counter()
     with warnings.catch_warnings():
         if mode == "frozen":  # the frozen backbone is in eval mode on purpose (ScalarRewardModel.train)
@@ -358,6 +390,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
             module,
             train_dataloaders=train_loader,
             val_dataloaders=held_set.loader(rm.eval_batch_size) if len(held_set) else None,
+            ckpt_path=ckpt,
         )
     close_loggers(loggers)
     train_seconds = time.perf_counter() - started

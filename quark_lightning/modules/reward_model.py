@@ -324,9 +324,19 @@ class PairDataset(Dataset):
         return {"input_ids": ids, "attention_mask": mask, "pref": torch.tensor([r[2] for r in rows])}
 
     def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        gen = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(
-            self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=gen
+        """Batches in order, or (shuffle) in a new seeded order each pass from a loader whose position
+        inside the pass is saved in the checkpoint, so a resumed run takes exactly the batches the
+        uninterrupted one would have (quark_lightning/data/resumable.py)."""
+        if not shuffle:
+            return DataLoader(self, batch_size=batch_size, collate_fn=self.collate)
+        from quark_lightning.data.resumable import ResumableDataLoader, ShuffleSampler
+
+        return ResumableDataLoader(
+            self,
+            batch_size=batch_size,
+            sampler=ShuffleSampler(self, seed=seed),
+            collate_fn=self.collate,
+            generator=torch.Generator().manual_seed(seed),
         )
 
 

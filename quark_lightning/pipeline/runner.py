@@ -10,8 +10,8 @@ stage before it. Rerunning the same command:
 
 - a stage that is `done` with the same fingerprint is skipped (its recorded outputs feed later stages);
 - a stage that is `running` (the process was killed) is run again and resumes from its own checkpoint
-  where it has one (SFT and RL stages checkpoint; reward-model training and calibration are short and
-  restart); if its config has changed since (e.g. a bad value was fixed), the partial attempt is moved
+  where it has one (SFT, reward-model and RL stages checkpoint; calibration is short and restarts); if
+  its config has changed since (e.g. a bad value was fixed), the partial attempt is moved
   aside and the stage starts over;
 - a finished stage whose fingerprint changed stops the pipeline with the keys to fix: nothing is overwritten
   unless `pipeline.rerun_from=<stage>` asks for it, and then the old directories are moved aside to
