@@ -335,3 +335,21 @@ def test_bad_stop_settings_are_refused():
         HFGenerateEngine(stop_strings="</answer>")
     with pytest.raises(ConfigError, match="rollout.eos_token_ids"):
         HFGenerateEngine(eos_token_ids=[-1])
+
+
+def test_soft_overlong_punishment_is_dapos_linear_ramp():
+    scorer = FormatScorer(rules=["soft_overlong"], overlong_max_words=20, overlong_cache_words=10)
+
+    def score(n: int) -> float:
+        return scorer.score([{"id": "p"}], [" ".join(["word"] * n)]).scores.item()
+
+    # credit 1 up to L_max - L_cache = 10 words, (20 - L) / 10 between, 0 beyond 20 (penalty = credit - 1)
+    assert [score(n) for n in (5, 10, 12, 15, 20, 30)] == pytest.approx([1.0, 1.0, 0.8, 0.5, 0.0, 0.0])
+    both = FormatScorer(
+        rules=["clean_ending", "soft_overlong"], overlong_max_words=20, overlong_cache_words=10
+    )
+    out = both.score([{"id": "p"}], [" ".join(["word"] * 15)])  # no final punctuation and half the credit
+    assert out.scores.item() == pytest.approx(0.25)
+    assert out.findings[0][-1] == "soft_overlong: 15 words, past 10 (credit 0.50; 0 from 20 words)"
+    with pytest.raises(ValueError, match="overlong_cache_words"):
+        FormatScorer(overlong_max_words=10, overlong_cache_words=0)

@@ -6,6 +6,12 @@ sum`). Rules: word-count bounds, a clean ending (the answer is not cut off mid-s
 (share of repeated word 3-grams), language (share of ASCII letters among letters, for English output),
 structure (no run-on sentence longer than `max_sentence_words`), and disclaimer (where the prompt is
 risky, i.e. has red flags or pitfall items, the answer points to a doctor, pharmacist or urgent care).
+
+Opt-in `soft_overlong` (DAPO's soft overlong punishment, arXiv 2503.14476, as a rule with partial
+credit): with L the answer's length in words, L_max = `overlong_max_words` and L_cache =
+`overlong_cache_words`, the rule's credit is 1 for L <= L_max - L_cache, falls linearly to 0 at L_max
+((L_max - L) / L_cache), and is 0 beyond: DAPO's penalty R = credit - 1 in [-1, 0]. DAPO counts tokens;
+the scorer sees text, so this counts words (set L_max a little under rollout.max_new_tokens * 0.75).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class FormatScorer:
         ),
         max_sentence_words: int = 60,
         disclaimer_patterns: Sequence[str] | None = None,
+        overlong_max_words: int = 150,
+        overlong_cache_words: int = 30,
     ):
         if min_words < 0 or max_words < min_words:
             raise ValueError(f"format rules: need 0 <= min_words <= max_words, got {min_words}, {max_words}")
@@ -50,6 +58,12 @@ class FormatScorer:
         self.max_repeat = max_repeated_trigram_fraction
         self.min_ascii = min_ascii_letter_fraction
         self.max_sentence_words = max_sentence_words
+        if not 0 < overlong_cache_words <= overlong_max_words:
+            raise ValueError(
+                "format rules: need 0 < overlong_cache_words <= overlong_max_words, "
+                f"got {overlong_cache_words}, {overlong_max_words}"
+            )
+        self.overlong_max, self.overlong_cache = overlong_max_words, overlong_cache_words
         self.disclaimer = list(disclaimer_patterns or DEFAULT_DISCLAIMER)
         check_patterns(self.disclaimer, "format rules: disclaimer_patterns")
         available: dict[str, Rule] = {
@@ -60,7 +74,8 @@ class FormatScorer:
             "structure": self._structure,
         }
         prompt_rules = {"disclaimer": self._disclaimer}  # rules that also read the prompt
-        unknown = [r for r in rules if r not in available and r not in prompt_rules]
+        self.soft_overlong = "soft_overlong" in rules  # partial credit in [0, 1] (overlong_credit)
+        unknown = [r for r in rules if r not in available and r not in prompt_rules and r != "soft_overlong"]
         if unknown:
             raise ValueError(f"format rules: unknown rule(s) {unknown}; available: {sorted(available)}")
         self.rules = {name: available[name] for name in rules if name in available}
@@ -112,12 +127,25 @@ class FormatScorer:
             return "disclaimer: a risky question, but the answer never points to a doctor, pharmacist or urgent care"
         return None
 
+    def overlong_credit(self, text: str) -> tuple[float, str | None]:
+        """DAPO's soft overlong punishment as a credit in [0, 1] (penalty = credit - 1), with its finding."""
+        n, hi, cache = len(words(text)), self.overlong_max, self.overlong_cache
+        if n <= hi - cache:
+            return 1.0, None
+        credit = max(0.0, (hi - n) / cache)
+        return credit, f"soft_overlong: {n} words, past {hi - cache} (credit {credit:.2f}; 0 from {hi} words)"
+
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
         scores, findings = [], []
-        n_rules = len(self.rules) + len(self.prompt_rules)
+        n_rules = len(self.rules) + len(self.prompt_rules) + int(self.soft_overlong)
         for prompt, text in zip(prompts, completions, strict=True):
             broken = [f for rule in self.rules.values() if (f := rule(text)) is not None]
             broken += [f for rule in self.prompt_rules.values() if (f := rule(prompt, text)) is not None]
-            scores.append(1.0 - len(broken) / n_rules)
+            passed = float(n_rules - int(self.soft_overlong) - len(broken))
+            if self.soft_overlong:
+                credit, finding = self.overlong_credit(text)
+                passed += credit
+                broken += [finding] if finding else []
+            scores.append(passed / n_rules)
             findings.append(broken)
         return ScoreResult.from_lists(scores, findings)
