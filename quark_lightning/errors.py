@@ -10,9 +10,18 @@ class ConfigError(QuarkError, ValueError):
 
 
 def run_or_exit(function, cfg):
-    """Run an entry point's wiring function; a QuarkError prints its message (no traceback) and exits 2."""
+    """Run an entry point's wiring function; a QuarkError prints its message (no traceback) and exits 2.
+
+    Under Hydra's `--multirun` one job's error must not end the sweep (sys.exit would): any exception is
+    recorded in the job's `job.json` (read by the sweep's comparison table, quark_lightning/sweep.py),
+    printed, and the job returns None so that Hydra launches the next one.
+    """
     import sys
 
+    from quark_lightning.sweep import in_multirun, run_sweep_job
+
+    if in_multirun():
+        return run_sweep_job(function, cfg)
     try:
         return function(cfg)
     except QuarkError as err:
