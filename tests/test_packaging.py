@@ -1,0 +1,103 @@
+"""Issue 17: a wheel install works from any directory: the Hydra config tree ships inside the package.
+
+Builds the wheel (`pip wheel --no-deps`, no build isolation: offline), installs it into a fresh venv that
+sees this machine's site-packages for the dependencies (`--system-site-packages`, `pip install
+--no-deps`), and from a directory outside the repository runs the scoring CLI and
+`python -m quark_lightning.train` (the train.py equivalent), checking that the installed copy, not the
+source checkout, is what ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quark_lightning.entry import conf_dir
+from tests.conftest import REPO
+
+TRAIN = [
+    "+experiment=smoke",
+    "trainer.max_steps=1",
+    "warmstart.steps=1",
+    "rollout.max_new_tokens=8",
+    "callbacks.closed_loop.report_dir=null",
+    "save_policy=false",
+    "optimization.normalization.calibration_prompts=4",
+    "model.tiny.vocab_size=512",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_hidden_layers=1",
+]
+
+
+def sh(cmd: list[str], cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_the_source_checkout_finds_the_repository_config_tree():
+    assert (conf_dir() / "train.yaml").is_file()
+    assert conf_dir().resolve() == (Path(REPO) / "conf").resolve()  # the design card's tree, one copy
+
+
+@pytest.mark.slow
+def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
+    wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    work.mkdir()
+    sh(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", REPO, "-w", str(wheels)],
+        REPO,
+    )
+    (wheel,) = wheels.glob("quark_lightning-*.whl")
+    sh([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path)
+    python = str(venv / "bin" / "python")
+    sh([python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], tmp_path)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        QUARK_CACHE=str(tmp_path / "cache"),
+        PYTHONPATH="",
+    )
+
+    where = sh(
+        [python, "-c", "import quark_lightning.entry as e; print(e.__file__); print(e.conf_dir())"], work, env
+    )
+    module_file, installed_conf = where.stdout.split()
+    assert module_file.startswith(str(venv)) and installed_conf.startswith(str(venv)), where.stdout
+    assert (Path(installed_conf) / "experiment" / "smoke.yaml").is_file()
+
+    responses = work / "responses.jsonl"
+    row = {
+        "id": "w-1",
+        "messages": [{"role": "user", "content": "How much water should I drink?"}],
+        "response": "About six to eight glasses a day; more in hot weather. See a doctor if you feel dizzy.",
+    }
+    responses.write_text(json.dumps(row) + "\n")
+    # --config-dir: the scoring CLI's default is still the repository's conf/ (quark_lightning/score.py)
+    scored = sh(
+        [python, "-m", "quark_lightning.score", "--input", str(responses), "--matrix", "rules_only"]
+        + ["--config-dir", installed_conf],
+        work,
+        env,
+    )
+    (out,) = [json.loads(line) for line in scored.stdout.splitlines()]
+    assert out["id"] == "w-1" and out["scores"]["format_rules"] is not None
+
+    trained = sh([python, "-m", "quark_lightning.train", *TRAIN, f"hydra.run.dir={work / 'run'}"], work, env)
+    assert (work / "run" / "checkpoints" / "last.ckpt").is_file(), trained.stdout[-2000:]
+
+    bad = subprocess.run(
+        [python, "-m", "quark_lightning.train", "+experiment=nope"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "valid experiment names: demo" in bad.stderr, bad.stderr[-2000:]
