@@ -427,3 +427,38 @@ def test_a_corrupt_parquet_file_is_reported_not_a_pyarrow_traceback(tmp_path):
     bad.write_bytes(b"this is not parquet\n")
     with pytest.raises(DataValidationError, match=r"prompts.parquet: not a readable Parquet file"):
         load_prompt_records(str(bad))
+
+
+# ------------------------------------------------------------------------------------- unusual but valid
+
+UNUSUAL = Path(__file__).parent / "fixtures" / "unusual"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in UNUSUAL.glob("*.jsonl")))
+def test_unusual_but_valid_input_is_accepted_and_scored(name):
+    """CRLF line endings, trailing blank lines, system messages, multi-turn conversations, non-Latin text,
+    extra keys and empty answers are valid input: read as prompts and as responses, and every dimension
+    scores every answer (the rubric's non-Latin patterns match non-Latin answers)."""
+    from quark_lightning.rewards.rubric import RubricScorer
+    from quark_lightning.rewards.safety import SafetyScorer
+    from quark_lightning.score import score_records
+
+    path = str(UNUSUAL / name)
+    prompts = load_prompt_records(path)
+    records = load_responses(path)
+    assert len(prompts) == len(records) >= 2
+    matrix = AlignmentMatrix(
+        [
+            Dimension("format_rules", "format", FormatScorer(min_words=3)),
+            Dimension("expert_rubric", "expert", RubricScorer()),
+            Dimension("safety", "fundamental", SafetyScorer()),
+        ]
+    )
+    rows = list(score_records(matrix, records, batch_size=8))
+    assert [r["id"] for r in rows] == [r["id"] for r in records]
+    for record, row in zip(records, rows):
+        assert row["failed"] == [] and row["scores"]["format_rules"] is not None and row["reward"] is not None
+        assert (row["scores"]["expert_rubric"] is None) == (not record.get("rubric"))
+        if record.get("rubric") and record["response"].strip():
+            assert row["scores"]["expert_rubric"] == 1.0, (record["id"], row["findings"])
+        assert row["flags"] == ([] if record["response"].strip() else [row["flags"][0]])
