@@ -110,6 +110,13 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["{f}:1: field 'rubric[0].any[0]': invalid regular expression '(rest|fluids'", "escape literal"],
     ),
     (
+        "prompts_regex_repeat_too_big.jsonl",
+        "prompts",
+        [
+            "{f}:1: field 'rubric[0].any[0]': invalid regular expression 'rest{{99999999999}}': repeat count too big"
+        ],
+    ),
+    (
         "prompts_bad_points.jsonl",
         "prompts",
         ["{f}:1: field 'rubric[0].points': must be a positive number, got -1"],
