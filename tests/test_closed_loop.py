@@ -34,6 +34,47 @@ def weak_matrix():
 def test_finding_patterns_group_specifics():
     assert finding_pattern("length: 7 words, below the minimum of 500") == LENGTH_PATTERN
     assert finding_pattern("bad pattern 'hedging': \"it depends\"") == "bad pattern '...': '...'"
+    # item ids stay: each rubric item is its own group
+    assert (
+        finding_pattern("missed essential e2: Tells the person to call 999")
+        == "missed essential e2: Tells the person to call #"
+    )
+
+
+def test_diagnosis_prints_content_and_examples_that_show_their_group():
+    from quark_lightning.eval.metrics import diagnose
+
+    prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(4)]
+    answers = [f"answer {i}" for i in range(4)]
+    e2 = "missed essential e2: Tells the person to call an ambulance now"
+    findings = {
+        "expert_rubric": [
+            [e2, "missed essential e3: Mentions aspirin"],
+            [e2],
+            [e2],
+            ["missed essential e3: Mentions aspirin"],
+        ],
+        "usefulness": [
+            ["misses reference point(s): 'aspirin'"],
+            [],
+            ["misses reference point(s): 'rest', 'fluids'"],
+            [],
+        ],
+    }
+    passed = torch.zeros(4, 2, dtype=torch.bool)
+    out = diagnose(prompts, answers, findings, passed, ["expert_rubric", "usefulness"])
+    first = out[0]
+    assert first["finding"] == e2 and first["count"] == 3 and first["variants"] == 1
+    assert [ex["id"] for ex in first["examples"]] == ["q0", "q1"] and all(
+        ex["finding"] == e2 for ex in first["examples"]
+    )
+    e3 = next(d for d in out if d["finding"].startswith("missed essential e3"))
+    assert [ex["id"] for ex in e3["examples"]] == ["q3", "q0"]  # an answer no earlier group shows comes first
+    refs = next(d for d in out if d["dimension"] == "usefulness")
+    assert refs["variants"] == 2 and "'...'" not in refs["finding"] and "'" in refs["finding"]
+    for d in out:
+        for ex in d["examples"]:
+            assert ex["finding"] in findings[d["dimension"]][int(ex["id"][1:])]  # the example shows it
 
 
 def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_model_dir, tmp_path):
@@ -65,9 +106,11 @@ def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_mod
     first = loop.history[0]
     assert first["dimensions"]["format_rules"]["pass_rate"] == 0.0
     top = [d for d in first["diagnosis"] if d["dimension"] == "format_rules"][0]
-    assert top["finding"] == LENGTH_PATTERN and top["share"] == 1.0 and top["examples"]
+    assert top["template"] == LENGTH_PATTERN and top["share"] == 1.0 and top["examples"]
+    assert top["finding"].startswith("length: ") and "#" not in top["finding"]  # printed unmasked
+    assert all(finding_pattern(ex["finding"]) == LENGTH_PATTERN for ex in top["examples"])
     gain_actions = [a for a in first["actions"] if a["kind"] == "loop_gain" and a["target"] == "format_rules"]
-    assert gain_actions and LENGTH_PATTERN in gain_actions[0]["reason"]
+    assert gain_actions and top["finding"] in gain_actions[0]["reason"]
     assert "loop gain 1.00 -> 2.00" in gain_actions[0]["reason"]
     assert float(module.matrix_weights[0]) == 2.0  # static weight 1 x gain 2: the weak rule now counts double
     sampling = [a for a in first["actions"] if a["kind"] == "sampling"]
@@ -105,3 +148,9 @@ def test_evaluation_metrics_per_category_and_area(bundled_records):
     assert m["step"] == 7 and m["categories"]["format"]["pass_rate"] == 0.0
     assert m["categories"]["fundamental"]["pass_rate"] == 1.0  # references are safe
     assert set(m["areas"]) == {p["area"] for p in prompts}
+    from quark_lightning.eval.report import _diagnosis_section
+
+    text = _diagnosis_section({"diagnosis": out, "num_samples": 4})
+    assert f"{e2} (in 3 of 4 answers, 75" in text
+    assert "'...'" not in text and "e#" not in text
+    assert "1 similar finding(s) in the group" in text

@@ -10,9 +10,13 @@ From the matrix's scores (N, K) and findings on a set of (prompt, answer) pairs:
   neither counts in the mean or pass rate, but a failure is a fault, not "does not apply";
 - per category: the mean pass rate of its dimensions;
 - per clinical area: the pass rate over every (answer, dimension) pair of the area, and per dimension;
-- diagnosis: the findings behind failures, grouped into patterns (numbers and quoted spans replaced by
-  placeholders, so "length: 7 words" and "length: 9 words" are one pattern), counted per dimension,
-  ranked by share of answers, each with example prompts and answers.
+- diagnosis: the findings behind failures, grouped by their template (numbers and quoted spans
+  replaced by placeholders, so "length: 7 words" and "length: 9 words" are one group, while item ids
+  such as `e2` are kept, so each rubric item is its own group), counted per dimension and ranked by
+  share of answers. What is printed is never the template: each group shows its most frequent concrete
+  finding ("missed essential e2: Tells the person to call an ambulance now"), how many variants it
+  has, and example answers that each carry a finding of the group (quoted with the example), chosen so
+  that different groups show different answers where they can.
 
 Everything returned is plain JSON-serializable data: the report writer, TensorBoard, the closed-loop
 callback and `evaluate.py` all read the same dictionary.
@@ -31,13 +35,17 @@ from torchmetrics import MeanMetric
 
 from quark_lightning.matrix import AlignmentMatrix, MatrixScores
 
-_NUMBER = re.compile(r"\d+(\.\d+)?%?")
+_NUMBER = re.compile(r"(?<![A-Za-z_])\d+(\.\d+)?%?")  # not item ids such as e2 or c13
 _QUOTED = re.compile(r"(['\"]).*?\1")
 
 
+_QUOTED_RUN = re.compile(r"'\.\.\.'(?:\s*,\s*'\.\.\.')+")
+
+
 def finding_pattern(finding: str) -> str:
-    """A finding with its specifics removed, so similar failures group together."""
-    return _NUMBER.sub("#", _QUOTED.sub("'...'", finding)).strip()
+    """A finding's template: quoted spans (a list of them counts as one) and numbers replaced, item ids
+    kept, so similar failures group together. Only a grouping key: reports print concrete findings."""
+    return _NUMBER.sub("#", _QUOTED_RUN.sub("'...'", _QUOTED.sub("'...'", finding))).strip()
 
 
 def pass_mask(scores: torch.Tensor, targets: Sequence[float | None]) -> torch.Tensor:
@@ -111,6 +119,16 @@ def area_metrics(
     return out
 
 
+def _example(prompts, completions, i: int, finding: str) -> dict[str, Any]:
+    return {
+        "id": prompts[i]["id"],
+        "area": prompts[i].get("area", "general"),
+        "question": prompts[i]["messages"][-1]["content"],
+        "answer": completions[i],
+        "finding": finding,  # what this answer shows of the group
+    }
+
+
 def diagnose(
     prompts: Sequence[dict[str, Any]],
     completions: Sequence[str],
@@ -120,37 +138,46 @@ def diagnose(
     top_k: int = 5,
     examples: int = 2,
 ) -> list[dict[str, Any]]:
-    """The most frequent finding patterns among failing answers, per dimension, with examples."""
-    out = []
-    n = max(1, len(completions))
+    """The most frequent finding groups among failing answers, per dimension, with examples.
+
+    Each entry: `finding` (the group's most frequent concrete finding, unmasked), `template` (the
+    grouping key), `variants` (distinct concrete findings in the group), `count` / `share` of answers,
+    and `examples` whose `finding` is that answer's own finding of the group. Examples prefer answers
+    showing the printed finding, then answers no higher-ranked group already shows."""
+    groups: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)  # (dim, template) -> answer -> finding
     for k, name in enumerate(names):
-        counts: Counter[str] = Counter()
-        seen: dict[str, list[int]] = defaultdict(list)
         for i, found in enumerate(findings.get(name, [])):
             if passed[i, k]:
                 continue
-            for pattern in sorted({finding_pattern(f) for f in found}):  # stable across processes
-                counts[pattern] += 1
-                seen[pattern].append(i)
-        for pattern, count in counts.most_common(top_k):
-            out.append(
-                {
-                    "dimension": name,
-                    "finding": pattern,
-                    "count": count,
-                    "share": count / n,
-                    "examples": [
-                        {
-                            "id": prompts[i]["id"],
-                            "area": prompts[i].get("area", "general"),
-                            "question": prompts[i]["messages"][-1]["content"],
-                            "answer": completions[i],
-                        }
-                        for i in seen[pattern][:examples]
-                    ],
-                }
-            )
-    return sorted(out, key=lambda d: -d["share"])
+            for f in sorted(found):  # stable across processes
+                groups[(name, finding_pattern(f))].setdefault(i, f)
+    n = max(1, len(completions))
+    ranked = []
+    for name in names:
+        own = sorted(
+            ((t, rows) for (d, t), rows in groups.items() if d == name), key=lambda g: (-len(g[1]), g[0])
+        )
+        ranked += [(name, t, rows) for t, rows in own[:top_k]]
+    ranked.sort(key=lambda g: -len(g[2]))
+    shown: set[int] = set()
+    out = []
+    for name, template, rows in ranked:
+        common, _ = Counter(rows.values()).most_common(1)[0]
+        order = sorted(rows, key=lambda i: (rows[i] != common, i in shown, i))
+        picked = order[:examples]
+        shown.update(picked)
+        out.append(
+            {
+                "dimension": name,
+                "finding": common,
+                "template": template,
+                "variants": len(set(rows.values())),
+                "count": len(rows),
+                "share": len(rows) / n,
+                "examples": [_example(prompts, completions, i, rows[i]) for i in picked],
+            }
+        )
+    return out
 
 
 def evaluation_metrics(

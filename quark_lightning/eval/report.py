@@ -280,14 +280,19 @@ def _diagnosis_section(last: dict) -> str:
     findings = last.get("diagnosis") or []
     if not findings:
         return "## Diagnosis\n\nNo failing answer left a finding."
-    parts = ["## Diagnosis", f"Top {min(MAX_FINDINGS, len(findings))} of {len(findings)} finding patterns."]
+    parts = ["## Diagnosis", f"Top {min(MAX_FINDINGS, len(findings))} of {len(findings)} finding groups."]
     for i, f in enumerate(findings[:MAX_FINDINGS], 1):
-        head = f"{i}. **{_cell(f['dimension'])}**: {_cell(f['finding'])} (in {f['count']} answers, {_pct(f['share'])})"
+        n_answers = last.get("num_samples")
+        where = f"in {f['count']} of {n_answers} answers" if n_answers else f"in {f['count']} answers"
+        head = f"{i}. **{_cell(f['dimension'])}**: {_cell(f['finding'])} ({where}, {_pct(f['share'])})"
+        if f.get("variants", 1) > 1:
+            head += f"; {f['variants'] - 1} similar finding(s) in the group"
         if f.get("examples"):
             ex = f["examples"][0]
+            shows = f"\n   >\n   > *shows*: {_cell(ex['finding'])}" if ex.get("finding") not in (None, f["finding"]) else ""
             head += (
                 f"\n   > **Q** ({_cell(ex.get('id'))}, {_cell(ex.get('area'))}): {_truncate(ex.get('question', ''))}"
-                f"\n   >\n   > **A**: {_truncate(ex.get('answer', '')) or '(empty answer)'}"
+                f"\n   >\n   > **A**: {_truncate(ex.get('answer', '')) or '(empty answer)'}{shows}"
             )
         parts.append(head)
     return "\n\n".join(parts)
