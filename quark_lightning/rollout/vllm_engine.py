@@ -1,24 +1,46 @@
 """Rollout with vLLM (GPU; optional extra: `pip install -e ".[vllm]"`); implements `RolloutEngine`.
 
+EXPERIMENTAL, UNVERIFIED: written against vLLM V1's API (the only engine since vLLM 0.10) from its source
+and TRL's colocate mode, but it has never run (no GPU with vLLM in this project's CI or tests). Only the
+weight-merge function `policy_weights_for_vllm` is tested, on CPU.
+
 Colocated mode: every rank owns one `vllm.LLM` on its own GPU (tensor-parallel size 1 by default) and
 samples the completions of its own prompts, as TRL's `vllm_mode="colocate"`. Before each `generate` the
-policy's current weights are copied into vLLM's model (`load_weights`), so vLLM samples from the policy
-being trained, not from the checkpoint it was started from:
+policy's current weights are copied into vLLM's model, so vLLM samples from the policy being trained,
+not from the checkpoint it was started from:
 
-    policy weights -> (LoRA: merged into the base names; FSDP2: gathered to full tensors)
-                   -> llm_model.load_weights([(name, tensor), ...])
+    policy weights -> (LoRA: base + scaling * B @ A, computed out of place; FSDP2: gathered full tensors)
+                   -> <vLLM's nn.Module in this process>.load_weights([(name, tensor), ...])
+                   -> llm.reset_prefix_cache()
                    -> llm.generate(prompt_token_ids, SamplingParams(n=G, ...))
                    -> Rollout (same layout as the HF engine: G contiguous rows per prompt)
 
+vLLM V1 specifics (what the V0-era version of this file got wrong):
+
+- V1 runs its engine core in a separate process by default, where this process cannot reach the model;
+  `llm.llm_engine.model_executor` only exists with the engine in process. The engine sets
+  `VLLM_ENABLE_V1_MULTIPROCESSING=0` before building the `LLM` (as TRL's colocate mode does through the
+  `external_launcher` backend); a user who forces it to 1 gets an error that says so, not a silent
+  rollout from stale weights. The model is then `model_executor.driver_worker.worker.model_runner`
+  `.get_model()` (`get_model` unwraps a CUDA-graph wrapper).
+- The V0 fallback `collective_rpc("load_weights", ...)` named a method V1's GPU worker does not have.
+- `SamplingParams(top_k=0)` disables top-k (V1 prefers 0 to the old -1).
+
+LoRA: the adapter's contribution is added to each base weight out of place. Merging in place
+(`merge_adapter()` ... `unmerge_adapter()`) changed the frozen base weights by rounding on every rollout,
+and with LoRA those base weights ARE the reference policy (`disable_adapter()`); a merge done while the
+adapter was disabled (the reference forward) would also have leaked the adapter into the reference.
+With the adapter disabled, the base weights are what vLLM gets. DoRA and LoRA on embeddings are refused.
+
 The engine is imported lazily: building it without vLLM raises an ImportError that says how to install
-it. Not exercised in CI (no GPU, vLLM not installed there); tests skip where `vllm` is missing.
-Log-probs for the loss are recomputed by the trainer's own forward (vLLM's sampling log-probs differ
+it. Log-probs for the loss are recomputed by the trainer's own forward (vLLM's sampling log-probs differ
 slightly from the training forward, and no importance-sampling correction is applied here).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -38,19 +60,76 @@ def require_vllm() -> None:
         raise ImportError(VLLM_MISSING)
 
 
-def policy_weights_for_vllm(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) pairs under the base model's parameter names.
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP2) gathered to the full tensor (a collective: every rank must call); else as is."""
+    tensor = tensor.detach()
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
-    A PEFT policy is merged for the copy (adapter folded into the base weights, LoRA tensors skipped,
-    `base_model.model.` and `.base_layer` removed from the names) and unmerged again by the caller.
-    DTensors (FSDP2) are gathered with `full_tensor()`: a collective, so every rank must iterate.
+
+def lora_delta(layer: torch.nn.Module) -> torch.Tensor | None:
+    """The active adapters' `scaling * B @ A` of one PEFT LoRA Linear layer, in the base weight's layout
+    (None when the adapter is disabled, already merged into the base, or absent)."""
+    if getattr(layer, "disable_adapters", False):
+        return None  # the module computes the base model now: so does vLLM
+    if getattr(layer, "lora_magnitude_vector", None):
+        raise NotImplementedError("rollout=vllm: DoRA adapters are not merged for vLLM. Fix: use_dora=false")
+    merged = set(getattr(layer, "merged_adapters", []))
+    delta = None
+    for name in layer.active_adapters:
+        if name not in layer.lora_A or name in merged:
+            continue
+        a, b = _full(layer.lora_A[name].weight), _full(layer.lora_B[name].weight)
+        d = (b.float() @ a.float()) * layer.scaling[name]
+        d = d.T if getattr(layer, "fan_in_fan_out", False) else d
+        delta = d if delta is None else delta + d
+    return delta
+
+
+def policy_weights_for_vllm(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) pairs under the base model's parameter names, the policy left untouched.
+
+    A PEFT LoRA policy: each adapted Linear's weight is `base + scaling * B @ A`, computed out of place in
+    fp32 and cast to the base weight's dtype; LoRA tensors are skipped and `base_model.model.` and
+    `.base_layer` removed from the names. DTensors (FSDP2) are gathered: every rank must iterate.
     """
+    lora_layers = {
+        name: module
+        for name, module in policy.named_modules()
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer")
+    }
     for name, param in policy.named_parameters():
         if "lora_" in name or "modules_to_save" in name:
             continue
-        name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-        tensor = param.detach()
-        yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        tensor = _full(param)
+        owner = name.rsplit(".base_layer.", 1)[0] if ".base_layer." in name else None
+        if owner in lora_layers and name.endswith(".base_layer.weight"):
+            layer = lora_layers[owner]
+            if not isinstance(layer.base_layer, torch.nn.Linear):
+                raise NotImplementedError(
+                    f"rollout=vllm: LoRA on {type(layer.base_layer).__name__} ({owner}) is not merged for "
+                    "vLLM. Fix: target Linear modules only (model.lora.target_modules)"
+                )
+            delta = lora_delta(layer)
+            if delta is not None:
+                tensor = (tensor.float() + delta.to(tensor.device)).to(tensor.dtype)
+        yield name.removeprefix("base_model.model.").replace(".base_layer", ""), tensor
+
+
+IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+IN_PROCESS_NEEDED = (
+    "rollout=vllm copies the policy's weights into vLLM's model in this process, but vLLM's engine core "
+    f"runs in another process ({IN_PROCESS_ENV}={{value}}). Fix: unset {IN_PROCESS_ENV} or set it to 0"
+)
+
+
+def vllm_model(llm) -> torch.nn.Module:
+    """vLLM V1's model module, reachable only with the engine core in this process."""
+    executor = getattr(llm.llm_engine, "model_executor", None)
+    if executor is None:
+        raise RuntimeError(IN_PROCESS_NEEDED.format(value=os.environ.get(IN_PROCESS_ENV, "1 (default)")))
+    worker = executor.driver_worker  # WorkerWrapperBase
+    runner = getattr(worker, "worker", worker).model_runner  # GPUModelRunner
+    return runner.get_model() if hasattr(runner, "get_model") else runner.model
 
 
 class VLLMEngine:
@@ -68,17 +147,27 @@ class VLLMEngine:
         dtype: str = "auto",
         enforce_eager: bool = False,
         seed: int = 0,
+        eos_token_ids: Sequence[int] = (),
+        stop_strings: Sequence[str] = (),
     ):
+        """Same sampling keys as `HFGenerateEngine` (including `eos_token_ids`, `stop_strings`: extra stop
+        ids beside the tokenizer's EOS, and strings that end a completion, kept in it as transformers does).
+        """
         require_vllm()
+        self.eos_token_ids = [int(i) for i in eos_token_ids]
+        self.stop_strings = [str(t) for t in stop_strings]
         self.max_new_tokens = max_new_tokens
         self.max_prompt_length = max_prompt_length
         self.sampling_kwargs = dict(
             temperature=temperature,
             top_p=top_p,
-            top_k=top_k if top_k > 0 else -1,
+            top_k=max(0, top_k),  # 0 = off (V1 still accepts the old -1, but prefers 0)
             min_p=min_p or 0.0,
             repetition_penalty=repetition_penalty,
             max_tokens=max_new_tokens,
+            stop_token_ids=self.eos_token_ids or None,
+            stop=self.stop_strings or None,
+            include_stop_str_in_output=True,
         )
         self.llm_kwargs = dict(
             gpu_memory_utilization=gpu_memory_utilization,
@@ -93,10 +182,13 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ vLLM side
     def llm(self, policy: torch.nn.Module):
-        """The rank's vLLM instance, started on first use from the policy's checkpoint directory."""
+        """The rank's vLLM instance, started on first use from the policy's checkpoint directory, with its
+        engine core in this process (see the module docstring)."""
         if self._llm is None:
             from vllm import LLM
 
+            if os.environ.setdefault(IN_PROCESS_ENV, "0") != "0":
+                raise RuntimeError(IN_PROCESS_NEEDED.format(value=os.environ[IN_PROCESS_ENV]))
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
             kwargs = dict(self.llm_kwargs)
             if world_size() > 1:  # colocated: this process is one rank of the training job
@@ -104,31 +196,13 @@ class VLLMEngine:
             self._llm = LLM(model=base.config._name_or_path, **kwargs)
         return self._llm
 
-    def _vllm_model(self):
-        engine = self._llm.llm_engine
-        executor = getattr(engine, "model_executor", None)
-        worker = getattr(executor, "driver_worker", None)
-        runner = getattr(getattr(worker, "worker", worker), "model_runner", None)
-        return getattr(runner, "model", None)
-
     @torch.no_grad()
     def sync_weights(self, policy: torch.nn.Module) -> None:
-        """Copy the policy's current weights into vLLM (every rank calls: FSDP2 gathers)."""
-        merged = hasattr(policy, "merge_adapter")
-        if merged:
-            policy.merge_adapter()
-        try:
-            weights = list(policy_weights_for_vllm(policy))
-            model = self._vllm_model()
-            if model is not None:
-                model.load_weights(weights)
-            else:  # vLLM V1 engine core in another process: ask the workers to load them
-                self._llm.collective_rpc("load_weights", kwargs={"weights": weights})
-            if hasattr(self._llm, "reset_prefix_cache"):
-                self._llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
-        finally:
-            if merged:
-                policy.unmerge_adapter()
+        """Copy the policy's current weights into vLLM (every rank calls: FSDP2 gathers). The policy's own
+        parameters are never modified (no in-place LoRA merge)."""
+        weights = list(policy_weights_for_vllm(policy))
+        vllm_model(self._llm).load_weights(weights)
+        self._llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
     # ------------------------------------------------------------------ the interface
     def generate(
@@ -148,17 +222,22 @@ class VLLMEngine:
         if greedy:
             kwargs.update(temperature=0.0, top_p=1.0, top_k=-1, min_p=0.0)
         outputs = llm.generate(token_prompts, SamplingParams(**kwargs), use_tqdm=False)
-        rows = [self._completion(o, tokenizer.eos_token_id) for out in outputs for o in out.outputs]
+        stop_ids = [tokenizer.eos_token_id, *self.eos_token_ids]
+        rows = [self._completion(o, stop_ids) for out in outputs for o in out.outputs]
         C = max(1, max(len(r) for r in rows))
         completion = torch.tensor([r + [tokenizer.pad_token_id] * (C - len(r)) for r in rows])  # (N, C)
         full = torch.cat([enc["input_ids"].repeat_interleave(num_generations, 0), completion], dim=1)
         enc = {k: v.to(device) for k, v in enc.items()}
-        return HFGenerateEngine.to_rollout(tokenizer, prompts, enc, full.to(device), num_generations)
+        return HFGenerateEngine.to_rollout(
+            tokenizer, prompts, enc, full.to(device), num_generations, stop_ids, self.stop_strings
+        )
 
     @staticmethod
-    def _completion(output, eos_token_id: int) -> list[int]:
-        """vLLM's token ids; an EOS stop is made explicit so the completion mask ends there."""
+    def _completion(output, stop_ids: Sequence[int]) -> list[int]:
+        """vLLM's token ids; a stop (EOS, a stop id or a stop string) is made explicit with an EOS when the
+        ids do not end in a stop id, so the completion mask ends there (after a stop string, to_rollout
+        ends the mask at the string's last token and the added EOS is masked out)."""
         ids = list(output.token_ids)
-        if output.finish_reason == "stop" and (not ids or ids[-1] != eos_token_id):
-            ids.append(eos_token_id)
+        if output.finish_reason == "stop" and (not ids or ids[-1] not in stop_ids):
+            ids.append(stop_ids[0])
         return ids
