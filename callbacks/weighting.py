@@ -25,7 +25,10 @@ class TriFactorWeightingCallback(L.Callback):
             raise ValueError("TADW works on RFN-normalized rewards; use optimization=rfn_tadw")
         dims = pl_module.matrix.dimensions
         weighting = TriFactorWeighting(
-            risk=[d.risk for d in dims], targets=[d.target for d in dims], **self.tadw_kwargs
+            risk=[d.risk for d in dims],
+            targets=[d.target for d in dims],
+            prior=[d.weight for d in dims],  # static weights: prior multipliers, 0 = off
+            **self.tadw_kwargs,
         )
         pl_module.weighting = weighting.to(pl_module.device)  # registered: in state_dict and checkpoints
         pl_module.matrix_weights.copy_(weighting.weights)

@@ -75,6 +75,12 @@ def test_diagnosis_prints_content_and_examples_that_show_their_group():
     for d in out:
         for ex in d["examples"]:
             assert ex["finding"] in findings[d["dimension"]][int(ex["id"][1:])]  # the example shows it
+    from quark_lightning.eval.report import _diagnosis_section
+
+    text = _diagnosis_section({"diagnosis": out, "num_samples": 4})
+    assert f"{e2} (in 3 of 4 answers, 75" in text
+    assert "'...'" not in text and "e#" not in text
+    assert "1 similar finding(s) in the group" in text
 
 
 def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_model_dir, tmp_path):
@@ -148,9 +154,3 @@ def test_evaluation_metrics_per_category_and_area(bundled_records):
     assert m["step"] == 7 and m["categories"]["format"]["pass_rate"] == 0.0
     assert m["categories"]["fundamental"]["pass_rate"] == 1.0  # references are safe
     assert set(m["areas"]) == {p["area"] for p in prompts}
-    from quark_lightning.eval.report import _diagnosis_section
-
-    text = _diagnosis_section({"diagnosis": out, "num_samples": 4})
-    assert f"{e2} (in 3 of 4 answers, 75" in text
-    assert "'...'" not in text and "e#" not in text
-    assert "1 similar finding(s) in the group" in text

@@ -249,3 +249,25 @@ def test_gates_cap_or_set_the_reward_of_vetoed_completions():
         "gdpo", scores[:, :1].nan_to_num(1.0).repeat(1, 2), weights, ctx, gates=[(0, Gate(below=1.0))]
     )
     assert adv[1] == adv[:2].min() and adv[3] == adv[2:].min()
+
+
+def test_static_weights_are_tadw_priors_and_zero_switches_a_dimension_off():
+    # identical dimensions but for their static weight: TADW keeps their ratio, and 0 stays 0
+    w = TriFactorWeighting(
+        risk=[1.0, 1.0, 1.0],
+        prior=[2.0, 1.0, 0.0],
+        weakness=False,
+        redundancy=False,
+        w_min=0.0 + 1e-3,
+        eta=1.0,
+    )
+    assert w.weights[2] == 0.0 and torch.isclose(w.weights.sum(), torch.tensor(1.0))
+    z = torch.randn(16, 3)
+    for _ in range(3):
+        w.update(z, z)
+        assert w.weights[2] == 0.0 and torch.isclose(w.weights.sum(), torch.tensor(1.0))
+    floor = 1e-3
+    share = (w.weights[:2] - floor) / (1 - 2 * floor)  # the floor is spread over the two active dimensions
+    assert float(share[0] / share[1]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="static weights"):
+        TriFactorWeighting(risk=[1.0, 1.0], prior=[0.0, 0.0])

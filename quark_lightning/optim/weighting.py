@@ -12,8 +12,9 @@ units: 0 = reference level), gathered over all ranks first:
               for dimensions with rho_k >= high_risk (safety-type); 0 for the others
   redundancy  C = Pearson correlation of z over the batch (NaN -> 0, i.e. reference level); EMA over steps
               f_red_k = 1 / (1 + sum_{j != k} max(0, C_kj - c0))           (c0 = 0: any positive correlation)
-  combine     w_hat = f_weak * f_risk * f_red
-              w_new = w_min + (1 - K w_min) * w_hat / sum(w_hat)           (floor: every w_new_k >= w_min > 0)
+  combine     w_hat = f_weak * f_risk * f_red * p                         (p_k = the configured static weight)
+              w_new = w_min + (1 - K' w_min) * w_hat / sum(w_hat)          (floor: every active w_new_k >= w_min > 0;
+                                                                           K' = dimensions with p_k > 0)
               w <- (1 - eta) w + eta w_new                                 (smoothing, eta = 0.1)
 
 The floor is applied to the target before smoothing: a convex combination of floored weight vectors is
@@ -23,7 +24,13 @@ would pull the fixed point towards uniform weights at every step).
 The closed-loop supervision callback may multiply w_hat by a per-dimension `loop_gain` (1 by default;
 > 1 for a dimension that fails its target on held-out evaluation). An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
 dimension would. Any factor can be switched off (factor = 1) for ablation. The initial weights are the
-risk priors normalized (w_k(0) = rho_k / sum rho), per the notes. The scalar reward is sum_k w_k z_k.
+risk priors times the static weights, normalized (w_k(0) = rho_k p_k / sum rho p), per the notes. The
+scalar reward is sum_k w_k z_k.
+
+Static weights under TADW (interpretation): a dimension's configured `weight` p_k is a prior multiplier
+on its TADW weight, so `weight: 2` doubles what TADW would give it, and `weight: 0` switches it off:
+its weight is exactly 0 at every step (the floor w_min applies to the active dimensions only), while it
+is still scored and logged. Drop a dimension entirely with `matrix.dimensions.NAME=null`.
 """
 
 from __future__ import annotations
@@ -78,10 +85,13 @@ def redundancy_factor(corr: torch.Tensor, threshold: float = 0.0) -> torch.Tenso
     return 1.0 / (1.0 + off.sum(1))
 
 
-def floor_weights(w: torch.Tensor, w_min: float) -> torch.Tensor:
-    """Renormalize to sum 1 with every weight >= w_min (requires K * w_min < 1)."""
-    K = w.numel()
-    return w_min + (1.0 - K * w_min) * w / w.sum()
+def floor_weights(w: torch.Tensor, w_min: float, active: torch.Tensor | None = None) -> torch.Tensor:
+    """Renormalize to sum 1 with every active weight >= w_min and inactive ones exactly 0 (requires
+    K_active * w_min < 1).  (K,), (K,) bool -> (K,)"""
+    active = torch.ones_like(w, dtype=torch.bool) if active is None else active
+    K = int(active.sum())
+    w = torch.where(active, w, torch.zeros_like(w))
+    return torch.where(active, w_min + (1.0 - K * w_min) * w / w.sum(), torch.zeros_like(w))
 
 
 def violation_rates(raw: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -119,15 +129,24 @@ class TriFactorWeighting(nn.Module):
         corr_threshold: float = 0.0,
         eta: float = 0.1,
         w_min: float = 0.02,
+        prior: Sequence[float] | None = None,
     ):
         super().__init__()
         K = len(risk)
+        prior_t = (
+            torch.ones(K) if prior is None else torch.tensor([float(p) for p in prior], dtype=torch.float32)
+        )
+        if prior_t.numel() != K or bool((prior_t < 0).any()) or not bool((prior_t > 0).any()):
+            raise ValueError(
+                f"weighting: the static weights {prior_t.tolist()} must be {K} numbers >= 0 with at least one > 0"
+            )
         if weakness_mode not in WEAKNESS_MODES:
             raise ValueError(
                 f"weighting.weakness_mode: got {weakness_mode!r}, expected one of {WEAKNESS_MODES}"
             )
-        if not 0 < w_min * K < 1:
-            raise ValueError(f"weighting.w_min: {w_min} x {K} dimensions must be in (0, 1)")
+        n_active = int((prior_t > 0).sum())
+        if not 0 < w_min * n_active < 1:
+            raise ValueError(f"weighting.w_min: {w_min} x {n_active} active dimensions must be in (0, 1)")
         self.use_weakness, self.use_risk, self.use_redundancy = weakness, risk_priority, redundancy
         self.weakness_mode, self.tau, self.score_momentum = weakness_mode, tau, score_momentum
         self.alpha, self.gamma, self.high_risk = alpha, gamma, high_risk
@@ -141,7 +160,8 @@ class TriFactorWeighting(nn.Module):
         target_t = torch.tensor([float("nan") if t is None else float(t) for t in (targets or [None] * K)])
         self.register_buffer("risk", risk_t)
         self.register_buffer("targets", target_t)  # raw units
-        self.register_buffer("weights", floor_weights(risk_t / risk_t.sum(), w_min))
+        self.register_buffer("prior", prior_t)  # the configured static weights (0 = switched off)
+        self.register_buffer("weights", floor_weights(risk_t * prior_t, w_min, prior_t > 0))
         self.register_buffer("ema_score", torch.zeros(K))
         self.register_buffer("ema_corr", torch.eye(K))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -173,8 +193,8 @@ class TriFactorWeighting(nn.Module):
         self.ema_corr.mul_(1 - mc).add_(mc * correlation(z))
         f = self.factors(z, raw, target_z)
         w_new = floor_weights(
-            f.weakness * f.risk * f.redundancy * self.loop_gain, self.w_min
-        )  # (K,) sums to 1
+            f.weakness * f.risk * f.redundancy * self.loop_gain * self.prior, self.w_min, self.prior > 0
+        )  # (K,) sums to 1; switched-off dimensions stay at 0
         self.weights.copy_((1 - self.eta) * self.weights + self.eta * w_new)
         self.steps.add_(1)
         return f
