@@ -10,6 +10,10 @@ optimized next (interpretation; the paper names the loop, not its rules):
   g_k = 1 + `gain_strength` * violation_rate_k; a dimension at or above it gets g_k = 1 (it stops being
   pushed). With TADW the gain multiplies the tri-factor product (its weakness and risk signals); with
   static weights the weights become base_weight_k * g_k.
+- letting go: a failing dimension whose held-out mean has moved less than `min_change` over the last
+  `patience` evaluations cannot (yet) be pushed: instead of its gain it gets g_k = 1 + (g_prev - 1) *
+  `gain_decay`, decaying back toward 1 (the weight goes to dimensions the policy can still move), with
+  an action saying so. As soon as it moves again (range >= `min_change`), it gets its full gain back.
 - curriculum: each clinical area's sampling weight becomes (1 - pass_rate_area + `curriculum_floor`) **
   `curriculum_strength`, so weak areas are drawn more often (`AreaWeightedSampler` of the datamodule).
 
@@ -47,7 +51,16 @@ class ClosedLoopSupervision(L.Callback):
         curriculum_floor: float = 0.1,
         report_dir: str | None = None,
         write_reports: bool = True,
+        patience: int = 3,
+        min_change: float = 0.02,
+        gain_decay: float = 0.5,
     ):
+        if patience < 2 or min_change < 0 or not 0 <= gain_decay < 1:
+            raise ValueError(
+                "callbacks.closed_loop: need patience >= 2 evaluations, min_change >= 0 and 0 <= gain_decay < 1, "
+                f"got {patience}, {min_change}, {gain_decay}"
+            )
+        self.patience, self.min_change, self.gain_decay = patience, min_change, gain_decay
         self.every_n_steps, self.num_prompts, self.greedy = every_n_steps, num_prompts, greedy
         self.pass_target, self.gain_strength = pass_target, gain_strength
         self.curriculum, self.curriculum_strength, self.curriculum_floor = (
@@ -138,6 +151,9 @@ class ClosedLoopSupervision(L.Callback):
             rate = metrics["dimensions"][name]["pass_rate"]
             failing = rate == rate and rate < self.pass_target  # NaN (not applicable) never fails
             gain = 1.0 + self.gain_strength * (1.0 - rate) if failing else 1.0
+            stuck = self._not_moving(name, metrics) if failing else None
+            if stuck is not None:  # below target but not responding: let go of it
+                gain = 1.0 + (old[k] - 1.0) * self.gain_decay
             new.append(gain)
             if abs(gain - old[k]) > 1e-6:
                 why = (
@@ -145,7 +161,9 @@ class ClosedLoopSupervision(L.Callback):
                     if failing
                     else f"held-out pass rate {rate:.2f} >= {self.pass_target:.2f}: stops being pushed"
                 )
-                if failing and name in top:
+                if stuck is not None:
+                    why += f", but {stuck}: gain decayed toward 1"
+                elif failing and name in top:
                     why += f" (top finding '{top[name]['finding']}', {top[name]['share']:.0%} of answers)"
                 actions.append(
                     {
@@ -158,6 +176,21 @@ class ClosedLoopSupervision(L.Callback):
         self.gain = new
         self._apply_gain(pl_module, torch.tensor(new))
         return actions
+
+    def _not_moving(self, name: str, metrics: dict[str, Any]) -> str | None:
+        """Why `name` counts as not responding (its held-out mean moved < min_change over the last
+        `patience` evaluations, this one included), or None when it moves or the history is shorter."""
+        means = [
+            h["dimensions"][name]["mean"]
+            for h in self.history[-(self.patience - 1) :]
+            if name in h["dimensions"]
+        ]
+        means.append(metrics["dimensions"][name]["mean"])
+        if len(means) < self.patience or any(m != m for m in means):
+            return None
+        if max(means) - min(means) >= self.min_change:
+            return None
+        return f"its held-out mean stayed within {min(means):.3f}..{max(means):.3f} over {self.patience} evaluations"
 
     def _apply_gain(self, pl_module, gain: torch.Tensor) -> None:
         weighting = getattr(pl_module, "weighting", None)

@@ -154,3 +154,34 @@ def test_evaluation_metrics_per_category_and_area(bundled_records):
     assert m["step"] == 7 and m["categories"]["format"]["pass_rate"] == 0.0
     assert m["categories"]["fundamental"]["pass_rate"] == 1.0  # references are safe
     assert set(m["areas"]) == {p["area"] for p in prompts}
+
+
+def _evaluation(means: dict[str, float], rates: dict[str, float]) -> dict:
+    return {
+        "dimensions": {n: {"mean": means[n], "pass_rate": rates[n]} for n in means},
+        "diagnosis": [],
+    }
+
+
+def test_a_dimension_that_cannot_move_has_its_gain_decayed_and_gets_it_back_when_it_moves():
+    from types import SimpleNamespace
+
+    names = ["stuck", "moving"]
+    matrix = SimpleNamespace(names=names, weights=lambda: torch.ones(2))
+    module = SimpleNamespace(matrix=matrix, matrix_weights=torch.ones(2), weighting=None)
+    loop = ClosedLoopSupervision(write_reports=False, patience=3, min_change=0.02, gain_decay=0.5)
+    gains, reasons = [], []
+    means = [(0.10, 0.1), (0.105, 0.3), (0.11, 0.5), (0.10, 0.6), (0.30, 0.7)]
+    for stuck_mean, moving_mean in means:
+        metrics = _evaluation({"stuck": stuck_mean, "moving": moving_mean}, {"stuck": 0.0, "moving": 0.5})
+        actions = loop._update_gains(module, metrics)
+        loop.history.append(metrics)
+        gains.append(list(loop.gain))
+        reasons += [a["reason"] for a in actions if a["target"] == "stuck"]
+    # both fail (pass rates 0.0 and 0.5): full gains first; `stuck` moved < 0.02 over 3 evaluations -> decays
+    assert [g[0] for g in gains] == [2.0, 2.0, 1.5, 1.25, 2.0]  # ... and its full gain back once it moves
+    assert [g[1] for g in gains] == [1.5] * 5
+    assert (
+        "its held-out mean stayed within 0.100..0.110 over 3 evaluations: gain decayed toward 1" in reasons[1]
+    )
+    assert torch.equal(module.matrix_weights, torch.tensor([2.0, 1.5]))  # static weights x gains
