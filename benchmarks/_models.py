@@ -81,3 +81,29 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def run_cached_arms(out: str, fresh: bool, meta: dict, arms, measure, write_markdown) -> dict:
+    """Measure each arm not yet in `<out>.json` (all of them with `fresh`), saving the JSON and the
+    Markdown after every arm, so an interrupted benchmark resumes where it stopped.
+    measure(arm) -> dict; write_markdown(results) writes `<out>.md`."""
+    import json
+
+    results = {"arms": {}}
+    if os.path.exists(out + ".json") and not fresh:
+        with open(out + ".json") as fh:
+            results = json.load(fh)
+    results.update({k: v for k, v in meta.items() if k not in results})  # cached arms keep how they ran
+    for arm in arms:
+        if arm in results["arms"]:
+            print(f"{arm}: cached", flush=True)
+            continue
+        print(f"{arm}: measuring ...", flush=True)
+        results["arms"][arm] = measure(arm)
+        with open(out + ".json", "w") as fh:
+            json.dump(results, fh, indent=1)
+        write_markdown(results)
+    write_markdown(results)
+    with open(out + ".md") as fh:
+        print(fh.read())
+    return results

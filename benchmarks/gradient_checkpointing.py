@@ -169,13 +169,18 @@ def main() -> None:
             + json.dumps(measure(args.arm, args.completions, args.prompt_tokens, args.completion_tokens))
         )
         return
-    from benchmarks._models import machine
+    from benchmarks._models import machine, run_cached_arms
 
-    results = {"arms": {}}
-    if os.path.exists(OUT + ".json") and not args.fresh:
-        with open(OUT + ".json") as fh:
-            results = json.load(fh)
-    results.update(
+    def run_arm(arm: str) -> dict:  # each arm in a fresh process (its own allocator and peak)
+        cmd = [sys.executable, os.path.abspath(__file__), "--arm", arm, "--completions", str(args.completions),
+               "--prompt-tokens", str(args.prompt_tokens), "--completion-tokens", str(args.completion_tokens)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            raise SystemExit(f"{arm} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(line[0][len("RESULT ") :])
+
+    meta = dict(
         command="python benchmarks/gradient_checkpointing.py "
         + " ".join(a for a in sys.argv[1:] if a != "--fresh"),
         machine=machine() + f", affinity {sorted(os.sched_getaffinity(0))}",
@@ -183,23 +188,7 @@ def main() -> None:
         prompt_tokens=args.prompt_tokens,
         completion_tokens=args.completion_tokens,
     )
-    for arm in ARMS:
-        if arm in results["arms"]:
-            print(f"{arm}: cached", flush=True)
-            continue
-        cmd = [sys.executable, os.path.abspath(__file__), "--arm", arm, "--completions", str(args.completions),
-               "--prompt-tokens", str(args.prompt_tokens), "--completion-tokens", str(args.completion_tokens)]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            raise SystemExit(f"{arm} failed:\n{proc.stderr[-3000:]}")
-        results["arms"][arm] = json.loads(line[0][len("RESULT ") :])
-        print(f"{arm}: {results['arms'][arm]}", flush=True)
-        with open(OUT + ".json", "w") as fh:
-            json.dump(results, fh, indent=1)
-        write_markdown(results)
-    write_markdown(results)
-    print(open(OUT + ".md").read())
+    run_cached_arms(OUT, args.fresh, meta, ARMS, run_arm, write_markdown)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ arms are compared with the in-process replies (same model, greedy).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks._models import machine, md_table, smollm2_dir  # noqa: E402
+from benchmarks._models import machine, md_table, run_cached_arms, smollm2_dir  # noqa: E402
 
 OUT = os.path.join(REPO, "benchmarks", "results", "judge_throughput")
 ARMS = ("in_process", "server_c1", "server_c8", "server_cb_c8", "cache_hits")
@@ -143,28 +142,15 @@ def main() -> None:
     args = ap.parse_args()
     model = smollm2_dir()
     items = judge_items(args.items)
-    results = {"arms": {}}
-    if os.path.exists(OUT + ".json") and not args.fresh:
-        with open(OUT + ".json") as fh:
-            results = json.load(fh)
-    results.update(
+    meta = dict(
         command="python benchmarks/judge_throughput.py " + " ".join(sys.argv[1:]),
         machine=machine() + f", affinity {sorted(os.sched_getaffinity(0))}",
         items=len(items),
         max_tokens=args.max_tokens,
     )
-    for arm in ARMS:
-        if arm in results["arms"]:
-            print(f"{arm}: cached", flush=True)
-            continue
-        print(f"{arm}: measuring ...", flush=True)
-        results["arms"][arm] = run_arm(arm, model, items, args.max_tokens)
-        print(f"{arm}: {results['arms'][arm]['items_per_s']} items/s", flush=True)
-        with open(OUT + ".json", "w") as fh:
-            json.dump(results, fh, indent=1)
-        write_markdown(results)
-    write_markdown(results)
-    print(open(OUT + ".md").read())
+    run_cached_arms(
+        OUT, args.fresh, meta, ARMS, lambda arm: run_arm(arm, model, items, args.max_tokens), write_markdown
+    )
 
 
 if __name__ == "__main__":
