@@ -8,7 +8,7 @@ a wheel or `pip install .`) or, in a source checkout or editable install, the re
 key (`trainer.max_stepz=3`) itself, with its own text and exit status 1, before the task function runs.
 The entry points call this first: it composes the config once with the same overrides and, on such an
 error, prints `error: ...` with the valid names and exits with status 2, as every other user error does.
-Command lines with Hydra flags (`--cfg`, `-m`, `--help`, ...) are left to Hydra.
+Command lines with Hydra flags (`--cfg`, `-m`, `--help`, ...) or sweeps are left to Hydra.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def override_problem(config_name: str, args: Sequence[str], conf: Path | None = 
         parsed = OverridesParser.create().parse_overrides(user)
     except OverrideParseException as err:
         return f"could not parse the command-line override(s): {err}"
+    if any(o.is_sweep_override() for o in parsed) or any(a.startswith("hydra.mode") for a in args):
+        return None  # a sweep (hydra.mode=MULTIRUN): Hydra composes each job itself
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         try:
             compose(config_name=config_name, overrides=user)

@@ -13,8 +13,8 @@ tokenizer, a regex engine or the GPU):
 - a conversation: at most `MAX_MESSAGES` (100) messages; a rubric: at most `MAX_RUBRIC_ITEMS` (200)
   items, each with at most `MAX_PATTERNS` (50) patterns of at most `MAX_PATTERN_CHARS` (1,000)
   characters, each compiled when the file is read by the engine the scorers use (the `regex` module,
-  every match under a time bound; see quark_lightning/rewards/text.py); ids at most `MAX_ID_CHARS` (200) characters; `facts`, `red_flags` and `tags` at most
-  `MAX_LIST_ITEMS` (100) entries.
+  every match under a time bound; see quark_lightning/rewards/text.py); ids at most `MAX_ID_CHARS`
+  (200) characters; `facts`, `red_flags` and `tags` at most `MAX_LIST_ITEMS` (100) entries.
 """
 
 from __future__ import annotations
