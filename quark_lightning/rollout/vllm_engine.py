@@ -185,10 +185,11 @@ class VLLMEngine:
         """The rank's vLLM instance, started on first use from the policy's checkpoint directory, with its
         engine core in this process (see the module docstring)."""
         if self._llm is None:
-            from vllm import LLM
-
+            # before vLLM reads its environment (some versions cache it once the engine starts)
             if os.environ.setdefault(IN_PROCESS_ENV, "0") != "0":
                 raise RuntimeError(IN_PROCESS_NEEDED.format(value=os.environ[IN_PROCESS_ENV]))
+            from vllm import LLM
+
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
             kwargs = dict(self.llm_kwargs)
             if world_size() > 1:  # colocated: this process is one rank of the training job
@@ -220,7 +221,7 @@ class VLLMEngine:
         ]
         kwargs = dict(self.sampling_kwargs, n=num_generations)
         if greedy:
-            kwargs.update(temperature=0.0, top_p=1.0, top_k=-1, min_p=0.0)
+            kwargs.update(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0)
         outputs = llm.generate(token_prompts, SamplingParams(**kwargs), use_tqdm=False)
         stop_ids = [tokenizer.eos_token_id, *self.eos_token_ids]
         rows = [self._completion(o, stop_ids) for out in outputs for o in out.outputs]
