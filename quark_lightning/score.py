@@ -56,11 +56,12 @@ from quark_lightning.data.schema import (
     show,
     validate_prompt,
 )
+from quark_lightning.entry import conf_dir
 from quark_lightning.errors import ConfigError, QuarkError
 from quark_lightning.matrix.matrix import AlignmentMatrix, MatrixScores
 from quark_lightning.optim.aggregation import apply_gates, weighted_sum
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = conf_dir()  # the installed package's config tree, else the checkout's conf/
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -73,7 +74,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--matrix", default=None, help="a config under conf/matrix/ (default: the train.yaml one)"
     )
-    ap.add_argument("--config-dir", default=str(CONF_DIR), help="the Hydra config tree (default: repo conf/)")
+    ap.add_argument(
+        "--config-dir", default=str(CONF_DIR), help="the Hydra config tree (default: the package's conf/)"
+    )
     ap.add_argument("--batch-size", type=int, default=64, help="responses scored per matrix call")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. matrix.dimensions.safety.weight=3")
     return ap.parse_args(argv)

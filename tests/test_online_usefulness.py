@@ -327,3 +327,11 @@ def test_dense_relevance_separates_on_and_off_topic():
     scorer = UsefulnessScorer(dense=True)
     result = scorer.score([PROMPT] * 2, [DIRECT, OFF_TOPIC])
     assert result.scores[0] > result.scores[1] + 0.3
+
+
+def test_an_empty_answer_is_a_bad_pattern_not_a_clean_score():
+    from quark_lightning.rewards.online import BadPatternScorer
+
+    out = BadPatternScorer().score([{"id": "p"}] * 2, ["", "   \n"])
+    assert out.scores.tolist() == [0.0, 0.0]
+    assert all(f == ["bad pattern 'empty answer': the answer is empty (tag: empty)"] for f in out.findings)

@@ -80,10 +80,9 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
         "response": "About six to eight glasses a day; more in hot weather. See a doctor if you feel dizzy.",
     }
     responses.write_text(json.dumps(row) + "\n")
-    # --config-dir: the scoring CLI's default is still the repository's conf/ (quark_lightning/score.py)
+    # no --config-dir: the scoring CLI finds the installed package's config tree by itself
     scored = sh(
-        [python, "-m", "quark_lightning.score", "--input", str(responses), "--matrix", "rules_only"]
-        + ["--config-dir", installed_conf],
+        [python, "-m", "quark_lightning.score", "--input", str(responses), "--matrix", "rules_only"],
         work,
         env,
     )

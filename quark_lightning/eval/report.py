@@ -289,7 +289,11 @@ def _diagnosis_section(last: dict) -> str:
             head += f"; {f['variants'] - 1} similar finding(s) in the group"
         if f.get("examples"):
             ex = f["examples"][0]
-            shows = f"\n   >\n   > *shows*: {_cell(ex['finding'])}" if ex.get("finding") not in (None, f["finding"]) else ""
+            shows = (
+                f"\n   >\n   > *shows*: {_cell(ex['finding'])}"
+                if ex.get("finding") not in (None, f["finding"])
+                else ""
+            )
             head += (
                 f"\n   > **Q** ({_cell(ex.get('id'))}, {_cell(ex.get('area'))}): {_truncate(ex.get('question', ''))}"
                 f"\n   >\n   > **A**: {_truncate(ex.get('answer', '')) or '(empty answer)'}{shows}"

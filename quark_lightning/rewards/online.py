@@ -493,6 +493,10 @@ class BadPatternScorer:
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
         scores, findings = [], []
         for text in completions:
+            if not text.strip():  # no answer is the pattern users dislike most: never a clean 1.0
+                scores.append(0.0)
+                findings.append(["bad pattern 'empty answer': the answer is empty (tag: empty)"])
+                continue
             hits = self.detect(text)
             worst: dict[str, float] = {}
             for _, _, tag, weight in hits:
