@@ -207,4 +207,6 @@ def test_a_bad_judge_group_stops_a_run_before_anything_loads(override, key):
 
     with pytest.raises(ConfigError, match=key):
         validate_config(compose_cfg("+experiment=smoke", "judge=openai", override))
-    validate_config(compose_cfg("+experiment=smoke", "judge=openai", "judge.base_url=http://127.0.0.1:8000/v1"))
+    validate_config(
+        compose_cfg("+experiment=smoke", "judge=openai", "judge.base_url=http://127.0.0.1:8000/v1")
+    )

@@ -7,6 +7,10 @@ Objective (per token t of completion i, advantage A_i shared by every token of t
     kl_it      = exp(ref_logp_it - logp_it) - (ref_logp_it - logp_it) - 1        (k3 estimator)
     loss_it    = -surrogate + beta * kl_it
 
+Options (TRL's names): `importance_sampling_level="sequence"` (GSPO) replaces the token ratio by one
+ratio per completion, exp(mean_t(logp_it - old_logp_it)) over its tokens; `delta` caps the unclipped
+ratio (two-sided clipping); `entropy_coef` c adds -c * H_it (an entropy bonus).
+
 and the per-token losses are reduced by `loss_type`, with the same semantics as TRL's GRPOTrainer:
 
     grpo     mean over each completion's tokens, then mean over completions

@@ -3,11 +3,14 @@
 Flow of `training_step` (DESIGN.md section 2):
 
     prompts -> rollout engine (G completions each) -> matrix scores (N, K) + findings
+            -> [dynamic sampling: drop zero-spread groups, draw more prompts (dynamic_sampling.py)]
             -> aggregation (weights (K,) -> scalar reward (N,)) -> group advantages (N,)
-            -> reference log-probs (frozen) -> `num_iterations` x [policy log-probs, clipped loss
-               + beta * k3 KL, backward, gradient clipping, optimizer step] -> metrics
+            -> reference log-probs (frozen) -> `num_iterations` x `steps_per_generation` mini-batches x
+               [policy log-probs, clipped loss (token or GSPO sequence ratio, optional delta cap)
+               + beta * k3 KL - entropy_coef * H, backward, gradient clipping, optimizer step] -> metrics
 
-Optimization is manual because one rollout may feed several optimizer steps (`num_iterations`, TRL's mu).
+Optimization is manual because one rollout may feed several optimizer steps (`num_iterations`, TRL's mu,
+and `steps_per_generation`).
 The policy is the only trainable part. The reference (frozen copy, or the policy with its LoRA adapter
 disabled) and the reward models are frozen, in eval mode, and never in the optimizer.
 
