@@ -14,6 +14,11 @@ optimized next (interpretation; the paper names the loop, not its rules):
   `patience` evaluations cannot (yet) be pushed: instead of its gain it gets g_k = 1 + (g_prev - 1) *
   `gain_decay`, decaying back toward 1 (the weight goes to dimensions the policy can still move), with
   an action saying so. As soon as it moves again (range >= `min_change`), it gets its full gain back.
+- format rules (item level): for a failing format dimension (a FormatScorer), each rule's weight
+  inside the format score becomes 1 + `rule_gain` * (share of held-out answers breaking it), so the rules
+  being broken count more in the next steps' format reward; it is back to 1 once the rule is no longer
+  broken (or the dimension passes). Each change is an action naming the rule, its break rate and the
+  held-out answers that broke it (evidence); the weights are in the checkpoint.
 - curriculum: each clinical area's sampling weight becomes (1 - pass_rate_area + `curriculum_floor`) **
   `curriculum_strength`, so weak areas are drawn more often (`AreaWeightedSampler` of the datamodule).
 
@@ -38,6 +43,14 @@ import torch
 from quark_lightning.eval.metrics import evaluation_metrics
 
 
+def format_scorer(pl_module, name: str):
+    """The FormatScorer behind dimension `name`, or None when it is another kind of scorer."""
+    from quark_lightning.rewards.format import FormatScorer
+
+    scorer = pl_module.matrix.dimensions[pl_module.matrix.names.index(name)].scorer
+    return scorer if isinstance(scorer, FormatScorer) else None
+
+
 class ClosedLoopSupervision(L.Callback):
     def __init__(
         self,
@@ -54,6 +67,7 @@ class ClosedLoopSupervision(L.Callback):
         patience: int = 3,
         min_change: float = 0.02,
         gain_decay: float = 0.5,
+        rule_gain: float = 1.0,
     ):
         if patience < 2 or min_change < 0 or not 0 <= gain_decay < 1:
             raise ValueError(
@@ -61,6 +75,12 @@ class ClosedLoopSupervision(L.Callback):
                 f"got {patience}, {min_change}, {gain_decay}"
             )
         self.patience, self.min_change, self.gain_decay = patience, min_change, gain_decay
+        if rule_gain < 0:
+            raise ValueError(
+                f"callbacks.closed_loop.rule_gain: got {rule_gain}, expected a number >= 0 (0 = off)"
+            )
+        self.rule_gain = rule_gain
+        self.rule_weights: dict[str, dict[str, float]] = {}  # format dimension -> rule -> weight
         self.every_n_steps, self.num_prompts, self.greedy = every_n_steps, num_prompts, greedy
         self.pass_target, self.gain_strength = pass_target, gain_strength
         self.curriculum, self.curriculum_strength, self.curriculum_floor = (
@@ -89,6 +109,8 @@ class ClosedLoopSupervision(L.Callback):
             trainer.datamodule.sampler.set_area_weights(self.area_weights)  # restored from a checkpoint
         if self.gain is not None:
             self._apply_gain(pl_module, torch.tensor(self.gain))
+        for name, weights in self.rule_weights.items():  # restored from a checkpoint
+            format_scorer(pl_module, name).set_rule_weights(weights)
         if not self.history:
             self.evaluate(trainer, pl_module)
 
@@ -130,6 +152,7 @@ class ClosedLoopSupervision(L.Callback):
         )
         if update:
             metrics["actions"] = self.reward_update(trainer, pl_module, metrics)
+            metrics["actions"] += self.update_rule_weights(pl_module, metrics, rollout.prompts, scored)
         self.history.append(metrics)
         self._log(trainer, pl_module, metrics)
         return metrics
@@ -175,6 +198,45 @@ class ClosedLoopSupervision(L.Callback):
                 )
         self.gain = new
         self._apply_gain(pl_module, torch.tensor(new))
+        return actions
+
+    def update_rule_weights(
+        self, pl_module, metrics: dict[str, Any], prompts, scored
+    ) -> list[dict[str, Any]]:
+        """Item-level action on format dimensions: weigh the rules the held-out answers break."""
+        actions = []
+        for name in pl_module.matrix.names:
+            scorer = format_scorer(pl_module, name)
+            if scorer is None or self.rule_gain == 0:
+                continue
+            rate = metrics["dimensions"][name]["pass_rate"]
+            failing = rate == rate and rate < self.pass_target
+            broken: dict[str, list[str]] = {r: [] for r in scorer.rule_weights}
+            for prompt, found in zip(prompts, scored.findings[name]):
+                for rule in {scorer.rule_of(f) for f in found} & set(broken):
+                    broken[rule].append(str(prompt.get("id")))
+            n = max(1, len(prompts))
+            old = dict(scorer.rule_weights)
+            new = {r: 1.0 + self.rule_gain * len(ids) / n if failing else 1.0 for r, ids in broken.items()}
+            scorer.set_rule_weights(new)
+            self.rule_weights[name] = dict(new)
+            for rule, weight in new.items():
+                if abs(weight - old[rule]) > 1e-6:
+                    ids = broken[rule]
+                    why = (
+                        f"broken by {len(ids)} of {n} held-out answers ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+                        if ids and failing
+                        else ("no longer broken" if failing else f"{name} passes its target")
+                    )
+                    actions.append(
+                        {
+                            "kind": "format_rule_weight",
+                            "target": f"{name}.{rule}",
+                            "value": weight,
+                            "evidence": ids,
+                            "reason": f"{name} rule '{rule}': {why}; rule weight {old[rule]:.2f} -> {weight:.2f}",
+                        }
+                    )
         return actions
 
     def _not_moving(self, name: str, metrics: dict[str, Any]) -> str | None:
@@ -271,6 +333,7 @@ class ClosedLoopSupervision(L.Callback):
             "weights_history": self.weights_history,
             "gain": self.gain,
             "area_weights": self.area_weights,
+            "rule_weights": self.rule_weights,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -280,3 +343,4 @@ class ClosedLoopSupervision(L.Callback):
         }
         self.gain = state_dict.get("gain")
         self.area_weights = dict(state_dict.get("area_weights", {}))
+        self.rule_weights = {k: dict(v) for k, v in state_dict.get("rule_weights", {}).items()}

@@ -1,6 +1,7 @@
 """Closed-loop supervision: a dimension made weak on purpose is diagnosed and pushed, with the reason."""
 
 import lightning as L
+import pytest
 import torch
 
 from callbacks.closed_loop import ClosedLoopSupervision
@@ -185,3 +186,44 @@ def test_a_dimension_that_cannot_move_has_its_gain_decayed_and_gets_it_back_when
         "its held-out mean stayed within 0.100..0.110 over 3 evaluations: gain decayed toward 1" in reasons[1]
     )
     assert torch.equal(module.matrix_weights, torch.tensor([2.0, 1.5]))  # static weights x gains
+
+
+def test_a_format_rule_always_broken_weighs_more_until_it_stops_being_broken():
+    from types import SimpleNamespace
+
+    from quark_lightning.matrix import MatrixScores
+
+    fmt = FormatScorer(min_words=3, max_words=50, rules=["length", "clean_ending"])
+    dim = SimpleNamespace(scorer=fmt)
+    module = SimpleNamespace(matrix=SimpleNamespace(names=["format_rules"], dimensions=[dim]))
+    loop = ClosedLoopSupervision(write_reports=False, rule_gain=1.0)
+    prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": "?"}]} for i in range(4)]
+    short = ["Rest.", "Drink water.", "Sleep", "Call now"]  # 1-2 words: length broken (two lack the full stop)
+    cut = "Drink plenty of water and rest"  # passes length, breaks clean_ending
+    before = fmt.score(prompts[:1], [cut]).scores.item()
+
+    def evaluate(answers):
+        scored = MatrixScores(
+            ["format_rules"],
+            fmt.score(prompts, answers).scores[:, None],
+            {"format_rules": fmt.score(prompts, answers).findings},
+        )
+        rate = float((scored.scores[:, 0] >= 0.9).float().mean())
+        metrics = {"dimensions": {"format_rules": {"pass_rate": rate, "mean": 0.0}}}
+        return loop.update_rule_weights(module, metrics, prompts, scored)
+
+    actions = evaluate(short)  # every held-out answer breaks `length`, two of them `clean_ending` too
+    assert fmt.rule_weights == {"length": 2.0, "clean_ending": 1.5}  # 1 + break rate (4/4, 2/4)
+    (length,) = [a for a in actions if a["target"] == "format_rules.length"]
+    assert (
+        length["evidence"] == ["q0", "q1", "q2", "q3"]
+        and "broken by 4 of 4 held-out answers" in length["reason"]
+    )
+    # the reward of an answer with that failure moves: 0.5 before, `length` now costs 2 of 3.5 units
+    assert fmt.score(prompts[:1], ["Rest."]).scores.item() == pytest.approx(1.5 / 3.5)
+    # an answer failing the other rule gains relative weight on the part it passes
+    assert fmt.score(prompts[:1], [cut]).scores.item() > before
+    assert loop.state_dict()["rule_weights"] == {"format_rules": dict(fmt.rule_weights)}
+    actions = evaluate([cut + "."] * 4)  # the failure stops: the dimension passes, weights are undone
+    assert fmt.rule_weights == {"length": 1.0, "clean_ending": 1.0}
+    assert any("passes its target" in a["reason"] for a in actions)

@@ -80,6 +80,28 @@ class FormatScorer:
             raise ValueError(f"format rules: unknown rule(s) {unknown}; available: {sorted(available)}")
         self.rules = {name: available[name] for name in rules if name in available}
         self.prompt_rules = {name: prompt_rules[name] for name in rules if name in prompt_rules}
+        # per-rule weights inside the score (1 each: the plain share of rules passed); the closed loop
+        # raises the weight of rules being broken on held-out answers (set_rule_weights)
+        self.rule_weights = dict.fromkeys(
+            [*self.rules, *self.prompt_rules, *(["soft_overlong"] * self.soft_overlong)], 1.0
+        )
+
+    def set_rule_weights(self, weights: dict[str, float]) -> None:
+        """Set some rules' weights (> 0); the others keep theirs. Unknown rule names are refused."""
+        unknown = sorted(set(weights) - set(self.rule_weights))
+        if unknown:
+            raise ValueError(
+                f"format rules: no rule(s) {unknown} to weigh; enabled: {sorted(self.rule_weights)}"
+            )
+        bad = {k: v for k, v in weights.items() if not (isinstance(v, (int, float)) and v > 0)}
+        if bad:
+            raise ValueError(f"format rules: weights must be > 0, got {bad}")
+        self.rule_weights.update({k: float(v) for k, v in weights.items()})
+
+    @staticmethod
+    def rule_of(finding: str) -> str:
+        """The rule a finding reports ('length: 7 words, ...' -> 'length')."""
+        return finding.split(":", 1)[0]
 
     def _length(self, text: str) -> str | None:
         n = len(words(text))
@@ -136,16 +158,18 @@ class FormatScorer:
         return credit, f"soft_overlong: {n} words, past {hi - cache} (credit {credit:.2f}; 0 from {hi} words)"
 
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:
+        """Per answer: sum_r w_r * credit_r / sum_r w_r (credit 1 passed, 0 broken, DAPO's ramp for
+        soft_overlong); with every weight 1 the share of rules passed."""
         scores, findings = [], []
-        n_rules = len(self.rules) + len(self.prompt_rules) + int(self.soft_overlong)
+        w, total = self.rule_weights, sum(self.rule_weights.values())
         for prompt, text in zip(prompts, completions, strict=True):
             broken = [f for rule in self.rules.values() if (f := rule(text)) is not None]
             broken += [f for rule in self.prompt_rules.values() if (f := rule(prompt, text)) is not None]
-            passed = float(n_rules - int(self.soft_overlong) - len(broken))
+            passed = total - sum(w[self.rule_of(f)] for f in broken) - w.get("soft_overlong", 0.0)
             if self.soft_overlong:
                 credit, finding = self.overlong_credit(text)
-                passed += credit
+                passed += w["soft_overlong"] * credit
                 broken += [finding] if finding else []
-            scores.append(passed / n_rules)
+            scores.append(passed / total)
             findings.append(broken)
         return ScoreResult.from_lists(scores, findings)
