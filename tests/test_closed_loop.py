@@ -198,16 +198,18 @@ def test_a_format_rule_always_broken_weighs_more_until_it_stops_being_broken():
     module = SimpleNamespace(matrix=SimpleNamespace(names=["format_rules"], dimensions=[dim]))
     loop = ClosedLoopSupervision(write_reports=False, rule_gain=1.0)
     prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": "?"}]} for i in range(4)]
-    short = ["Rest.", "Drink water.", "Sleep", "Call now"]  # 1-2 words: length broken (two lack the full stop)
+    short = [
+        "Rest.",
+        "Drink water.",
+        "Sleep",
+        "Call now",
+    ]  # 1-2 words: length broken (two lack the full stop)
     cut = "Drink plenty of water and rest"  # passes length, breaks clean_ending
     before = fmt.score(prompts[:1], [cut]).scores.item()
 
     def evaluate(answers):
-        scored = MatrixScores(
-            ["format_rules"],
-            fmt.score(prompts, answers).scores[:, None],
-            {"format_rules": fmt.score(prompts, answers).findings},
-        )
+        result = fmt.score(prompts, answers)
+        scored = MatrixScores(["format_rules"], result.scores[:, None], {"format_rules": result.findings})
         rate = float((scored.scores[:, 0] >= 0.9).float().mean())
         metrics = {"dimensions": {"format_rules": {"pass_rate": rate, "mean": 0.0}}}
         return loop.update_rule_weights(module, metrics, prompts, scored)

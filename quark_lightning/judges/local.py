@@ -47,6 +47,8 @@ class LocalJudge(Judge):
 
         loaded = load_causal_lm(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
         self.model = loaded.model.requires_grad_(False).eval()
+        # the files as they were loaded (computed once, not on every call)
+        self._identity = f"{config.model}@{directory_fingerprint(config.model)}"
         self.tokenizer = loaded.tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -55,7 +57,7 @@ class LocalJudge(Judge):
     def identity(self) -> str | None:
         """A local directory's judge is keyed by its files too: retrained weights under the same path are a
         different judge, and must not be answered from the cache."""
-        return f"{self.config.model}@{directory_fingerprint(self.config.model)}"
+        return self._identity
 
     def generation_config(self):
         gen = copy.deepcopy(self.model.generation_config)
