@@ -19,6 +19,26 @@ optimized next (interpretation; the paper names the loop, not its rules):
   being broken count more in the next steps' format reward; it is back to 1 once the rule is no longer
   broken (or the dimension passes). Each change is an action naming the rule, its break rate and the
   held-out answers that broke it (evidence); the weights are in the checkpoint.
+- reward-model dimensions (no absolute target): each held-out answer is judged against the reference
+  answer's score on the same prompt (`reference_targets`): it passes where it scores at least as high,
+  so the pass rate is "share of answers as good as the reference" and the dimension gets a gain like the
+  others (eval/metrics.py). The reference scores are computed once per prompt.
+- online bad patterns (item level): phrases over-represented in the failing held-out answers (a gate
+  failed, or fewer than half of the answer's targeted dimensions passed), absent from passing answers
+  and references, join the bad-pattern scorer's list with their provenance (step, evidence ids, z),
+  at most `max_mined_patterns`, and expire after `pattern_expiry` evaluations in which no held-out answer
+  shows them (eval/loop_patterns.py).
+- rubric items and prompts (item level): held-out prompts are never trained on, so re-weighting their
+  items would change nothing training sees. Each evaluation therefore also answers `probe_prompts`
+  training prompts (greedy, outside any gradient step; those with an active weight first, then a fixed
+  rotation): a missed essential or a hit pitfall of a probe answer weighs more inside that prompt's
+  rubric score, bonus items only once the essentials are met, back to 1 when met; a probed prompt whose
+  answer fails a gate (an ignored red flag) is drawn 1 + `prompt_gain` times as often, back to 1 once it
+  clears (eval/item_actions.py). The held-out split stays the measurement: probe answers never enter the
+  metrics.
+- `item_level: false` keeps only the per-dimension gains against absolute targets and the area
+  curriculum (the loop before item-level actions); `update: false` evaluates and reports, changing
+  nothing (the no-loop baseline of benchmarks/closed_loop.py).
 - curriculum: each clinical area's sampling weight becomes (1 - pass_rate_area + `curriculum_floor`) **
   `curriculum_strength`, so weak areas are drawn more often (`AreaWeightedSampler` of the datamodule).
 
@@ -27,7 +47,7 @@ to the report), e.g. `format_rules: held-out pass rate 0.12 < 0.90 (top finding 
 below the minimum of #', 100% of answers); loop gain 1.00 -> 1.88`. Each evaluation writes a report
 (Markdown, PNG plots, metrics JSON) under `report_dir/step_<N>/`; the end of the run writes
 `report_dir/summary.md` (every dimension and category, start vs end) and prints where it is. The
-history, gains and area weights are in the checkpoint.
+history, gains, area weights and every item-level weight and mined phrase are in the checkpoint.
 
 Every rank evaluates the same prompts with greedy decoding, so every rank takes the same actions.
 """
@@ -40,15 +60,41 @@ from typing import Any
 import lightning as L
 import torch
 
-from quark_lightning.eval.metrics import evaluation_metrics
+from quark_lightning.eval.item_actions import prompt_sampling_weights, rubric_item_weights
+from quark_lightning.eval.metrics import evaluation_metrics, pass_mask
+
+
+def scorer_of(pl_module, name: str, kind: type):
+    """The scorer behind dimension `name` when it is a `kind`, else None."""
+    scorer = pl_module.matrix.dimensions[pl_module.matrix.names.index(name)].scorer
+    return scorer if isinstance(scorer, kind) else None
 
 
 def format_scorer(pl_module, name: str):
     """The FormatScorer behind dimension `name`, or None when it is another kind of scorer."""
     from quark_lightning.rewards.format import FormatScorer
 
-    scorer = pl_module.matrix.dimensions[pl_module.matrix.names.index(name)].scorer
-    return scorer if isinstance(scorer, FormatScorer) else None
+    return scorer_of(pl_module, name, FormatScorer)
+
+
+def gate_failures(scored, gates, i: int) -> list[int]:
+    """Indices k of the gated dimensions whose gate answer i fails (a failed scorer counts as failing)."""
+    out = []
+    for k, gate in gates:
+        score = float(scored.scores[i, k])
+        if bool(scored.failed[i, k]) or (score == score and score < gate.below):  # NaN: not applicable
+            out.append(k)
+    return out
+
+
+def failing_answers(matrix, scored) -> list[bool]:
+    """Per answer: it fails a gate, or meets fewer than half of its applicable targeted dimensions."""
+    passed = pass_mask(scored.scores.float(), [d.target for d in matrix.dimensions])  # (N, K)
+    targeted = torch.tensor([d.target is not None for d in matrix.dimensions])
+    applicable = ~torch.isnan(scored.scores) & targeted  # (N, K)
+    share = passed.sum(1) / applicable.sum(1).clamp(min=1)  # (N,)
+    gates = matrix.gates()
+    return [bool(share[i] < 0.5) or bool(gate_failures(scored, gates, i)) for i in range(len(share))]
 
 
 class ClosedLoopSupervision(L.Callback):
@@ -68,6 +114,16 @@ class ClosedLoopSupervision(L.Callback):
         min_change: float = 0.02,
         gain_decay: float = 0.5,
         rule_gain: float = 1.0,
+        update: bool = True,
+        item_level: bool = True,
+        probe_prompts: int = 8,
+        item_gain: float = 1.0,
+        max_item_weight: float = 3.0,
+        prompt_gain: float = 2.0,
+        reference_targets: bool = True,
+        max_mined_patterns: int = 8,
+        pattern_expiry: int = 2,
+        pattern_min_count: int = 3,
     ):
         if patience < 2 or min_change < 0 or not 0 <= gain_decay < 1:
             raise ValueError(
@@ -80,6 +136,24 @@ class ClosedLoopSupervision(L.Callback):
                 f"callbacks.closed_loop.rule_gain: got {rule_gain}, expected a number >= 0 (0 = off)"
             )
         self.rule_gain = rule_gain
+        if probe_prompts < 0 or item_gain < 0 or max_item_weight < 1 or prompt_gain < 0:
+            raise ValueError(
+                "callbacks.closed_loop: need probe_prompts >= 0, item_gain >= 0, max_item_weight >= 1 and "
+                f"prompt_gain >= 0, got {probe_prompts}, {item_gain}, {max_item_weight}, {prompt_gain}"
+            )
+        self.update, self.item_level, self.probe_prompts = update, item_level, probe_prompts
+        self.item_gain, self.max_item_weight, self.prompt_gain = item_gain, max_item_weight, prompt_gain
+        self.reference_targets = reference_targets
+        self.pattern_settings = {
+            "cap": max_mined_patterns,
+            "expiry": pattern_expiry,
+            "min_count": pattern_min_count,
+        }
+        self.item_weights: dict[str, dict[str, dict[str, float]]] = {}  # rubric dim -> prompt -> item -> w
+        self.prompt_weights: dict[str, float] = {}  # training prompt id -> sampling multiplier
+        self.loop_patterns: dict[str, dict[str, dict]] = {}  # bad-pattern dim -> phrase -> provenance
+        self.probe_cursor = 0  # where the rotating probe of training prompts continues
+        self._reference_cache: dict[str, list[float]] = {}  # prompt id -> reference scores (K,)
         self.rule_weights: dict[str, dict[str, float]] = {}  # format dimension -> rule -> weight
         self.every_n_steps, self.num_prompts, self.greedy = every_n_steps, num_prompts, greedy
         self.pass_target, self.gain_strength = pass_target, gain_strength
@@ -111,6 +185,7 @@ class ClosedLoopSupervision(L.Callback):
             self._apply_gain(pl_module, torch.tensor(self.gain))
         for name, weights in self.rule_weights.items():  # restored from a checkpoint
             format_scorer(pl_module, name).set_rule_weights(weights)
+        self._restore_item_state(trainer, pl_module)
         if not self.history:
             self.evaluate(trainer, pl_module)
 
@@ -142,17 +217,27 @@ class ClosedLoopSupervision(L.Callback):
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self, trainer: L.Trainer, pl_module, update: bool = True) -> dict[str, Any]:
-        prompts = self._diagnosis_prompts(trainer)
-        rollout = pl_module.engine.generate(
-            pl_module.policy, pl_module.tokenizer, prompts, 1, greedy=self.greedy
+        held_out = self._diagnosis_prompts(trainer)
+        acting = update and self.update
+        probe = self._probe_prompts(trainer) if acting and self.item_level else []
+        rollout = pl_module.engine.generate(  # one batch: held-out answers, then the training probe
+            pl_module.policy, pl_module.tokenizer, held_out + probe, 1, greedy=self.greedy
         )
-        scored = pl_module.matrix.score(rollout.prompts, rollout.completions)
+        n = len(held_out)
+        prompts, answers = rollout.prompts[:n], rollout.completions[:n]
+        scored = pl_module.matrix.score(prompts, answers)
+        reference = self._reference_scores(pl_module, prompts) if self.item_level else None
         metrics = evaluation_metrics(
-            pl_module.matrix, rollout.prompts, rollout.completions, scored, trainer.global_step
+            pl_module.matrix, prompts, answers, scored, trainer.global_step, reference
         )
-        if update:
+        if acting:
             metrics["actions"] = self.reward_update(trainer, pl_module, metrics)
-            metrics["actions"] += self.update_rule_weights(pl_module, metrics, rollout.prompts, scored)
+            if self.item_level:
+                metrics["actions"] += self.update_rule_weights(pl_module, metrics, prompts, scored)
+                metrics["actions"] += self.update_loop_patterns(pl_module, metrics, prompts, answers, scored)
+                metrics["actions"] += self.update_probe_items(
+                    trainer, pl_module, metrics, rollout.prompts[n:], rollout.completions[n:]
+                )
         self.history.append(metrics)
         self._log(trainer, pl_module, metrics)
         return metrics
@@ -239,6 +324,95 @@ class ClosedLoopSupervision(L.Callback):
                     )
         return actions
 
+    def update_loop_patterns(self, pl_module, metrics, prompts, answers, scored) -> list[dict[str, Any]]:
+        """Item-level action on bad-pattern dimensions: phrases of the failing held-out answers join the
+        scorer's pattern list (eval/loop_patterns.py), and expire once no answer shows them."""
+        from quark_lightning.eval.loop_patterns import update_loop_patterns
+        from quark_lightning.rewards.online import BadPatternScorer
+
+        failing = failing_answers(pl_module.matrix, scored)
+        ids = [str(p.get("id")) for p in prompts]
+        references = [p["reference"] for p in prompts if isinstance(p.get("reference"), str)]
+        actions = []
+        for name in pl_module.matrix.names:
+            scorer = scorer_of(pl_module, name, BadPatternScorer)
+            if scorer is None or not self.pattern_settings["cap"]:
+                continue
+            state, acts = update_loop_patterns(
+                self.loop_patterns.get(name, {}),
+                metrics["step"],
+                list(zip(ids, answers, failing)),
+                references,
+                **self.pattern_settings,
+            )
+            self.loop_patterns[name] = state
+            scorer.set_loop_patterns(state)
+            actions += [{**a, "dimension": name} for a in acts]
+        return actions
+
+    def update_probe_items(self, trainer, pl_module, metrics, prompts, answers) -> list[dict[str, Any]]:
+        """Item-level actions on the training probe: rubric item weights and prompt sampling weights
+        (eval/item_actions.py). No-op without probe answers."""
+        from quark_lightning.rewards.rubric import RubricScorer
+
+        if not prompts:
+            return []
+        actions = []
+        ids = [str(p.get("id")) for p in prompts]
+        for name in pl_module.matrix.names:
+            scorer = scorer_of(pl_module, name, RubricScorer)
+            if scorer is None or self.item_gain == 0:
+                continue
+            outcomes = {pid: o for pid, o in zip(ids, scorer.outcomes(prompts, answers)) if o}
+            new, acts = rubric_item_weights(
+                self.item_weights.get(name, {}),
+                outcomes,
+                self._failing(metrics, name),
+                self.item_gain,
+                self.max_item_weight,
+                name,
+            )
+            self.item_weights[name] = new
+            scorer.set_item_weights(new)
+            actions += acts
+        sampler = getattr(trainer.datamodule, "sampler", None)
+        gates = pl_module.matrix.gates()
+        if sampler is not None and self.prompt_gain > 0 and gates:
+            scored = pl_module.matrix.score(prompts, answers)
+            failed = {
+                pid: [pl_module.matrix.names[k] for k in gate_failures(scored, gates, i)]
+                for i, pid in enumerate(ids)
+            }
+            gated = [pl_module.matrix.names[k] for k, _ in gates]
+            self.prompt_weights, acts = prompt_sampling_weights(
+                self.prompt_weights, failed, self.prompt_gain, gated
+            )
+            sampler.set_prompt_weights(self.prompt_weights)
+            actions += acts
+        return actions
+
+    def _failing(self, metrics: dict[str, Any], name: str) -> bool:
+        rate = metrics["dimensions"][name]["pass_rate"]
+        return rate == rate and rate < self.pass_target  # NaN (not applicable) never fails
+
+    def _reference_scores(self, pl_module, prompts) -> torch.Tensor | None:
+        """(N, K) the matrix's scores of each held-out prompt's reference answer, where the matrix has
+        target-less dimensions (reward models) to judge against it (cached per prompt id), else None."""
+        names = pl_module.matrix.names
+        if not self.reference_targets or all(d.target is not None for d in pl_module.matrix.dimensions):
+            return None
+        todo = [
+            p
+            for p in prompts
+            if str(p.get("id")) not in self._reference_cache and isinstance(p.get("reference"), str)
+        ]
+        if todo:
+            ref = pl_module.matrix.score(todo, [p["reference"] for p in todo]).scores.float()
+            for p, row in zip(todo, ref):
+                self._reference_cache[str(p.get("id"))] = row.tolist()
+        nan = [float("nan")] * len(names)
+        return torch.tensor([self._reference_cache.get(str(p.get("id")), nan) for p in prompts])
+
     def _not_moving(self, name: str, metrics: dict[str, Any]) -> str | None:
         """Why `name` counts as not responding (its held-out mean moved < min_change over the last
         `patience` evaluations, this one included), or None when it moves or the history is shorter."""
@@ -295,6 +469,32 @@ class ClosedLoopSupervision(L.Callback):
         return actions
 
     # ------------------------------------------------------------------ plumbing
+    def _restore_item_state(self, trainer: L.Trainer, pl_module) -> None:
+        """Item-level state restored from a checkpoint goes back into the scorers and the sampler."""
+        for name, weights in self.item_weights.items():
+            pl_module.matrix.dimensions[pl_module.matrix.names.index(name)].scorer.set_item_weights(weights)
+        for name, patterns in self.loop_patterns.items():
+            pl_module.matrix.dimensions[pl_module.matrix.names.index(name)].scorer.set_loop_patterns(patterns)
+        sampler = getattr(trainer.datamodule, "sampler", None)
+        if self.prompt_weights and sampler is not None:
+            sampler.set_prompt_weights(self.prompt_weights)
+
+    def _probe_prompts(self, trainer: L.Trainer) -> list[dict[str, Any]]:
+        """`probe_prompts` training prompts for the item-level actions: those with an active item or
+        sampling weight first (so a change is undone as soon as its failure stops), then the next ones
+        of a fixed rotation (the same on every rank)."""
+        dm = trainer.datamodule
+        if dm is None or not self.probe_prompts or not hasattr(dm, "calibration_records"):
+            return []
+        train = dm.calibration_records()
+        active = set(self.prompt_weights) | {p for w in self.item_weights.values() for p in w}
+        first = [r for r in train if str(r.get("id")) in active][: self.probe_prompts]
+        rest = [r for r in train if str(r.get("id")) not in active]
+        take = min(self.probe_prompts - len(first), len(rest))
+        picked = [rest[(self.probe_cursor + j) % len(rest)] for j in range(take)]
+        self.probe_cursor = (self.probe_cursor + take) % max(1, len(rest))
+        return first + picked
+
     def _diagnosis_prompts(self, trainer: L.Trainer) -> list[dict[str, Any]]:
         dm = trainer.datamodule
         prompts = dm.val_records() if dm is not None else []
@@ -334,6 +534,10 @@ class ClosedLoopSupervision(L.Callback):
             "gain": self.gain,
             "area_weights": self.area_weights,
             "rule_weights": self.rule_weights,
+            "item_weights": self.item_weights,
+            "prompt_weights": self.prompt_weights,
+            "loop_patterns": self.loop_patterns,
+            "probe_cursor": self.probe_cursor,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -344,3 +548,10 @@ class ClosedLoopSupervision(L.Callback):
         self.gain = state_dict.get("gain")
         self.area_weights = dict(state_dict.get("area_weights", {}))
         self.rule_weights = {k: dict(v) for k, v in state_dict.get("rule_weights", {}).items()}
+        self.item_weights = {
+            d: {p: dict(items) for p, items in w.items()}
+            for d, w in state_dict.get("item_weights", {}).items()
+        }
+        self.prompt_weights = dict(state_dict.get("prompt_weights", {}))
+        self.loop_patterns = {d: dict(p) for d, p in state_dict.get("loop_patterns", {}).items()}
+        self.probe_cursor = int(state_dict.get("probe_cursor", 0))

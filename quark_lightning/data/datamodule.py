@@ -77,26 +77,40 @@ def to_dataset(records: list[dict[str, Any]]) -> Dataset:
 class AreaWeightedSampler(ResumableSampler):
     """Draws prompts with per-area sampling weights that may change while an epoch runs (curriculum).
 
-    Weight of prompt i = area_weight[area_i] / (number of prompts of that area), so with equal area weights
-    every area is drawn equally often; indices are drawn lazily, so an update applies from the next draw.
-    Its position inside a pass is saved in checkpoints (`ResumableSampler`).
+    Weight of prompt i = area_weight[area_i] / (number of prompts of that area) * prompt_weight[id_i], so
+    with equal area weights every area is drawn equally often, and a prompt the closed loop singles out
+    (its answer failed a gate) is drawn `prompt_weight` times as often as its area peers. Indices are drawn
+    lazily, so an update applies from the next draw. Its position inside a pass is saved in checkpoints
+    (`ResumableSampler`); the weights are the closed loop's state (it saves and restores them).
     """
 
-    def __init__(self, areas: list[str], seed: int = 0):
+    def __init__(self, areas: list[str], seed: int = 0, ids: list[str] | None = None):
         super().__init__(len(areas), torch.Generator().manual_seed(seed))
         self.areas = areas
+        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(areas))]
         self.counts = {a: areas.count(a) for a in set(areas)}
         self.area_weights = {a: 1.0 for a in self.counts}
+        self.prompt_weights: dict[str, float] = {}  # prompt id -> multiplier (absent = 1)
 
     def set_area_weights(self, weights: dict[str, float]) -> None:
         self.area_weights = {a: float(weights.get(a, self.area_weights[a])) for a in self.counts}
+
+    def set_prompt_weights(self, weights: dict[str, float]) -> None:
+        """Per-prompt multipliers (ids not among the training prompts are ignored; 1 = neutral)."""
+        known = set(self.ids)
+        self.prompt_weights = {i: float(w) for i, w in weights.items() if i in known and w != 1.0}
 
     def shares(self) -> dict[str, float]:
         total = sum(self.area_weights.values())
         return {a: w / total for a, w in self.area_weights.items()}
 
     def draw(self, count: int) -> list[int]:  # noqa: ARG002 - one index at a time, with the current weights
-        w = torch.tensor([self.area_weights[a] / self.counts[a] for a in self.areas])
+        w = torch.tensor(
+            [
+                self.area_weights[a] / self.counts[a] * self.prompt_weights.get(i, 1.0)
+                for a, i in zip(self.areas, self.ids)
+            ]
+        )
         return [int(torch.multinomial(w, 1, generator=self.generator))]
 
 
@@ -173,7 +187,9 @@ class PromptDataModule(L.LightningDataModule):
         """Switch from uniform shuffling to area-weighted sampling (the closed loop sets the weights)."""
         self.setup("fit")
         if self.sampler is None:
-            self.sampler = AreaWeightedSampler(list(self.train_set["area"]), seed)
+            self.sampler = AreaWeightedSampler(
+                list(self.train_set["area"]), seed, ids=list(self.train_set["id"])
+            )
         self.curriculum = True
         return self.sampler
 

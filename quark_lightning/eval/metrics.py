@@ -5,7 +5,8 @@ From the matrix's scores (N, K) and findings on a set of (prompt, answer) pairs:
 - per dimension (torchmetrics `MeanMetric`s): `mean` raw score, `pass_rate` = share of applicable
   answers with score >= the dimension's target, `violation_rate` = 1 - pass_rate, `count` of applicable
   answers (a dimension without a target, such as a reward model's raw logit, has a mean but no pass
-  rate, and the loop never pushes it), and apart from them `failed` (the scorer failed on the answer,
+  rate unless `reference_scores` are given: then its target is the reference answer's score on the same
+  prompt, and `pass_rate` = share of answers scoring at least as high as the reference), and apart from them `failed` (the scorer failed on the answer,
   matrix/guard.py) and `not_applicable` (the dimension does not apply); both are NaN scores and
   neither counts in the mean or pass rate, but a failure is a fault, not "does not apply";
 - per category: the mean pass rate of its dimensions;
@@ -62,16 +63,24 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def dimension_metrics(
-    matrix: AlignmentMatrix, scores: torch.Tensor, passed: torch.Tensor, failed: torch.Tensor | None = None
+    matrix: AlignmentMatrix,
+    scores: torch.Tensor,
+    passed: torch.Tensor,
+    failed: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
 ) -> dict[str, dict]:
     """Per dimension: mean, pass rate, count of scored answers, and the failed / not-applicable counts.
-    scores, passed, failed: (N, K); `failed` None = no failures."""
+    scores, passed, failed: (N, K); `failed` None = no failures. reference: (N, K) reference-answer scores
+    for the dimensions judged against the reference (NaN elsewhere), or None."""
     failed = torch.zeros(scores.shape, dtype=torch.bool) if failed is None else failed.cpu().bool()
+    relative = judged_against_reference(matrix, reference)
     out = {}
     for k, dim in enumerate(matrix.dimensions):
         applicable = ~torch.isnan(scores[:, k])
+        if relative[k]:
+            applicable &= ~torch.isnan(reference[:, k])
         n = int(applicable.sum())
-        has_target = dim.target is not None
+        has_target = dim.target is not None or bool(relative[k])
         rate = _mean(passed[applicable, k].float()) if n and has_target else float("nan")
         out[dim.name] = {
             "category": dim.category,
@@ -81,9 +90,19 @@ def dimension_metrics(
             "count": n,
             "failed": int(failed[:, k].sum()),
             "not_applicable": int((~applicable & ~failed[:, k]).sum()),
-            "target": dim.target,
+            "target": "reference" if relative[k] else dim.target,
         }
+        if relative[k]:
+            out[dim.name]["reference_mean"] = _mean(reference[applicable, k]) if n else float("nan")
     return out
+
+
+def judged_against_reference(matrix: AlignmentMatrix, reference: torch.Tensor | None) -> torch.Tensor:
+    """(K,) bool: target-less dimensions (reward models) that have reference scores to be judged against."""
+    if reference is None:
+        return torch.zeros(len(matrix.dimensions), dtype=torch.bool)
+    no_target = torch.tensor([d.target is None for d in matrix.dimensions])
+    return no_target & ~torch.isnan(reference).all(dim=0)
 
 
 def category_metrics(dims: dict[str, dict]) -> dict[str, dict]:
@@ -186,11 +205,19 @@ def evaluation_metrics(
     completions: Sequence[str],
     scored: MatrixScores,
     step: int = 0,
+    reference_scores: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Everything one evaluation observes and diagnoses, as a JSON-serializable dict."""
+    """Everything one evaluation observes and diagnoses, as a JSON-serializable dict.
+
+    reference_scores: (N, K) the matrix's scores of each prompt's reference answer, or None. Target-less
+    dimensions with reference scores pass where the answer scores >= the reference (see module doc)."""
     scores = scored.scores.float()
     passed = pass_mask(scores, [d.target for d in matrix.dimensions])
-    dims = dimension_metrics(matrix, scores, passed, scored.failed)
+    relative = judged_against_reference(matrix, reference_scores)
+    if relative.any():
+        ref = reference_scores.float()
+        passed[:, relative] = scores[:, relative] >= ref[:, relative]  # NaN on either side -> False
+    dims = dimension_metrics(matrix, scores, passed, scored.failed, reference_scores)
     return {
         "step": step,
         "num_samples": len(completions),
@@ -201,7 +228,7 @@ def evaluation_metrics(
             matrix.names,
             scores,
             passed,
-            torch.tensor([d.target is not None for d in matrix.dimensions]),
+            torch.tensor([d.target is not None for d in matrix.dimensions]) | relative,
         ),
         "diagnosis": diagnose(prompts, completions, scored.findings, passed, matrix.names),
         "actions": [],

@@ -207,19 +207,25 @@ def _plots(history: list[dict], weights: dict | None, out_dir: str) -> list[tupl
 
 
 # ---------------------------------------------------------------------------------------- report
+def _target_cell(row: dict) -> str:
+    target = row.get("target")
+    if target == "reference":
+        return f"≥ reference ({_num(row.get('reference_mean'))})"
+    return _num(target) if target is not None else "median"
+
+
 def _dimension_section(history: list[dict]) -> str:
     first, last = history[0], history[-1]
     rows = []
     for name, row in last["dimensions"].items():
         start = first["dimensions"].get(name, {}).get("pass_rate")
-        target = row.get("target")
         rows.append(
             [
                 _cell(name),
                 _cell(row.get("category")),
                 _num(row.get("mean")),
                 _pct(row.get("pass_rate")),
-                _num(target) if target is not None else "median",
+                _target_cell(row),
                 _pp(start, row.get("pass_rate")) if len(history) > 1 else "–",
                 str(row.get("count", "–")),
                 str(row.get("failed", "–")),
@@ -276,11 +282,15 @@ def _area_section(last: dict) -> str:
     return title + _table(["area", "answers", "pass rate", "weakest dimension"], rows)
 
 
+MAX_ACTIONS_PER_FINDING = 3
+
+
 def _diagnosis_section(last: dict) -> str:
     findings = last.get("diagnosis") or []
     if not findings:
         return "## Diagnosis\n\nNo failing answer left a finding."
     parts = ["## Diagnosis", f"Top {min(MAX_FINDINGS, len(findings))} of {len(findings)} finding groups."]
+    explained: set[str] = set()  # each dimension's actions are listed under its first finding
     for i, f in enumerate(findings[:MAX_FINDINGS], 1):
         n_answers = last.get("num_samples")
         where = f"in {f['count']} of {n_answers} answers" if n_answers else f"in {f['count']} answers"
@@ -298,8 +308,26 @@ def _diagnosis_section(last: dict) -> str:
                 f"\n   > **Q** ({_cell(ex.get('id'))}, {_cell(ex.get('area'))}): {_truncate(ex.get('question', ''))}"
                 f"\n   >\n   > **A**: {_truncate(ex.get('answer', '')) or '(empty answer)'}{shows}"
             )
+        changed = [] if f["dimension"] in explained else actions_on(last.get("actions") or [], f["dimension"])
+        explained.add(f["dimension"])
+        if changed:
+            head += "\n\n   What the loop changed because of it:\n" + "\n".join(
+                f"   - {_cell(a.get('reason', ''))}" for a in changed[:MAX_ACTIONS_PER_FINDING]
+            )
+            if len(changed) > MAX_ACTIONS_PER_FINDING:
+                head += f"\n   - ... and {len(changed) - MAX_ACTIONS_PER_FINDING} more (see Actions)"
         parts.append(head)
     return "\n\n".join(parts)
+
+
+def actions_on(actions: list[dict], dimension: str) -> list[dict]:
+    """The loop's actions on `dimension`: its gain, one of its items (`dimension.<item>` targets), or
+    an action that names it (`dimension` key: a mined phrase, a prompt drawn more often for its gate)."""
+    return [
+        a
+        for a in actions
+        if a.get("dimension") == dimension or str(a.get("target", "")).split(".")[0] == dimension
+    ]
 
 
 def _actions_section(last: dict) -> str:

@@ -19,6 +19,10 @@ also find it met (rubric_matchers.py); an answer whose judge verdict failed is r
 sample (ScoreResult.failures), not scored as if the item were missed. With `reference_scaling`, a prompt's `rubric_reference_mean` (the mean score of
 reference answers to it, QuarkMedBench-style) is subtracted, so the score says "better or worse than
 the reference models on this prompt".
+Item weights (the closed loop's item-level action, callbacks/closed_loop.py): `set_item_weights({prompt
+id: {item id: w}})` multiplies an item's points by w in both the points met and the totals, so a missed
+essential with w = 2 costs twice its share of the score and a hit pitfall with w = 2 takes twice its
+penalty; absent items weigh 1.
 Prompts without a rubric get NaN (not applicable). Findings name every missed essential, every hit
 pitfall and whether truncation or saturation applied.
 """
@@ -62,17 +66,49 @@ class RubricScorer:
         self.matcher = build_matcher(matcher, **kwargs)
         self.llm_judge = getattr(self.matcher, "judge", None)  # None unless matcher=llm
         self.reference_scaling = reference_scaling
+        self.item_weights: dict[str, dict[str, float]] = {}  # prompt id -> item id -> weight (closed loop)
+
+    def set_item_weights(self, weights: dict[str, dict[str, float]]) -> None:
+        """The closed loop's per-item weights (1 = neutral; omitted items weigh 1)."""
+        self.item_weights = {
+            str(p): {str(i): float(w) for i, w in items.items() if w != 1.0} for p, items in weights.items()
+        }
+        self.item_weights = {p: items for p, items in self.item_weights.items() if items}
+
+    def outcomes(
+        self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]
+    ) -> list[list[tuple[dict[str, Any], bool | None]]]:
+        """Per answer, (item, met) for every rubric item (met None: the matcher failed on it)."""
+        pairs = [
+            (item, a) for p, a in zip(prompts, completions, strict=True) for item in p.get("rubric") or []
+        ]
+        verdicts = iter(match_verdicts(self.matcher, pairs))
+        out = []
+        for p in prompts:
+            out.append(
+                [
+                    (item, None if (v := next(verdicts)).error else bool(v.met))
+                    for item in p.get("rubric") or []
+                ]
+            )
+        return out
 
     def score_one(
-        self, rubric: list[dict[str, Any]], answer: str, hits: list[bool] | None = None
+        self,
+        rubric: list[dict[str, Any]],
+        answer: str,
+        hits: list[bool] | None = None,
+        item_weights: dict[str, float] | None = None,
     ) -> tuple[float, list[str]]:
         if hits is None:
             hits = self.matcher.match([(item, answer) for item in rubric])
+        item_weights = item_weights or {}
         met = {t: 0.0 for t in ITEM_TYPES}
         total = {t: 0.0 for t in ITEM_TYPES}
         findings: list[str] = []
         for item, hit in zip(rubric, hits, strict=True):
-            kind, points = item["type"], float(item.get("points", 1.0))
+            kind = item["type"]
+            points = float(item.get("points", 1.0)) * item_weights.get(str(item.get("id")), 1.0)
             total[kind] += points
             if hit:
                 met[kind] += points
@@ -121,7 +157,8 @@ class RubricScorer:
             bad = [(item, v) for item, v in zip(rubric, own) if v.error is not None]
             if bad:
                 failures[i] = f"rubric item {bad[0][0].get('id', '?')}: {bad[0][1].error}"
-            s, f = self.score_one(rubric, answer, [bool(v.met) for v in own])
+            weights = self.item_weights.get(str(prompt.get("id")))
+            s, f = self.score_one(rubric, answer, [bool(v.met) for v in own], weights)
             mean = prompt.get("rubric_reference_mean")
             if self.reference_scaling and isinstance(mean, (int, float)):
                 f.append(f"scaled against the reference mean {mean:g}: {s:.3f} -> {s - mean:.3f}")
