@@ -59,8 +59,16 @@ Mined patterns come from `patterns` (a JSON file written by the CLI below), whic
 (a feedback JSONL mined when the scorer is built; "bundled" = data/assets/online_feedback.jsonl;
 null = built-in detectors only). A mined n-gram is detected on word boundaries of the tokenized answer.
 
-Findings: `bad pattern 'boilerplate_refusal': "i cannot give medical advice" (tag: boilerplate_refusal)`, and for a
-mined pattern `bad pattern 'mined': "everyone is different" (tag: hedging, z=2.31)`.
+Loop patterns (closed loop, eval/loop_patterns.py): phrases mined from the policy's own failing held-out
+answers, set with `set_loop_patterns`; each one an answer contains is a hit of tag "loop" with weight
+`loop_weight` (so several loop phrases cost the weight once), detected like the mined n-grams (the same
+n-gram set of the answer, its n raised to the longest loop phrase). With no loop patterns the scores are
+those without them.
+
+Findings: `bad pattern 'boilerplate_refusal': "i cannot give medical advice" (tag: boilerplate_refusal)`, for a
+mined pattern `bad pattern 'mined': "everyone is different" (tag: hedging, z=2.31)`, and for a loop
+pattern `bad pattern 'loop-mined': "just wait and see" (tag: loop, mined at step 40 from 4 failing
+held-out answers)`.
 
 CLI: `python -m quark_lightning.rewards.online --input FEEDBACK.jsonl --output patterns.json`.
 """
@@ -391,6 +399,7 @@ class BadPatternScorer:
         weights: dict[str, float] | None = None,
         tags: dict[str, str] | None = None,
         mined_weight: float = 0.25,
+        loop_weight: float = 0.25,
         max_words: int = 250,
         max_repeated_sentence_ratio: float = 0.2,
         max_repeated_trigram_fraction: float = 0.25,
@@ -409,10 +418,10 @@ class BadPatternScorer:
                 f"bad patterns: unknown detector(s) {sorted(unknown)}; available: {sorted(DETECTOR_TAGS)}"
             )
         self.weights = {**DETECTOR_WEIGHTS, **{k: float(v) for k, v in (weights or {}).items()}}
-        if not all(0 <= w <= 1 for w in [*self.weights.values(), mined_weight]):
-            raise ValueError("bad patterns: every weight (and mined_weight) must be in [0, 1]")
+        if not all(0 <= w <= 1 for w in [*self.weights.values(), mined_weight, loop_weight]):
+            raise ValueError("bad patterns: every weight (and mined_weight, loop_weight) must be in [0, 1]")
         self.tags = {**DETECTOR_TAGS, **dict(tags or {})}
-        self.mined_weight = mined_weight
+        self.mined_weight, self.loop_weight = mined_weight, loop_weight
         self.max_words, self.max_repeated_sentences = max_words, max_repeated_sentence_ratio
         self.max_repeated_trigrams = max_repeated_trigram_fraction
         self.refusal_share, self.max_hedge_share = refusal_share, max_hedge_share
@@ -439,6 +448,14 @@ class BadPatternScorer:
             mined = []
         self.mined = {p.pattern: p for p in mined}
         self.max_n = max((p.n for p in mined), default=0)
+        self.loop_patterns: dict[str, dict] = {}  # phrase -> state of eval/loop_patterns.py (closed loop)
+        self.grams_n = self.max_n  # longest n-gram detect() needs: mined and loop patterns
+
+    def set_loop_patterns(self, state: dict[str, dict]) -> None:
+        """Phrases the closed loop mined from failing held-out answers (`update_loop_patterns`); each one
+        an answer contains is a hit ("loop-mined", phrase, "loop", loop_weight). {} removes them all."""
+        self.loop_patterns = {" ".join(words(p)): dict(info) for p, info in state.items() if words(p)}
+        self.grams_n = max([self.max_n, *(len(p.split()) for p in self.loop_patterns)])
 
     # detectors: evidence string or None ----------------------------------------------------------
     def _hedging(self, text: str) -> str | None:
@@ -481,13 +498,22 @@ class BadPatternScorer:
             for name, detector in self.detectors.items()
             if (evidence := detector(text)) is not None
         ]
-        if self.mined:
-            for gram in sorted(ngram_set(words(text), self.max_n) & self.mined.keys()):
+        if self.mined or self.loop_patterns:
+            grams = ngram_set(words(text), self.grams_n)  # one pass covers both pattern lists
+            for gram in sorted(grams & self.mined.keys()):
                 hits.append(("mined", gram, self.mined[gram].tag, self.mined_weight))
+            for gram in sorted(grams & self.loop_patterns.keys()):
+                hits.append(("loop-mined", gram, "loop", self.loop_weight))
         return hits
 
     def finding(self, name: str, evidence: str, tag: str) -> str:
-        extra = f", z={self.mined[evidence].z:.2f}" if name == "mined" else ""
+        extra = ""
+        if name == "mined":
+            extra = f", z={self.mined[evidence].z:.2f}"
+        elif name == "loop-mined":
+            info = self.loop_patterns[evidence]
+            step, count = info.get("mined_at"), info.get("failing_count")
+            extra = f", mined at step {step} from {count} failing held-out answers"
         return f"bad pattern '{name}': \"{evidence}\" (tag: {tag}{extra})"
 
     def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> ScoreResult:

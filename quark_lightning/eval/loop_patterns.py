@@ -1,0 +1,169 @@
+"""Closed loop, bad patterns: phrases mined from the policy's own failing held-out answers.
+
+Interpretation (the paper's *observable metric -> attributable diagnosis -> optimizable reward*, applied
+to the online dimension without waiting for users' dislikes): after each held-out evaluation the answers
+that fail (the caller decides what failing means, e.g. below a dimension's target) play the part of
+disliked responses, and the answers that pass plus the held-out prompts' reference answers play the part
+of liked ones. `mine_bad_patterns` (rewards/online.py: Monroe et al. log-odds over word n-gram document
+frequencies, rating -1 = failing, +1 = passing or reference) ranks the n-grams over-represented among
+failing answers; a phrase is kept when it is in at least `min_count` failing answers, in no reference
+answer (a reference phrase is never punished, whatever the policy does with it) and it is neither known
+already nor redundant with a known or better-ranked phrase (contained in / containing one, or found in
+nearly the same failing answers: `redundant` of online.py, Jaccard 0.8). New phrases join best z first
+while the list holds fewer than `cap`; `BadPatternScorer.set_loop_patterns` then punishes each with
+`loop_weight` (tag "loop").
+
+A phrase stays while the policy keeps producing it: an evaluation in which any held-out answer (failing
+or passing) contains it resets its `idle` count; `expiry` evaluations in a row without it remove it, so
+a phrase the policy has unlearned stops costing reward (and frees its slot). "Contains" is the scorer's
+own test: the phrase is one of the answer's word n-grams, `ngram_set(words(text), n)`.
+
+State (JSON-serializable, for the checkpoint): phrase -> {
+    "pattern": str,          the phrase (lowercased words, space-joined)
+    "mined_at": int,         step of the evaluation that mined it
+    "evidence": list[str],   sorted distinct ids of failing answers containing it, refreshed at every
+                             evaluation in which a failing answer contains it (kept otherwise)
+    "z": float,              log-odds z-score at mining
+    "failing_count": int,    failing answers containing it at mining
+    "last_fired": int,       step of the last evaluation in which a held-out answer contained it
+    "idle": int,             evaluations in a row (up to now) in which no held-out answer contained it
+}
+Actions (only for phrases added or expired): {"kind": "mined_pattern", "target": phrase, "value": 1.0
+(added) | 0.0 (expired), "evidence": [ids], "reason": text}.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from quark_lightning.rewards.online import mine_bad_patterns, ngram_set, redundant
+from quark_lightning.rewards.text import words
+
+CONFIG_PREFIX = "callbacks.closed_loop."
+DEDUPE_JACCARD = 0.8  # as mine_bad_patterns' default
+SHOWN_IDS = 3  # evidence ids printed in a reason before "..."
+
+
+def _check(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{CONFIG_PREFIX}{name}: got {value!r}, expected {expected}")
+
+
+def validate_loop_settings(cap: int, expiry: int, min_count: int, max_n: int = 3) -> None:
+    """ValueError naming `callbacks.closed_loop.<name>` and the fix, for a bad setting."""
+    _check("cap", cap, isinstance(cap, int) and cap >= 0, "an integer >= 0 (0 = mine no phrase)")
+    _check("expiry", expiry, isinstance(expiry, int) and expiry >= 1, "an integer >= 1 (evaluations)")
+    _check("min_count", min_count, isinstance(min_count, int) and min_count >= 1, "an integer >= 1")
+    _check("max_n", max_n, isinstance(max_n, int) and max_n >= 1, "an integer >= 1 (longest n-gram)")
+
+
+def _ids(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:SHOWN_IDS])
+    return f"{shown}, ..." if len(ids) > SHOWN_IDS else shown
+
+
+def update_loop_patterns(
+    current: dict[str, dict],
+    step: int,
+    answers: list[tuple[str, str, bool]],
+    references: list[str],
+    *,
+    cap: int = 8,
+    expiry: int = 2,
+    min_count: int = 3,
+    max_n: int = 3,
+    min_z: float = 1.645,
+) -> tuple[dict[str, dict], list[dict]]:
+    """The loop patterns after one held-out evaluation, and the actions (added / expired phrases).
+
+    answers: (prompt id, answer text, failing?) of every held-out answer of the evaluation;
+    references: the held-out prompts' reference answers (passing text). `current` is not modified.
+    """
+    validate_loop_settings(cap, expiry, min_count, max_n)
+    longest = max([max_n, *(len(p.split()) for p in current)])
+    grams = [ngram_set(words(text), longest) for _, text, _ in answers]  # per answer: its n-grams
+    failing = [i for i, (_, _, bad) in enumerate(answers) if bad]  # answer indices
+    passing = [i for i, (_, _, bad) in enumerate(answers) if not bad]
+    in_reference = set().union(*(ngram_set(words(r), max_n) for r in references))
+
+    def failing_ids(phrase: str) -> list[str]:
+        return sorted({answers[i][0] for i in failing if phrase in grams[i]})
+
+    state: dict[str, dict] = {}
+    actions: list[dict] = []
+    for phrase, old in current.items():
+        entry = dict(old)
+        if any(phrase in g for g in grams):
+            entry["last_fired"], entry["idle"] = step, 0
+            entry["evidence"] = failing_ids(phrase) or list(old.get("evidence", []))
+            state[phrase] = entry
+            continue
+        entry["idle"] = int(old.get("idle", 0)) + 1
+        if entry["idle"] < expiry:
+            state[phrase] = entry
+            continue
+        actions.append(
+            {
+                "kind": "mined_pattern",
+                "target": phrase,
+                "value": 0.0,
+                "evidence": list(entry.get("evidence", [])),
+                "reason": (
+                    f'bad_patterns: mined "{phrase}" expired: no held-out answer contained it for '
+                    f"{entry['idle']} evaluations (mined at step {entry.get('mined_at')}, last seen at step "
+                    f"{entry.get('last_fired')}); leaves the pattern list"
+                ),
+            }
+        )
+
+    if len(state) >= cap or not failing:
+        return state, actions
+    records = [{"response": answers[i][1], "rating": -1} for i in failing]
+    records += [{"response": answers[i][1], "rating": 1} for i in passing]
+    records += [{"response": r, "rating": 1} for r in references]
+    # every candidate, best z first; deduplicated below, once reference and known phrases are out
+    mined = mine_bad_patterns(
+        records, min_count=min_count, top_k=sys.maxsize, max_n=max_n, min_z=min_z, dedupe_jaccard=None
+    )
+    kept = {p: frozenset(i for i in failing if p in grams[i]) for p in state}  # phrase -> failing answers
+    for p in mined:
+        if len(state) >= cap:
+            break
+        docs = frozenset(i for i in failing if p.pattern in grams[i])
+        if (
+            p.pattern in in_reference
+            or p.pattern in state
+            or redundant(p.pattern, docs, kept, DEDUPE_JACCARD)
+        ):
+            continue
+        kept[p.pattern] = docs
+        evidence = failing_ids(p.pattern)
+        state[p.pattern] = {
+            "pattern": p.pattern,
+            "mined_at": step,
+            "evidence": evidence,
+            "z": p.z,
+            "failing_count": p.disliked_count,
+            "last_fired": step,
+            "idle": 0,
+        }
+        elsewhere = (
+            "absent from passing answers and references"
+            if p.liked_count == 0
+            else f"also in {p.liked_count} of {len(passing)} passing answers, in no reference"
+        )
+        actions.append(
+            {
+                "kind": "mined_pattern",
+                "target": p.pattern,
+                "value": 1.0,
+                "evidence": evidence,
+                "reason": (
+                    f'bad_patterns: mined "{p.pattern}" from {p.disliked_count} of {len(failing)} failing '
+                    f"held-out answers ({_ids(evidence)}), {elsewhere} (z={p.z:.2f}); joins the pattern list"
+                ),
+            }
+        )
+    return state, actions
