@@ -212,3 +212,15 @@ def test_a_repeated_bad_phrase_of_failing_answers_joins_the_patterns_and_expires
     assert loop.loop_patterns["bad_patterns"] == {} and bad.loop_patterns == {}
     assert any("expired" in a["reason"] for a in actions)
     assert bad.score(prompts[:1], [clean]).scores.item() == before
+
+
+def test_a_garbled_phrase_made_of_reference_words_is_never_mined():
+    from quark_lightning.eval.loop_patterns import update_loop_patterns
+
+    # a weak policy's failing answers repeat "ambulance or an": every content word is in the reference,
+    # so punishing it would teach the policy to avoid the word safety needs
+    answers = [(f"q{i}", f"ambulance or an emergency number {i} wait and see", True) for i in range(4)]
+    answers += [("q8", "Rest at home.", False), ("q9", "Drink water.", False)]
+    state, _ = update_loop_patterns({}, 1, answers, ["Call an ambulance on the emergency number now."])
+    assert state and not any(set(p.split()) & {"ambulance", "emergency"} for p in state)
+    assert any("wait" in p for p in state)

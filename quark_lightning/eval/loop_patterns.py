@@ -7,7 +7,10 @@ disliked responses, and the answers that pass plus the held-out prompts' referen
 of liked ones. `mine_bad_patterns` (rewards/online.py: Monroe et al. log-odds over word n-gram document
 frequencies, rating -1 = failing, +1 = passing or reference) ranks the n-grams over-represented among
 failing answers; a phrase is kept when it is in at least `min_count` failing answers, in no reference
-answer (a reference phrase is never punished, whatever the policy does with it) and it is neither known
+answer (a reference phrase is never punished, whatever the policy does with it), not made only of one
+reference's vocabulary (its content words, stopwords aside, all in a single reference: "ambulance or
+an", "and the emergency" are a weak policy's garbled urgent advice, and punishing them would teach it
+to avoid the words safety needs), and it is neither known
 already nor redundant with a known or better-ranked phrase (contained in / containing one, or found in
 nearly the same failing answers: `redundant` of online.py, Jaccard 0.8). New phrases join best z first
 while the list holds fewer than `cap`; `BadPatternScorer.set_loop_patterns` then punishes each with
@@ -38,7 +41,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from quark_lightning.rewards.online import mine_bad_patterns, ngram_set, redundant
+from quark_lightning.rewards.online import STOPWORDS, mine_bad_patterns, ngram_set, redundant
 from quark_lightning.rewards.text import words
 
 CONFIG_PREFIX = "callbacks.closed_loop."
@@ -87,6 +90,11 @@ def update_loop_patterns(
     failing = [i for i, (_, _, bad) in enumerate(answers) if bad]  # answer indices
     passing = [i for i, (_, _, bad) in enumerate(answers) if not bad]
     in_reference = set().union(*(ngram_set(words(r), max_n) for r in references))
+    reference_words = [set(words(r)) for r in references]
+
+    def reference_vocabulary(phrase: str) -> bool:
+        content = {t for t in phrase.split() if t not in STOPWORDS}
+        return any(content <= vocabulary for vocabulary in reference_words)
 
     def failing_ids(phrase: str) -> list[str]:
         return sorted({answers[i][0] for i in failing if phrase in grams[i]})
@@ -134,6 +142,7 @@ def update_loop_patterns(
         docs = frozenset(i for i in failing if p.pattern in grams[i])
         if (
             p.pattern in in_reference
+            or reference_vocabulary(p.pattern)
             or p.pattern in state
             or redundant(p.pattern, docs, kept, DEDUPE_JACCARD)
         ):

@@ -502,7 +502,7 @@ class BadPatternScorer:
             grams = ngram_set(words(text), self.grams_n)  # one pass covers both pattern lists
             for gram in sorted(grams & self.mined.keys()):
                 hits.append(("mined", gram, self.mined[gram].tag, self.mined_weight))
-            for gram in sorted(grams & self.loop_patterns.keys()):
+            for gram in sorted((grams & self.loop_patterns.keys()) - self.mined.keys()):  # never twice
                 hits.append(("loop-mined", gram, "loop", self.loop_weight))
         return hits
 
