@@ -176,7 +176,8 @@ class ClosedLoopSupervision(L.Callback):
             and trainer.datamodule is not None
             and hasattr(trainer.datamodule, "enable_curriculum")
         ):
-            trainer.datamodule.enable_curriculum(seed=trainer.global_rank)
+            # the run's seed (seed_everything) and the rank: different seeds draw different prompt orders
+            trainer.datamodule.enable_curriculum(seed=(torch.initial_seed() + trainer.global_rank) % 2**63)
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if self.area_weights and getattr(trainer.datamodule, "sampler", None) is not None:
