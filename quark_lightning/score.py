@@ -2,7 +2,7 @@
 
     python -m quark_lightning.score --input responses.jsonl [--output FILE] [--matrix NAME] [override ...]
 
-Input: one JSON object a line, a prompt object (DESIGN.md section 3) plus `"response"`, the answer to
+Input: one JSON object a line, a prompt object (docs/design.md section 3) plus `"response"`, the answer to
 score. Every row is checked with the prompt schema before any scoring; a bad row (including a missing or
 non-string `response`) is reported as `FILE:LINE: field 'x': ...`. An empty or whitespace-only
 `response` is a real model output: it is scored (each dimension says what it makes of it) and flagged.

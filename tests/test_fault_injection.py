@@ -97,7 +97,7 @@ def test_scorer_raising_on_10_percent_fails_10_percent_not_the_batch():
 def test_nan_is_not_applicable_unless_the_dimension_applies_to_every_sample():
     prompts, completions = batch(10, bad={0, 5})
     lenient = matrix_of(FaultyScorer(on_bad("nan")), policy="nan").score(prompts, completions)
-    assert lenient.failures == {"judge": 0}  # NaN = "does not apply" (DESIGN.md section 4)
+    assert lenient.failures == {"judge": 0}  # NaN = "does not apply" (docs/design.md section 4)
     assert torch.isnan(lenient.column("judge")).sum() == 2
     strict = matrix_of(FaultyScorer(on_bad("nan")), policy="nan", nan_is_failure=True)
     with pytest.warns(RuntimeWarning, match="failed on 2/10"):

@@ -13,7 +13,7 @@ is already small once |Δ| is well below the margin m ≥ 0, so tied responses a
 λ ≥ 0 weighs it against L_diff (λ = 0 is plain Bradley–Terry, which ignores ties).
 
 Departure from the paper, on purpose: the only public transcription of the paper's L_same is
-−log σ(|r_1 − r_2|) (reference/paper-notes.md §3.1). Minimising that *increases* |Δ| on tie pairs (it
+−log σ(|r_1 − r_2|) (docs/paper-interpretation.md#orm-ties-loss). Minimising that *increases* |Δ| on tie pairs (it
 pushes tied responses apart, the opposite of what a ties loss is for); a minus sign was most likely
 dropped. `literal_paper_form=True` switches to that transcription so its effect can be measured; it
 is not the default. With m = 0 our form is −log σ(−|Δ|), the literal form with the sign restored.

@@ -1,4 +1,4 @@
-"""A `datasets`-backed LightningDataModule for prompts (DESIGN.md section 3).
+"""A `datasets`-backed LightningDataModule for prompts (docs/design.md section 3).
 
 Sources: a local `.jsonl` / `.json` file, a local `.parquet` file, or a hub dataset name (for users with
 network; `HF_HUB_OFFLINE=1` refuses it with a clear message). Every row is validated before training;

@@ -7,7 +7,7 @@ JSONL path. One row::
      "rubrics": [{"criterion": "...", "points": 5, "tags": ["axis:accuracy", ...]}, ...],
      "example_tags": ["theme:emergency_referrals", ...], "ideal_completions_data": null}
 
-Conversion to our prompt format (DESIGN.md section 3), our interpretation:
+Conversion to our prompt format (docs/design.md section 3), our interpretation:
 
 - `id` = `prompt_id`; `messages` = `prompt`; `area` = the value of the first `theme:` example tag, else
   `"general"`; `example_tags` kept; `reference` = `ideal_completions_data.ideal_completion` when given;

@@ -1,4 +1,4 @@
-"""Reward-model data: preference pairs and online feedback (DESIGN.md section 3), validated.
+"""Reward-model data: preference pairs and online feedback (docs/design.md section 3), validated.
 
 Preference pairs (ORM)::
 

@@ -1,4 +1,4 @@
-"""Validation of the prompt format (DESIGN.md section 3), and the strict JSONL reader every loader uses.
+"""Validation of the prompt format (docs/design.md section 3), and the strict JSONL reader every loader uses.
 
 Every problem is reported as `FILE:LINE: field 'x': what is wrong (how to fix)`, all of a file's
 problems at once (up to a limit), before any training starts. Extra keys are allowed and kept.

@@ -20,7 +20,7 @@ What is a failure (per sample): the call raised, timed out, returned something t
 ScoreResult of the right shape (N scores, N findings lists), the scorer reported the sample in
 `ScoreResult.failures` (an LLM judge that timed out, answered 5xx or gave a reply that does not parse,
 after the judge client's own retries), or the sample's score is +-inf (or NaN with `nan_is_failure`). A NaN returned by the scorer is otherwise its declaration "does not apply"
-(DESIGN.md section 4) and is not counted. Failed samples are NaN in `MatrixScores.scores`, True in
+(docs/design.md section 4) and is not counted. Failed samples are NaN in `MatrixScores.scores`, True in
 `MatrixScores.failed` (so they stay distinguishable from not-applicable ones), and their findings read
 "scorer failed: <reason>". Gates look at `failed` (see `Gate.on_failure`): a failed sample is never
 passed through a gate as if it were safe.

@@ -1,4 +1,4 @@
-"""The frozen reference policy, in the two forms DESIGN.md section 4 fixes.
+"""The frozen reference policy, in the two forms docs/design.md section 4 fixes.
 
 - Full fine-tuning: a frozen deep copy of the starting policy (`FrozenCopyReference`).
 - LoRA on a base model: the same network with the adapter disabled (`DisabledAdapterReference`), so no

@@ -1,6 +1,6 @@
 """GRPOModule: one RL step against the alignment matrix, as a LightningModule.
 
-Flow of `training_step` (DESIGN.md section 2):
+Flow of `training_step` (docs/design.md section 2):
 
     prompts -> rollout engine (G completions each) -> matrix scores (N, K) + findings
             -> [dynamic sampling: drop zero-spread groups, draw more prompts (dynamic_sampling.py)]

@@ -1,4 +1,4 @@
-"""Group-relative advantages, with TRL GRPOTrainer semantics (DESIGN.md section 4).
+"""Group-relative advantages, with TRL GRPOTrainer semantics (docs/design.md section 4).
 
 For rewards r of shape (N,), N = num_prompts * G with the G completions of a prompt contiguous:
 

@@ -1,6 +1,6 @@
 """Reference-Frozen Normalization (RFN): reward scales fixed once against the frozen reference policy.
 
-Interpretation (the paper names RFN but publishes no formula; see reference/paper-notes.md section 4.2):
+Interpretation (the paper names RFN but publishes no formula; see docs/paper-interpretation.md#rfn):
 
 Before RL, the frozen reference policy pi_ref answers each calibration prompt G times; every matrix
 dimension scores those answers, giving raw scores R_ref of shape (M, K). Per dimension k we freeze

@@ -1,7 +1,7 @@
 """Tri-Factor Adaptive Dynamic Weighting (TADW): weakness-oriented, risk-prioritized, redundancy-reducing.
 
 Interpretation (the paper names the three properties but publishes no formula; see
-reference/paper-notes.md section 4.3). Every step, from the step's normalized rewards z (N, K) (RFN
+docs/paper-interpretation.md#tadw). Every step, from the step's normalized rewards z (N, K) (RFN
 units: 0 = reference level), gathered over all ranks first:
 
   weakness    s_k <- (1 - m) s_k + m * nanmean(z_k)                       (EMA, momentum m = 0.1)
@@ -24,8 +24,8 @@ would pull the fixed point towards uniform weights at every step).
 The closed-loop supervision callback may multiply w_hat by a per-dimension `loop_gain` (1 by default;
 > 1 for a dimension that fails its target on held-out evaluation). An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
 dimension would. Any factor can be switched off (factor = 1) for ablation. The initial weights are the
-risk priors times the static weights, normalized (w_k(0) = rho_k p_k / sum rho p), per the notes. The
-scalar reward is sum_k w_k z_k.
+risk priors times the static weights, normalized (w_k(0) = rho_k p_k / sum rho p), as
+docs/paper-interpretation.md#tadw says. The scalar reward is sum_k w_k z_k.
 
 Static weights under TADW (interpretation): a dimension's configured `weight` p_k is a prior multiplier
 on its TADW weight, so `weight: 2` doubles what TADW would give it, and `weight: 0` switches it off:

@@ -1,7 +1,7 @@
 """Fundamental capability, fine grain: `correctness_atomic`, the generative assertion reward (GARM).
 
-Pipeline per answer (paper section 3.2 as far as it is public: "split the response into atomic
-assertions, retrieve authoritative evidence, then judge"):
+Pipeline per answer (the paper as far as it is public, docs/paper-interpretation.md#garm: "split the
+response into atomic assertions, retrieve authoritative evidence, then judge"):
 
     answer -> atomic assertions (rewards/assertions.py)
            -> evidence: top-k knowledge-base entries per assertion (rewards/retrieval.py), plus the

@@ -1,7 +1,7 @@
 """Online-feedback dimension: bad patterns mined from users' dislikes, plus built-in detectors.
 
 Closed loop (paper: *observable metric -> attributable diagnosis -> optimizable reward*): the online log
-(`{"id", "messages", "response", "rating": 1 | -1, "tags": [...]}`, DESIGN.md section 3) gives the dislike
+(`{"id", "messages", "response", "rating": 1 | -1, "tags": [...]}`, docs/design.md section 3) gives the dislike
 rate; `mine_bad_patterns` attributes dislikes to word n-grams and tags; `BadPatternScorer` turns the
 patterns into a reward.
 

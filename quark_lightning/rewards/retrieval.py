@@ -1,6 +1,6 @@
 """Evidence for GARM: the knowledge-base loader and the retrievers behind `retrieve(query, k)`.
 
-Knowledge base (JSONL, DESIGN.md section 3): `{"id", "text", "source", "area", "claims": [...]}`.
+Knowledge base (JSONL, docs/design.md section 3): `{"id", "text", "source", "area", "claims": [...]}`.
 A claim is `{"entity", "aliases", "attribute", "keywords", and exactly one of "quantity" or "polarity"}`,
 with `quantity = {"value", "unit", "relation": eq|max|min|range, "value_high" (range only), "tolerance"}`.
 Every bad row is reported as `FILE:LINE: field 'x': what is wrong` before anything is scored.

@@ -1,7 +1,8 @@
 """Fundamental-capability dimension `usefulness`: is the answer relevant, complete and actionable?
 
-The paper names usefulness beside correctness but its reward form is not public (paper-notes 2.2:
-"off-topic, incomplete, not actionable" is the diagnosis). Interpretation, rule-based and per sample:
+The paper names usefulness beside correctness but its reward form is not public
+(docs/paper-interpretation.md#usefulness: "off-topic, incomplete, not actionable" is the diagnosis).
+Interpretation, rule-based and per sample:
 
     need(T, s)    = min(|T|, max(m, ceil(s * |T|)))     terms an answer must address to saturate
     relevance     = min(1, |Q ∩ A| / need(Q, s_rel))     Q: stemmed content words of the question
