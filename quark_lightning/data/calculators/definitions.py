@@ -1,228 +1,25 @@
-"""Medical-calculator prompts with exact answers, computed and explained by `medcalc-bench`.
-
-`medcalc-bench` (PyPI, Apache-2.0; NCBI MedCalc-Bench) exposes each calculator as a function
-`medcalc.<module>.<name>_explanation(inputs) -> {"Explanation": str, "Answer": number}` taking a dict of
-`(value, unit)` pairs, booleans and category strings. This module samples clinically plausible patient
-values with a seeded RNG, writes them into a short vignette, calls the real calculator for the exact
-answer and uses its worked explanation as the expert reference (an SFT demonstration).
-
-Interpretation and choices:
-
-- Subset. 20 calculators whose medcalc-bench answer and explanation we checked against the published
-  formula (MDCalc conventions). Left out: CKD-EPI 2021 (its explanation function uses A = 0.7 for men
-  with creatinine <= 0.9 mg/dL), MELD-Na, serum osmolality and Framingham/Fridericia QTc (the
-  explanation text substitutes wrong numbers although the answer is right), and scores whose vignettes
-  need many inferred findings. Where the explanation has a known misprint, `fixes` corrects the text;
-  samplers avoid the package's boundary slips (Child-Pugh bilirubin 2.0 and 3.0, albumin 2.8 g/dL;
-  Cockcroft-Gault BMI between 24.9 and 25).
-- Method. Each question names the formula variant (Bazett, Friedewald, the Cockcroft-Gault weight rule
-  ...), so the expected number is unambiguous.
-- Tolerance (absolute, stored in `answer.tolerance`): 0 for integer point scores; otherwise
-  max(0.5% of |value|, half the calculator's customary reporting resolution), e.g. BMI 22.857 with
-  resolution 0.1 -> 0.114. This admits clinically normal rounding of the final answer and the
-  package's rounding of intermediate values, and rejects a wrong formula or wrong inputs.
-- Determinism. Prompt k of a seed depends only on (seed, k): the calculator is the k-th of a seeded
-  round-robin order and its values come from `random.Random(f"calc:{seed}:{k}")`.
-
-Each prompt also carries `calculator` and `calculator_inputs` (the medcalc-bench inputs, JSON form),
-so `CalculatorScorer(recompute=True)` can verify it with the real calculator.
-
-CLI: `python -m quark_lightning.data.calculators --n 50 --seed 0 --output FILE.jsonl`.
-"""
+"""The 20 calculators: per calculator a seeded patient-case sampler, its vignette, and the registry."""
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib
-import json
 import random
-import re
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from quark_lightning.errors import QuarkError
-
-Case = dict[str, Any]
-REL_TOLERANCE = 0.005
-QUESTION_SUFFIX = "Give the final answer as a number."
-
-
-class CalculatorError(QuarkError, ValueError):
-    """A calculator name or its inputs are wrong; the message names which and how to fix it."""
-
-
-@dataclass(frozen=True)
-class CalculatorSpec:
-    name: str
-    function: str  # "<medcalc module>:<function>"
-    area: str
-    quantity: str
-    unit: str
-    resolution: float  # customary reporting step; 0 = integer point score, exact
-    sample: Callable[[random.Random], Case]  # keys starting with "_" are vignette-only
-    vignette: Callable[[Case], str]
-    method: str = ""
-    fixes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-
-
-# ---------------------------------------------------------------- medcalc-bench calls
-
-
-def resolve_function(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """`"bmi_calculator:bmi_calculator_explanation"` -> the medcalc-bench function."""
-    module_name, _, function_name = spec.partition(":")
-    try:
-        module = importlib.import_module(f"medcalc.{module_name}")
-    except ImportError as err:
-        raise CalculatorError(
-            f"cannot import medcalc.{module_name} ({err}); install the calculators with "
-            "`pip install medcalc-bench` and check the module name"
-        ) from err
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise CalculatorError(f"medcalc.{module_name} has no function {function_name!r}")
-    return function
-
-
-def calculator_function(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A registry name (see CALCULATORS) or any medcalc-bench `module:function`."""
-    if name in CALCULATORS:
-        return resolve_function(CALCULATORS[name].function)
-    if ":" in name:
-        return resolve_function(name)
-    raise CalculatorError(
-        f"unknown calculator {name!r}; use one of {', '.join(CALCULATORS)} "
-        "or a medcalc-bench 'module:function' such as 'mdrd_gfr:mrdr_gfr_explanation'"
-    )
-
-
-def run_calculator(name: str, inputs: dict[str, Any]) -> tuple[float, str]:
-    """(exact answer, worked explanation) from medcalc-bench; the inputs are not modified."""
-    function = calculator_function(name)
-    try:
-        result = function(copy.deepcopy(inputs))
-    except Exception as err:  # noqa: BLE001 - any failure inside the package is an input problem
-        raise CalculatorError(
-            f"calculator {name!r} failed on inputs {inputs!r}: {type(err).__name__}: {err}"
-        ) from err
-    return result["Answer"], result["Explanation"]
-
-
-def compute_calculator(name: str, inputs: dict[str, Any]) -> float:
-    return run_calculator(name, inputs)[0]
-
-
-def answer_tolerance(value: float, resolution: float | None) -> float:
-    """Absolute tolerance: 0 for point scores, else max(0.5% of |value|, resolution / 2)."""
-    if resolution == 0:
-        return 0.0
-    half_step = (resolution or 0.0) / 2
-    return round(max(REL_TOLERANCE * abs(value), half_step), 4)
-
-
-def format_number(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-# ---------------------------------------------------------------- explanation clean-up
-
-GLOBAL_FIXES = (
-    ("\\n", "\n"),
-    ("Albmumin", "Albumin"),
-    ("cholestrol", "cholesterol"),
-    ("The patients concentration", "The patient's concentration"),
-    ("total body weight percentage", "total body water percentage"),
-    ("The patient's is a ", "The patient is "),
-    ("free body water deficit", "free water deficit"),
-    ("male's", "males"),
-    ("For patient's", "For patients"),
-    ("the the ", "the "),
-    ("The mean average pressure", "The mean arterial pressure"),
+from quark_lightning.data.calculators.spec import CalculatorSpec, Case, resolve_function
+from quark_lightning.data.calculators.vignettes import (
+    _a,
+    _adult,
+    _body,
+    _he,
+    _his,
+    _join,
+    _num,
+    _opening,
+    _prefix,
+    _v,
+    _who,
+    _with_setting,
 )
-
-
-def _is_continuation(previous: str, line: str) -> bool:
-    """The package wraps its criteria tables mid-sentence; such a line continues the previous one."""
-    return (
-        bool(previous)
-        and bool(line)
-        and (previous.endswith((",", "=", ":")) or line[0] in "=(+" or line[0].islower())
-    )
-
-
-def clean_explanation(text: str, fixes: tuple[tuple[str, str], ...] = ()) -> str:
-    """The package's explanation with known misprints fixed and its source-code line wrapping undone."""
-    for old, new in (*GLOBAL_FIXES, *fixes):
-        text = text.replace(old, new)
-    lines: list[str] = []
-    for line in (" ".join(raw.split()) for raw in text.splitlines()):
-        if lines and _is_continuation(lines[-1], line):
-            lines[-1] += " " + line
-        else:
-            lines.append(line)
-    text = re.sub(r"(?<=[A-Za-z0-9)^])\.(?=[A-Z][a-z])", ". ", "\n".join(lines))
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
-# ---------------------------------------------------------------- sampling helpers
-
-
-def _num(rng: random.Random, lo: float, hi: float, digits: int = 0) -> float | int:
-    value = round(rng.uniform(lo, hi), digits)
-    return int(value) if digits == 0 else value
-
-
-def _adult(rng: random.Random, lo: int = 18, hi: int = 90) -> Case:
-    return {"age": (rng.randint(lo, hi), "years"), "sex": rng.choice(["Male", "Female"])}
-
-
-def _body(rng: random.Random, sex: str) -> Case:
-    height = rng.randint(160, 195) if sex == "Male" else rng.randint(150, 183)
-    return {"height": (height, "cm"), "weight": (_num(rng, 45, 130), "kg")}
-
-
-def _who(case: Case) -> str:
-    """'54-year-old man' (or woman) from the case's age and sex, real or vignette-only."""
-    age = case.get("age", case.get("_age"))[0]
-    sex = case.get("sex", case.get("_sex"))
-    return f"{age}-year-old {'man' if sex == 'Male' else 'woman'}"
-
-
-def _a(phrase: str) -> str:
-    """'a 54-year-old ...', 'an 80-year-old ...', 'an 11-year-old ...'."""
-    vowel_sound = phrase[0] in "aeiou8" or phrase.startswith(("11-", "18-"))
-    return f"{'an' if vowel_sound else 'a'} {phrase}"
-
-
-def _join(items: list[str], word: str = "and") -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"
-
-
-def _he(case: Case) -> str:
-    return "He" if case.get("sex", case.get("_sex")) == "Male" else "She"
-
-
-def _his(case: Case) -> str:
-    return "His" if case.get("sex", case.get("_sex")) == "Male" else "Her"
-
-
-def _v(pair: tuple[Any, str]) -> str:
-    return f"{format_number(pair[0])} {pair[1]}"
-
-
-def _opening(case: Case, settings: list[str]) -> str:
-    return f"{_a(_who(case)).capitalize()} {settings[case['_setting'] % len(settings)]}."
-
-
-def _with_setting(case: Case, rng: random.Random) -> Case:
-    case["_setting"] = rng.randrange(1000)
-    return case
-
 
 # ---------------------------------------------------------------- anthropometry
 
@@ -288,10 +85,6 @@ def _sample_map(rng: random.Random) -> Case:
     return _with_setting(
         {**_prefix(_adult(rng)), "sys_bp": (systolic, "mm Hg"), "dia_bp": (diastolic, "mm Hg")}, rng
     )
-
-
-def _prefix(case: Case) -> Case:
-    return {f"_{k}": v for k, v in case.items()}
 
 
 def _vignette_map(c: Case) -> str:
@@ -668,77 +461,3 @@ _SPECS = [
                    "neurology", "Glasgow Coma Scale score", "points", 0.0, _sample_gcs, _vignette_gcs),
 ]  # fmt: skip
 CALCULATORS: dict[str, CalculatorSpec] = {spec.name: spec for spec in _SPECS}
-
-
-# ---------------------------------------------------------------- prompts
-
-
-def question(spec: CalculatorSpec) -> str:
-    in_unit = f" in {spec.unit}" if spec.unit and spec.unit != "points" else ""
-    method = f"{spec.method} " if spec.method else ""
-    return f"{method}What is the patient's {spec.quantity}{in_unit}? {QUESTION_SUFFIX}"
-
-
-def make_prompt(spec: CalculatorSpec, k: int, rng: random.Random) -> dict[str, Any]:
-    case = spec.sample(rng)
-    inputs = json.loads(json.dumps({key: v for key, v in case.items() if not key.startswith("_")}))
-    value, explanation = run_calculator(spec.name, inputs)
-    unit = f" {spec.unit}" if spec.unit else ""
-    reference = f"{clean_explanation(explanation, spec.fixes)}\nThe answer is {format_number(value)}{unit}."
-    return {
-        "id": f"calc-{spec.name}-{k}",
-        "area": spec.area,
-        "messages": [{"role": "user", "content": f"{spec.vignette(case)} {question(spec)}"}],
-        "reference": reference,
-        "rubric": [],
-        "red_flags": [],
-        "answer": {
-            "type": "number",
-            "value": value,
-            "tolerance": answer_tolerance(value, spec.resolution),
-            "unit": spec.unit,
-        },
-        "calculator": spec.name,
-        "calculator_inputs": inputs,
-    }
-
-
-def generate_calculator_prompts(n: int, seed: int = 0, calculators: list[str] | None = None) -> list[dict]:
-    """`n` calculator prompts (round-robin over `calculators`, default all); deterministic per seed."""
-    names = list(calculators) if calculators else list(CALCULATORS)
-    unknown = [name for name in names if name not in CALCULATORS]
-    if unknown:
-        raise CalculatorError(f"unknown calculator(s) {unknown}; choose from {', '.join(CALCULATORS)}")
-    random.Random(f"calc-order:{seed}").shuffle(names)
-    return [
-        make_prompt(CALCULATORS[names[k % len(names)]], k, random.Random(f"calc:{seed}:{k}"))
-        for k in range(n)
-    ]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m quark_lightning.data.calculators",
-        description="Write medical-calculator prompts (JSONL) verified by medcalc-bench.",
-    )
-    parser.add_argument("--n", type=int, default=50, help="number of prompts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calculators", nargs="*", default=None, help=f"subset of: {' '.join(CALCULATORS)}")
-    parser.add_argument("--output", default=None, help="JSONL file to write (default: stdout)")
-    args = parser.parse_args(argv)
-    try:
-        prompts = generate_calculator_prompts(args.n, args.seed, args.calculators)
-    except CalculatorError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(lines)
-    else:
-        sys.stdout.write(lines)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
