@@ -24,8 +24,8 @@ optimized next (interpretation; the paper names the loop, not its rules):
   so the pass rate is "share of answers as good as the reference" and the dimension gets a gain like the
   others (eval/metrics.py). The reference scores are computed once per prompt.
 - online bad patterns (item level): phrases over-represented in the failing held-out answers (a gate
-  failed, or fewer than half of the answer's targeted dimensions passed), absent from passing answers
-  and references, join the bad-pattern scorer's list with their provenance (step, evidence ids, z),
+  failed, or fewer than half of the answer's targeted dimensions passed) relative to passing answers
+  (log-odds, eval/loop_patterns.py), in no reference and not made only of a reference's words, join the bad-pattern scorer's list with their provenance (step, evidence ids, z),
   at most `max_mined_patterns`, and expire after `pattern_expiry` evaluations in which no held-out answer
   shows them (eval/loop_patterns.py).
 - rubric items and prompts (item level): held-out prompts are never trained on, so re-weighting their
@@ -64,6 +64,21 @@ from quark_lightning.eval.item_actions import prompt_sampling_weights, rubric_it
 from quark_lightning.eval.metrics import evaluation_metrics, pass_mask
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_settings(**settings: tuple[Any, bool, str]) -> None:
+    """Raise one ValueError naming every callbacks.closed_loop.<key> whose value is out of range."""
+    bad = [
+        f"callbacks.closed_loop.{key}: got {value!r}, expected {expected}"
+        for key, (value, ok, expected) in settings.items()
+        if not ok
+    ]
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
 def scorer_of(pl_module, name: str, kind: type):
     """The scorer behind dimension `name` when it is a `kind`, else None."""
     scorer = pl_module.matrix.dimensions[pl_module.matrix.names.index(name)].scorer
@@ -88,13 +103,14 @@ def gate_failures(scored, gates, i: int) -> list[int]:
 
 
 def failing_answers(matrix, scored) -> list[bool]:
-    """Per answer: it fails a gate, or meets fewer than half of its applicable targeted dimensions."""
+    """Per answer: it fails a gate, or meets fewer than half of its applicable targeted dimensions (an
+    answer no targeted dimension applies to fails only through a gate)."""
     passed = pass_mask(scored.scores.float(), [d.target for d in matrix.dimensions])  # (N, K)
     targeted = torch.tensor([d.target is not None for d in matrix.dimensions])
-    applicable = ~torch.isnan(scored.scores) & targeted  # (N, K)
-    share = passed.sum(1) / applicable.sum(1).clamp(min=1)  # (N,)
+    applicable = (~torch.isnan(scored.scores) & targeted).sum(1)  # (N,)
+    low = (passed.sum(1) < 0.5 * applicable) & (applicable > 0)  # (N,)
     gates = matrix.gates()
-    return [bool(share[i] < 0.5) or bool(gate_failures(scored, gates, i)) for i in range(len(share))]
+    return [bool(low[i]) or bool(gate_failures(scored, gates, i)) for i in range(len(low))]
 
 
 class ClosedLoopSupervision(L.Callback):
@@ -125,22 +141,39 @@ class ClosedLoopSupervision(L.Callback):
         pattern_expiry: int = 2,
         pattern_min_count: int = 3,
     ):
-        if patience < 2 or min_change < 0 or not 0 <= gain_decay < 1:
-            raise ValueError(
-                "callbacks.closed_loop: need patience >= 2 evaluations, min_change >= 0 and 0 <= gain_decay < 1, "
-                f"got {patience}, {min_change}, {gain_decay}"
-            )
+        check_settings(
+            every_n_steps=(
+                every_n_steps,
+                _is_int(every_n_steps, 0),
+                "an integer >= 0",
+            ),
+            num_prompts=(num_prompts, _is_int(num_prompts, 1), "an integer >= 1"),
+            pass_target=(pass_target, 0 <= pass_target <= 1, "a share in [0, 1]"),
+            gain_strength=(gain_strength, gain_strength >= 0, "a number >= 0"),
+            curriculum_strength=(curriculum_strength, curriculum_strength >= 0, "a number >= 0"),
+            curriculum_floor=(curriculum_floor, curriculum_floor >= 0, "a number >= 0"),
+            patience=(patience, _is_int(patience, 2), "an integer >= 2 (evaluations)"),
+            min_change=(min_change, min_change >= 0, "a number >= 0"),
+            gain_decay=(gain_decay, 0 <= gain_decay < 1, "a number in [0, 1)"),
+            rule_gain=(rule_gain, rule_gain >= 0, "a number >= 0 (0 = off)"),
+            probe_prompts=(
+                probe_prompts,
+                _is_int(probe_prompts, 0),
+                "an integer >= 0",
+            ),
+            item_gain=(item_gain, item_gain >= 0, "a number >= 0 (0 = off)"),
+            max_item_weight=(max_item_weight, max_item_weight >= 1, "a number >= 1"),
+            prompt_gain=(prompt_gain, prompt_gain >= 0, "a number >= 0 (0 = off)"),
+            max_mined_patterns=(
+                max_mined_patterns,
+                _is_int(max_mined_patterns, 0),
+                "an integer >= 0 (0 = off)",
+            ),
+            pattern_expiry=(pattern_expiry, _is_int(pattern_expiry, 1), "an integer >= 1 (evaluations)"),
+            pattern_min_count=(pattern_min_count, _is_int(pattern_min_count, 1), "an integer >= 1 (answers)"),
+        )
         self.patience, self.min_change, self.gain_decay = patience, min_change, gain_decay
-        if rule_gain < 0:
-            raise ValueError(
-                f"callbacks.closed_loop.rule_gain: got {rule_gain}, expected a number >= 0 (0 = off)"
-            )
         self.rule_gain = rule_gain
-        if probe_prompts < 0 or item_gain < 0 or max_item_weight < 1 or prompt_gain < 0:
-            raise ValueError(
-                "callbacks.closed_loop: need probe_prompts >= 0, item_gain >= 0, max_item_weight >= 1 and "
-                f"prompt_gain >= 0, got {probe_prompts}, {item_gain}, {max_item_weight}, {prompt_gain}"
-            )
         self.update, self.item_level, self.probe_prompts = update, item_level, probe_prompts
         self.item_gain, self.max_item_weight, self.prompt_gain = item_gain, max_item_weight, prompt_gain
         self.reference_targets = reference_targets

@@ -271,3 +271,17 @@ def test_static_weights_are_tadw_priors_and_zero_switches_a_dimension_off():
     assert float(share[0] / share[1]) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="static weights"):
         TriFactorWeighting(risk=[1.0, 1.0], prior=[0.0, 0.0])
+
+
+def test_a_switched_off_duplicate_does_not_halve_its_twin():
+    # dimension 1 duplicates dimension 0 (correlation 1) but has weight 0: it must weigh as if it were
+    # dropped, so dimensions 0 and 2 (independent) end with equal weights
+    torch.manual_seed(0)
+    a, c = torch.randn(64), torch.randn(64)
+    z = torch.stack([a, a, c], dim=1)
+    w = TriFactorWeighting(risk=[1.0, 1.0, 1.0], prior=[1.0, 0.0, 1.0], weakness=False, eta=1.0)
+    dropped = TriFactorWeighting(risk=[1.0, 1.0], weakness=False, eta=1.0)
+    w.update(z, z)
+    dropped.update(z[:, [0, 2]], z[:, [0, 2]])
+    assert w.weights[1] == 0.0
+    assert torch.allclose(w.weights[[0, 2]], dropped.weights, atol=1e-6)

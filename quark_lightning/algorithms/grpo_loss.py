@@ -240,10 +240,21 @@ def _reduce_dapo(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> t
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-LOSS_REDUCTIONS: dict[str, LossReduction] = {
-    "grpo": _reduce_grpo,
-    "dr_grpo": _reduce_dr_grpo,
-    "dapo": _reduce_dapo,
+@dataclass(frozen=True)
+class Reduction:
+    """A loss reduction and whether it averages over tokens (so micro-batches and ranks weigh by tokens)."""
+
+    fn: LossReduction
+    token_level: bool = False
+
+    def __call__(self, per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+        return self.fn(per_token, mask, max_len)
+
+
+LOSS_REDUCTIONS: dict[str, Reduction] = {
+    "grpo": Reduction(_reduce_grpo),
+    "dr_grpo": Reduction(_reduce_dr_grpo),
+    "dapo": Reduction(_reduce_dapo, token_level=True),
 }
 
 
@@ -320,6 +331,6 @@ def chunk_weight(loss_type: str, chunk_mask: torch.Tensor, full_mask: torch.Tens
     `grpo` and `dr_grpo` average over completions (weight = chunk size / batch size); `dapo` averages over
     tokens (weight = chunk tokens / batch tokens).
     """
-    if loss_type == "dapo":
+    if LOSS_REDUCTIONS[loss_type].token_level:
         return float(chunk_mask.sum() / full_mask.sum().clamp(min=1))
     return chunk_mask.size(0) / full_mask.size(0)

@@ -85,20 +85,37 @@ def reference_frozen(
 
 Aggregator = Callable[[torch.Tensor, torch.Tensor, AggregationContext], AggregatedReward]
 
-AGGREGATORS: dict[str, Aggregator] = {
-    "sum": sum_then_normalize,
-    "weighted_sum": sum_then_normalize,
-    "gdpo": gdpo,
-    "rfn": reference_frozen,
-    "rfn_tadw": reference_frozen,
+
+@dataclass(frozen=True)
+class AggregatorSpec:
+    """A registry entry: the function and the properties the rest of the code asks about."""
+
+    fn: Aggregator
+    needs_normalizer: bool = False  # RFN statistics, calibrated by the reward-rescaling callback
+    adaptive_weights: bool = False  # weights set every step by TADW (the weighting callback)
+    batch_statistics: bool = False  # statistics over the whole (all-rank) batch: gather before aggregating
+
+
+AGGREGATORS: dict[str, AggregatorSpec] = {
+    "sum": AggregatorSpec(sum_then_normalize),
+    "weighted_sum": AggregatorSpec(sum_then_normalize),
+    "gdpo": AggregatorSpec(gdpo, batch_statistics=True),
+    "rfn": AggregatorSpec(reference_frozen, needs_normalizer=True),
+    "rfn_tadw": AggregatorSpec(reference_frozen, needs_normalizer=True, adaptive_weights=True),
 }
-NEEDS_NORMALIZER = ("rfn", "rfn_tadw")
+NEEDS_NORMALIZER = tuple(n for n, s in AGGREGATORS.items() if s.needs_normalizer)  # kept for old imports
+
+
+def aggregator_spec(name: str) -> AggregatorSpec:
+    if name not in AGGREGATORS:
+        raise KeyError(
+            f"optimization.aggregator: unknown aggregator {name!r}; expected one of {sorted(AGGREGATORS)}"
+        )
+    return AGGREGATORS[name]
 
 
 def get_aggregator(name: str) -> Aggregator:
-    if name not in AGGREGATORS:
-        raise KeyError(f"unknown aggregator {name!r}; expected one of {sorted(AGGREGATORS)}")
-    return AGGREGATORS[name]
+    return aggregator_spec(name).fn
 
 
 def excluded_by_gates(gates: Sequence, failed: torch.Tensor | None, n: int) -> torch.Tensor:

@@ -21,16 +21,19 @@ The floor is applied to the target before smoothing: a convex combination of flo
 floored and sums to 1, so the floor holds at every step without compounding (flooring after smoothing
 would pull the fixed point towards uniform weights at every step).
 
-The closed-loop supervision callback may multiply w_hat by a per-dimension `loop_gain` (1 by default;
-> 1 for a dimension that fails its target on held-out evaluation). An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
+The closed-loop supervision callback may multiply w_hat by a per-dimension `gain` (1 by default;
+> 1 for a dimension that fails its target on held-out evaluation); the gain is RewardShaping's
+`loop_gain` buffer (optim/shaping.py), passed to every `update`.
+An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
 dimension would. Any factor can be switched off (factor = 1) for ablation. The initial weights are the
 risk priors times the static weights, normalized (w_k(0) = rho_k p_k / sum rho p), as
 docs/paper-interpretation.md#tadw says. The scalar reward is sum_k w_k z_k.
 
 Static weights under TADW (interpretation): a dimension's configured `weight` p_k is a prior multiplier
 on its TADW weight, so `weight: 2` doubles what TADW would give it, and `weight: 0` switches it off:
-its weight is exactly 0 at every step (the floor w_min applies to the active dimensions only), while it
-is still scored and logged. Drop a dimension entirely with `matrix.dimensions.NAME=null`.
+its weight is exactly 0 at every step (the floor w_min applies to the active dimensions only) and it
+takes no part in the redundancy factor (a duplicate switched off does not halve its twin), while it is
+still scored and logged. Drop a dimension entirely with `matrix.dimensions.NAME=null`.
 """
 
 from __future__ import annotations
@@ -138,15 +141,17 @@ class TriFactorWeighting(nn.Module):
         )
         if prior_t.numel() != K or bool((prior_t < 0).any()) or not bool((prior_t > 0).any()):
             raise ValueError(
-                f"weighting: the static weights {prior_t.tolist()} must be {K} numbers >= 0 with at least one > 0"
+                f"matrix.dimensions.*.weight: the static weights {prior_t.tolist()} must be {K} numbers >= 0 with at least one > 0"
             )
         if weakness_mode not in WEAKNESS_MODES:
             raise ValueError(
-                f"weighting.weakness_mode: got {weakness_mode!r}, expected one of {WEAKNESS_MODES}"
+                f"optimization.weighting.weakness_mode: got {weakness_mode!r}, expected one of {WEAKNESS_MODES}"
             )
         n_active = int((prior_t > 0).sum())
         if not 0 < w_min * n_active < 1:
-            raise ValueError(f"weighting.w_min: {w_min} x {n_active} active dimensions must be in (0, 1)")
+            raise ValueError(
+                f"optimization.weighting.w_min: {w_min} x {n_active} active dimensions must be in (0, 1)"
+            )
         self.use_weakness, self.use_risk, self.use_redundancy = weakness, risk_priority, redundancy
         self.weakness_mode, self.tau, self.score_momentum = weakness_mode, tau, score_momentum
         self.alpha, self.gamma, self.high_risk = alpha, gamma, high_risk
@@ -165,8 +170,13 @@ class TriFactorWeighting(nn.Module):
         self.register_buffer("ema_score", torch.zeros(K))
         self.register_buffer("ema_corr", torch.eye(K))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        # closed-loop gain (callbacks/closed_loop.py): > 1 for dimensions failing their target on held-out data
-        self.register_buffer("loop_gain", torch.ones(K))
+        self.register_buffer("loop_gain", torch.ones(K))  # TRANSITION: removed once RewardShaping owns it
+
+    def active_corr(self) -> torch.Tensor:
+        """(K, K) the correlation EMA among active dimensions only: a switched-off one (prior 0) makes
+        no other dimension look redundant."""
+        active = (self.prior > 0).float()
+        return self.ema_corr * active.unsqueeze(0) * active.unsqueeze(1)
 
     def factors(self, z: torch.Tensor, raw: torch.Tensor, target_z: torch.Tensor | None) -> TADWFactors:
         ones = torch.ones_like(self.risk)
@@ -178,13 +188,22 @@ class TriFactorWeighting(nn.Module):
             risk=risk_factor(self.risk, violation, self.alpha, self.gamma, self.high_risk)
             if self.use_risk
             else ones,
-            redundancy=redundancy_factor(self.ema_corr, self.corr_threshold) if self.use_redundancy else ones,
+            redundancy=redundancy_factor(self.active_corr(), self.corr_threshold)
+            if self.use_redundancy
+            else ones,
             violation=violation,
         )
 
     @torch.no_grad()
-    def update(self, z: torch.Tensor, raw: torch.Tensor, target_z: torch.Tensor | None = None) -> TADWFactors:
-        """One step: z (N, K) normalized and raw (N, K) scores of the whole (gathered) batch."""
+    def update(
+        self,
+        z: torch.Tensor,
+        raw: torch.Tensor,
+        target_z: torch.Tensor | None = None,
+        gain: torch.Tensor | None = None,
+    ) -> TADWFactors:
+        """One step: z (N, K) normalized and raw (N, K) scores of the whole (gathered) batch; `gain` (K,)
+        the closed loop's per-dimension gain (None = 1)."""
         col_mean = torch.nanmean(z.float(), 0)
         col_mean = torch.where(torch.isnan(col_mean), self.ema_score, col_mean)  # no sample: keep the EMA
         first = int(self.steps) == 0
@@ -193,7 +212,9 @@ class TriFactorWeighting(nn.Module):
         self.ema_corr.mul_(1 - mc).add_(mc * correlation(z))
         f = self.factors(z, raw, target_z)
         w_new = floor_weights(
-            f.weakness * f.risk * f.redundancy * self.loop_gain * self.prior, self.w_min, self.prior > 0
+            f.weakness * f.risk * f.redundancy * (self.loop_gain if gain is None else gain) * self.prior,
+            self.w_min,
+            self.prior > 0,
         )  # (K,) sums to 1; switched-off dimensions stay at 0
         self.weights.copy_((1 - self.eta) * self.weights + self.eta * w_new)
         self.steps.add_(1)
