@@ -44,7 +44,7 @@ from quark_lightning.data.preferences import (
 )
 from quark_lightning.errors import ConfigError
 from quark_lightning.models.loading import DTYPES
-from quark_lightning.models.sources import MODEL_KINDS
+from quark_lightning.models.sources import MODEL_KINDS, model_config, model_kind
 
 SOURCES = ("pairs", "feedback")
 BACKBONES = ("tiny", "policy")
@@ -53,6 +53,8 @@ POOLINGS = ("last", "mean")  # = modules.reward_model.POOLINGS (not imported her
 TINY_MODEL_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "model", "tiny.yaml"
 )
+RM_CONFIG = os.path.join(os.path.dirname(os.path.dirname(TINY_MODEL_CONFIG)), "reward_model", "orm.yaml")
+SHIPPED_TRAINING_NODES = ("optimizer", "lr_scheduler")  # in RM_CONFIG; see cache_key_yaml
 OBJECTIVE = "J = L_diff + lambda * L_same; L_diff = -log s(r_w - r_l); L_same = -log s(m - |r_1 - r_2|)"
 OBJECTIVE_LITERAL = "J = L_diff + lambda * L_same; L_same = -log s(|r_1 - r_2|) (literal paper transcription)"
 REPORTED = (
@@ -162,16 +164,16 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
         _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
         _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
     # the `model` group is the backbone only with backbone=policy (or when it is the tiny model itself)
-    if OmegaConf.select(cfg, f"{rm}.backbone") != "tiny" or OmegaConf.select(cfg, "model.kind") == "tiny":
-        _require(
-            p,
-            cfg,
-            "model.kind",
-            lambda v: v in MODEL_KINDS,
-            f"one of {list(MODEL_KINDS)}",
-            "use model=tiny, model=smollm2 or model=hf.",
-        )
-        if OmegaConf.select(cfg, "model.kind") == "hf":
+    target_problems: list[str] = []
+    kind = _model_kind(target_problems, cfg)
+    if OmegaConf.select(cfg, f"{rm}.backbone") != "tiny" or kind == "tiny":
+        p += target_problems
+        if kind not in MODEL_KINDS and not target_problems:
+            p.append(
+                f"model.kind: got {kind!r}, expected one of {list(MODEL_KINDS)}. "
+                "Fix: use model=tiny, model=smollm2 or model=hf."
+            )
+        if kind == "hf":
             _require(
                 p,
                 cfg,
@@ -190,6 +192,18 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
     )
     if p:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
+
+
+def _model_kind(problems: list[str], cfg: DictConfig) -> str | None:
+    """`model.kind`, or the kind of `model._target_`'s source; a wrong target is added to `problems`."""
+    model = OmegaConf.select(cfg, "model")
+    if model is None:
+        return None
+    try:
+        return model_kind(model)
+    except ConfigError as err:
+        problems.append(str(err))
+        return None
 
 
 def load_pairs(rm: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
@@ -218,7 +232,7 @@ def load_pairs(rm: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
 def backbone_model_config(cfg: DictConfig) -> DictConfig:
     """The model config the reward model is built on: the run's `model` (backbone=policy, or when it is
     the tiny model), else the tiny model of conf/model/tiny.yaml in the run's model.cache_dir."""
-    if cfg.reward_model.backbone == "policy" or cfg.model.kind == "tiny":
+    if cfg.reward_model.backbone == "policy" or model_kind(cfg.model) == "tiny":
         return cfg.model
     tiny = OmegaConf.load(TINY_MODEL_CONFIG)
     tiny.cache_dir = cfg.model.cache_dir
@@ -232,13 +246,14 @@ def train_backbone_mode(cfg: DictConfig) -> str:
         return rm.train_backbone
     if rm.get("lora") is not None and rm.lora.get("enabled"):
         return "lora"
-    return "full" if backbone_model_config(cfg).kind == "tiny" else "frozen"
+    return "full" if model_kind(backbone_model_config(cfg)) == "tiny" else "frozen"
 
 
 def backbone_name(cfg: DictConfig) -> str:
     """tiny, smollm2, or the hub name / directory of model=hf."""
     model_cfg = backbone_model_config(cfg)
-    return str(model_cfg.get("name_or_path")) if model_cfg.kind == "hf" else str(model_cfg.kind)
+    kind = model_kind(model_cfg)
+    return str(model_cfg.get("name_or_path")) if kind == "hf" else str(kind)
 
 
 def describe_backbone(cfg: DictConfig) -> str:
@@ -254,7 +269,7 @@ def build_reward_model(cfg: DictConfig, corpus: list[str]):
     from quark_lightning.modules.reward_model import ScalarRewardModel
 
     model_cfg = backbone_model_config(cfg)
-    path = resolve_model_path(model_cfg, corpus)  # tiny, hub/local dir, GGUF, smollm2
+    path = resolve_model_path(model_cfg, corpus)  # the source model._target_ names (models/sources.py)
     rm = cfg.reward_model
     mode = train_backbone_mode(cfg)
     lora = dict(OmegaConf.to_container(rm.lora, resolve=True)) if rm.get("lora") else {}
@@ -271,6 +286,17 @@ def build_reward_model(cfg: DictConfig, corpus: list[str]):
     if mode == "frozen":
         model.freeze_backbone()
     return model
+
+
+def training_factories(rm: DictConfig):
+    """(`reward_model.optimizer`, `reward_model.lr_scheduler`) built as `_partial_` factories; None where
+    a node is null or absent (AdamW and linear_warmup from the flat keys, optim/optimizers.py)."""
+    from quark_lightning.optim.optimizers import optimizer_factory, scheduler_factory
+
+    return (
+        optimizer_factory(rm.get("optimizer"), "reward_model.optimizer"),
+        scheduler_factory(rm.get("lr_scheduler"), "reward_model.lr_scheduler"),
+    )
 
 
 def format_table(before: dict[str, float], after: dict[str, float]) -> str:
@@ -315,6 +341,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
 
     validate_reward_model_config(cfg)
     rm = cfg.reward_model
+    optimizer, schedule = training_factories(rm)  # a bad optimizer / lr_scheduler node stops here
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = cfg.run_dir
     os.makedirs(run_dir, exist_ok=True)
@@ -322,9 +349,9 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     train_pairs, held_pairs, corpus = load_pairs(rm)  # a bad row stops here, before any model is built
     print(f"Reward model ({rm.source}): train {describe(train_pairs)}")
     print(f"Reward model ({rm.source}): held-out {describe(held_pairs)}")
-    if rm.backbone == "tiny" and cfg.model.kind != "tiny":
+    if rm.backbone == "tiny" and model_kind(cfg.model) != "tiny":
         print(
-            f"Reward model backbone: the tiny model, not model={cfg.model.kind} "
+            f"Reward model backbone: the tiny model, not model={model_kind(cfg.model)} "
             "(pass reward_model.backbone=policy to train on the run's model)"
         )
     print(f"Reward model backbone: {describe_backbone(cfg)}")
@@ -354,6 +381,8 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         lr=rm.lr,
         weight_decay=rm.weight_decay,
         warmup_steps=rm.warmup_steps,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
         ties_lambda=rm.ties_lambda,
         ties_margin=rm.ties_margin,
         literal_paper_form=rm.literal_paper_form,
@@ -479,17 +508,31 @@ def backbone_fingerprint(model_cfg: DictConfig) -> str:
     import json
 
     fields = ("kind", "name_or_path", "gguf_file", "revision", "dtype", "trust_remote_code")
-    ident: dict[str, Any] = {k: model_cfg.get(k) for k in fields}
-    if model_cfg.kind == "tiny":
+    kind = model_kind(model_cfg)  # model.kind; for a config with only `_target_`, its source's kind
+    ident: dict[str, Any] = {**{k: model_cfg.get(k) for k in fields}, "kind": kind}
+    if kind == "tiny":
         ident["tiny"] = OmegaConf.to_container(model_cfg.tiny, resolve=True)
     text = json.dumps(ident, sort_keys=True, default=str)
     folder = os.path.expanduser(str(model_cfg.get("name_or_path") or ""))
-    if model_cfg.kind == "hf" and folder and os.path.isdir(folder):
+    if kind == "hf" and folder and os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name == "config.json" or name.endswith((".safetensors", ".bin", ".gguf")):
                 st = os.stat(os.path.join(folder, name))
                 text += f"\n{name} {st.st_size} {st.st_mtime_ns}"
     return text
+
+
+def cache_key_yaml(rm: DictConfig) -> str:
+    """`reward_model` as the cache key reads it: its YAML without the `optimizer` / `lr_scheduler` nodes
+    when they are the shipped ones (conf/reward_model/orm.yaml), which only point at lr, weight_decay and
+    warmup_steps (in the key already), so reward models cached before those nodes existed are found again.
+    A changed node is part of the key."""
+    shipped = OmegaConf.load(RM_CONFIG)
+    plain = OmegaConf.to_container(rm, resolve=False)
+    for key in SHIPPED_TRAINING_NODES:
+        if key in plain and plain[key] == OmegaConf.to_container(shipped[key], resolve=False):
+            del plain[key]
+    return OmegaConf.to_yaml(OmegaConf.create(plain))
 
 
 def reward_model_run_dir(
@@ -516,13 +559,14 @@ def reward_model_run_dir(
         if backbone is not None:
             cfg.reward_model.backbone = backbone
         if model is not None and cfg.reward_model.backbone == "policy":
+            model = model_config(model)  # a matrix's `${model}` arrives built: a ModelSource
             plain = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else dict(model)
             cfg.model = OmegaConf.create(plain)
-        if cfg.reward_model.backbone != "policy" or cfg.model.kind == "tiny":
+        if cfg.reward_model.backbone != "policy" or model_kind(cfg.model) == "tiny":
             cfg.model.cache_dir = cache_dir or cfg.model.cache_dir  # the tiny model: built in this cache
     validate_reward_model_config(cfg)  # a wrong value stops here, before any hashing or training
     model_cfg = backbone_model_config(cfg)
-    key_src = OmegaConf.to_yaml(cfg.reward_model) + backbone_fingerprint(model_cfg)
+    key_src = cache_key_yaml(cfg.reward_model) + backbone_fingerprint(model_cfg)
     bundled = BUNDLED_PAIRS if cfg.reward_model.source == "pairs" else BUNDLED_FEEDBACK
     data_file = resolve(cfg.reward_model.data_path, bundled)
     digest = hashlib.sha256(key_src.encode() + Path(data_file).read_bytes()).hexdigest()[:12]

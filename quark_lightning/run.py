@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config import validate_config
+from quark_lightning.config_groups import validate_groups
 from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.data.references import validate_fact_references
 from quark_lightning.errors import ConfigError
@@ -49,7 +50,7 @@ def corpus_texts(records: list[dict[str, Any]]) -> list[str]:
 
 
 def load_model(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedModel:
-    path = resolve_model_path(model_cfg, corpus_texts(records))  # tiny, hub/local dir, GGUF, smollm2
+    path = resolve_model_path(model_cfg, corpus_texts(records))  # builds model._target_ (models/sources.py)
     return load_causal_lm(
         path,
         dtype=model_cfg.dtype,
@@ -69,9 +70,18 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, Any]]) -> None:
     """Supervised warm start on the reference answers (in place on loaded.model)."""
+    from quark_lightning.optim.optimizers import optimizer_factory, scheduler_factory
+
     ws = cfg.warmstart
     dataset = SFTDataset(loaded.tokenizer, records, max_length=ws.max_length)
-    module = SFTModule(loaded.model, lr=ws.lr, weight_decay=ws.weight_decay, warmup_steps=ws.warmup_steps)
+    module = SFTModule(
+        loaded.model,
+        lr=ws.lr,
+        weight_decay=ws.weight_decay,
+        warmup_steps=ws.warmup_steps,
+        optimizer=optimizer_factory(ws.get("optimizer"), "warmstart.optimizer"),
+        lr_scheduler=scheduler_factory(ws.get("lr_scheduler"), "warmstart.lr_scheduler"),
+    )  # a null node: AdamW / linear_warmup from the flat keys (optim/optimizers.py)
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=ws.steps, enable_checkpointing=False, log_every_n_steps=10)
     loggers = build_loggers(cfg, "warmstart")
@@ -187,7 +197,8 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt_path") is not None:  # `last` or a run dir -> <run_dir>/checkpoints/last.ckpt
         cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
     validate_config(cfg)
-    algorithm = grpo_config(cfg)  # checks its own values, before anything heavy
+    validate_groups(cfg)  # unknown keys and values of every group, before anything heavy
+    algorithm = grpo_config(cfg)  # checks its own values
     scheduler = lr_scheduler_factory(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)

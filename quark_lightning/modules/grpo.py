@@ -665,12 +665,14 @@ class GRPOModule(L.LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the policy has no trainable parameters; check model.lora / freezing settings")
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-        if self.lr_scheduler_factory is not None:  # algorithm.lr_scheduler (a `_partial_` schedule)
-            sched = self.lr_scheduler_factory(opt)
-        else:
-            warmup = max(0, cfg.warmup_steps)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
-            )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        from quark_lightning.optim.optimizers import configure_optimizer
+
+        return configure_optimizer(  # the optimizer factory shared with SFT and the reward model
+            params,
+            getattr(self, "optimizer_factory", None),  # algorithm.optimizer, built; None: AdamW from the keys
+            self.lr_scheduler_factory,  # algorithm.lr_scheduler (a `_partial_` schedule); None: linear_warmup
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            betas=cfg.betas,
+            warmup_steps=cfg.warmup_steps,
+        )

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from quark_lightning.algorithms.ties_loss import PREFERENCE_CODES, preference_metrics, ties_objective
 from quark_lightning.errors import QuarkError
+from quark_lightning.optim.optimizers import OptimizerFactory, SchedulerFactory, configure_optimizer
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
@@ -461,11 +462,17 @@ class RewardModelModule(L.LightningModule):
         center_rewards_coefficient: float = 0.0,
         tie_threshold: float = 0.5,
         head_lr: float | None = None,
+        optimizer: OptimizerFactory | None = None,
+        lr_scheduler: SchedulerFactory | None = None,
     ):
+        """optimizer / lr_scheduler: the built `reward_model.optimizer` / `.lr_scheduler` nodes
+        (optim/optimizers.py); None: AdamW(lr, weight_decay) and linear_warmup(warmup_steps), what the
+        nodes ship with. The optimizer gets two parameter groups: backbone at `lr`, head at `head_lr`."""
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.head_lr = head_lr
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.loss_kwargs = dict(
             ties_lambda=ties_lambda,
             ties_margin=ties_margin,
@@ -516,11 +523,11 @@ class RewardModelModule(L.LightningModule):
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         body = [p for p in self.model.backbone.parameters() if p.requires_grad]
         groups = [{"params": body, "lr": self.lr}, {"params": head, "lr": self.head_lr or self.lr}]
-        opt = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=self.lr, weight_decay=self.weight_decay
+        return configure_optimizer(
+            [g for g in groups if g["params"]],
+            self.optimizer_factory,
+            self.lr_scheduler_factory,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
         )
-        warmup = self.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

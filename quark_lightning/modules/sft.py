@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from quark_lightning.errors import QuarkError
+from quark_lightning.optim.optimizers import OptimizerFactory, SchedulerFactory, configure_optimizer
 
 
 def build_sft_example(tokenizer, record: dict[str, Any], max_length: int) -> dict[str, list[int]]:
@@ -132,12 +133,23 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
 
 class SFTModule(L.LightningModule):
+    """`optimizer` (params -> optimizer) and `lr_scheduler` (optimizer -> scheduler) are the built
+    `warmstart.optimizer` / `warmstart.lr_scheduler` nodes (optim/optimizers.py); None: AdamW(lr,
+    weight_decay) and linear_warmup(warmup_steps), the same optimizer and schedule the nodes ship with."""
+
     def __init__(
-        self, policy: torch.nn.Module, lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0
+        self,
+        policy: torch.nn.Module,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        optimizer: OptimizerFactory | None = None,
+        lr_scheduler: SchedulerFactory | None = None,
     ):
         super().__init__()
         self.policy = policy
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
 
     def on_train_start(self) -> None:
         self.policy.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes
@@ -149,9 +161,11 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        warmup = self.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+        return configure_optimizer(
+            params,
+            self.optimizer_factory,
+            self.lr_scheduler_factory,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

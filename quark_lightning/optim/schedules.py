@@ -12,6 +12,16 @@ The schedules are transformers' (`transformers.get_scheduler`, the functions TRL
 selects), stepped once per optimizer step. With warmup W the rate at step s < W is lr * s / W (0 at the
 first step); `linear` then falls to 0 at `total_steps`, `cosine` follows lr * 0.5 * (1 + cos(pi * p)) with
 p = (s - W) / (total_steps - W).
+
+`linear_warmup` is the other schedule, the one warmup of the three trainers: the SFT warm start
+(`warmstart.lr_scheduler`), the reward model (`reward_model.lr_scheduler`) and GRPO when
+`algorithm.lr_scheduler` is null. With warmup W the rate at optimizer step s (0-based) is
+lr * min(1, (s + 1) / (W + 1)) (lr / (W + 1) at the first step, the full lr from step W on); W = 0: constant.
+
+    warmstart.lr_scheduler:
+      _target_: quark_lightning.optim.schedules.linear_warmup
+      _partial_: true
+      warmup_steps: ${..warmup_steps}
 """
 
 from __future__ import annotations
@@ -64,6 +74,16 @@ def lr_scheduler(
         num_warmup_steps=warmup_steps,
         num_training_steps=total_steps,
         scheduler_specific_kwargs=extra,
+    )
+
+
+def linear_warmup(
+    optimizer: torch.optim.Optimizer, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr * min(1, (s + 1) / (W + 1)) at optimizer step s; W = warmup_steps (a negative one counts as 0)."""
+    warmup = max(0, warmup_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
     )
 
 
