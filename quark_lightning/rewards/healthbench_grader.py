@@ -16,7 +16,8 @@ Named alternatives, NOT the published method (they ignore the conversation):
     semantic         MiniLM similarity between the criterion and the answer's sentences
     regex            the items' `any` patterns (converted HealthBench rows have none: nothing is met)
 
-The score formula (met points / positive points, clipped mean) is in data/healthbench.py.
+The score formula (met points / positive points, clipped mean) and HealthBenchScorer are in
+rewards/healthbench.py; loading HealthBench-format files is data/healthbench.py.
 """
 
 from __future__ import annotations
