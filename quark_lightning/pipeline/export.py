@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from quark_lightning.errors import ConfigError
-from quark_lightning.pipeline.runner import PipelineContext, StageRecord
+from quark_lightning.pipeline.context import PipelineContext, StageRecord
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 

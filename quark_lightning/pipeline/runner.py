@@ -27,12 +27,12 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.errors import ConfigError
+from quark_lightning.pipeline.context import PipelineContext, StageRecord, StageSpec  # also re-exported
 
 STATE_FILE = "stage.json"
 
@@ -45,43 +45,6 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "export": (),
 }
 IGNORED_KEYS = {"cache_dir", "enable_progress_bar", "enable_model_summary"}
-
-
-@dataclass
-class StageSpec:
-    name: str
-    kind: str
-    options: DictConfig
-
-
-@dataclass
-class StageRecord:
-    """What a finished (or skipped) stage left for the ones after it."""
-
-    name: str
-    kind: str
-    dir: str
-    status: str  # ran | resumed | skipped
-    outputs: dict[str, Any]
-    seconds: float
-    fingerprint: str
-
-
-@dataclass
-class PipelineContext:
-    cfg: DictConfig  # the root (composed) config
-    root: str
-    records: dict[str, StageRecord] = field(default_factory=dict)  # earlier stages, in order
-
-    def latest(self, key: str, kinds: tuple[str, ...] | None = None) -> StageRecord | None:
-        """The most recent earlier stage whose outputs hold `key` (optionally of the given kinds)."""
-        for rec in reversed(list(self.records.values())):
-            if key in rec.outputs and (kinds is None or rec.kind in kinds):
-                return rec
-        return None
-
-    def of_kind(self, kind: str) -> list[StageRecord]:
-        return [r for r in self.records.values() if r.kind == kind]
 
 
 # ---------------------------------------------------------------------------------------- specs

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from quark_lightning.errors import ConfigError
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
-from quark_lightning.pipeline.runner import PipelineContext, StageSpec
+from quark_lightning.pipeline.context import PipelineContext, StageSpec
 
 StageFn = Callable[[PipelineContext, StageSpec, str], dict[str, Any]]
 
