@@ -226,7 +226,7 @@ class ClosedLoopSupervision(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         for k, name in enumerate(pl_module.matrix.names):
             self.weights_history.setdefault(name, []).append(
-                (trainer.global_step, float(pl_module.matrix_weights[k]))
+                (trainer.global_step, float(pl_module.shaping.weights[k]))
             )
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self.evaluate(trainer, pl_module)
@@ -463,12 +463,8 @@ class ClosedLoopSupervision(L.Callback):
         return f"its held-out mean stayed within {min(means):.3f}..{max(means):.3f} over {self.patience} evaluations"
 
     def _apply_gain(self, pl_module, gain: torch.Tensor) -> None:
-        weighting = getattr(pl_module, "weighting", None)
-        if weighting is not None:
-            weighting.loop_gain.copy_(gain.to(weighting.loop_gain))  # TADW folds it into the next update
-        else:
-            base = pl_module.matrix.weights().to(pl_module.matrix_weights)
-            pl_module.matrix_weights.copy_(base * gain.to(base))
+        """The module's RewardShaping owns the gain: static weights x gain now, or TADW's next update."""
+        pl_module.shaping.set_loop_gain(gain)
 
     def _update_curriculum(self, sampler, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         before = sampler.shares()

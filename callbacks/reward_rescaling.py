@@ -3,8 +3,10 @@
 At the start of training the frozen reference policy answers the calibration prompts G times; every
 matrix dimension scores the answers; the scores are gathered over all ranks (each rank samples its own
 shard of the prompts) and the per-dimension statistics are computed from the gathered whole, so they are
-identical everywhere. They are then frozen for the stage: the statistics live in buffers of the module's
-normalizer, so a resumed run restores them from the checkpoint and does not recalibrate, unless
+identical everywhere. They are then frozen for the stage. The statistics belong to the module's
+RewardShaping (optim/shaping.py: `shaping.normalizer`, built from `optimization.normalization`); this
+callback only drives it (`shaping.calibrate` via optim/calibration.py, or `shaping.load_statistics`) and
+keeps no copy, so a resumed run restores them from the checkpoint and does not recalibrate, unless
 `recalibrate=true` (a new stage, or the user asks).
 
 The calibration report (mean, std, scored samples and status per dimension) is printed, logged to
@@ -19,46 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import lightning as L
 
-from quark_lightning.distributed import gather_objects, gather_rows, world_size
-from quark_lightning.optim.aggregation import NEEDS_NORMALIZER
-from quark_lightning.optim.normalization import ReferenceFrozenNormalizer, load_statistics
-
-
-def calibration_shard(records: list[dict[str, Any]], n: int, rank: int, world: int) -> list[dict[str, Any]]:
-    """This rank's share of the first n prompts (n rounded down to a multiple of the world size)."""
-    n = min(n, len(records))
-    n -= n % world
-    if n == 0:
-        raise ValueError(f"RFN calibration needs at least {world} prompts (one per rank), got {len(records)}")
-    return records[:n][rank::world]
-
-
-def format_report(names: list[str], normalizer: ReferenceFrozenNormalizer) -> str:
-    lines = [f"{'dimension':<28} {'mean':>10} {'std':>10} {'scored':>7}  status"]
-    for k, name in enumerate(names):
-        lines.append(
-            f"{name:<28} {float(normalizer.mean[k]):>10.4f} {float(normalizer.std[k]):>10.4f} "
-            f"{int(normalizer.count[k]):>7}  {normalizer.status[k]}"
-        )
-    return "\n".join(lines)
-
-
-def calibrate(pl_module, records: list[dict[str, Any]], num_prompts: int, G: int, rank: int = 0) -> int:
-    """Fit pl_module.normalizer on the frozen reference's own answers; returns the samples scored.
-
-    Each rank answers its shard of the first `num_prompts` prompts G times; the scores are gathered so
-    the statistics are identical on every rank."""
-    prompts = calibration_shard(records, num_prompts, rank, world_size())
-    rollout = pl_module.reference_rollout(prompts, G)
-    scores = pl_module.matrix.score(rollout.prompts, rollout.completions).scores.to(pl_module.device)
-    all_scores = gather_rows(scores)  # (M, K), identical on every rank
-    all_ids = gather_objects([p["id"] for p in rollout.prompts])
-    pl_module.normalizer.fit(all_scores, all_ids)
-    return all_scores.size(0)
+from quark_lightning.errors import ConfigError
+from quark_lightning.optim.calibration import calibrate, calibration_shard, format_report  # noqa: F401
 
 
 class ReferenceFrozenNormalization(L.Callback):
@@ -66,51 +33,39 @@ class ReferenceFrozenNormalization(L.Callback):
         self,
         calibration_prompts: int = 32,
         num_generations: int | None = None,
-        mode: str = "global",
-        clip: float | None = 5.0,
-        eps: float = 1e-6,
-        min_count: int = 8,
-        min_std: float = 1e-6,
-        fallback_std: float = 1.0,
         recalibrate: bool = False,
         report_path: str | None = None,
         statistics_path: str | None = None,
     ):
         self.calibration_prompts = calibration_prompts
         self.num_generations = num_generations
-        self.normalizer_kwargs = dict(
-            mode=mode, clip=clip, eps=eps, min_count=min_count, min_std=min_std, fallback_std=fallback_std
-        )
         self.recalibrate = recalibrate
         self.report_path = report_path
         self.statistics_path = statistics_path
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        if pl_module.aggregator_name not in NEEDS_NORMALIZER:
-            raise ValueError(
-                f"the reward-rescaling callback needs optimization.aggregator rfn or rfn_tadw, "
-                f"not {pl_module.aggregator_name!r}; use optimization=rfn or optimization=rfn_tadw"
+        if pl_module.shaping.normalizer is None:
+            raise ConfigError(
+                f"the reward-rescaling callback calibrates RFN, but optimization.aggregator="
+                f"{pl_module.shaping.aggregator} has no normalizer. Fix: use optimization=rfn or optimization=rfn_tadw"
             )
-        # Before any checkpoint is restored: a resumed run loads the frozen statistics into this module.
-        pl_module.normalizer = ReferenceFrozenNormalizer(
-            len(pl_module.matrix.names), **self.normalizer_kwargs
-        )
+        pl_module.shaping.attach("reward_rescaling")
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        normalizer = pl_module.normalizer
-        if bool(normalizer.fitted) and not self.recalibrate:
+        shaping = pl_module.shaping
+        if shaping.calibrated and not self.recalibrate:
             if trainer.is_global_zero:
                 print("RFN: using the frozen statistics restored from the checkpoint")
             return
         if self.statistics_path:
-            load_statistics(normalizer, pl_module.matrix.names, self.statistics_path)
+            shaping.load_statistics(self.statistics_path)
             if trainer.is_global_zero:
                 print(f"RFN: using the frozen statistics calibrated in {self.statistics_path}")
-            self._report(trainer, pl_module, int(normalizer.count.max()))
+            self._report(trainer, pl_module, int(shaping.normalizer.count.max()))
             return
         records = trainer.datamodule.calibration_records() if trainer.datamodule else None
         if not records:
-            raise ValueError("RFN calibration needs prompts: pass a PromptDataModule to trainer.fit")
+            raise ConfigError("RFN calibration needs prompts: pass a PromptDataModule to trainer.fit")
         G = self.num_generations or pl_module.config.num_generations
         num_samples = calibrate(pl_module, records, self.calibration_prompts, G, trainer.global_rank)
         self._report(trainer, pl_module, num_samples)
@@ -118,7 +73,7 @@ class ReferenceFrozenNormalization(L.Callback):
     def _report(self, trainer: L.Trainer, pl_module, num_samples: int) -> None:
         if not trainer.is_global_zero:
             return
-        names, norm = pl_module.matrix.names, pl_module.normalizer
+        names, norm = pl_module.matrix.names, pl_module.shaping.normalizer
         text = format_report(names, norm)
         print(f"\nReference-Frozen Normalization, calibrated on {num_samples} reference answers:\n{text}")
         from quark_lightning.loggers import log_text

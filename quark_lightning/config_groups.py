@@ -116,6 +116,18 @@ def shaping_problems(optimization: DictConfig) -> list[str]:
             f"optimization.weighting: null, but aggregator {optimization.aggregator} adapts its weights. Fix: "
             "use optimization=rfn_tadw as a whole, or optimization=rfn for static weights"
         )
+    from quark_lightning.optim.shaping import DRIVERS
+
+    drivers = optimization.get("callbacks") or {}
+    for prop, driver in DRIVERS.items():
+        if getattr(spec, prop) and drivers.get(driver) is None:
+            p.append(
+                f"optimization.callbacks.{driver}: missing, but aggregator {optimization.aggregator} needs it "
+                f"(it drives the reward shaping). Fix: use optimization={optimization.aggregator} as a whole"
+            )
+    for name, node in drivers.items():
+        if node is not None:
+            p += target_problems(node, f"optimization.callbacks.{name}")
     if spec.needs_normalizer and isinstance(norm, DictConfig):
         p += unknown_keys(
             list(norm.keys()), (*NORMALIZER_KEYS, *CALIBRATION_KEYS), "optimization.normalization"

@@ -30,7 +30,9 @@ from quark_lightning.models.saving import save_policy
 from quark_lightning.models.sources import resolve_model_path
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.modules.sft import SFTDataset, SFTModule
-from quark_lightning.optim.aggregation import NEEDS_NORMALIZER
+from quark_lightning.optim.aggregation import aggregator_spec
+from quark_lightning.optim.shaping import RewardShaping
+from quark_lightning.rng_state import RNGStateCallback
 
 # Intentional, so not worth a warning: the frozen reference and reward models stay in eval mode, and the
 # checkpoint of a manually optimized step holds the state after the step (what a resume needs).
@@ -92,15 +94,28 @@ def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, 
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The `callbacks` group plus the unified optimization's callbacks (reward rescaling, weighting)."""
+    """The `callbacks` group plus the callbacks the aggregator needs (`optimization.callbacks`: reward
+    rescaling, weighting), which drive the module's RewardShaping; and the random-stream callback."""
     configured = list((cfg.get("callbacks") or {}).values())
-    normalization = cfg.optimization.get("normalization")
-    if cfg.optimization.aggregator not in NEEDS_NORMALIZER:  # sum, gdpo: an experiment's RFN keys don't apply
-        normalization = None
-    configured += [normalization, cfg.optimization.get("weighting")]
-    from callbacks.rng_state import RNGStateCallback  # always: resuming needs the random streams
-
+    configured += list((cfg.optimization.get("callbacks") or {}).values())
     return [instantiate(c) for c in configured if c is not None] + [RNGStateCallback()]
+
+
+def build_shaping(cfg: DictConfig, matrix) -> RewardShaping:
+    """The `optimization` group's RewardShaping: aggregator, normalizer and TADW settings (optim/shaping.py)."""
+    opt = cfg.optimization
+    spec = aggregator_spec(opt.aggregator)
+
+    def settings(key: str, used: bool):
+        node = opt.get(key)
+        return OmegaConf.to_container(node, resolve=True) if used and node is not None else None
+
+    return RewardShaping.from_matrix(
+        matrix,
+        opt.aggregator,
+        normalization=settings("normalization", spec.needs_normalizer),
+        weighting=settings("weighting", spec.adaptive_weights),
+    )
 
 
 def grpo_config(cfg: DictConfig) -> GRPOConfig:
@@ -231,8 +246,8 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         matrix=matrix,
         config=algorithm,
         rollout_engine=instantiate(cfg.rollout),
-        aggregator=cfg.optimization.aggregator,
         lr_scheduler=scheduler,
+        shaping=build_shaping(cfg, matrix),
     )
     loggers = build_loggers(cfg, "grpo")
     trainer = L.Trainer(

@@ -135,8 +135,7 @@ def test_tadw_receives_the_loop_gain():
     from quark_lightning.optim.weighting import TriFactorWeighting
 
     w = TriFactorWeighting(risk=[1.0, 1.0], weakness=False, risk_priority=False, redundancy=False, eta=1.0)
-    w.loop_gain.copy_(torch.tensor([3.0, 1.0]))
-    w.update(torch.zeros(4, 2), torch.zeros(4, 2))
+    w.update(torch.zeros(4, 2), torch.zeros(4, 2), gain=torch.tensor([3.0, 1.0]))
     assert float(w.weights[0]) > 0.7  # floor(3/4) = 0.02 + 0.96 * 0.75
 
 
@@ -157,6 +156,12 @@ def test_evaluation_metrics_per_category_and_area(bundled_records):
     assert set(m["areas"]) == {p["area"] for p in prompts}
 
 
+def _static_shaping(k: int):
+    from quark_lightning.optim.shaping import RewardShaping
+
+    return RewardShaping([f"d{i}" for i in range(k)], [1.0] * k, [1.0] * k, [None] * k)
+
+
 def _evaluation(means: dict[str, float], rates: dict[str, float]) -> dict:
     return {
         "dimensions": {n: {"mean": means[n], "pass_rate": rates[n]} for n in means},
@@ -169,7 +174,7 @@ def test_a_dimension_that_cannot_move_has_its_gain_decayed_and_gets_it_back_when
 
     names = ["stuck", "moving"]
     matrix = SimpleNamespace(names=names, weights=lambda: torch.ones(2))
-    module = SimpleNamespace(matrix=matrix, matrix_weights=torch.ones(2), weighting=None)
+    module = SimpleNamespace(matrix=matrix, shaping=_static_shaping(2))
     loop = ClosedLoopSupervision(write_reports=False, patience=3, min_change=0.02, gain_decay=0.5)
     gains, reasons = [], []
     means = [(0.10, 0.1), (0.105, 0.3), (0.11, 0.5), (0.10, 0.6), (0.30, 0.7)]
@@ -185,7 +190,7 @@ def test_a_dimension_that_cannot_move_has_its_gain_decayed_and_gets_it_back_when
     assert (
         "its held-out mean stayed within 0.100..0.110 over 3 evaluations: gain decayed toward 1" in reasons[1]
     )
-    assert torch.equal(module.matrix_weights, torch.tensor([2.0, 1.5]))  # static weights x gains
+    assert torch.equal(module.shaping.weights, torch.tensor([2.0, 1.5]))  # static weights x gains
 
 
 def test_a_format_rule_always_broken_weighs_more_until_it_stops_being_broken():

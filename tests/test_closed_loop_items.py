@@ -4,7 +4,6 @@ of an answer with that failure, in the right direction); when the failure stops,
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from callbacks.closed_loop import ClosedLoopSupervision, failing_answers
 from quark_lightning.data.datamodule import AreaWeightedSampler
@@ -156,7 +155,9 @@ def test_a_reward_model_dimension_is_judged_against_the_reference_and_gets_a_gai
         plain["dimensions"]["online_rm"]["pass_rate"] != plain["dimensions"]["online_rm"]["pass_rate"]
     )  # NaN
 
-    module = SimpleNamespace(matrix=matrix, matrix_weights=torch.ones(1), weighting=None)
+    from quark_lightning.optim.shaping import RewardShaping
+
+    module = SimpleNamespace(matrix=matrix, shaping=RewardShaping.with_defaults(matrix, "sum"))
     loop = ClosedLoopSupervision(write_reports=False, pass_target=0.9, gain_strength=1.0)
     reference = loop._reference_scores(module, prompts)
     assert reference.tolist() == [[1.0], [0.0]]

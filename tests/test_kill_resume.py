@@ -158,7 +158,7 @@ def assert_same_training_state(resumed: dict[str, Any], uninterrupted: dict[str,
     """Policy, reference, normalizer statistics, weights + TADW EMA state, optimizer, closed loop, RNG, data."""
     assert resumed["global_step"] == uninterrupted["global_step"] == STEPS
     weights = uninterrupted["state_dict"]
-    for prefix in ("policy.", "reference.", "normalizer.", "weighting.", "matrix_weights"):
+    for prefix in ("policy.", "reference.", "shaping.normalizer.", "shaping.weighting.", "shaping.loop_gain"):
         assert any(k.startswith(prefix) for k in weights), f"no {prefix}* in the checkpoint"
     assert_equal(resumed["state_dict"], weights, "state_dict")
     assert_equal(resumed["optimizer_states"], uninterrupted["optimizer_states"], "optimizer_states")

@@ -65,7 +65,7 @@ def test_resume_from_checkpoint_continues_the_step_count(smoke_run, tmp_path):
     ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 3
-    assert "matrix_weights" in state["state_dict"]
+    assert "shaping.loop_gain" in state["state_dict"]  # the reward-shaping state, in the checkpoint once
     proc = train(tmp_path, f"ckpt_path={ckpt}", "trainer.max_steps=5", cache=tmp / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = torch.load(

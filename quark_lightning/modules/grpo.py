@@ -14,8 +14,9 @@ and `steps_per_generation`).
 The policy is the only trainable part. The reference (frozen copy, or the policy with its LoRA adapter
 disabled) and the reward models are frozen, in eval mode, and never in the optimizer.
 
-The aggregation weights live in the buffer `matrix_weights`; callbacks (the unified optimization) may
-replace them between steps, and they are saved in the checkpoint.
+Reward shaping (normalizer statistics, weights, loop gains, gates, aggregation) is one object,
+`self.shaping` (optim/shaping.py): the step applies it, the callbacks drive it (calibrate, update the
+weights, set a gain), and its buffers are in the checkpoint once, under `shaping.`.
 """
 
 from __future__ import annotations
@@ -78,14 +79,9 @@ from quark_lightning.modules.shared_prefix import (  # noqa: F401
     split_lm_head,
 )
 from quark_lightning.optim.advantages import nanstd
-from quark_lightning.optim.aggregation import (
-    NEEDS_NORMALIZER,
-    AggregatedReward,
-    AggregationContext,
-    aggregate_and_advantages,
-    get_aggregator,
-)
+from quark_lightning.optim.aggregation import AggregatedReward
 from quark_lightning.optim.normalization import ReferenceFrozenNormalizer
+from quark_lightning.optim.shaping import RewardShaping
 from quark_lightning.rollout.base import Rollout, RolloutEngine
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
@@ -193,6 +189,16 @@ class StepRecord:
     findings: dict[str, list[list[str]]] = field(default_factory=dict)
 
 
+def upgrade_shaping_keys(state: dict[str, Any]) -> None:
+    """In place: a checkpoint written before RewardShaping owned the state (`normalizer.*`, `weighting.*`,
+    `weighting.loop_gain`, `matrix_weights`) gets today's keys; `matrix_weights` is derived state (the
+    static weights times the closed loop's gain, which the loop re-applies from its own checkpoint)."""
+    state.pop("matrix_weights", None)
+    for key in [k for k in state if k.startswith(("normalizer.", "weighting."))]:
+        new = "shaping.loop_gain" if key == "weighting.loop_gain" else f"shaping.{key}"
+        state[new] = state.pop(key)
+
+
 class GRPOModule(L.LightningModule):
     def __init__(
         self,
@@ -202,8 +208,9 @@ class GRPOModule(L.LightningModule):
         config: GRPOConfig,
         rollout_engine: RolloutEngine | None = None,
         aggregator: str = "sum",
-        normalizer: ReferenceFrozenNormalizer | None = None,
+        normalizer: ReferenceFrozenNormalizer | None = None,  # a fitted one (tests); else built by shaping
         lr_scheduler: Any = None,  # optimizer -> LR scheduler (algorithm.lr_scheduler); None = warmup, constant
+        shaping: RewardShaping | None = None,  # built from the `optimization` group (run.py); else defaults
     ):
         super().__init__()
         self.lr_scheduler_factory = lr_scheduler
@@ -216,23 +223,40 @@ class GRPOModule(L.LightningModule):
         self.matrix = matrix
         self.config = config
         self.engine = rollout_engine or HFGenerateEngine()
-        get_aggregator(aggregator)  # fail early on an unknown name
-        self.aggregator_name = aggregator
-        if aggregator in NEEDS_NORMALIZER and normalizer is None:
-            normalizer = ReferenceFrozenNormalizer(len(matrix.names))
-        self.normalizer = normalizer  # buffers: the frozen statistics are saved in the checkpoint
-        self.weighting: nn.Module | None = None  # set by the TADW callback; its state is checkpointed
+        if shaping is None:  # code that builds the module directly: the group's defaults
+            shaping = RewardShaping.with_defaults(matrix, aggregator)
+        if normalizer is not None:
+            shaping.normalizer = normalizer
+        self.shaping = shaping  # one owner: normalizer statistics, weights, loop gain (in the checkpoint)
         self.reference = build_reference(policy) if config.beta != 0.0 else None
         if config.gradient_checkpointing:  # after the reference copy, which stays plain (it never trains)
             enable_gradient_checkpointing(policy)
         self._head_split_ok: dict[int, bool] = {}  # id(lm_head) -> the backbone + head split gives the logits
         self.reward_models = nn.ModuleDict({k: FrozenModule(m) for k, m in matrix.torch_modules().items()})
-        self.register_buffer("matrix_weights", matrix.weights(), persistent=True)  # (K,)
         self.automatic_optimization = False
         self.last_step: StepRecord | None = None
         self.scorer_failures = FailureCounter(matrix.names)  # logged as failures/<dim>, failures_total/<dim>
 
+    # read-only views of the shaping state (one owner: self.shaping)
+    @property
+    def aggregator_name(self) -> str:
+        return self.shaping.aggregator
+
+    @property
+    def normalizer(self) -> ReferenceFrozenNormalizer | None:
+        return self.shaping.normalizer
+
+    @property
+    def weighting(self):
+        return self.shaping.weighting
+
+    @property
+    def matrix_weights(self) -> torch.Tensor:
+        """(K,) the weights the next step aggregates with."""
+        return self.shaping.weights
+
     def on_train_start(self) -> None:
+        self.shaping.check_drivers()  # e.g. rfn_tadw without its weighting callback: refused, not downgraded
         self.policy.train()  # the warm start or a loader may leave it in eval mode; frozen parts stay eval
 
     def configure_model(self) -> None:
@@ -397,8 +421,7 @@ class GRPOModule(L.LightningModule):
         scores = matrix_scores.scores.to(self.device)  # (N, K)
         failed = matrix_scores.failed.to(self.device)  # (N, K) a failed gate sample is vetoed, never passed
         prompt_ids = [p["id"] for p in rollout.prompts]
-        batch_level = self.config.scale_rewards == "batch" or self.aggregator_name == "gdpo"
-        if batch_level and world_size() > 1:
+        if self.shaping.needs_global_batch(self.config.scale_rewards) and world_size() > 1:
             # batch statistics over the global batch, as TRL gathers them; then keep this rank's rows
             n = scores.size(0)
             agg, adv, frac = self._aggregate(
@@ -463,18 +486,10 @@ class GRPOModule(L.LightningModule):
 
     def _aggregate(self, scores: torch.Tensor, failed: torch.Tensor, prompt_ids: list[str]):
         """(N, K) raw scores -> (AggregatedReward, advantages (N,), frac_zero_std)."""
-        ctx = AggregationContext(
-            group_size=self.config.num_generations, prompt_ids=prompt_ids, normalizer=self.normalizer
+        shaped = self.shaping.shape(
+            scores, failed, prompt_ids, self.config.num_generations, self.config.scale_rewards
         )
-        return aggregate_and_advantages(
-            self.aggregator_name,
-            scores,
-            self.matrix_weights,
-            ctx,
-            self.config.scale_rewards,
-            self.matrix.gates(),
-            failed=failed,
-        )
+        return shaped.aggregated, shaped.advantages, shaped.frac_zero_std
 
     def _failures_all_ranks(self, failures: dict[str, int]) -> dict[str, int]:
         """This step's scorer-failure counts summed over ranks (every rank calls this each step)."""
@@ -487,6 +502,7 @@ class GRPOModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.scorer_failures.total.update(checkpoint.get("scorer_failures_total", {}))
+        upgrade_shaping_keys(checkpoint.get("state_dict", {}))
 
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
@@ -554,7 +570,8 @@ class GRPOModule(L.LightningModule):
             for mb in self.minibatches(mask.size(0)):
                 mb_mask = mask[mb]
                 # `dapo` divides by the token count of the whole (all-rank) mini-batch, as single-process
-                rank_scale = token_level_rank_scale(mb_mask.sum()) if cfg.loss_type == "dapo" else 1.0
+                token_level = LOSS_REDUCTIONS[cfg.loss_type].token_level
+                rank_scale = token_level_rank_scale(mb_mask.sum()) if token_level else 1.0
                 mb_share = float(mb_mask.sum() / mask.sum().clamp(min=1))
                 opt.zero_grad(set_to_none=True)
                 for sl in self._chunks(mb.stop - mb.start, offset=mb.start):
@@ -621,7 +638,7 @@ class GRPOModule(L.LightningModule):
             )
             metrics[f"rewards/{name}/std"] = float(nanstd(col))
         for k, name in enumerate(self.matrix.names):
-            metrics[f"weights/{name}"] = float(self.matrix_weights[k])
+            metrics[f"weights/{name}"] = float(self.shaping.weights[k])
         metrics.update(self.scorer_failures.metrics())
         metrics.update(getattr(self, "dynamic_sampling_stats", {}))
         if self.matrix.judges():  # this rank's LLM-judge counters since the start: requests, cache hits...

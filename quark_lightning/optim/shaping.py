@@ -113,6 +113,23 @@ class RewardShaping(nn.Module):
             weighting=weighting,
         )
 
+    @classmethod
+    def with_defaults(
+        cls, matrix, aggregator: str = "sum", normalization: Mapping[str, Any] | None = None
+    ) -> RewardShaping:
+        """The aggregator with its group's default settings (what `optimization=<aggregator>` gives);
+        `normalization` overrides some normalizer settings when the aggregator has one."""
+        try:
+            spec = aggregator_spec(aggregator)
+        except KeyError as err:
+            raise ConfigError(f"{err.args[0]}. Fix: optimization=rfn_tadw (or sum, gdpo, rfn)") from err
+        return cls.from_matrix(
+            matrix,
+            aggregator,
+            normalization=dict(normalization or {}) if spec.needs_normalizer else None,
+            weighting={} if spec.adaptive_weights else None,
+        )
+
     # ---------------------------------------------------------------- what the step uses
     @property
     def weights(self) -> torch.Tensor:

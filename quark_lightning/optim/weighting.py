@@ -170,7 +170,6 @@ class TriFactorWeighting(nn.Module):
         self.register_buffer("ema_score", torch.zeros(K))
         self.register_buffer("ema_corr", torch.eye(K))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("loop_gain", torch.ones(K))  # TRANSITION: removed once RewardShaping owns it
 
     def active_corr(self) -> torch.Tensor:
         """(K, K) the correlation EMA among active dimensions only: a switched-off one (prior 0) makes
@@ -212,7 +211,7 @@ class TriFactorWeighting(nn.Module):
         self.ema_corr.mul_(1 - mc).add_(mc * correlation(z))
         f = self.factors(z, raw, target_z)
         w_new = floor_weights(
-            f.weakness * f.risk * f.redundancy * (self.loop_gain if gain is None else gain) * self.prior,
+            f.weakness * f.risk * f.redundancy * (1.0 if gain is None else gain) * self.prior,
             self.w_min,
             self.prior > 0,
         )  # (K,) sums to 1; switched-off dimensions stay at 0

@@ -125,10 +125,10 @@ def mean_answer_nll(model: torch.nn.Module, dataset, batch_size: int = 16) -> fl
 
 
 def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from callbacks.rng_state import RNGStateCallback
     from quark_lightning.checkpointing import AtomicCheckpointIO
     from quark_lightning.data.sft_sources import load_sft_examples
     from quark_lightning.modules.sft import LengthBucketBatchSampler, SFTDataset, SFTModule, padding_fraction
+    from quark_lightning.rng_state import RNGStateCallback
     from quark_lightning.run import build_datamodule, trainer_kwargs
 
     cfg = stage_config(ctx, stage_dir)
@@ -220,12 +220,12 @@ def run_reward_model_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str
 
 # ---------------------------------------------------------------------------------------- calibration
 def run_calibration_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from callbacks.reward_rescaling import calibrate, format_report
     from quark_lightning.config import validate_config
     from quark_lightning.matrix.build import build_matrix
     from quark_lightning.modules.grpo import GRPOModule
-    from quark_lightning.optim.normalization import ReferenceFrozenNormalizer, save_statistics
-    from quark_lightning.run import build_datamodule, grpo_config
+    from quark_lightning.optim.calibration import calibrate, format_report
+    from quark_lightning.optim.normalization import save_statistics
+    from quark_lightning.run import build_datamodule, build_shaping, grpo_config
 
     cfg = stage_config(ctx, stage_dir)
     point_model_at_policy(ctx, cfg)
@@ -244,9 +244,7 @@ def run_calibration_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str)
     loaded = load_start_policy(ctx, cfg, records)
     config = dataclasses.replace(grpo_config(cfg), beta=0.0)  # the policy *is* the reference here
     module = GRPOModule(loaded.model, loaded.tokenizer, matrix, config, instantiate(cfg.rollout),
-                        aggregator=cfg.optimization.aggregator)  # fmt: skip
-    keys = ("mode", "clip", "eps", "min_count", "min_std", "fallback_std")
-    module.normalizer = ReferenceFrozenNormalizer(len(matrix.names), **{k: norm_cfg[k] for k in keys})
+                        shaping=build_shaping(cfg, matrix))  # fmt: skip
     G = norm_cfg.num_generations or cfg.algorithm.num_generations
     n = calibrate(module, dm.calibration_records(), norm_cfg.calibration_prompts, G)
     save_statistics(module.normalizer, matrix.names, stage_dir)

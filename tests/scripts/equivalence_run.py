@@ -33,6 +33,7 @@ from quark_lightning.distributed import is_sharded  # noqa: E402
 from quark_lightning.matrix import AlignmentMatrix, Dimension  # noqa: E402
 from quark_lightning.models.loading import load_causal_lm  # noqa: E402
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule  # noqa: E402
+from quark_lightning.optim.shaping import RewardShaping  # noqa: E402
 from quark_lightning.rewards.format import FormatScorer  # noqa: E402
 from quark_lightning.rewards.rubric import RubricScorer  # noqa: E402
 from quark_lightning.rewards.safety import SafetyScorer  # noqa: E402
@@ -183,9 +184,9 @@ def run_one(out_dir: str, strategy: str, devices: int, model_dir: str, variant: 
             num_generations=G, lr=1e-3, beta=0.04, loss_type=loss_type, max_grad_norm=1.0, scale_rewards=scale
         ),
         ScriptedEngine(texts, max_new_tokens=MAX_NEW_TOKENS),
-        aggregator=aggregator,
+        shaping=RewardShaping.with_defaults(matrix, aggregator, normalization={"min_count": 2}),
     )
-    unified = [ReferenceFrozenNormalization(calibration_prompts=8, min_count=2), TriFactorWeightingCallback()]
+    unified = [ReferenceFrozenNormalization(calibration_prompts=8), TriFactorWeightingCallback()]
     recorder = Recorder()
     trainer = L.Trainer(
         accelerator="cpu",

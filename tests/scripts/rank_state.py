@@ -19,6 +19,7 @@ from quark_lightning.data.datamodule import PromptDataModule  # noqa: E402
 from quark_lightning.matrix import AlignmentMatrix, Dimension  # noqa: E402
 from quark_lightning.models.loading import load_causal_lm  # noqa: E402
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule  # noqa: E402
+from quark_lightning.optim.shaping import RewardShaping  # noqa: E402
 from quark_lightning.rewards.format import FormatScorer  # noqa: E402
 from quark_lightning.rewards.rubric import RubricScorer  # noqa: E402
 from quark_lightning.rewards.safety import SafetyScorer  # noqa: E402
@@ -72,10 +73,10 @@ def main():
         matrix,
         GRPOConfig(num_generations=4, lr=1e-3),
         HFGenerateEngine(max_new_tokens=12),
-        aggregator="rfn_tadw",
+        shaping=RewardShaping.with_defaults(matrix, "rfn_tadw", normalization={"min_count": 2}),
     )
     callbacks = [
-        ReferenceFrozenNormalization(calibration_prompts=8, min_count=2),
+        ReferenceFrozenNormalization(calibration_prompts=8),
         TriFactorWeightingCallback(),
         DumpState(out_dir),
     ]
