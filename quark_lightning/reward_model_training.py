@@ -313,7 +313,7 @@ def checkpoint_callbacks(run_dir: str, every: int) -> list[L.Callback]:
     plus the random streams, so a killed reward-model run resumes exactly, as the SFT and RL stages do."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from callbacks.rng_state import RNGStateCallback
+    from quark_lightning.rng_state import RNGStateCallback
 
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(run_dir, "checkpoints"), save_last=True, save_top_k=0, every_n_train_steps=every
