@@ -4,7 +4,7 @@ Flow of `training_step` (docs/design.md section 2):
 
     prompts -> rollout engine (G completions each) -> matrix scores (N, K) + findings
             -> [dynamic sampling: drop zero-spread groups, draw more prompts (dynamic_sampling.py)]
-            -> aggregation (weights (K,) -> scalar reward (N,)) -> group advantages (N,)
+            -> reward shaping (weights (K,), RFN, gates -> scalar reward (N,)) -> group advantages (N,)
             -> reference log-probs (frozen) -> `num_iterations` x `steps_per_generation` mini-batches x
                [policy log-probs, clipped loss (token or GSPO sequence ratio, optional delta cap)
                + beta * k3 KL - entropy_coef * H, backward, gradient clipping, optimizer step] -> metrics
@@ -506,23 +506,34 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        """One RL step, top to bottom (README "Concepts" walks the files it calls)."""
         cfg = self.config
         t0 = time.perf_counter()
+        # 1. rollout: G completions per prompt (rollout/hf_generate.py or vllm_engine.py)
         rollout = self.engine.generate(self.policy, self.tokenizer, batch, cfg.num_generations)
         t_gen = time.perf_counter()
+        # 2. scores: (N, K) per dimension, NaN = not applicable, plus findings (matrix/matrix.py)
         matrix_scores = self.score_matrix(rollout)
         if cfg.dynamic_sampling:  # drop zero-spread groups, draw more prompts (DAPO)
             rollout, matrix_scores = self.refill(batch, rollout, matrix_scores)
+        # 3.-4. shaping and advantages: weights, RFN, gates -> reward (N,) -> advantages (optim/shaping.py)
         scores, aggregated, advantages, frac_zero_std = self.shape_rewards(rollout, matrix_scores)
         t_score = time.perf_counter()
+        # 5. reference (and, when the policy moves before reuse, old-policy) log-probs (N, C)
         ref_logp = self.reference_logps(rollout) if self.reference is not None else None
-        off_policy = cfg.num_iterations > 1 or cfg.steps_per_generation > 1  # the policy moves before reuse
+        off_policy = cfg.num_iterations > 1 or cfg.steps_per_generation > 1
         old_logp = self.policy_logps(rollout) if off_policy else None
         t_ref = time.perf_counter()
+        # 6. loss and optimizer steps (algorithms/grpo_loss.py)
         stats = self._optimize(rollout, advantages, ref_logp, old_logp)
         t_end = time.perf_counter()
+        # 7. what callbacks read (TADW update, samples, trend) and the metrics of the whole batch
+        self.last_step = self._record(rollout, scores, aggregated, advantages, matrix_scores.findings)
+        logged = global_step_view(rollout, scores, aggregated, frac_zero_std, stats)  # every rank enters
+        self._log_step(*logged, (t0, t_gen, t_score, t_ref, t_end))
 
-        self.last_step = StepRecord(
+    def _record(self, rollout: Rollout, scores, aggregated, advantages, findings) -> StepRecord:
+        return StepRecord(
             step=self.global_step,
             prompts=rollout.prompts,
             completions=rollout.completions,
@@ -530,11 +541,8 @@ class GRPOModule(L.LightningModule):
             normalized=aggregated.normalized.detach().cpu() if aggregated.normalized is not None else None,
             reward=aggregated.reward.detach().cpu(),
             advantages=advantages.detach().cpu(),
-            findings=matrix_scores.findings,
+            findings=findings,
         )
-        # every rank enters; the logger writes on rank 0 the statistics of the whole (all-rank) batch
-        logged = global_step_view(rollout, scores, aggregated, frac_zero_std, stats)
-        self._log_step(*logged, (t0, t_gen, t_score, t_ref, t_end))
 
     def loss_mask(self, rollout: Rollout) -> torch.Tensor:
         """(N, C) float: the completion tokens that reach the loss; with `mask_truncated_completions`,
