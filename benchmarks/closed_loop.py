@@ -133,10 +133,15 @@ def loop_record(run_dir: Path, names: list[str]) -> dict[str, Any]:
     gains = None
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True).get("callbacks", {})
-        loop = next((v for k, v in state.items() if "ClosedLoopSupervision" in str(k)), None)
-        if loop is not None:
-            gains = dict(zip(names, loop.get("gain") or [1.0] * len(names)))
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        gain = saved.get("state_dict", {}).get("shaping.loop_gain")  # RewardShaping owns the gain
+        if gain is None:  # a checkpoint from before: the closed loop kept its own copy
+            loop = next(
+                (v for k, v in saved.get("callbacks", {}).items() if "ClosedLoopSupervision" in str(k)), None
+            )
+            gain = (loop or {}).get("gain")
+        if gain is not None:
+            gains = dict(zip(names, [float(g) for g in gain]))
     if gains is None:  # no checkpoint state: every gain change is an action, the last one is the gain
         gains = {n: 1.0 for n in names}
         for h in history:

@@ -47,7 +47,8 @@ to the report), e.g. `format_rules: held-out pass rate 0.12 < 0.90 (top finding 
 below the minimum of #', 100% of answers); loop gain 1.00 -> 1.88`. Each evaluation writes a report
 (Markdown, PNG plots, metrics JSON) under `report_dir/step_<N>/`; the end of the run writes
 `report_dir/summary.md` (every dimension and category, start vs end) and prints where it is. The
-history, gains, area weights and every item-level weight and mined phrase are in the checkpoint.
+history, area weights and every item-level weight and mined phrase are in the checkpoint (the callback's
+state); the loop gain is RewardShaping's `loop_gain` buffer (the module's state), never copied here.
 
 Every rank evaluates the same prompts with greedy decoding, so every rank takes the same actions.
 """
@@ -198,7 +199,6 @@ class ClosedLoopSupervision(L.Callback):
         self.report_dir, self.write_reports = report_dir, write_reports
         self.history: list[dict[str, Any]] = []
         self.weights_history: dict[str, list[tuple[int, float]]] = {}
-        self.gain: list[float] | None = None
         self.area_weights: dict[str, float] = {}
         self.last_report: str | None = None
 
@@ -215,8 +215,6 @@ class ClosedLoopSupervision(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if self.area_weights and getattr(trainer.datamodule, "sampler", None) is not None:
             trainer.datamodule.sampler.set_area_weights(self.area_weights)  # restored from a checkpoint
-        if self.gain is not None:
-            self._apply_gain(pl_module, torch.tensor(self.gain))
         for name, weights in self.rule_weights.items():  # restored from a checkpoint
             format_scorer(pl_module, name).set_rule_weights(weights)
         self._restore_item_state(trainer, pl_module)
@@ -284,7 +282,7 @@ class ClosedLoopSupervision(L.Callback):
 
     def _update_gains(self, pl_module, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         names = pl_module.matrix.names
-        old = self.gain or [1.0] * len(names)
+        old = pl_module.shaping.loop_gain.tolist()  # the gain lives in RewardShaping (its checkpoint)
         new, actions = [], []
         top = {}
         for d in metrics["diagnosis"]:
@@ -315,7 +313,6 @@ class ClosedLoopSupervision(L.Callback):
                         "reason": f"{name}: {why}; loop gain {old[k]:.2f} -> {gain:.2f}",
                     }
                 )
-        self.gain = new
         self._apply_gain(pl_module, torch.tensor(new))
         return actions
 
@@ -561,7 +558,6 @@ class ClosedLoopSupervision(L.Callback):
         return {
             "history": self.history,
             "weights_history": self.weights_history,
-            "gain": self.gain,
             "area_weights": self.area_weights,
             "rule_weights": self.rule_weights,
             "item_weights": self.item_weights,
@@ -575,7 +571,6 @@ class ClosedLoopSupervision(L.Callback):
         self.weights_history = {
             k: [tuple(x) for x in v] for k, v in state_dict.get("weights_history", {}).items()
         }
-        self.gain = state_dict.get("gain")
         self.area_weights = dict(state_dict.get("area_weights", {}))
         self.rule_weights = {k: dict(v) for k, v in state_dict.get("rule_weights", {}).items()}
         self.item_weights = {

@@ -127,7 +127,9 @@ def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_mod
 
     restored = ClosedLoopSupervision()
     restored.load_state_dict(loop.state_dict())
-    assert restored.gain == loop.gain and restored.area_weights == loop.area_weights
+    assert restored.area_weights == loop.area_weights
+    assert "gain" not in loop.state_dict()  # the gain is RewardShaping's buffer, in the module's checkpoint
+    assert "shaping.loop_gain" in module.state_dict()
     assert len(restored.history) == len(loop.history)
 
 
@@ -182,7 +184,7 @@ def test_a_dimension_that_cannot_move_has_its_gain_decayed_and_gets_it_back_when
         metrics = _evaluation({"stuck": stuck_mean, "moving": moving_mean}, {"stuck": 0.0, "moving": 0.5})
         actions = loop._update_gains(module, metrics)
         loop.history.append(metrics)
-        gains.append(list(loop.gain))
+        gains.append(module.shaping.loop_gain.tolist())
         reasons += [a["reason"] for a in actions if a["target"] == "stuck"]
     # both fail (pass rates 0.0 and 0.5): full gains first; `stuck` moved < 0.02 over 3 evaluations -> decays
     assert [g[0] for g in gains] == [2.0, 2.0, 1.5, 1.25, 2.0]  # ... and its full gain back once it moves

@@ -168,7 +168,7 @@ def test_a_reward_model_dimension_is_judged_against_the_reference_and_gets_a_gai
     assert m["categories"]["online"]["pass_rate"] == 0.5
     m["diagnosis"] = []
     actions = loop._update_gains(module, m)
-    assert loop.gain == [1.5] and "loop gain 1.00 -> 1.50" in actions[0]["reason"]
+    assert module.shaping.loop_gain.tolist() == [1.5] and "loop gain 1.00 -> 1.50" in actions[0]["reason"]
 
 
 def test_a_repeated_bad_phrase_of_failing_answers_joins_the_patterns_and_expires():
