@@ -58,7 +58,19 @@ def validate_config(cfg: DictConfig) -> None:
     for key in missing:
         if not key.startswith("hydra"):
             p.append(f"{key}: required but not set (???). Fix: pass {key}=<value> on the command line.")
-    # model
+    _model_problems(p, cfg, missing)
+    _run_problems(p, cfg)
+    _algorithm_problems(p, cfg)
+    _matrix_problems(p, cfg)
+    _check_model_paths(p, cfg, missing)
+    _check_more_ranges(p, cfg)
+    p += judge_problems(cfg)
+    if p:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
+
+
+def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
+    """model.*: the source kind, its location, dtype, LoRA rank."""
     _require(
         p,
         cfg,
@@ -78,10 +90,27 @@ def validate_config(cfg: DictConfig) -> None:
     _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
     if _get(cfg, "model.lora.enabled"):
         _require(p, cfg, "model.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
-    # data
+
+
+def _run_problems(p: list[str], cfg: DictConfig) -> None:
+    """data.*, rollout.*, optimization.aggregator, warmstart.*, trainer.max_steps."""
     _require(p, cfg, "data.prompts_per_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _require(p, cfg, "data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-    # algorithm
+    _require(p, cfg, "rollout.max_new_tokens", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(p, cfg, "rollout.temperature", lambda v: is_num(v) and v > 0, "a number > 0")
+    _require(p, cfg, "rollout.top_p", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
+    # optimization
+    _require(p, cfg, "optimization.aggregator", lambda v: v in AGGREGATORS, f"one of {sorted(AGGREGATORS)}")
+    # warm start
+    if _get(cfg, "warmstart.enabled"):
+        _require(p, cfg, "warmstart.steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        _require(p, cfg, "warmstart.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    # trainer
+    _require(p, cfg, "trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+
+
+def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
+    """algorithm.*: the GRPO hyperparameters."""
     _require(
         p,
         cfg,
@@ -114,19 +143,10 @@ def validate_config(cfg: DictConfig) -> None:
         "null or a number > 0",
     )
     _require(p, cfg, "algorithm.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
-    # rollout
-    _require(p, cfg, "rollout.max_new_tokens", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _require(p, cfg, "rollout.temperature", lambda v: is_num(v) and v > 0, "a number > 0")
-    _require(p, cfg, "rollout.top_p", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
-    # optimization
-    _require(p, cfg, "optimization.aggregator", lambda v: v in AGGREGATORS, f"one of {sorted(AGGREGATORS)}")
-    # warm start
-    if _get(cfg, "warmstart.enabled"):
-        _require(p, cfg, "warmstart.steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        _require(p, cfg, "warmstart.lr", lambda v: is_num(v) and v > 0, "a number > 0")
-    # trainer
-    _require(p, cfg, "trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    # matrix
+
+
+def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
+    """matrix.dimensions.*: category, weight, risk and scorer of each dimension."""
     dims = _get(cfg, "matrix.dimensions")
     if not isinstance(dims, DictConfig) or len(dims) == 0:
         p.append(
@@ -149,11 +169,6 @@ def validate_config(cfg: DictConfig) -> None:
                 "the dotted path of a scorer class",
                 f"set {key}.scorer._target_ to e.g. quark_lightning.rewards.format.FormatScorer.",
             )
-    _check_model_paths(p, cfg, missing)
-    _check_more_ranges(p, cfg)
-    p += judge_problems(cfg)
-    if p:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
 
 
 def judge_problems(cfg: DictConfig) -> list[str]:

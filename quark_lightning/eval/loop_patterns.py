@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from quark_lightning.rewards.online import STOPWORDS, mine_bad_patterns, ngram_set, redundant
@@ -67,6 +68,33 @@ def _ids(ids: Sequence[str]) -> str:
     return f"{shown}, ..." if len(ids) > SHOWN_IDS else shown
 
 
+@dataclass
+class _Observed:
+    """One evaluation's held-out answers, as the mining needs them."""
+
+    answers: list[tuple[str, str, bool]]  # (prompt id, text, failing?)
+    references: list[str]
+    grams: list[set[str]]  # per answer: its word n-grams
+    failing: list[int]  # answer indices
+    passing: list[int]
+
+    @classmethod
+    def of(cls, answers, references, n: int) -> _Observed:
+        return cls(
+            answers,
+            references,
+            [ngram_set(words(text), n) for _, text, _ in answers],
+            [i for i, (_, _, bad) in enumerate(answers) if bad],
+            [i for i, (_, _, bad) in enumerate(answers) if not bad],
+        )
+
+    def failing_ids(self, phrase: str) -> list[str]:
+        return sorted({self.answers[i][0] for i in self.failing if phrase in self.grams[i]})
+
+    def failing_docs(self, phrase: str) -> frozenset[int]:
+        return frozenset(i for i in self.failing if phrase in self.grams[i])
+
+
 def update_loop_patterns(
     current: dict[str, dict],
     step: int,
@@ -85,27 +113,22 @@ def update_loop_patterns(
     references: the held-out prompts' reference answers (passing text). `current` is not modified.
     """
     validate_loop_settings(cap, expiry, min_count, max_n)
-    longest = max([max_n, *(len(p.split()) for p in current)])
-    grams = [ngram_set(words(text), longest) for _, text, _ in answers]  # per answer: its n-grams
-    failing = [i for i, (_, _, bad) in enumerate(answers) if bad]  # answer indices
-    passing = [i for i, (_, _, bad) in enumerate(answers) if not bad]
-    in_reference = set().union(*(ngram_set(words(r), max_n) for r in references))
-    reference_words = [set(words(r)) for r in references]
+    seen = _Observed.of(answers, references, max([max_n, *(len(p.split()) for p in current)]))
+    state, actions = _age_known(current, seen, step, expiry)
+    if len(state) >= cap or not seen.failing:
+        return state, actions
+    return state, actions + _mine_new(state, seen, step, cap, min_count, max_n, min_z)
 
-    def reference_vocabulary(phrase: str) -> bool:
-        content = {t for t in phrase.split() if t not in STOPWORDS}
-        return any(content <= vocabulary for vocabulary in reference_words)
 
-    def failing_ids(phrase: str) -> list[str]:
-        return sorted({answers[i][0] for i in failing if phrase in grams[i]})
-
+def _age_known(current: dict[str, dict], seen: _Observed, step: int, expiry: int) -> tuple[dict, list]:
+    """Known phrases: kept (idle reset) where an answer shows them, aged otherwise, expired at `expiry`."""
     state: dict[str, dict] = {}
     actions: list[dict] = []
     for phrase, old in current.items():
         entry = dict(old)
-        if any(phrase in g for g in grams):
+        if any(phrase in g for g in seen.grams):
             entry["last_fired"], entry["idle"] = step, 0
-            entry["evidence"] = failing_ids(phrase) or list(old.get("evidence", []))
+            entry["evidence"] = seen.failing_ids(phrase) or list(old.get("evidence", []))
             state[phrase] = entry
             continue
         entry["idle"] = int(old.get("idle", 0)) + 1
@@ -125,30 +148,35 @@ def update_loop_patterns(
                 ),
             }
         )
+    return state, actions
 
-    if len(state) >= cap or not failing:
-        return state, actions
-    records = [{"response": answers[i][1], "rating": -1} for i in failing]
-    records += [{"response": answers[i][1], "rating": 1} for i in passing]
-    records += [{"response": r, "rating": 1} for r in references]
+
+def _mine_new(state: dict, seen: _Observed, step: int, cap: int, min_count: int, max_n: int, min_z: float):
+    """New phrases of the failing answers join `state` (in place), best z first, up to `cap`."""
+    in_reference = set().union(*(ngram_set(words(r), max_n) for r in seen.references))
+    reference_words = [set(words(r)) for r in seen.references]
+
+    def excluded(phrase: str) -> bool:  # a reference's phrase, or made only of one reference's words
+        content = {t for t in phrase.split() if t not in STOPWORDS}
+        return phrase in in_reference or any(content <= vocabulary for vocabulary in reference_words)
+
+    records = [{"response": seen.answers[i][1], "rating": -1} for i in seen.failing]
+    records += [{"response": seen.answers[i][1], "rating": 1} for i in seen.passing]
+    records += [{"response": r, "rating": 1} for r in seen.references]
     # every candidate, best z first; deduplicated below, once reference and known phrases are out
     mined = mine_bad_patterns(
         records, min_count=min_count, top_k=sys.maxsize, max_n=max_n, min_z=min_z, dedupe_jaccard=None
     )
-    kept = {p: frozenset(i for i in failing if p in grams[i]) for p in state}  # phrase -> failing answers
+    kept = {p: seen.failing_docs(p) for p in state}  # phrase -> failing answers
+    actions = []
     for p in mined:
         if len(state) >= cap:
             break
-        docs = frozenset(i for i in failing if p.pattern in grams[i])
-        if (
-            p.pattern in in_reference
-            or reference_vocabulary(p.pattern)
-            or p.pattern in state
-            or redundant(p.pattern, docs, kept, DEDUPE_JACCARD)
-        ):
+        docs = seen.failing_docs(p.pattern)
+        if excluded(p.pattern) or p.pattern in state or redundant(p.pattern, docs, kept, DEDUPE_JACCARD):
             continue
         kept[p.pattern] = docs
-        evidence = failing_ids(p.pattern)
+        evidence = seen.failing_ids(p.pattern)
         state[p.pattern] = {
             "pattern": p.pattern,
             "mined_at": step,
@@ -158,21 +186,23 @@ def update_loop_patterns(
             "last_fired": step,
             "idle": 0,
         }
-        elsewhere = (
-            "absent from passing answers and references"
-            if p.liked_count == 0
-            else f"also in {p.liked_count} of {len(passing)} passing answers, in no reference"
-        )
-        actions.append(
-            {
-                "kind": "mined_pattern",
-                "target": p.pattern,
-                "value": 1.0,
-                "evidence": evidence,
-                "reason": (
-                    f'bad_patterns: mined "{p.pattern}" from {p.disliked_count} of {len(failing)} failing '
-                    f"held-out answers ({_ids(evidence)}), {elsewhere} (z={p.z:.2f}); joins the pattern list"
-                ),
-            }
-        )
-    return state, actions
+        actions.append(_added(p, evidence, len(seen.failing), len(seen.passing)))
+    return actions
+
+
+def _added(p, evidence: list[str], n_failing: int, n_passing: int) -> dict:
+    elsewhere = (
+        "absent from passing answers and references"
+        if p.liked_count == 0
+        else f"also in {p.liked_count} of {n_passing} passing answers, in no reference"
+    )
+    return {
+        "kind": "mined_pattern",
+        "target": p.pattern,
+        "value": 1.0,
+        "evidence": evidence,
+        "reason": (
+            f'bad_patterns: mined "{p.pattern}" from {p.disliked_count} of {n_failing} failing '
+            f"held-out answers ({_ids(evidence)}), {elsewhere} (z={p.z:.2f}); joins the pattern list"
+        ),
+    }
