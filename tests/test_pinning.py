@@ -7,7 +7,7 @@ become Hydra `instantiate`). That refactor must not change numerics; this test s
 What runs: the real config path, in-process. `conf/train.yaml` is composed with Hydra's compose API
 (`+experiment=smoke` plus `COMMON`: a 1-layer tiny model built offline into a temporary cache, 4 warm-start
 steps at lr 0.05 and `format_rules.min_words=4` so the 24-token completions of one group score differently,
-3 RL steps of 2 prompts x 4 completions, no logger / checkpoint / sample callbacks) and handed to
+3 RL steps of 2 prompts x 4 completions, no logger / sample callbacks, checkpoints under run_dir), handed to
 `quark_lightning.run.run`, as train.py does. The only addition is `PinningRecorder`, appended last to the
 trainer's callbacks: it reads the module, it never writes. Arms (`ARM_OVERRIDES`):
 
@@ -85,7 +85,8 @@ COMMON = [
     "warmstart.lr=0.05",
     "matrix.dimensions.format_rules.scorer.min_words=4",
     "save_policy=false",
-    "callbacks.checkpoint=null",
+    # callbacks.checkpoint stays (it writes under run_dir): without it Lightning adds its default
+    # ModelCheckpoint, which writes into the current directory
     "callbacks.preemption=null",
     "callbacks.samples=null",
     "callbacks.reward_trend=null",
