@@ -311,9 +311,9 @@ def render(results: dict, meta: dict) -> str:
         "",
     ]
     lines += [
-        "Note: with the loop on, training prompts come from the area-weighted curriculum sampler, which is "
-        "seeded by the rank, not by `seed`: the seeds differ in sampled completions and LoRA init, and in "
-        "prompt order only once the loop changes the sampling weights (never in `none`).",
+        "Note: with the loop on, training prompts come from the area-weighted curriculum sampler (seeded by "
+        "`seed` and the rank), which draws every clinical area equally often even in `none`, where "
+        "efficacy_real shuffles uniformly: compare arms with each other, not with efficacy_real.",
         "",
     ]
     if missing:
