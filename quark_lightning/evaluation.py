@@ -196,15 +196,112 @@ def healthbench_beside(cfg: DictConfig, prompts: list[dict[str, Any]], answers: 
     return result
 
 
-def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate each model of `cfg.models` (or the configured model); return {model name: metrics}."""
-    torch.manual_seed(int(cfg.seed))
+def _eval_sizes(cfg: DictConfig) -> tuple[int | None, int]:
+    """`limit` (prompts to evaluate, None = all) and `batch_size`, checked."""
     limit = cfg.get("limit")
     if limit is not None and int(limit) < 1:
         raise ConfigError(f"limit: got {limit}, expected a positive number of prompts (or null for all)")
     batch_size = int(cfg.get("batch_size", 16))
     if batch_size < 1:
         raise ConfigError(f"batch_size: got {batch_size}, expected >= 1")
+    return limit, batch_size
+
+
+def _write_run_config(cfg: DictConfig, run_dir: str) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+        fh.write(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _append_healthbench(report: str, hb: dict) -> None:
+    """The HealthBench section at the end of a model's report."""
+    with open(report, "a") as fh:
+        axes = ", ".join(f"{a} {r['score']:.3f}" for a, r in hb["axes"].items())
+        fh.write(
+            f"\n## HealthBench score\n\n{hb['overall']:.3f} +- {hb['std_error']:.3f} over "
+            f"{hb['n']} conversations (met points / positive points, mean clipped to [0, 1]). "
+            f"Per axis: {axes}.\n"
+        )
+
+
+def _write_samples(out_dir: str, matrix, prompts: list[dict[str, Any]], answers: list[str], scored) -> None:
+    """`samples.jsonl`: one row per prompt with the answer, its scores (NaN -> null) and findings."""
+    with open(os.path.join(out_dir, "samples.jsonl"), "w") as fh:
+        for i, (p, a) in enumerate(zip(prompts, answers)):
+            row = scored.scores[i].tolist()
+            scores = {n: (None if v != v else v) for n, v in zip(matrix.names, row)}  # NaN -> null
+            findings = {n: scored.findings[n][i] for n in matrix.names}
+            fh.write(
+                json.dumps({"id": p["id"], "response": a, "scores": scores, "findings": findings}) + "\n"
+            )
+
+
+def _score_and_write(
+    name: str,
+    cfg: DictConfig,
+    matrix,
+    prompts: list[dict[str, Any]],
+    answers: list[str],
+    step: int,
+    run_dir: str,
+) -> tuple[dict, str]:
+    """Score one model's answers, write its report and samples; return (metrics, report path)."""
+    scored = matrix.score(prompts, answers)
+    metrics = evaluation_metrics(matrix, prompts, answers, scored, step=step)
+    hb = healthbench_beside(cfg, prompts, answers)
+    if hb is not None:
+        metrics["healthbench"] = hb
+        print(f"[{name}] HealthBench score {hb['overall']:.3f} +- {hb['std_error']:.3f} (n={hb['n']})")
+    out_dir = os.path.join(run_dir, _dir_name(name))
+    report = write_report([metrics], out_dir, title=f"Evaluation: {name}")
+    if hb is not None:
+        _append_healthbench(report, hb)
+    _write_samples(out_dir, matrix, prompts, answers, scored)
+    return metrics, report
+
+
+def _evaluate_model(
+    name: str,
+    path: str | None,
+    cfg: DictConfig,
+    records: list[dict[str, Any]],
+    prompts: list[dict[str, Any]],
+    matrix,
+    engine,
+    device: torch.device,
+    batch_size: int,
+    run_dir: str,
+) -> tuple[dict, str]:
+    """Load one model, answer every prompt, score and write; free the model; return (metrics, report)."""
+    loaded, step = load_for_eval(name, path, cfg.model, records)
+    loaded.model.to(device)
+    print(f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True)
+    answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
+    metrics, report = _score_and_write(name, cfg, matrix, prompts, answers, step, run_dir)
+    del loaded
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return metrics, report
+
+
+def _print_reports(reports: dict[str, str]) -> None:
+    print("\nReports:")
+    for name, path in reports.items():
+        print(f"  {name:<16} {path}")
+
+
+def _write_comparison(run_dir: str, results: dict[str, dict], n_prompts: int) -> None:
+    """`comparison.md`: the models side by side (written when more than one was evaluated)."""
+    table = comparison_table(results)
+    comparison = os.path.join(run_dir, "comparison.md")
+    with open(comparison, "w") as fh:
+        fh.write(f"# Model comparison ({n_prompts} prompts)\n\n{table}\n")
+    print(f"  {'comparison':<16} {comparison}\n\n{table}")
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate each model of `cfg.models` (or the configured model); return {model name: metrics}."""
+    torch.manual_seed(int(cfg.seed))
+    limit, batch_size = _eval_sizes(cfg)
     specs = _model_specs(cfg)
     records = load_prompt_records(cfg.data.path)  # validates every row; a bad row stops here
     prompts = select_prompts(records, limit, int(cfg.seed))
@@ -212,54 +309,15 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     engine = instantiate(cfg.rollout)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = str(cfg.run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
-        fh.write(OmegaConf.to_yaml(cfg, resolve=True))
+    _write_run_config(cfg, run_dir)
 
     results: dict[str, dict] = {}
     reports: dict[str, str] = {}
     for name, path in specs.items():
-        loaded, step = load_for_eval(name, path, cfg.model, records)
-        loaded.model.to(device)
-        print(
-            f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True
+        results[name], reports[name] = _evaluate_model(
+            name, path, cfg, records, prompts, matrix, engine, device, batch_size, run_dir
         )
-        answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
-        scored = matrix.score(prompts, answers)
-        metrics = evaluation_metrics(matrix, prompts, answers, scored, step=step)
-        hb = healthbench_beside(cfg, prompts, answers)
-        if hb is not None:
-            metrics["healthbench"] = hb
-            print(f"[{name}] HealthBench score {hb['overall']:.3f} +- {hb['std_error']:.3f} (n={hb['n']})")
-        out_dir = os.path.join(run_dir, _dir_name(name))
-        reports[name] = write_report([metrics], out_dir, title=f"Evaluation: {name}")
-        if hb is not None:
-            with open(reports[name], "a") as fh:
-                axes = ", ".join(f"{a} {r['score']:.3f}" for a, r in hb["axes"].items())
-                fh.write(
-                    f"\n## HealthBench score\n\n{hb['overall']:.3f} +- {hb['std_error']:.3f} over "
-                    f"{hb['n']} conversations (met points / positive points, mean clipped to [0, 1]). "
-                    f"Per axis: {axes}.\n"
-                )
-        with open(os.path.join(out_dir, "samples.jsonl"), "w") as fh:
-            for i, (p, a) in enumerate(zip(prompts, answers)):
-                row = scored.scores[i].tolist()
-                scores = {n: (None if v != v else v) for n, v in zip(matrix.names, row)}  # NaN -> null
-                findings = {n: scored.findings[n][i] for n in matrix.names}
-                fh.write(
-                    json.dumps({"id": p["id"], "response": a, "scores": scores, "findings": findings}) + "\n"
-                )
-        results[name] = metrics
-        del loaded
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-
-    print("\nReports:")
-    for name, path in reports.items():
-        print(f"  {name:<16} {path}")
+    _print_reports(reports)
     if len(results) > 1:
-        table = comparison_table(results)
-        comparison = os.path.join(run_dir, "comparison.md")
-        with open(comparison, "w") as fh:
-            fh.write(f"# Model comparison ({len(prompts)} prompts)\n\n{table}\n")
-        print(f"  {'comparison':<16} {comparison}\n\n{table}")
+        _write_comparison(run_dir, results, len(prompts))
     return results
