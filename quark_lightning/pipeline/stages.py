@@ -124,36 +124,49 @@ def mean_answer_nll(model: torch.nn.Module, dataset, batch_size: int = 16) -> fl
     return total / max(tokens, 1)
 
 
-def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from quark_lightning.checkpointing import AtomicCheckpointIO
+def _sft_examples(
+    cfg: DictConfig, opts: DictConfig, stage: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list, dict[str, int]]:
+    """The prompt records, the held-out ones, and the stage's SFT examples with their count per source."""
     from quark_lightning.data.sft_sources import load_sft_examples
-    from quark_lightning.modules.sft import LengthBucketBatchSampler, SFTDataset, SFTModule, padding_fraction
-    from quark_lightning.rng_state import RNGStateCallback
-    from quark_lightning.run import build_datamodule, trainer_kwargs
+    from quark_lightning.run import build_datamodule
 
-    cfg = stage_config(ctx, stage_dir)
-    opts = spec.options
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     records = dm.load()
     train_records, held_out = dm.calibration_records(), dm.val_records()
     sources = OmegaConf.to_container(opts.sources, resolve=True)
-    examples, counts = load_sft_examples(sources, train_records, held_out, f"pipeline.stages.{spec.name}")
+    examples, counts = load_sft_examples(sources, train_records, held_out, f"pipeline.stages.{stage}")
     print(f"  SFT examples: {len(examples)} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return records, held_out, examples, counts
 
-    loaded = load_start_policy(ctx, cfg, records)
-    base_dir = loaded.model.config._name_or_path
-    tok = loaded.tokenizer
-    train_set = SFTDataset(tok, examples, max_length=opts.max_length)
+
+def _sft_datasets(tok, examples: list, held_out: list[dict[str, Any]], max_length: int):
+    """The training set, and the held-out expert references to measure answer NLL on (None if none)."""
+    from quark_lightning.modules.sft import SFTDataset
+
+    train_set = SFTDataset(tok, examples, max_length=max_length)
     held = [r for r in held_out if r.get("reference")]
-    eval_set = SFTDataset(tok, held, max_length=opts.max_length) if held else None
-    policy = loaded.model
-    if opts.lora.enabled:
-        lora = opts.lora
+    eval_set = SFTDataset(tok, held, max_length=max_length) if held else None
+    return train_set, eval_set
+
+
+def _with_sft_lora(policy: torch.nn.Module, lora: DictConfig) -> torch.nn.Module:
+    """The policy with a fresh LoRA adapter when `lora.enabled`, else as is."""
+    if lora.enabled:
         target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
         policy = apply_lora(policy, lora.r, lora.alpha, lora.dropout, target)
-    nll_before = mean_answer_nll(policy, eval_set) if eval_set else None
+    return policy
 
+
+def _fit_sft(cfg: DictConfig, spec: StageSpec, stage_dir: str, policy: torch.nn.Module, train_set) -> float:
+    """Train the policy on length-bucketed batches (resuming from the stage's last checkpoint);
+    return the padding fraction of the first epoch."""
+    from quark_lightning.checkpointing import AtomicCheckpointIO
+    from quark_lightning.modules.sft import LengthBucketBatchSampler, SFTModule, padding_fraction
+    from quark_lightning.rng_state import RNGStateCallback
+    from quark_lightning.run import trainer_kwargs
+
+    opts = spec.options
     batches = LengthBucketBatchSampler(
         train_set.lengths(), opts.batch_size, cfg.seed, bucketing=opts.bucketing
     )
@@ -174,6 +187,41 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
     )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt)
     close_loggers(loggers)
+    return pad
+
+
+def _save_sft_policy(
+    policy: torch.nn.Module, tok, lora_enabled: bool, stage_dir: str, base_dir: str
+) -> dict[str, str]:
+    """Save the policy to policy/ (with LoRA: the adapter to adapter/ first, then the merged policy);
+    return the paths ({"policy", "adapter", "base"})."""
+    paths = {"policy": os.path.join(stage_dir, "policy")}
+    if lora_enabled:
+        paths["adapter"] = os.path.join(stage_dir, "adapter")
+        paths["base"] = base_dir
+        policy.save_pretrained(paths["adapter"])
+        tok.save_pretrained(paths["adapter"])
+        policy = policy.merge_and_unload()  # the merged SFT policy, for loading anywhere
+    policy.save_pretrained(paths["policy"])
+    tok.save_pretrained(paths["policy"])
+    return paths
+
+
+def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
+    """Examples -> start policy (+ LoRA) -> held-out NLL -> fit -> held-out NLL -> save."""
+    cfg = stage_config(ctx, stage_dir)
+    opts = spec.options
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    records, held_out, examples, counts = _sft_examples(cfg, opts, spec.name)
+
+    loaded = load_start_policy(ctx, cfg, records)
+    base_dir = loaded.model.config._name_or_path
+    tok = loaded.tokenizer
+    train_set, eval_set = _sft_datasets(tok, examples, held_out, opts.max_length)
+    policy = _with_sft_lora(loaded.model, opts.lora)
+    nll_before = mean_answer_nll(policy, eval_set) if eval_set else None
+
+    pad = _fit_sft(cfg, spec, stage_dir, policy, train_set)
     policy.eval()
     nll_after = mean_answer_nll(policy, eval_set) if eval_set else None
     if nll_before is not None:
@@ -181,22 +229,13 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
             f"  held-out answer NLL ({len(eval_set)} expert references): {nll_before:.3f} -> {nll_after:.3f}"
         )
 
-    outputs: dict[str, Any] = {
+    return {
         "examples": counts,
         "padding_fraction": round(pad, 4),
         "held_out_nll_before": nll_before,
         "held_out_nll_after": nll_after,
-        "policy": os.path.join(stage_dir, "policy"),
+        **_save_sft_policy(policy, tok, opts.lora.enabled, stage_dir, base_dir),
     }
-    if opts.lora.enabled:
-        outputs["adapter"] = os.path.join(stage_dir, "adapter")
-        outputs["base"] = base_dir
-        policy.save_pretrained(outputs["adapter"])
-        tok.save_pretrained(outputs["adapter"])
-        policy = policy.merge_and_unload()  # the merged SFT policy, for loading anywhere
-    policy.save_pretrained(outputs["policy"])
-    tok.save_pretrained(outputs["policy"])
-    return outputs
 
 
 # ---------------------------------------------------------------------------------------- reward models
