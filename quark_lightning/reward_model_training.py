@@ -46,6 +46,7 @@ from quark_lightning.errors import ConfigError
 from quark_lightning.models.loading import DTYPES
 from quark_lightning.models.sources import MODEL_KINDS, model_config, model_kind
 
+RM = "reward_model"  # the config node of this stage
 SOURCES = ("pairs", "feedback")
 BACKBONES = ("tiny", "policy")
 TRAIN_BACKBONE = ("auto", "full", "lora", "frozen")
@@ -74,7 +75,27 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
             "reward_model: missing. Fix: use +experiment=rm_orm or +experiment=rm_online "
             "(or add +reward_model=orm to the command line)."
         )
-    rm = "reward_model"
+    _rm_data_problems(p, cfg)
+    _rm_objective_problems(p, cfg)
+    _rm_training_problems(p, cfg)
+    _rm_feedback_problems(p, cfg)
+    _rm_backbone_problems(p, cfg)
+    _rm_model_problems(p, cfg)
+    _require(
+        p,
+        cfg,
+        "trainer.max_steps",
+        lambda v: is_int(v) and v >= 1,
+        "an integer >= 1 (optimizer steps)",
+        "pass reward_model.steps=<n> (trainer.max_steps follows it).",
+    )
+    if p:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
+
+
+def _rm_data_problems(p: list[str], cfg: DictConfig) -> None:
+    """reward_model.source and .data_path: what the pairs are built from."""
+    rm = RM
     _require(
         p,
         cfg,
@@ -90,10 +111,20 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
         lambda v: isinstance(v, str) and v,
         "'bundled' or the path of a JSONL file",
     )
+
+
+def _rm_objective_problems(p: list[str], cfg: DictConfig) -> None:
+    """The ties objective: λ, the margin m, the literal paper form, reward centering."""
+    rm = RM
     _require(p, cfg, f"{rm}.ties_lambda", lambda v: is_num(v) and v >= 0, "a number >= 0 (the λ of L_same)")
     _require(p, cfg, f"{rm}.ties_margin", lambda v: is_num(v) and v >= 0, "a number >= 0 (the margin m)")
     _require(p, cfg, f"{rm}.literal_paper_form", lambda v: isinstance(v, bool), "true or false")
     _require(p, cfg, f"{rm}.center_rewards_coefficient", lambda v: is_num(v) and v >= 0, "a number >= 0")
+
+
+def _rm_training_problems(p: list[str], cfg: DictConfig) -> None:
+    """Optimizer, batches, lengths, the held-out split and its evaluation, checkpoints, the head's size."""
+    rm = RM
     _require(p, cfg, f"{rm}.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
     _require(p, cfg, f"{rm}.head_lr", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0")
     _require(p, cfg, f"{rm}.weight_decay", lambda v: is_num(v) and v >= 0, "a number >= 0")
@@ -118,6 +149,11 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
         lambda v: v is None or (is_int(v) and v >= 1),
         "null or an integer >= 1",
     )
+
+
+def _rm_feedback_problems(p: list[str], cfg: DictConfig) -> None:
+    """reward_model.feedback.*: how feedback becomes pairs (only with source=feedback)."""
+    rm = RM
     if OmegaConf.select(cfg, f"{rm}.source") == "feedback":
         _require(p, cfg, f"{rm}.feedback.ties", lambda v: isinstance(v, bool), "true or false")
         _require(
@@ -127,6 +163,11 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
             lambda v: v is None or (is_int(v) and v >= 1),
             "null or an integer >= 1",
         )
+
+
+def _rm_backbone_problems(p: list[str], cfg: DictConfig) -> None:
+    """The backbone, how it trains, the pooling, feature caching, and LoRA (which must agree)."""
+    rm = RM
     _require(
         p,
         cfg,
@@ -163,10 +204,13 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
     if lora_on or mode == "lora":
         _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
         _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
-    # the `model` group is the backbone only with backbone=policy (or when it is the tiny model itself)
+
+
+def _rm_model_problems(p: list[str], cfg: DictConfig) -> None:
+    """The `model` group, checked only where it is the backbone: backbone=policy, or the tiny model itself."""
     target_problems: list[str] = []
     kind = _model_kind(target_problems, cfg)
-    if OmegaConf.select(cfg, f"{rm}.backbone") != "tiny" or kind == "tiny":
+    if OmegaConf.select(cfg, f"{RM}.backbone") != "tiny" or kind == "tiny":
         p += target_problems
         if kind not in MODEL_KINDS and not target_problems:
             p.append(
@@ -182,16 +226,6 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
                 "a hub name or a local directory",
             )
         _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
-    _require(
-        p,
-        cfg,
-        "trainer.max_steps",
-        lambda v: is_int(v) and v >= 1,
-        "an integer >= 1 (optimizer steps)",
-        "pass reward_model.steps=<n> (trainer.max_steps follows it).",
-    )
-    if p:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
 
 
 def _model_kind(problems: list[str], cfg: DictConfig) -> str | None:

@@ -33,7 +33,6 @@ MAX_FUNCTION_LINES = 60
 LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset(
     {
         "quark_lightning/reward_model_training.py:run_reward_model",
-        "quark_lightning/reward_model_training.py:validate_reward_model_config",
     }
 )
 
