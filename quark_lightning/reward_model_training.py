@@ -364,23 +364,11 @@ def resume_checkpoint(run_dir: str) -> str | None:
     return path
 
 
-def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
-    """Train, evaluate and save the reward model the config describes; returns paths and metrics."""
-    from quark_lightning.modules.reward_model import (
-        FeaturePairDataset,
-        PairDataset,
-        RewardModelModule,
-        evaluate_pairs,
-    )
-
-    validate_reward_model_config(cfg)
+def _print_data_and_backbone(
+    cfg: DictConfig, train_pairs: list[dict[str, Any]], held_pairs: list[dict[str, Any]]
+) -> None:
+    """The pairs of each split, and which backbone trains how (with what the config does not apply)."""
     rm = cfg.reward_model
-    optimizer, schedule = training_factories(rm)  # a bad optimizer / lr_scheduler node stops here
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = cfg.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-
-    train_pairs, held_pairs, corpus = load_pairs(rm)  # a bad row stops here, before any model is built
     print(f"Reward model ({rm.source}): train {describe(train_pairs)}")
     print(f"Reward model ({rm.source}): held-out {describe(held_pairs)}")
     if rm.backbone == "tiny" and model_kind(cfg.model) != "tiny":
@@ -393,8 +381,14 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         print(
             f"  (model.adapter_path={cfg.model.adapter_path} is not applied: the backbone is the base model)"
         )
-    mode = train_backbone_mode(cfg)
-    model = build_reward_model(cfg, corpus)
+
+
+def _pair_datasets(model, rm: DictConfig, mode: str, train_pairs: list, held_pairs: list):
+    """(train set, held-out set, feature seconds, feature texts). With a frozen backbone: the pooled
+    features of each distinct text, one backbone forward each, for the head to train on; else tokenized
+    pairs (feature seconds and texts are 0)."""
+    from quark_lightning.modules.reward_model import FeaturePairDataset, PairDataset
+
     feature_seconds, feature_texts = 0.0, 0
     if mode == "frozen":  # one backbone forward per distinct text; the head trains on the cached features
         train_set = FeaturePairDataset(model, train_pairs, rm.max_length, rm.feature_batch_size)
@@ -408,9 +402,14 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     else:
         train_set = PairDataset(model, train_pairs, rm.max_length)
         held_set = PairDataset(model, held_pairs, rm.max_length)
-    before = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
+    return train_set, held_set, feature_seconds, feature_texts
 
-    module = RewardModelModule(
+
+def _reward_model_module(model, rm: DictConfig, optimizer, schedule):
+    """The Lightning module: the ties objective and its optimization, from `reward_model`."""
+    from quark_lightning.modules.reward_model import RewardModelModule
+
+    return RewardModelModule(
         model,
         lr=rm.lr,
         weight_decay=rm.weight_decay,
@@ -424,7 +423,11 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         tie_threshold=rm.tie_threshold,
         head_lr=rm.head_lr,
     )
-    train_loader = train_set.loader(rm.batch_size, shuffle=True, seed=cfg.seed)
+
+
+def _reward_model_trainer_kwargs(cfg: DictConfig, batches_per_epoch: int) -> dict[str, Any]:
+    """`trainer` for step-based training: validation every `reward_model.val_every_n_steps` steps (at most
+    max_steps), checkpoints on, no sanity check; logging at most every step of a short run."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     steps = kwargs["max_steps"]
     kwargs.update(
@@ -432,11 +435,17 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         enable_checkpointing=True,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=None,
-        val_check_interval=min(rm.val_every_n_steps, steps),
-        log_every_n_steps=max(1, min(kwargs.get("log_every_n_steps", 10), steps, len(train_loader))),
+        val_check_interval=min(cfg.reward_model.val_every_n_steps, steps),
+        log_every_n_steps=max(1, min(kwargs.get("log_every_n_steps", 10), steps, batches_per_epoch)),
     )
-    from quark_lightning.loggers import build_loggers, close_loggers, logger_locations
+    return kwargs
 
+
+def _fit_reward_model(cfg: DictConfig, module, mode: str, train_loader, held_set, kwargs: dict[str, Any]):
+    """Lightning fit (resuming from <run_dir>/checkpoints/last.ckpt); returns (trainer, loggers, seconds)."""
+    from quark_lightning.loggers import build_loggers, close_loggers
+
+    rm, run_dir = cfg.reward_model, cfg.run_dir
     loggers = build_loggers(cfg, "reward_model")
     trainer = L.Trainer(
         **kwargs,
@@ -456,31 +465,102 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
             ckpt_path=ckpt,
         )
     close_loggers(loggers)
-    train_seconds = time.perf_counter() - started
+    return trainer, loggers, time.perf_counter() - started
+
+
+def _config_summary(cfg: DictConfig, mode: str, steps: int) -> dict[str, Any]:
+    """What the saved reward model was trained with (the configured part of its summary)."""
+    rm = cfg.reward_model
+    return {
+        "stage": "reward_model",
+        "source": rm.source,
+        "data_path": rm.data_path,
+        "objective": OBJECTIVE_LITERAL if rm.literal_paper_form else OBJECTIVE,
+        "ties_lambda": rm.ties_lambda,
+        "ties_margin": rm.ties_margin,
+        "literal_paper_form": rm.literal_paper_form,
+        "center_rewards_coefficient": rm.center_rewards_coefficient,
+        "lr": rm.lr,
+        "steps": steps,
+        "batch_size": rm.batch_size,
+        "max_length": rm.max_length,
+        "tie_threshold": rm.tie_threshold,
+        "lora": mode == "lora",
+        "backbone": rm.backbone,
+        "backbone_model": backbone_name(cfg),
+        "train_backbone": mode,
+        "pooling": rm.pooling,
+    }
+
+
+def _print_evaluation(
+    rm: DictConfig,
+    mode: str,
+    steps: int,
+    held_pairs: int,
+    before: dict[str, float],
+    after: dict[str, float],
+    train_seconds: float,
+    feature_seconds: float,
+) -> None:
+    """The held-out metrics before and after training, and the headline ones."""
+    lam = f"lambda={rm.ties_lambda}, m={rm.ties_margin}" + (
+        ", literal paper form" if rm.literal_paper_form else ""
+    )
+    took = f"{train_seconds:.0f}s" + (f" + {feature_seconds:.0f}s of features" if mode == "frozen" else "")
+    print(f"\nHeld-out evaluation ({held_pairs} pairs; {lam}; {steps} steps, {took}):")
+    print(format_table(before, after))
+    print(
+        f"held-out pair accuracy: {after['pair_accuracy']:.3f}  "
+        f"tie accuracy: {after['tie_accuracy']:.3f}  "
+        f"mean |delta| on ties: {after['tie_abs_delta']:.3f}"
+    )
+
+
+def _print_saved(out_dir: str, result: dict[str, Any]) -> None:
+    """Where the reward model is, how a matrix uses it, where its logs are."""
+    print(f"Saved reward model: {out_dir}")
+    print(
+        f"  use it in a matrix: scorer: {{_target_: quark_lightning.rewards.orm.ORMScorer, path: {out_dir}}}"
+    )
+    if "tensorboard_dir" in result:
+        print(f"  inspect with:    tensorboard --logdir {os.path.dirname(result['tensorboard_dir'])}")
+
+
+def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
+    """Train, evaluate and save the reward model the config describes; returns paths and metrics."""
+    from quark_lightning.modules.reward_model import evaluate_pairs
+
+    validate_reward_model_config(cfg)
+    rm = cfg.reward_model
+    optimizer, schedule = training_factories(rm)  # a bad optimizer / lr_scheduler node stops here
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = cfg.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+
+    train_pairs, held_pairs, corpus = load_pairs(rm)  # a bad row stops here, before any model is built
+    _print_data_and_backbone(cfg, train_pairs, held_pairs)
+    mode = train_backbone_mode(cfg)
+    model = build_reward_model(cfg, corpus)
+    train_set, held_set, feature_seconds, feature_texts = _pair_datasets(
+        model, rm, mode, train_pairs, held_pairs
+    )
+    before = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
+
+    module = _reward_model_module(model, rm, optimizer, schedule)
+    train_loader = train_set.loader(rm.batch_size, shuffle=True, seed=cfg.seed)
+    kwargs = _reward_model_trainer_kwargs(cfg, len(train_loader))
+    steps = kwargs["max_steps"]
+    trainer, loggers, train_seconds = _fit_reward_model(cfg, module, mode, train_loader, held_set, kwargs)
     model.eval()
     after = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
 
     result: dict[str, Any] = {"run_dir": run_dir, "before": before, "after": after}
     if trainer.is_global_zero:
+        from quark_lightning.loggers import logger_locations
+
         summary = {
-            "stage": "reward_model",
-            "source": rm.source,
-            "data_path": rm.data_path,
-            "objective": OBJECTIVE_LITERAL if rm.literal_paper_form else OBJECTIVE,
-            "ties_lambda": rm.ties_lambda,
-            "ties_margin": rm.ties_margin,
-            "literal_paper_form": rm.literal_paper_form,
-            "center_rewards_coefficient": rm.center_rewards_coefficient,
-            "lr": rm.lr,
-            "steps": steps,
-            "batch_size": rm.batch_size,
-            "max_length": rm.max_length,
-            "tie_threshold": rm.tie_threshold,
-            "lora": mode == "lora",
-            "backbone": rm.backbone,
-            "backbone_model": backbone_name(cfg),
-            "train_backbone": mode,
-            "pooling": rm.pooling,
+            **_config_summary(cfg, mode, steps),
             "feature_texts": feature_texts,
             "feature_seconds": round(feature_seconds, 1),
             "train_pairs": len(train_set),
@@ -493,25 +573,8 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         model.save_pretrained(out_dir, summary=summary)
         result["reward_model_dir"] = out_dir
         result.update(logger_locations(loggers))
-        lam = f"lambda={rm.ties_lambda}, m={rm.ties_margin}" + (
-            ", literal paper form" if rm.literal_paper_form else ""
-        )
-        took = f"{train_seconds:.0f}s" + (
-            f" + {feature_seconds:.0f}s of features" if mode == "frozen" else ""
-        )
-        print(f"\nHeld-out evaluation ({len(held_set)} pairs; {lam}; {steps} steps, {took}):")
-        print(format_table(before, after))
-        print(
-            f"held-out pair accuracy: {after['pair_accuracy']:.3f}  "
-            f"tie accuracy: {after['tie_accuracy']:.3f}  "
-            f"mean |delta| on ties: {after['tie_abs_delta']:.3f}"
-        )
-        print(f"Saved reward model: {out_dir}")
-        print(
-            f"  use it in a matrix: scorer: {{_target_: quark_lightning.rewards.orm.ORMScorer, path: {out_dir}}}"
-        )
-        if "tensorboard_dir" in result:
-            print(f"  inspect with:    tensorboard --logdir {os.path.dirname(result['tensorboard_dir'])}")
+        _print_evaluation(rm, mode, steps, len(held_set), before, after, train_seconds, feature_seconds)
+        _print_saved(out_dir, result)
     return result
 
 
