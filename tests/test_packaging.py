@@ -99,4 +99,4 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "valid experiment names: demo" in bad.stderr, bad.stderr[-2000:]
+    assert bad.returncode == 2 and "valid experiment names: " in bad.stderr and " demo," in bad.stderr, bad.stderr[-2000:]
