@@ -62,6 +62,7 @@ from benchmarks.efficacy_real import (  # noqa: E402
     final_weights,
     heldout_eval,
     pct,
+    run_training,
     spread,
     worst_change,
 )
@@ -106,19 +107,7 @@ def train_arm(work: Path, arm: str, seed: int, common: list[str]) -> Path:
         sys.executable, str(REPO / "train.py"), *common, f"seed={seed}", *ARMS[arm],
         f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    if (run_dir / "checkpoints" / "last.ckpt").exists():
-        command.append("ckpt_path=last")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[train] {run_dir.name}: {' '.join(command[2:])}", flush=True)
-    t0 = time.perf_counter()
-    with open(run_dir / "train.log", "a") as log:
-        done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=child_env())
-    if done.returncode != 0 or not (run_dir / "policy").exists():
-        raise SystemExit(
-            f"training {run_dir.name} failed (exit {done.returncode}); see {run_dir / 'train.log'}"
-        )
-    (run_dir / "train.done").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    return run_dir
+    return run_training(run_dir, command, env=child_env())
 
 
 # ---------------------------------------------------------------------------------------------- the loop's record

@@ -65,7 +65,6 @@ def arm_name(matrix: str, aggregator: str, seed: int) -> str:
 # ---------------------------------------------------------------------------------------------- training
 def train_arm(work: Path, matrix: str, aggregator: str, seed: int, steps: int, extra: list[str]) -> Path:
     run_dir = work / arm_name(matrix, aggregator, seed)
-    policy = run_dir / "policy"
     if (run_dir / "train.done").exists():
         return run_dir
     command = [
@@ -75,14 +74,20 @@ def train_arm(work: Path, matrix: str, aggregator: str, seed: int, steps: int, e
     ]  # fmt: skip
     if aggregator in NORMALIZED:
         command.append(f"optimization.normalization.calibration_prompts={CALIBRATION_PROMPTS}")
+    return run_training(run_dir, command)
+
+
+def run_training(run_dir: Path, command: list[str], env: dict[str, str] | None = None) -> Path:
+    """One arm's `train.py` subprocess: resumed from its last checkpoint when one exists, logged to
+    `train.log`, marked done with its wall time in `train.done` (so a rerun skips it)."""
     if (run_dir / "checkpoints" / "last.ckpt").exists():
-        command.append("ckpt_path=last")
+        command = [*command, "ckpt_path=last"]
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[train] {run_dir.name}: {' '.join(command[2:])}", flush=True)
     t0 = time.perf_counter()
     with open(run_dir / "train.log", "a") as log:
-        done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0 or not policy.exists():
+        done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0 or not (run_dir / "policy").exists():
         raise SystemExit(
             f"training {run_dir.name} failed (exit {done.returncode}); see {run_dir / 'train.log'}"
         )
