@@ -61,6 +61,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from quark_lightning.algorithms.precision import upcast
 from quark_lightning.eval.item_actions import prompt_sampling_weights, rubric_item_weights
 from quark_lightning.eval.metrics import evaluation_metrics, pass_mask
 
@@ -106,7 +107,7 @@ def gate_failures(scored, gates, i: int) -> list[int]:
 def failing_answers(matrix, scored) -> list[bool]:
     """Per answer: it fails a gate, or meets fewer than half of its applicable targeted dimensions (an
     answer no targeted dimension applies to fails only through a gate)."""
-    passed = pass_mask(scored.scores.float(), [d.target for d in matrix.dimensions])  # (N, K)
+    passed = pass_mask(upcast(scored.scores), [d.target for d in matrix.dimensions])  # (N, K)
     targeted = torch.tensor([d.target is not None for d in matrix.dimensions])
     applicable = (~torch.isnan(scored.scores) & targeted).sum(1)  # (N,)
     low = (passed.sum(1) < 0.5 * applicable) & (applicable > 0)  # (N,)
@@ -438,7 +439,7 @@ class ClosedLoopSupervision(L.Callback):
             if str(p.get("id")) not in self._reference_cache and isinstance(p.get("reference"), str)
         ]
         if todo:
-            ref = pl_module.matrix.score(todo, [p["reference"] for p in todo]).scores.float()
+            ref = upcast(pl_module.matrix.score(todo, [p["reference"] for p in todo]).scores)
             for p, row in zip(todo, ref):
                 self._reference_cache[str(p.get("id"))] = row.tolist()
         nan = [float("nan")] * len(names)

@@ -18,6 +18,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.algorithms.precision import run_precision
 from quark_lightning.config import validate_config
 from quark_lightning.config_groups import validate_groups
 from quark_lightning.data.datamodule import PromptDataModule
@@ -145,7 +146,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if stage not in STAGES:
         raise ConfigError(f"stage: got {stage!r}, expected one of {sorted(STAGES)}. Fix: pass stage=grpo")
     module_name, function = STAGES[stage]
-    return getattr(importlib.import_module(module_name), function)(cfg)
+    with run_precision(cfg.get("trainer", {}).get("precision")):  # 64-true: float64 numerics throughout
+        return getattr(importlib.import_module(module_name), function)(cfg)
 
 
 # stage name -> (module, function); each function receives the whole config

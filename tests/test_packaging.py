@@ -1,8 +1,10 @@
 """Issue 17: a wheel install works from any directory: the Hydra config tree ships inside the package.
 
 Builds the wheel (`pip wheel --no-deps`, no build isolation: offline), installs it into a fresh venv that
-sees this machine's site-packages for the dependencies (`--system-site-packages`, `pip install
---no-deps`), and from a directory outside the repository runs the scoring CLI and
+sees the running interpreter's site-packages for the dependencies (`pip install --no-deps`; a `.pth` file
+names those directories, so this works whether the project was installed into the base interpreter or
+into a virtual environment, where `--system-site-packages` would reach only the base interpreter's), and
+from a directory outside the repository runs the scoring CLI and
 `python -m quark_lightning.train` (the train.py equivalent), checking that the installed copy, not the
 source checkout, is what ran.
 """
@@ -35,6 +37,24 @@ TRAIN = [
 ]
 
 
+def dependency_dirs() -> list[str]:
+    """The site-packages directories the running interpreter imports from (a venv's, the base's)."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+
+
+def venv_seeing_our_dependencies(venv: Path, cwd: Path) -> str:
+    """A fresh venv whose imports fall back on this interpreter's site-packages; its python.
+
+    A plain path line in a `.pth` file is appended to sys.path without processing the `.pth` files found
+    there, so the source checkout's editable install stays invisible and the wheel is what gets imported.
+    """
+    sh([sys.executable, "-m", "venv", str(venv)], cwd)
+    python = str(venv / "bin" / "python")
+    site = sh([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd).stdout.strip()
+    (Path(site) / "quark_test_dependencies.pth").write_text("\n".join(dependency_dirs()) + "\n")
+    return python
+
+
 def sh(cmd: list[str], cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -55,8 +75,7 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
         REPO,
     )
     (wheel,) = wheels.glob("quark_lightning-*.whl")
-    sh([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path)
-    python = str(venv / "bin" / "python")
+    python = venv_seeing_our_dependencies(venv, tmp_path)
     sh([python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], tmp_path)
     env = dict(
         os.environ,
@@ -99,4 +118,6 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "valid experiment names: " in bad.stderr and " demo," in bad.stderr, bad.stderr[-2000:]
+    assert bad.returncode == 2 and "valid experiment names: " in bad.stderr and " demo," in bad.stderr, (
+        bad.stderr[-2000:]
+    )

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from quark_lightning.algorithms.precision import compute_dtype, upcast
+
 LossReduction = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -41,19 +43,19 @@ def selective_log_softmax(
     logits (B, T, V), token_ids (B, T) -> (B, T). Upcasts the whole (B, T, V) to fp32: the reference
     implementation; training uses `chunked_selective_log_softmax` on the hidden states instead.
     """
-    logps = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
+    logps = torch.log_softmax(upcast(logits) / temperature, dim=-1)  # (B, T, V)
     return torch.gather(logps, -1, token_ids.unsqueeze(-1)).squeeze(-1)
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) at each position (differentiable).  (B, T, V) -> (B, T)."""
-    logps = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logps = torch.log_softmax(upcast(logits) / temperature, dim=-1)
     return -(logps.exp() * logps).sum(-1)
 
 
 def _head_logits(hidden: torch.Tensor, weight, bias, temperature: float) -> torch.Tensor:
-    """fp32 logits / temperature of a chunk of tokens.  hidden (m, H), weight (V, H) -> (m, V)."""
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    """fp32 (fp64 in a float64 run) logits / temperature of a chunk.  hidden (m, H), weight (V, H) -> (m, V)."""
+    logits = upcast(torch.nn.functional.linear(hidden, weight, bias))
     return logits.div_(temperature) if temperature != 1.0 else logits
 
 
@@ -68,10 +70,10 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
     def forward(
         ctx, hidden, weight, bias, token_ids, temperature, chunk_size, want_entropy, entropy_grad=False
     ):
-        M = hidden.size(0)
-        logp = hidden.new_empty(M, dtype=torch.float32)
-        lse = hidden.new_empty(M, dtype=torch.float32)
-        entropy = hidden.new_zeros(M if want_entropy else 0, dtype=torch.float32)
+        M, acc = hidden.size(0), compute_dtype(weight.dtype)
+        logp = hidden.new_empty(M, dtype=acc)
+        lse = hidden.new_empty(M, dtype=acc)
+        entropy = hidden.new_zeros(M if want_entropy else 0, dtype=acc)
         for s in range(0, M, chunk_size):
             e = min(s + chunk_size, M)
             logits = _head_logits(hidden[s:e], weight, bias, temperature)  # (m, V) fp32
@@ -97,9 +99,10 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
         T, chunk = ctx.temperature, ctx.chunk_size
         dev, autocast_on, autocast_dtype = ctx.autocast
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.size(0), dtype=torch.float32, device=weight.device) if need_b else None
-        grad_logp = grad_logp.float()
+        acc = compute_dtype(weight.dtype)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.size(0), dtype=acc, device=weight.device) if need_b else None
+        grad_logp = grad_logp.to(acc)
         M = hidden.size(0)
         with torch.autocast(dev, dtype=autocast_dtype, enabled=autocast_on):
             for s in range(0, M, chunk):
@@ -110,7 +113,7 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
                     logq = logits - lse[s:e, None]  # (m, V) log p
                     probs = logq.exp()
                     ent = -(probs * logq).sum(-1, keepdim=True)  # (m, 1)
-                    dlogits = probs * (-g) - grad_entropy[s:e, None].float() * probs * (logq + ent)
+                    dlogits = probs * (-g) - grad_entropy[s:e, None].to(acc) * probs * (logq + ent)
                 else:
                     # d logp / d z = onehot(token) - softmax, in place on the recomputed logits
                     dlogits = logits.sub_(lse[s:e, None]).exp_().mul_(-g)
@@ -123,7 +126,7 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
                 if need_h:
                     grad_h[s:e] = dlogits @ weight
                 if need_w:
-                    grad_w += (dlogits.t() @ hidden[s:e].to(weight.dtype)).float()
+                    grad_w += (dlogits.t() @ hidden[s:e].to(weight.dtype)).to(acc)
         grad_w = grad_w.to(weight.dtype) if need_w else None
         grad_b = grad_b.to(bias.dtype) if need_b else None
         return grad_h, grad_w, grad_b, None, None, None, None, None

@@ -167,13 +167,13 @@ def run_in_thread(fn: Callable[[], Any], timeout_s: float, name: str) -> Any:
 
 
 def checked_result(result: Any, n: int) -> tuple[torch.Tensor, list[list[str]], dict[int, str]]:
-    """A scorer's return value as ((n,) float32 scores, n findings lists, {sample: why it failed});
+    """A scorer's return value as ((n,) scores in the run's float dtype, n findings lists, {sample: why it failed});
     raises _CallFailed if malformed. The failures are those the scorer reports itself (ScoreResult.failures,
     e.g. a judge request that timed out)."""
     if not hasattr(result, "scores") or not hasattr(result, "findings"):
         raise _CallFailed(f"returned {type(result).__name__}, expected a ScoreResult(scores, findings)")
     try:
-        scores = torch.as_tensor(result.scores, dtype=torch.float32).detach().cpu()
+        scores = torch.as_tensor(result.scores).detach().cpu().to(torch.get_default_dtype())
     except (TypeError, ValueError, RuntimeError) as err:
         raise _CallFailed(f"returned scores that are not numbers ({_describe(err)})") from err
     if tuple(scores.shape) != (n,):
@@ -200,7 +200,7 @@ def sample_fault(value: float, nan_is_failure: bool) -> str | None:
 # ---------------------------------------------------------------------------------------- the guard
 @dataclass
 class GuardedResult:
-    scores: torch.Tensor  # (N,) float32; NaN = not applicable or failed
+    scores: torch.Tensor  # (N,) float32 (float64 in a 64-true run); NaN = not applicable or failed
     findings: list[list[str]]  # (N,) a failed sample's findings: ["scorer failed: <reason>"]
     failed: torch.Tensor  # (N,) bool
     reasons: dict[int, str] = field(default_factory=dict)  # sample index -> why it failed

@@ -156,7 +156,7 @@ class AlignmentMatrix:
         return {d.name: d.category for d in self.dimensions}
 
     def weights(self) -> torch.Tensor:
-        return torch.tensor([d.weight for d in self.dimensions], dtype=torch.float32)  # (K,)
+        return torch.tensor([float(d.weight) for d in self.dimensions])  # (K,) the run's float dtype
 
     def gates(self) -> list[tuple[int, Gate]]:
         return [(k, d.gate) for k, d in enumerate(self.dimensions) if d.gate is not None]

@@ -4,6 +4,10 @@
 bundled medical text, builds a small Llama-architecture causal LM from a config, and saves both under
 `cache_dir/<key>`, where the key hashes the architecture and the training text. A second call finds the
 directory and returns it. Callers then load it with `load_causal_lm(path)`, exactly as a hub model.
+
+The weights are the same bits on every processor (`grid_init_`): transformers' default init draws with
+`normal_`, whose vectorized kernel (AVX2 / AVX-512 / scalar) rounds differently, so the "same" seed gave
+weights 1e-8 apart on two x86 machines, and every golden number downstream moved with them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+INIT_GRID = 2**15  # grid_init_: integers in [-INIT_GRID, INIT_GRID]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -57,6 +62,22 @@ def _key(arch: dict, texts: list[str]) -> str:
     return h.hexdigest()[:12]
 
 
+def grid_init_(model: torch.nn.Module, seed: int, std: float) -> None:
+    """Re-draw every matrix (ndim >= 2) uniform with standard deviation `std`, processor-independently.
+
+    Each value is an integer n from `torch.randint` (integer arithmetic: exact) times the constant
+    std * sqrt(3) / INIT_GRID (one IEEE multiply: exact rounding everywhere). Uniform on [-a, a] has
+    std a / sqrt(3). Norm weights keep their init (ones). Tied weights are drawn once.
+    """
+    scale = std * 3**0.5 / INIT_GRID
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):  # sorted: the order does not depend on the class
+            if param.dim() >= 2:
+                n = torch.randint(-INIT_GRID, INIT_GRID + 1, tuple(param.shape), generator=generator)
+                param.copy_(n.to(param.dtype) * scale)
+
+
 def ensure_tiny_model(
     texts: Iterable[str],
     cache_dir: str | None = None,
@@ -82,6 +103,7 @@ def ensure_tiny_model(
         num_key_value_heads=num_key_value_heads,
         max_position_embeddings=max_position_embeddings,
         seed=seed,
+        init="grid",  # grid_init_ (a model cached before it has another key)
     )
     out = Path(cache_dir or default_cache_dir()) / f"tiny-llama-{_key(arch, texts)}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
@@ -103,6 +125,7 @@ def ensure_tiny_model(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    grid_init_(model, seed, config.initializer_range)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

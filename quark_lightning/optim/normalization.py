@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quark_lightning.algorithms.precision import upcast
 from quark_lightning.optim.advantages import nanstd
 
 MODES = ("global", "per_prompt")
@@ -59,7 +60,7 @@ def reference_stats(
     min_std: float = 1e-6,
     fallback_std: float = 1.0,
 ) -> ReferenceStats:
-    scores = scores.float()
+    scores = upcast(scores)
     count = (~torch.isnan(scores)).sum(0)  # (K,)
     mean = torch.nan_to_num(torch.nanmean(scores, 0), nan=0.0)  # (K,) 0 where the column is all NaN
     raw_std = nanstd(scores, dim=0)  # (K,) 0 where fewer than two values

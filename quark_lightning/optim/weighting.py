@@ -44,6 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quark_lightning.algorithms.precision import upcast
+
 WEAKNESS_MODES = ("softmax", "target_gap")
 
 
@@ -72,7 +74,7 @@ def risk_factor(
 
 def correlation(z: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of the columns of z (N, K), NaN read as 0; constant columns correlate 0.  -> (K, K)"""
-    x = torch.nan_to_num(z.float(), nan=0.0)
+    x = torch.nan_to_num(upcast(z), nan=0.0)
     x = x - x.mean(0, keepdim=True)
     norm = x.norm(dim=0)  # (K,)
     denom = norm.unsqueeze(0) * norm.unsqueeze(1)
@@ -137,7 +139,7 @@ class TriFactorWeighting(nn.Module):
         super().__init__()
         K = len(risk)
         prior_t = (
-            torch.ones(K) if prior is None else torch.tensor([float(p) for p in prior], dtype=torch.float32)
+            torch.ones(K) if prior is None else torch.tensor([float(p) for p in prior])
         )
         if prior_t.numel() != K or bool((prior_t < 0).any()) or not bool((prior_t > 0).any()):
             raise ValueError(
@@ -161,7 +163,7 @@ class TriFactorWeighting(nn.Module):
             eta,
             w_min,
         )
-        risk_t = torch.tensor(list(risk), dtype=torch.float32)
+        risk_t = torch.tensor([float(r) for r in risk])
         target_t = torch.tensor([float("nan") if t is None else float(t) for t in (targets or [None] * K)])
         self.register_buffer("risk", risk_t)
         self.register_buffer("targets", target_t)  # raw units
@@ -174,7 +176,7 @@ class TriFactorWeighting(nn.Module):
     def active_corr(self) -> torch.Tensor:
         """(K, K) the correlation EMA among active dimensions only: a switched-off one (prior 0) makes
         no other dimension look redundant."""
-        active = (self.prior > 0).float()
+        active = (self.prior > 0).to(self.ema_corr.dtype)
         return self.ema_corr * active.unsqueeze(0) * active.unsqueeze(1)
 
     def factors(self, z: torch.Tensor, raw: torch.Tensor, target_z: torch.Tensor | None) -> TADWFactors:
@@ -203,7 +205,7 @@ class TriFactorWeighting(nn.Module):
     ) -> TADWFactors:
         """One step: z (N, K) normalized and raw (N, K) scores of the whole (gathered) batch; `gain` (K,)
         the closed loop's per-dimension gain (None = 1)."""
-        col_mean = torch.nanmean(z.float(), 0)
+        col_mean = torch.nanmean(upcast(z), 0)
         col_mean = torch.where(torch.isnan(col_mean), self.ema_score, col_mean)  # no sample: keep the EMA
         first = int(self.steps) == 0
         m, mc = (1.0, 1.0) if first else (self.score_momentum, self.corr_momentum)

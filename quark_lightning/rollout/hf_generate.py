@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import transformers
 
+from quark_lightning.algorithms.precision import upcast
 from quark_lightning.distributed import is_sharded
 from quark_lightning.errors import ConfigError
 from quark_lightning.models.reference import eval_mode
@@ -79,7 +80,7 @@ def sample_next(
     """One token per row.  (n, V) -> (n,). Warpers in transformers' order: temperature, top-k, top-p, min-p."""
     if greedy:
         return logits.argmax(dim=-1)
-    scores = logits.float() / temperature
+    scores = upcast(logits) / temperature
     if top_k and top_k < scores.size(-1):
         kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (n, 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -2,6 +2,8 @@
 
     python tests/scripts/make_pinning_golden.py            # every arm
     python tests/scripts/make_pinning_golden.py rfn gdpo   # some arms
+    python tests/scripts/make_pinning_golden.py --out run.json rfn_tadw   # one run of one arm, to a file
+                                                           # (test_the_golden_run_holds_on_other_kernels)
 
 Each arm runs twice; the files are written only when both runs agree exactly (a nondeterministic run
 must not become golden). Regenerate only on purpose and say why in the commit message (see the test's
@@ -56,5 +58,21 @@ def main(arms: list[str]) -> int:
     return 0
 
 
+def write_one_run(out: str, arm: str) -> int:
+    """One run of `arm`, as the test sees it, written to `out` (no golden file is touched)."""
+    if arm not in ARMS:
+        print(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(out).write_text(json.dumps(run_arm(arm, Path(tmp))))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or list(ARMS)))
+    args = sys.argv[1:]
+    if args[:1] == ["--out"]:
+        if len(args) != 3:
+            print("usage: make_pinning_golden.py --out FILE ARM", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(write_one_run(args[1], args[2]))
+    sys.exit(main(args or list(ARMS)))
