@@ -13,6 +13,11 @@
   global generators, as tensors and plain Python values (a checkpoint stays loadable with
   `torch.load(..., weights_only=True)`). Lightning saves none of them; `callbacks/rng_state.py` puts them
   in every checkpoint.
+- `check_checkpoint`: a checkpoint to resume from is read before `trainer.fit(..., ckpt_path=...)` the way
+  Lightning will read it (`torch.load` on CPU, tensors only; memory-mapped, so the tensor bytes are not
+  read): an empty, truncated or random file, or a torch file that is not a Lightning training checkpoint
+  (a bare state dict, a weights-only save), stops the run with a CheckpointError (exit 2) that names the
+  file and the fix, instead of a traceback from deep inside Lightning.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -27,7 +33,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from quark_lightning.errors import ConfigError
+from quark_lightning.errors import ConfigError, QuarkError
 
 LAST_CHECKPOINT = os.path.join("checkpoints", "last.ckpt")  # relative to the run dir
 
@@ -130,6 +136,79 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str) -> str | None:
             "Fix: pass a run dir that has saved a checkpoint, or a .ckpt file."
         )
     return str(ckpt_path)
+
+
+# ---------------------------------------------------------------------------------------- damaged checkpoints
+# What Lightning's fit needs of a checkpoint to resume training (a weights-only save has no optimizer_states).
+RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "global_step", "epoch", "pytorch-lightning_version")
+RESUME_FIX = (
+    "Fix: pass another checkpoint of the run (an earlier <run_dir>/checkpoints/*.ckpt, or the last.ckpt of "
+    "the interrupted run), or set ckpt_path=null to start afresh."
+)
+AUTO_RESUME_FIX = (  # a stage that resumes from its run dir's checkpoints/last.ckpt by itself
+    "Fix: delete that file (the stage then trains from its start; other checkpoints in the same folder can "
+    "be renamed to last.ckpt to resume from them instead), or run in a new run dir."
+)
+
+
+class CheckpointError(QuarkError, RuntimeError):
+    """A checkpoint to resume from is damaged or is not a Lightning training checkpoint."""
+
+
+def check_checkpoint(path: str | None, setting: str | None = "ckpt_path", fix: str | None = None) -> None:
+    """Refuse a checkpoint `trainer.fit(ckpt_path=path)` could not resume from; None: nothing to check.
+
+    Reads it as Lightning does (`torch.load` on CPU, tensors only) but memory-mapped, so only the zip
+    directory, each member's header and the small pickle are read, not the tensor bytes (a flipped bit
+    inside a tensor goes unnoticed, as it does in Lightning's own load), and checks the keys a resumed
+    fit needs (RESUME_KEYS). A remote path (`s3://...`) and a directory (a distributed checkpoint,
+    `save_distributed_checkpoint=True`) are left to Lightning. `setting` names the config
+    key the path came from (None: a checkpoint the stage found in its run dir by itself); `fix` is the
+    sentence that says what to do instead (default: RESUME_FIX for a configured path, AUTO_RESUME_FIX for
+    a found one).
+    """
+    if path is None or "://" in str(path) or os.path.isdir(path):  # a remote or distributed checkpoint
+        return
+    fix = fix or (RESUME_FIX if setting else AUTO_RESUME_FIX)
+    path = os.fspath(path)
+    where = f"{setting}: {path!r}" if setting else f"the checkpoint {path!r}"
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise CheckpointError(f"{where} cannot be read ({err.strerror}). {fix}") from err
+    if size == 0:
+        raise CheckpointError(f"{where} is empty (0 bytes): it was never written completely. {fix}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory is at the very end
+        raise CheckpointError(
+            f"{where} is damaged: truncated, or not a checkpoint at all ({size:,} bytes, not the zip archive "
+            f"torch.save writes). {fix}"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:  # every member's header where the directory says it is
+            for member in archive.infolist():
+                archive.open(member).close()
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - whatever zipfile or torch says, it cannot be resumed from
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{where} is damaged or not loadable as tensors only ({type(err).__name__}: {reason[:300]}). {fix}"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{where} is not a Lightning checkpoint: it holds a {type(checkpoint).__name__}, not a dict. {fix}"
+        )
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        kind = (
+            "a save_weights_only checkpoint?"
+            if "state_dict" in checkpoint
+            else "a torch file of something else, e.g. a bare state dict?"
+        )
+        raise CheckpointError(
+            f"{where} is not a Lightning training checkpoint to resume from: it has no "
+            f"{', '.join(missing)} ({kind}). {fix}"
+        )
+    del checkpoint  # the mapped file is released
 
 
 # ---------------------------------------------------------------------------------------- random streams

@@ -51,6 +51,14 @@ def is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def is_file(v: str) -> bool:
+    return os.path.isfile(os.path.expanduser(v))
+
+
+def is_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every wrong value of the training config."""
     p: list[str] = []
@@ -64,6 +72,7 @@ def validate_config(cfg: DictConfig) -> None:
     _matrix_problems(p, cfg)
     _check_model_paths(p, cfg, missing)
     _check_more_ranges(p, cfg)
+    _data_problems(p, cfg)
     p += judge_problems(cfg)
     if p:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
@@ -90,6 +99,14 @@ def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
     _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
     if _get(cfg, "model.lora.enabled"):
         _require(p, cfg, "model.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
+    _require(
+        p,
+        cfg,
+        "model.chat_template",
+        lambda v: v is None or (isinstance(v, str) and ("{{" in v or "{%" in v or is_file(v))),
+        "null, a Jinja chat template (with {{ ... }} / {% ... %}) or the path of an existing file holding one",
+        "pass model.chat_template=/path/to/template.jinja (an existing file) or the template text itself.",
+    )
 
 
 def _run_problems(p: list[str], cfg: DictConfig) -> None:
@@ -143,6 +160,27 @@ def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
         "null or a number > 0",
     )
     _require(p, cfg, "algorithm.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
+
+
+def _data_problems(p: list[str], cfg: DictConfig) -> None:
+    """data.subset, data.split (and its old name data.hub_split), data.columns (data/sources.py)."""
+    from quark_lightning.data.sources import column_problems
+
+    _require(
+        p, cfg, "data.subset", lambda v: v is None or is_name(v), "null or a subset (configuration) name"
+    )
+    _require(p, cfg, "data.split", lambda v: v is None or is_name(v), "a split name such as train")
+    _require(p, cfg, "data.hub_split", lambda v: v is None or is_name(v), "null (use data.split instead)")
+    split, old = _get(cfg, "data.split"), _get(cfg, "data.hub_split")
+    if is_name(old) and split not in (None, "train", old):
+        p.append(
+            f"data.hub_split: {old!r} disagrees with data.split {split!r} (hub_split is the old name of split). "
+            "Fix: set only data.split"
+        )
+    columns = _get(cfg, "data.columns")
+    p += column_problems(
+        OmegaConf.to_container(columns, resolve=True) if isinstance(columns, DictConfig) else columns
+    )
 
 
 def _matrix_problems(p: list[str], cfg: DictConfig) -> None:

@@ -167,6 +167,16 @@ def algorithm_problems(algorithm: DictConfig) -> list[str]:
     p = unknown_keys(list(algorithm.keys()), allowed, "algorithm")
     if algorithm.get("lr_scheduler") is not None:
         p += target_problems(algorithm.lr_scheduler, "algorithm.lr_scheduler")
+    if algorithm.get("optimizer") is not None:  # built by run.py (optim/optimizers.py), so it must fit
+        found = target_problems(algorithm.optimizer, "algorithm.optimizer")
+        if found and "_target_" not in found[0].split(":")[0]:
+            found.append(
+                "algorithm.optimizer: a node given on the command line is merged into the shipped AdamW one "
+                "(lr, weight_decay, betas). Fix: replace it whole with algorithm.optimizer=null "
+                "'algorithm.optimizer={_target_: torch.optim.SGD, _partial_: true, lr: 0.01}', or drop a key "
+                "with ~algorithm.optimizer.betas"
+            )
+        p += found
     return p
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from typing import Any
 
 import torch
@@ -66,7 +67,9 @@ def load_adapter(path: str, model_cfg: DictConfig) -> LoadedModel:
         os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")
     )
     base = model.peft_config[model.active_adapter].base_model_name_or_path
-    tokenizer = load_tokenizer(path if has_tokenizer else base, bool(model_cfg.trust_remote_code))
+    tokenizer = load_tokenizer(
+        path if has_tokenizer else base, bool(model_cfg.trust_remote_code), model_cfg.get("chat_template")
+    )
     return LoadedModel(model=model, tokenizer=tokenizer)
 
 
@@ -131,6 +134,7 @@ def load_for_eval(
         trust_remote_code=bool(model_cfg.trust_remote_code),
         revision=model_cfg.get("revision"),
         attn_implementation=model_cfg.get("attn_implementation"),
+        chat_template=model_cfg.get("chat_template"),  # presented with the template training used
     )
     return loaded, 0
 
@@ -172,28 +176,131 @@ def _dir_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
-def healthbench_beside(cfg: DictConfig, prompts: list[dict[str, Any]], answers: list[str]) -> dict | None:
-    """The HealthBench score (met points / positive points, mean clipped to [0, 1]) of prompts converted
-    from HealthBench, reported beside the matrix metrics when `healthbench.grader` is set. Criteria the
-    grader could not decide (judge down, reply that does not parse) count as not met and are reported
-    as `ungraded`."""
-    hb_cfg = cfg.get("healthbench") or {}
-    if not hb_cfg.get("grader"):
-        return None
-    from quark_lightning.data.healthbench import HealthBenchScorer, healthbench_score
+HB_SOURCES = (None, "wheel")
+HB_TEMPLATES = ("auto", "published", "ours")
 
-    kwargs = hb_cfg.get("grader_kwargs") or {}
-    kwargs = OmegaConf.to_container(kwargs) if OmegaConf.is_config(kwargs) else dict(kwargs)
-    scorer = HealthBenchScorer(hb_cfg.grader, cfg.get("judge"), kwargs)
-    graded = [(items, verdicts) for items, verdicts in scorer.grade(prompts, answers) if items]
-    if not graded:
+
+def healthbench_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The `healthbench` group as plain values, checked (ConfigError naming the key and the fix)."""
+    hb = cfg.get("healthbench") or {}
+    hb = OmegaConf.to_container(hb, resolve=True) if OmegaConf.is_config(hb) else dict(hb)
+    if hb.get("source") not in HB_SOURCES:
+        raise ConfigError(
+            f"healthbench.source: got {hb.get('source')!r}, expected null (prompts from data.path) or wheel "
+            "(HealthBench's 500 examples). Fix: healthbench.source=wheel"
+        )
+    template = hb.get("template", "auto")
+    if template not in HB_TEMPLATES:
+        raise ConfigError(
+            f"healthbench.template: got {template!r}, expected one of {', '.join(HB_TEMPLATES)}"
+        )
+    if template == "auto":
+        template = "published" if hb.get("source") == "wheel" else "ours"
+    if template == "published" and hb.get("grader") not in (None, "published"):
+        raise ConfigError(
+            f"healthbench.template=published is the published grader's prompt; healthbench.grader="
+            f"{hb.get('grader')} does not use it. Fix: healthbench.grader=published, or healthbench.template=ours"
+        )
+    check = hb.get("judge_check", 0)
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise ConfigError(
+            f"healthbench.judge_check: got {check!r}, expected a number of examples >= 0 (0 = skip)"
+        )
+    for key in ("themes", "categories", "axes"):
+        if not isinstance(hb.get(key) or [], list):
+            raise ConfigError(
+                f"healthbench.{key}: expected a list, e.g. healthbench.{key}=[emergency_referrals]"
+            )
+    return {**hb, "template": template, "judge_check": check}
+
+
+def healthbench_scorer(cfg: DictConfig, hb: dict[str, Any]):
+    """The HealthBench scorer of `healthbench.grader` through the run's judge (None when no grader)."""
+    if not hb.get("grader"):
         return None
-    met = [[bool(v.met) for v in verdicts] for _, verdicts in graded]
-    result = healthbench_score(met, [items for items, _ in graded], seed=int(cfg.seed))
-    result.pop("per_example", None)
-    result["grader"] = str(hb_cfg.grader)
-    result["ungraded"] = sum(v.error is not None for _, verdicts in graded for v in verdicts)
+    from quark_lightning.data.healthbench_source import cache_dir_of, published_grader_template
+    from quark_lightning.rewards.healthbench import HealthBenchScorer
+
+    kwargs = dict(hb.get("grader_kwargs") or {})
+    if hb["template"] == "published":
+        kwargs["template"] = published_grader_template(cache_dir_of(cfg))
+    return HealthBenchScorer(hb["grader"], cfg.get("judge"), kwargs)
+
+
+def _judge_name(scorer) -> str:
+    judge = getattr(scorer, "llm_judge", None)
+    if judge is None:
+        return "none (not an LLM grader)"
+    return f"{judge.describe()} [{judge.identity()}]" if hasattr(judge, "describe") else str(judge)
+
+
+def healthbench_beside(
+    cfg: DictConfig, prompts: list[dict[str, Any]], answers: list[str], scorer=None
+) -> dict | None:
+    """The HealthBench section (eval/healthbench_report.py) of prompts that carry HealthBench criteria,
+    reported beside the matrix metrics when `healthbench.grader` is set; with the grader, template and
+    judge named and the seconds the grading took."""
+    hb = healthbench_settings(cfg)
+    scorer = scorer or healthbench_scorer(cfg, hb)
+    if scorer is None:
+        return None
+    from quark_lightning.eval.healthbench_report import healthbench_result
+
+    start = time.perf_counter()
+    result = healthbench_result(scorer, prompts, answers, seed=int(cfg.seed))
+    if result is None:
+        return None
+    result.update(
+        grader=str(hb["grader"]),
+        template=hb["template"],
+        judge=_judge_name(scorer),
+        grading_seconds=round(time.perf_counter() - start, 1),
+    )
     return result
+
+
+def run_judge_check(cfg: DictConfig, scorer, prompts: list[dict[str, Any]], run_dir: str) -> dict | None:
+    """Ideal-vs-poor separation of the judge on these prompts (`healthbench.judge_check` examples)."""
+    hb = healthbench_settings(cfg)
+    if scorer is None or not hb["judge_check"]:
+        return None
+    from quark_lightning.eval.healthbench_report import judge_check
+
+    start = time.perf_counter()
+    check = judge_check(scorer, prompts, seed=int(cfg.seed), max_examples=hb["judge_check"])
+    if check is None:
+        print("[judge check] no prompt with a physician ideal answer: skipped")
+        return None
+    check.update(judge=_judge_name(scorer), seconds=round(time.perf_counter() - start, 1))
+    with open(os.path.join(run_dir, "healthbench_judge_check.json"), "w") as fh:
+        json.dump(check, fh, indent=1)
+    print(
+        f"[judge check] ideal {check['ideal']:.3f} vs off-topic {check['poor']:.3f} on {check['n']} examples: "
+        f"separation {check['separation']:.3f}, ideal above on {check['ideal_wins']:.0%}: {check['verdict']}"
+    )
+    return check
+
+
+def load_eval_records(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The prompts to evaluate on, presented as training presents them (`data.system_prompt`):
+    HealthBench from the wheel (`healthbench.source=wheel`, with its selection) or `data.path`."""
+    from quark_lightning.data.datamodule import source_options, with_system_prompt
+
+    hb = healthbench_settings(cfg)
+    if hb.get("source") == "wheel":
+        from quark_lightning.data.healthbench_source import (
+            HealthBenchSelection,
+            cache_dir_of,
+            load_healthbench_records,
+        )
+
+        selection = HealthBenchSelection.from_mapping({**hb, "limit": None})
+        records = load_healthbench_records(cache_dir_of(cfg), selection)
+        print(f"HealthBench: {len(records)} examples ({selection.describe()})")
+    else:
+        records = load_prompt_records(cfg.data.path, **source_options(cfg.data))  # every row validated
+    system_prompt = cfg.data.get("system_prompt")
+    return [with_system_prompt(r, system_prompt) for r in records] if system_prompt else records
 
 
 def _eval_sizes(cfg: DictConfig) -> tuple[int | None, int]:
@@ -213,15 +320,12 @@ def _write_run_config(cfg: DictConfig, run_dir: str) -> None:
         fh.write(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def _append_healthbench(report: str, hb: dict) -> None:
+def _append_healthbench(report: str, hb: dict, check: dict | None) -> None:
     """The HealthBench section at the end of a model's report."""
+    from quark_lightning.eval.healthbench_report import markdown
+
     with open(report, "a") as fh:
-        axes = ", ".join(f"{a} {r['score']:.3f}" for a, r in hb["axes"].items())
-        fh.write(
-            f"\n## HealthBench score\n\n{hb['overall']:.3f} +- {hb['std_error']:.3f} over "
-            f"{hb['n']} conversations (met points / positive points, mean clipped to [0, 1]). "
-            f"Per axis: {axes}.\n"
-        )
+        fh.write("\n" + markdown(hb, check))
 
 
 def _write_samples(out_dir: str, matrix, prompts: list[dict[str, Any]], answers: list[str], scored) -> None:
@@ -244,18 +348,32 @@ def _score_and_write(
     answers: list[str],
     step: int,
     run_dir: str,
+    hb_scorer=None,
+    check: dict | None = None,
 ) -> tuple[dict, str]:
     """Score one model's answers, write its report and samples; return (metrics, report path)."""
     scored = matrix.score(prompts, answers)
     metrics = evaluation_metrics(matrix, prompts, answers, scored, step=step)
-    hb = healthbench_beside(cfg, prompts, answers)
+    hb = healthbench_beside(cfg, prompts, answers, hb_scorer) if hb_scorer is not None else None
     if hb is not None:
+        hb["judge_check"] = check
         metrics["healthbench"] = hb
-        print(f"[{name}] HealthBench score {hb['overall']:.3f} +- {hb['std_error']:.3f} (n={hb['n']})")
+        print(
+            f"[{name}] HealthBench score {hb['overall']:.3f} [{hb['ci_low']:.3f}, {hb['ci_high']:.3f}] "
+            f"(n={hb['n']}, {hb['ungraded']} of {hb['criteria']} criteria ungraded, {hb['grading_seconds']} s)"
+        )
+        triage = hb.get("triage") or {}
+        if triage:
+            print(
+                f"[{name}] under-triage {triage.get('under_triage', float('nan')):.0%}, over-triage "
+                f"{triage.get('over_triage', float('nan')):.0%} (physician categories: "
+                + ", ".join(f"{c} {r['n']}" for c, r in triage["categories"].items())
+                + ")"
+            )
     out_dir = os.path.join(run_dir, _dir_name(name))
     report = write_report([metrics], out_dir, title=f"Evaluation: {name}")
     if hb is not None:
-        _append_healthbench(report, hb)
+        _append_healthbench(report, hb, check)
     _write_samples(out_dir, matrix, prompts, answers, scored)
     return metrics, report
 
@@ -271,13 +389,17 @@ def _evaluate_model(
     device: torch.device,
     batch_size: int,
     run_dir: str,
+    hb_scorer=None,
+    check: dict | None = None,
 ) -> tuple[dict, str]:
     """Load one model, answer every prompt, score and write; free the model; return (metrics, report)."""
     loaded, step = load_for_eval(name, path, cfg.model, records)
     loaded.model.to(device)
     print(f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True)
+    start = time.perf_counter()
     answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
-    metrics, report = _score_and_write(name, cfg, matrix, prompts, answers, step, run_dir)
+    print(f"[{name}] answered in {time.perf_counter() - start:.1f} s", flush=True)
+    metrics, report = _score_and_write(name, cfg, matrix, prompts, answers, step, run_dir, hb_scorer, check)
     del loaded
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return metrics, report
@@ -303,19 +425,21 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     limit, batch_size = _eval_sizes(cfg)
     specs = _model_specs(cfg)
-    records = load_prompt_records(cfg.data.path)  # validates every row; a bad row stops here
+    records = load_eval_records(cfg)
     prompts = select_prompts(records, limit, int(cfg.seed))
     matrix = build_matrix(cfg.matrix)
     engine = instantiate(cfg.rollout)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = str(cfg.run_dir)
     _write_run_config(cfg, run_dir)
+    hb_scorer = healthbench_scorer(cfg, healthbench_settings(cfg))
+    check = run_judge_check(cfg, hb_scorer, prompts, run_dir)
 
     results: dict[str, dict] = {}
     reports: dict[str, str] = {}
     for name, path in specs.items():
         results[name], reports[name] = _evaluate_model(
-            name, path, cfg, records, prompts, matrix, engine, device, batch_size, run_dir
+            name, path, cfg, records, prompts, matrix, engine, device, batch_size, run_dir, hb_scorer, check
         )
     _print_reports(reports)
     if len(results) > 1:

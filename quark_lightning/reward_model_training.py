@@ -32,7 +32,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from quark_lightning.checkpointing import AtomicCheckpointIO
+from quark_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
 from quark_lightning.config import _require, is_int, is_num
 from quark_lightning.data.preferences import (
     describe,
@@ -360,6 +360,7 @@ def resume_checkpoint(run_dir: str) -> str | None:
     path = os.path.join(run_dir, "checkpoints", "last.ckpt")
     if not os.path.exists(path):
         return None
+    check_checkpoint(path, setting=None)  # damaged: exit 2 naming it, not a traceback inside Lightning
     print(f"Reward model: resuming from {path}")
     return path
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from quark_lightning.algorithms.precision import run_precision
 from quark_lightning.config import validate_config
 from quark_lightning.config_groups import validate_groups
-from quark_lightning.data.datamodule import PromptDataModule
+from quark_lightning.data.datamodule import PromptDataModule, source_options
 from quark_lightning.data.references import validate_fact_references
 from quark_lightning.errors import ConfigError
 from quark_lightning.loggers import build_loggers, close_loggers, logger_locations
@@ -32,6 +32,7 @@ from quark_lightning.models.sources import resolve_model_path
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.modules.sft import SFTDataset, SFTModule
 from quark_lightning.optim.aggregation import aggregator_spec
+from quark_lightning.optim.optimizers import optimizer_factory
 from quark_lightning.optim.shaping import RewardShaping
 from quark_lightning.rng_state import RNGStateCallback
 
@@ -60,6 +61,7 @@ def load_model(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedMo
         trust_remote_code=bool(model_cfg.trust_remote_code),
         revision=model_cfg.get("revision"),
         attn_implementation=model_cfg.get("attn_implementation"),
+        chat_template=model_cfg.get("chat_template"),  # for a base model without one (load_tokenizer)
     )
 
 
@@ -73,7 +75,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, Any]]) -> None:
     """Supervised warm start on the reference answers (in place on loaded.model)."""
-    from quark_lightning.optim.optimizers import optimizer_factory, scheduler_factory
+    from quark_lightning.optim.optimizers import scheduler_factory
 
     ws = cfg.warmstart
     dataset = SFTDataset(loaded.tokenizer, records, max_length=ws.max_length)
@@ -164,12 +166,12 @@ def build_datamodule(cfg: DictConfig) -> PromptDataModule:
         prompts_per_step=cfg.data.prompts_per_step,
         val_fraction=cfg.data.val_fraction,
         split_seed=cfg.data.split_seed,
-        hub_split=cfg.data.hub_split,
         num_workers=cfg.data.num_workers,
         require_reference=bool(cfg.warmstart.enabled),
         calculator_prompts=cfg.data.get("calculator_prompts", 0),
         calculator_seed=cfg.data.get("calculator_seed", 0),
         system_prompt=cfg.data.get("system_prompt"),
+        **source_options(cfg.data),  # data.subset, data.split (or data.hub_split), data.columns
     )
 
 
@@ -209,7 +211,7 @@ def save_outputs(
 
 
 def run_grpo(cfg: DictConfig) -> dict[str, Any]:
-    from quark_lightning.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+    from quark_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint, resolve_ckpt_path
 
     if cfg.get("ckpt_path") is not None:  # `last` or a run dir -> <run_dir>/checkpoints/last.ckpt
         cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
@@ -217,6 +219,7 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
     validate_groups(cfg)  # unknown keys and values of every group, before anything heavy
     algorithm = grpo_config(cfg)  # checks its own values
     scheduler = lr_scheduler_factory(cfg)
+    optimizer = optimizer_factory(cfg.algorithm.get("optimizer"), "algorithm.optimizer")  # null: AdamW
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)
     datamodule = build_datamodule(cfg)
@@ -230,6 +233,7 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             f"ckpt_path: {cfg.ckpt_path!r} does not exist. Fix: point it at <run_dir>/checkpoints/last.ckpt"
         )
+    check_checkpoint(cfg.ckpt_path)  # damaged, or not a Lightning checkpoint: exit 2 naming it
     if resuming:
         print(f"Resuming from {cfg.ckpt_path} (policy, reference, optimizer, step and callback state)")
     if cfg.warmstart.enabled and not resuming:  # a checkpoint already holds the warm-started weights
@@ -251,6 +255,7 @@ def run_grpo(cfg: DictConfig) -> dict[str, Any]:
         lr_scheduler=scheduler,
         shaping=build_shaping(cfg, matrix),
     )
+    module.optimizer_factory = optimizer  # read by GRPOModule.configure_optimizers
     loggers = build_loggers(cfg, "grpo")
     trainer = L.Trainer(
         **trainer_kwargs(cfg),

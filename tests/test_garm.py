@@ -292,7 +292,8 @@ def test_no_checkable_assertion_scores_zero_not_nan(scorer):
 
 
 def test_empty_knowledge_base_gives_nan(tmp_path):
-    scorer = AssertionScorer(knowledge_base=write_jsonl(tmp_path / "empty.jsonl", []))
+    # one blank line: a knowledge base with no entries on purpose (a 0-byte file is refused as cut short)
+    scorer = AssertionScorer(knowledge_base=write_jsonl(tmp_path / "empty.jsonl", [""]))
     result = scorer.score([PROMPT], ["Antibiotics cure colds."])
     assert math.isnan(result.scores[0])
 

@@ -174,7 +174,13 @@ def test_healthbench_score_by_hand():
     # completeness: 0 / 3, 0 / 2, 2 / 2 -> 1/3
     assert axes["completeness"]["score"] == pytest.approx(1 / 3)
     # communication_quality: only the first example has one -> 2 / 2
-    assert axes["communication_quality"] == {"score": 1.0, "std_error": 0.0, "n": 1}
+    assert axes["communication_quality"] == {
+        "score": 1.0,
+        "std_error": 0.0,
+        "ci_low": 1.0,
+        "ci_high": 1.0,
+        "n": 1,
+    }
 
 
 def test_mean_is_clipped_not_each_example():

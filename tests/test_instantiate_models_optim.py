@@ -54,7 +54,7 @@ def model_cfg(group: str, cache: str):
 @pytest.fixture()
 def no_fetch(monkeypatch):
     """Anything that would download or convert fails the test."""
-    for name in ("pip_download", "convert_gguf", "ensure_wheel_gguf"):
+    for name in ("pip_download", "convert_gguf", "ensure_wheel_file"):
         monkeypatch.setattr(sources, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} called"))
 
 

@@ -1,25 +1,29 @@
 """A `datasets`-backed LightningDataModule for prompts (docs/design.md section 3).
 
-Sources: a local `.jsonl` / `.json` file, a local `.parquet` file, or a hub dataset name (for users with
-network; `HF_HUB_OFFLINE=1` refuses it with a clear message). Every row is validated before training;
-a bad row stops the run with `FILE:LINE: field ...`. Nested prompt objects (rubrics, metadata) are kept
-intact as one JSON column, so any extra keys pass through to the scorers untouched.
+Sources (quark_lightning/data/sources.py, one reader each): a local `.jsonl` / `.json` file, a local
+`.parquet` file, a directory written by `save_to_disk`, a folder of `.jsonl` / `.parquet` shards, or a hub
+dataset name (for users with network; `HF_HUB_OFFLINE=1` refuses it with a clear message); `data.subset`,
+`data.split` and `data.columns` pick the configuration, the split and the columns. Every row is validated
+before training; a bad row stops the run with `FILE:LINE: field ...`. Nested prompt objects (rubrics,
+metadata) are kept intact as one JSON column, so any extra keys pass through to the scorers untouched.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from datasets import Dataset
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from quark_lightning.data import BUNDLED_PROMPTS
+from quark_lightning.data.canary import refuse_evaluation_data
 from quark_lightning.data.resumable import ResumableDataLoader, ResumableSampler, ShuffleSampler
-from quark_lightning.data.schema import DataValidationError, read_jsonl, validate_records
+from quark_lightning.data.sources import map_columns, read_source, validate_parts
 
 
 def resolve_path(path: str) -> str:
@@ -28,40 +32,28 @@ def resolve_path(path: str) -> str:
 
 
 def load_prompt_records(
-    path: str, split: str = "train", require_reference: bool = False
+    path: str,
+    split: str = "train",
+    require_reference: bool = False,
+    *,
+    subset: str | None = None,
+    columns: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    """Read `path` with the reader of its kind (sources.py), map `columns`, validate every row."""
     path = resolve_path(path)
-    if path.endswith((".jsonl", ".json")):
-        if not os.path.exists(path):
-            raise DataValidationError([f"{path}: file not found (set data.path to an existing JSONL file)"])
-        return validate_records(read_jsonl(path), path, require_reference)
-    if path.endswith(".parquet"):
-        if not os.path.exists(path):
-            raise DataValidationError([f"{path}: file not found (set data.path to an existing Parquet file)"])
-        try:
-            table = Dataset.from_parquet(path)
-        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-            raise DataValidationError(
-                [
-                    f"{path}: not a readable Parquet file ({type(err).__name__}: {err}); write it with "
-                    "pandas.DataFrame.to_parquet or use JSONL"
-                ]  # fmt: skip
-            ) from err
-        return validate_records(
-            ((i + 1, dict(r)) for i, r in enumerate(table)), f"{path} row", require_reference
-        )
-    if os.path.exists(path):
-        raise DataValidationError([f"{path}: unsupported file type; use .jsonl, .json or .parquet"])
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DataValidationError(
-            [f"{path}: not a local file, and HF_HUB_OFFLINE=1 forbids loading it as a hub dataset"]
-        )
-    from datasets import load_dataset
+    parts = read_source(path, subset, split)
+    dataset = parts[0].name if len(parts) == 1 else path
+    return validate_parts(map_columns(parts, columns, dataset), dataset, require_reference)
 
-    hub = load_dataset(path, split=split)
-    return validate_records(
-        ((i + 1, dict(r)) for i, r in enumerate(hub)), f"{path}[{split}] row", require_reference
-    )
+
+def source_options(data_cfg: Any) -> dict[str, Any]:
+    """`load_prompt_records`' subset, split and columns from the `data` config group (`data.hub_split`,
+    the old name of `data.split`, still counts; config.py refuses the two set to different splits)."""
+    get = data_cfg.get
+    columns = get("columns")
+    if OmegaConf.is_config(columns):
+        columns = OmegaConf.to_container(columns, resolve=True)
+    return {"subset": get("subset"), "split": get("hub_split") or get("split") or "train", "columns": columns}
 
 
 def to_dataset(records: list[dict[str, Any]]) -> Dataset:
@@ -69,7 +61,8 @@ def to_dataset(records: list[dict[str, Any]]) -> Dataset:
         {
             "id": [r["id"] for r in records],
             "area": [r.get("area", "general") for r in records],
-            "record": [json.dumps(r, ensure_ascii=False) for r in records],
+            # default=str: an extra Arrow column of dates, decimals or bytes travels as text
+            "record": [json.dumps(r, ensure_ascii=False, default=str) for r in records],
         }
     )
 
@@ -134,19 +127,23 @@ class PromptDataModule(L.LightningDataModule):
         prompts_per_step: int = 4,
         val_fraction: float = 0.1,
         split_seed: int = 0,
-        hub_split: str = "train",
+        split: str = "train",
         num_workers: int = 0,
         require_reference: bool = False,
         calculator_prompts: int = 0,
         calculator_seed: int = 0,
         system_prompt: str | None = None,
+        subset: str | None = None,
+        columns: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.path = resolve_path(path)
+        self.subset = subset
+        self.columns = columns
         self.prompts_per_step = prompts_per_step
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self.hub_split = hub_split
+        self.split = split
         self.num_workers = num_workers
         self.require_reference = require_reference
         self.calculator_prompts = calculator_prompts
@@ -163,7 +160,11 @@ class PromptDataModule(L.LightningDataModule):
 
     def load(self) -> list[dict[str, Any]]:
         if self.records is None:
-            records = load_prompt_records(self.path, self.hub_split, self.require_reference)
+            records = load_prompt_records(
+                self.path, self.split, self.require_reference, subset=self.subset, columns=self.columns
+            )
+            # the training prompts: GRPO, the warm start, the pipeline's SFT, the closed loop's probes
+            refuse_evaluation_data(records, f"training prompts (data.path={self.path})")
             if self.calculator_prompts > 0:  # verifiable questions with exact answers, made on demand
                 from quark_lightning.data.calculators import generate_calculator_prompts
 

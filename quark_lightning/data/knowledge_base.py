@@ -5,8 +5,9 @@ A claim is `{"entity", "aliases", "attribute", "keywords", and exactly one of "q
 with `quantity = {"value", "unit", "relation": eq|max|min|range, "value_high" (range only), "tolerance"}`.
 Every bad row is reported as `FILE:LINE: field 'x': what is wrong` before anything is scored.
 Limits: ids of at most 200 characters, text of at most 100,000, at most `MAX_CLAIMS` (50) claims an
-entry and 100 keywords or aliases a claim (see `quark_lightning/data/schema.py`). An empty file is
-allowed: GARM then scores NaN (nothing to check against).
+entry and 100 keywords or aliases a claim (see `quark_lightning/data/schema.py`). A file with no entries
+(blank lines only) is allowed: GARM then scores NaN (nothing to check against); a file of 0 bytes is
+refused (the mark of a copy cut short, not of a knowledge base).
 
 The retrievers that rank these entries for a query are in rewards/retrieval.py.
 """
@@ -14,6 +15,7 @@ The retrievers that rank these entries for a query are in rewards/retrieval.py.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +226,13 @@ def resolve_kb_path(path: str) -> Path:
 def load_knowledge_base(path: str = "bundled") -> list[EvidenceEntry]:
     """Read and validate a JSONL knowledge base; raise DataValidationError listing every bad row."""
     source = str(resolve_kb_path(path))
+    if os.path.getsize(source) == 0:  # a copy cut short, not a knowledge base: refused, not read as empty
+        raise DataValidationError(
+            [
+                f"{source}: the file is empty (0 bytes; a copy cut short?). Fix: write one JSON object a "
+                "line (a knowledge base with no entries on purpose, GARM then scoring NaN: one blank line)"
+            ]
+        )
     entries, errors, seen = [], [], {}
     for line, row in read_jsonl(source):
         problems = validate_entry(row)

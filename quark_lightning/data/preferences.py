@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from quark_lightning.data import ASSETS
+from quark_lightning.data.canary import refuse_evaluation_data
 from quark_lightning.data.schema import (
     DataValidationError,
     check_id,
@@ -133,6 +134,7 @@ def _validate_file(path: str, validate: Callable[[Any], list[str]], what: str) -
         raise DataValidationError(
             [f"{path}: no {what} found; the file is empty (write one JSON object a line)"]
         )
+    refuse_evaluation_data(records, f"{what} ({path})")  # pairs and feedback train the reward model
     return records
 
 

@@ -346,3 +346,26 @@ def read_jsonl(path: str) -> list[tuple[int, Any]]:
     if errors:
         raise DataValidationError(errors)
     return rows
+
+
+def json_object_problem(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object in `path`, None), or (None, what is wrong with the file: unreadable, not UTF-8,
+    empty, not valid JSON, not an object). For files a run wrote itself and reads back (a pipeline
+    stage's state, a saved calibration): callers turn the problem into their own error with their fix."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text ({err.reason} at byte {err.start})"
+    except json.JSONDecodeError as err:
+        if os.path.getsize(path) == 0:
+            return None, "empty (0 bytes)"
+        return (
+            None,
+            f"not valid JSON ({err.msg}: line {err.lineno} column {err.colno}), truncated or overwritten",
+        )
+    except OSError as err:
+        return None, f"cannot be read ({err.strerror})"
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, not an object"
+    return value, None

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from quark_lightning.data.canary import refuse_evaluation_data
 from quark_lightning.data.preferences import load_online_feedback, load_preference_pairs, question_key
 from quark_lightning.errors import ConfigError
 
@@ -79,6 +80,7 @@ def prompts_file(path: str, **_: Any) -> list[Example]:
     from quark_lightning.data.datamodule import load_prompt_records
 
     records = load_prompt_records(path, require_reference=True)
+    refuse_evaluation_data(records, f"SFT source prompts_file ({path})")
     return [_example(r["messages"], r["reference"], f"prompts_file:{path}", r.get("id")) for r in records]
 
 

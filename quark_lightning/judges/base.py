@@ -55,13 +55,23 @@ class Judge:
                 replies[key] = JudgeReply(hit, cached=True)
         ask = [k for k in dict.fromkeys(keys) if k not in replies]
         first = {k: conversations[keys.index(k)] for k in ask}
-        sent = self._send([first[k] for k in ask]) if ask else []
-        for key, reply in zip(ask, sent, strict=True):
-            replies[key] = reply
-            if reply.ok and self.cache is not None:
-                self.cache.put(key, self.identity(), reply.text)
-        self._count(failures=sum(not r.ok for r in sent))
+        step = self.chunk_size()
+        for start in range(0, len(ask), step):  # each chunk is cached as it comes back: a killed run resumes
+            chunk = ask[start : start + step]
+            sent = self._send([first[k] for k in chunk])
+            for key, reply in zip(chunk, sent, strict=True):
+                replies[key] = reply
+                if reply.ok and self.cache is not None:
+                    self.cache.put(key, self.identity(), reply.text)
+            self._count(failures=sum(not r.ok for r in sent))
         return [replies[k] for k in keys]
+
+    def chunk_size(self) -> int:
+        """Conversations sent per `_send` call, each call's replies cached before the next: a local
+        judge's batch, or enough requests to keep an HTTP judge's `max_concurrency` slots busy."""
+        if self.config.kind == "local":
+            return int(self.config.batch_size)
+        return 4 * int(self.config.max_concurrency)
 
     def _send(self, conversations: Sequence[Messages]) -> list[JudgeReply]:
         raise NotImplementedError

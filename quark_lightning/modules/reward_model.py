@@ -53,7 +53,106 @@ POOLINGS = ("last", "mean")
 
 
 class RewardModelLoadError(QuarkError, RuntimeError):
-    """A saved reward-model directory is missing or incomplete; the message says how to make one."""
+    """A saved reward-model directory is missing, incomplete or damaged; the message says how to fix it."""
+
+
+def _damaged_fix(directory: str) -> str:
+    """How to replace a damaged saved reward model: a cached one is trained again, any other restored."""
+    run_dir = os.path.dirname(os.path.abspath(directory))
+    if os.path.basename(os.path.dirname(run_dir)) == "reward_models":  # <cache>/reward_models/<name>/
+        return (
+            f"Fix: delete {run_dir} (a reward model cached by ORMScorer(train_experiment=...)): the next run "
+            "trains it again."
+        )
+    return (
+        f"Fix: restore {directory} from an intact copy, or train it again with `{TRAIN_HINT}` and pass the "
+        "new <run_dir>/reward_model."
+    )
+
+
+MISSING_FIX = (
+    f"Fix: train one with `{TRAIN_HINT}` (or +experiment=rm_online); it prints the saved path "
+    "<run_dir>/reward_model, which is the directory to pass here."
+)
+
+
+def _saved_directory(directory: str) -> str:
+    """The saved reward model's directory (a run dir's reward_model/ when a run dir was given); one that
+    does not exist or lacks a file of the format is refused, saying how to make one."""
+    nested = os.path.join(directory, "reward_model")  # a run dir was given: use its reward_model/
+    if not os.path.exists(os.path.join(directory, META_FILE)) and os.path.exists(
+        os.path.join(nested, META_FILE)
+    ):
+        directory = nested
+    if not os.path.isdir(directory):
+        raise RewardModelLoadError(f"reward model directory {directory!r} does not exist. {MISSING_FIX}")
+    missing = [
+        f for f in (META_FILE, HEAD_FILE, "config.json") if not os.path.exists(os.path.join(directory, f))
+    ]
+    if missing:
+        raise RewardModelLoadError(
+            f"{directory!r} is not a saved scalar reward model: missing {', '.join(missing)}. {MISSING_FIX}"
+        )
+    return directory
+
+
+def _read_meta(directory: str, damaged_fix: str) -> dict[str, Any]:
+    """reward_model.json, after every file of the directory was checked for damage (`check_model_files`)."""
+    from quark_lightning.models.loading import ModelLoadError, check_model_files
+
+    try:
+        check_model_files(directory, "reward model", fix=damaged_fix, extra=(HEAD_FILE,))
+    except ModelLoadError as err:
+        raise RewardModelLoadError(str(err)) from err
+    try:
+        with open(os.path.join(directory, META_FILE), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RewardModelLoadError(
+            f"{directory}/{META_FILE}: invalid JSON ({err}), truncated or overwritten. {damaged_fix}"
+        ) from err
+    if not isinstance(meta, dict):
+        raise RewardModelLoadError(
+            f"{directory}/{META_FILE}: a JSON {type(meta).__name__}, not an object. {damaged_fix}"
+        )
+    if meta.get("format") != FORMAT:
+        raise RewardModelLoadError(
+            f"{directory}/{META_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}. {MISSING_FIX}"
+        )
+    return meta
+
+
+def _load_backbone(directory: str, dtype: str, trust_remote_code: bool, damaged_fix: str) -> tuple[Any, Any]:
+    """(tokenizer, backbone) of a saved reward model; a failure names the directory and the fix."""
+    from transformers import AutoModel
+
+    from quark_lightning.models.loading import (
+        DTYPES,
+        ModelLoadError,
+        is_damage,
+        is_size_mismatch,
+        load_tokenizer,
+    )
+
+    try:
+        tokenizer = load_tokenizer(directory, trust_remote_code)
+        backbone = AutoModel.from_pretrained(
+            directory, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+    except ModelLoadError as err:
+        raise RewardModelLoadError(f"{err}. {MISSING_FIX}") from err
+    except (OSError, ValueError) as err:
+        raise RewardModelLoadError(
+            f"could not load the backbone in {directory!r}: {err}. {MISSING_FIX}"
+        ) from err
+    except Exception as err:  # a file damaged since the check, weights that do not fit config.json
+        if not (is_damage(err) or is_size_mismatch(err)):
+            raise
+        raise RewardModelLoadError(
+            f"could not load the backbone in {directory!r}: a file is damaged or does not fit config.json "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0]}). {damaged_fix}"
+        ) from err
+    return tokenizer, backbone
 
 
 def _json_safe(value: Any) -> Any:
@@ -117,16 +216,26 @@ class ScalarRewardModel(nn.Module):
         """A fresh reward model on a pretrained backbone (hub name or local dir); head randomly initialised."""
         from transformers import AutoModel
 
-        from quark_lightning.models.loading import DTYPES, explain_load_error, load_tokenizer
+        from quark_lightning.models.loading import (
+            DTYPES,
+            check_model_files,
+            explain_load_error,
+            is_damage,
+            is_size_mismatch,
+            load_tokenizer,
+        )
 
+        check_model_files(name_or_path, "reward-model backbone")  # a damaged file: its name and the fix
         tokenizer = load_tokenizer(name_or_path, trust_remote_code)
         kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
         if revision:
             kwargs["revision"] = revision
         try:
             backbone = AutoModel.from_pretrained(name_or_path, **kwargs)
-        except (OSError, ValueError) as err:
-            raise explain_load_error(name_or_path, err, "reward-model backbone") from err
+        except Exception as err:  # noqa: BLE001 - explained below, else raised as it is
+            if isinstance(err, (OSError, ValueError)) or is_damage(err) or is_size_mismatch(err):
+                raise explain_load_error(name_or_path, err, "reward-model backbone") from err
+            raise
         if lora and lora.get("enabled"):
             from peft import LoraConfig, get_peft_model
 
@@ -194,56 +303,30 @@ class ScalarRewardModel(nn.Module):
     def from_pretrained(
         cls, directory: str, dtype: str = "float32", trust_remote_code: bool = False
     ) -> ScalarRewardModel:
-        """Load a directory written by `save_pretrained`; a missing or partial one says how to make it."""
+        """Load a directory written by `save_pretrained`; a missing or partial one says how to make it.
+
+        A damaged one (a truncated, empty or garbage file: weights, head, JSON) is refused with the file's
+        name and the fix (`check_model_files`, then the reads below), never a traceback."""
         from safetensors.torch import load_file
-        from transformers import AutoModel
 
-        from quark_lightning.models.loading import DTYPES, ModelLoadError, load_tokenizer
-
-        directory = str(directory)
-        nested = os.path.join(directory, "reward_model")  # a run dir was given: use its reward_model/
-        if not os.path.exists(os.path.join(directory, META_FILE)) and os.path.exists(
-            os.path.join(nested, META_FILE)
-        ):
-            directory = nested
-        fix = (
-            f"Fix: train one with `{TRAIN_HINT}` (or +experiment=rm_online); it prints the saved path "
-            "<run_dir>/reward_model, which is the directory to pass here."
-        )
-        if not os.path.isdir(directory):
-            raise RewardModelLoadError(f"reward model directory {directory!r} does not exist. {fix}")
-        missing = [
-            f for f in (META_FILE, HEAD_FILE, "config.json") if not os.path.exists(os.path.join(directory, f))
-        ]
-        if missing:
-            raise RewardModelLoadError(
-                f"{directory!r} is not a saved scalar reward model: missing {', '.join(missing)}. {fix}"
-            )
-        try:
-            with open(os.path.join(directory, META_FILE), encoding="utf-8") as fh:
-                meta = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise RewardModelLoadError(f"{directory}/{META_FILE}: invalid JSON ({err}). {fix}") from err
-        if meta.get("format") != FORMAT:
-            raise RewardModelLoadError(
-                f"{directory}/{META_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}. {fix}"
-            )
-        try:
-            tokenizer = load_tokenizer(directory, trust_remote_code)
-            backbone = AutoModel.from_pretrained(
-                directory, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-            )
-        except ModelLoadError as err:
-            raise RewardModelLoadError(f"{err}. {fix}") from err
-        except (OSError, ValueError) as err:
-            raise RewardModelLoadError(f"could not load the backbone in {directory!r}: {err}. {fix}") from err
+        directory = _saved_directory(str(directory))
+        damaged_fix = _damaged_fix(directory)
+        meta = _read_meta(directory, damaged_fix)
+        tokenizer, backbone = _load_backbone(directory, dtype, trust_remote_code, damaged_fix)
         pooling = meta.get("pooling", "last")  # directories saved before pooling existed read the last token
         if pooling not in POOLINGS:
             raise RewardModelLoadError(
-                f"{directory}/{META_FILE}: pooling {pooling!r}, expected one of {list(POOLINGS)}. {fix}"
+                f"{directory}/{META_FILE}: pooling {pooling!r}, expected one of {list(POOLINGS)}. {MISSING_FIX}"
             )
         model = cls(backbone, tokenizer, meta.get("head_hidden_size"), meta.get("summary"), pooling=pooling)
-        model.head.load_state_dict(load_file(os.path.join(directory, HEAD_FILE)))
+        try:
+            model.head.load_state_dict(load_file(os.path.join(directory, HEAD_FILE)))
+        except RuntimeError as err:  # other tensor names or sizes than reward_model.json and config.json say
+            reason = " ".join(str(err).split())[:300]
+            raise RewardModelLoadError(
+                f"{directory}/{HEAD_FILE} does not fit {META_FILE} and config.json ({reason}): the files "
+                f"come from different saves. {damaged_fix}"
+            ) from err
         return model.eval()
 
     # ---------------------------------------------------------------- text -> scores

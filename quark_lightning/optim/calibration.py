@@ -3,14 +3,26 @@ and the module's RewardShaping freezes the statistics (optim/normalization.py ha
 
 A library function, so the reward-rescaling callback (callbacks/reward_rescaling.py, before RL) and the
 pipeline's `rfn_calibration` stage (pipeline/stages.py) run the same code.
+
+Saved statistics (`optimization.normalization.statistics_path`, written by `save_statistics` in
+optim/normalization.py) are input too: `check_statistics` reads both files before they are loaded and
+refuses a truncated, empty or non-JSON `rfn_statistics.json`, a damaged `rfn_statistics.safetensors`, or
+tensors, statuses or per-prompt means whose size is not the number of dimensions the JSON lists, with a
+ConfigError (exit 2) that names the file and the fix (delete the directory to recalibrate, or point the
+key elsewhere), instead of a traceback from json, safetensors or torch.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
+from quark_lightning.data.schema import json_object_problem
 from quark_lightning.distributed import gather_objects, gather_rows, world_size
 from quark_lightning.errors import ConfigError
+
+STATISTICS_KEY = "optimization.normalization.statistics_path"
 
 
 def calibration_shard(records: list[dict[str, Any]], n: int, rank: int, world: int) -> list[dict[str, Any]]:
@@ -48,3 +60,88 @@ def calibrate(pl_module, records: list[dict[str, Any]], num_prompts: int, G: int
     all_ids = gather_objects([p["id"] for p in rollout.prompts])
     pl_module.shaping.calibrate(all_scores, all_ids)
     return all_scores.size(0)
+
+
+# ---------------------------------------------------------------------------------------- saved statistics
+def statistics_fix(directory: str) -> str:
+    return (
+        f"Fix: delete {directory} to calibrate again (the pipeline's rfn_calibration stage rewrites it), point "
+        f"{STATISTICS_KEY} at another calibration, or set it to null to calibrate in this run."
+    )
+
+
+def _refuse(path: str, problem: str, directory: str) -> ConfigError:
+    return ConfigError(f"{STATISTICS_KEY}: {path} is damaged: {problem}. {statistics_fix(directory)}")
+
+
+def _read_meta(path: str, directory: str) -> dict[str, Any]:
+    meta, problem = json_object_problem(path)
+    if problem is not None:
+        raise _refuse(path, problem, directory)
+    dims = meta.get("dimensions")
+    if not (isinstance(dims, list) and dims and all(isinstance(d, str) for d in dims)):
+        raise _refuse(path, "'dimensions' is not a non-empty list of dimension names", directory)
+    if not isinstance(meta.get("mode"), str):
+        raise _refuse(path, "'mode' is missing or not a string", directory)
+    status = meta.get("status")
+    if not (
+        isinstance(status, list) and len(status) == len(dims) and all(isinstance(x, str) for x in status)
+    ):
+        raise _refuse(path, f"'status' is not a list of {len(dims)} strings (one per dimension)", directory)
+    means = meta.get("prompt_means")
+    if not isinstance(means, dict):
+        raise _refuse(path, "'prompt_means' is missing or not an object", directory)
+    for prompt_id, row in means.items():
+        if not (
+            isinstance(row, list)
+            and len(row) == len(dims)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
+        ):
+            raise _refuse(
+                path,
+                f"'prompt_means' of prompt {prompt_id!r} is not a list of {len(dims)} numbers",
+                directory,
+            )
+    return meta
+
+
+def check_statistics(directory: str) -> None:
+    """Refuse saved RFN statistics that cannot be loaded as they are (see the module docstring).
+
+    A missing `rfn_statistics.json`, other dimension names than the matrix's and another mode are left to
+    `load_statistics` (optim/normalization.py), which says so with its own fix.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from quark_lightning.optim.normalization import STATISTICS_FILE, STATISTICS_META
+
+    directory = os.path.expanduser(str(directory))
+    meta_path = os.path.join(directory, STATISTICS_META)
+    if not os.path.isfile(meta_path):
+        return
+    dims = _read_meta(meta_path, directory)["dimensions"]
+    path = os.path.join(directory, STATISTICS_FILE)
+    if not os.path.isfile(path):
+        raise _refuse(path, f"missing (its {STATISTICS_META} is there)", directory)
+    try:
+        with safe_open(path, framework="pt") as fh:  # the header, checked against the file's size
+            tensors = {k: fh.get_tensor(k) for k in ("mean", "std", "count") if k in fh.keys()}
+    except (SafetensorError, OSError) as err:
+        size = os.path.getsize(path)
+        problem = "empty (0 bytes)" if size == 0 else f"{size:,} bytes, truncated or not a safetensors file"
+        raise _refuse(path, f"{problem} ({err})", directory) from err
+    for key in ("mean", "std", "count"):
+        tensor = tensors.get(key)
+        if tensor is None:
+            raise _refuse(path, f"no tensor {key!r}", directory)
+        if tuple(tensor.shape) != (len(dims),):
+            raise _refuse(
+                path,
+                f"tensor {key!r} has shape {tuple(tensor.shape)}, but {STATISTICS_META} lists "
+                f"{len(dims)} dimensions",
+                directory,
+            )
+        if not all(math.isfinite(v) for v in tensor.double().tolist()):
+            raise _refuse(path, f"tensor {key!r} holds NaN or infinite values", directory)
+    if any(v < 0 for v in tensors["std"].double().tolist()):
+        raise _refuse(path, "tensor 'std' holds a negative value", directory)

@@ -17,8 +17,11 @@ The flat keys (`lr`, `weight_decay`, `betas`, `warmup_steps`) stay the values: t
 point at them. A node left out (or null) is the same AdamW and warmup built from the flat keys, so a
 config written before these nodes, and code that builds a module directly, train exactly as before.
 Any `torch.optim` optimizer (or another callable taking the parameters) can be named instead:
-`warmstart.optimizer._target_=torch.optim.SGD`. The reward model passes parameter groups (backbone at
-`lr`, head at `head_lr`), whose own `lr` overrides the node's.
+`warmstart.optimizer._target_=torch.optim.SGD`. A node given on the command line is merged into the
+shipped one, so `algorithm.optimizer` (whose AdamW node has `betas`, which SGD does not take) is replaced
+whole: `algorithm.optimizer=null 'algorithm.optimizer={_target_: torch.optim.SGD, _partial_: true, lr: 0.01}'`
+(run.py builds it; config_groups.py names a key the optimizer does not take). The reward model passes
+parameter groups (backbone at `lr`, head at `head_lr`), whose own `lr` overrides the node's.
 
 `configure_optimizer` is what each module's `configure_optimizers` returns (scheduler stepped per
 optimizer step).

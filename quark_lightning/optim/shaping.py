@@ -181,6 +181,10 @@ class RewardShaping(nn.Module):
         return self.normalizer.fit(scores, prompt_ids)
 
     def load_statistics(self, path: str) -> None:
+        """Load saved RFN statistics; damaged files are refused first, naming the file and the fix."""
+        from quark_lightning.optim.calibration import check_statistics
+
+        check_statistics(path)
         load_statistics(self.normalizer, self.names, path)
 
     def target_z(self, prompt_ids: Sequence[str] | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from quark_lightning.errors import ConfigError
 from quark_lightning.pipeline.context import PipelineContext, StageRecord
+from quark_lightning.pipeline.stage_files import StageFileError, read_json
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -31,8 +32,14 @@ def last_evaluation(eval_dir: str) -> dict[str, Any] | None:
     reports = sorted(glob.glob(os.path.join(eval_dir, "step_*", "metrics.json")))
     if not reports:
         return None
-    with open(reports[-1]) as fh:
-        history = json.load(fh)["history"]
+    stage = os.path.basename(os.path.dirname(os.path.normpath(eval_dir)))  # eval_dir is <stage dir>/eval
+    fix = (
+        f"delete {os.path.dirname(reports[-1])} (the export then reports the evaluation before it), or pass "
+        f"pipeline.rerun_from={stage} to run the stage again"
+    )
+    history = read_json(reports[-1], fix, keys=("history",))["history"]
+    if not isinstance(history, list) or not history:
+        raise StageFileError(f"{reports[-1]} is damaged: its history is not a non-empty list. Fix: {fix}")
     return {"first": history[0], "last": history[-1]}
 
 
@@ -59,8 +66,11 @@ def export_adapter(rl: StageRecord, out_dir: str, merge: bool) -> dict[str, str]
     adapter_dir = os.path.join(out_dir, "adapter")
     copy_dir(rl.outputs["adapter"], adapter_dir)
     config_path = os.path.join(adapter_dir, "adapter_config.json")
-    with open(config_path) as fh:
-        adapter_config = json.load(fh)
+    source = os.path.join(rl.outputs["adapter"], "adapter_config.json")
+    fix = (
+        f"pass pipeline.rerun_from={rl.name} to train the RL adapter again (this file is a copy of {source})"
+    )
+    adapter_config = read_json(config_path, fix)
     adapter_config["base_model_name_or_path"] = os.path.abspath(base)
     with open(config_path, "w") as fh:
         json.dump(adapter_config, fh, indent=2)

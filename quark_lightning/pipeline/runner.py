@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.errors import ConfigError
 from quark_lightning.pipeline.context import PipelineContext, StageRecord, StageSpec  # also re-exported
+from quark_lightning.pipeline.stage_files import StageFileError, damaged_file, read_json
 
 STATE_FILE = "stage.json"
 
@@ -122,8 +123,16 @@ def read_state(stage_dir: str) -> dict[str, Any] | None:
     path = os.path.join(stage_dir, STATE_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as fh:
-        return json.load(fh)
+    name = os.path.basename(os.path.normpath(stage_dir))
+    fix = (
+        f"delete the directory {stage_dir}, or pass pipeline.rerun_from={name} (it moves the directory aside), "
+        f"to run the stage '{name}' again"
+    )
+    state = read_json(path, fix, keys=("status", "fingerprint"))
+    missing = [k for k in ("outputs", "seconds") if state["status"] == "done" and k not in state]
+    if missing:
+        raise damaged_file(path, f"its status is done, but it has no {', '.join(missing)}", fix)
+    return state
 
 
 def write_state(stage_dir: str, state: dict[str, Any]) -> None:
@@ -216,7 +225,10 @@ def redo_from(cfg: DictConfig, specs: list[StageSpec], first: int, root: str) ->
     fps = expected_fingerprints(cfg, specs)
     for spec, fp in zip(specs[first:], fps[first:]):
         stage_dir = os.path.join(root, spec.name)
-        state = read_state(stage_dir)
+        try:
+            state = read_state(stage_dir)
+        except StageFileError:  # a damaged stage.json: its directory is moved aside like the others
+            state = None
         if state is not None and state.get("status") == "running" and state.get("fingerprint") == fp:
             continue
         moved = move_aside(stage_dir)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from quark_lightning.errors import ConfigError
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
 from quark_lightning.pipeline.context import PipelineContext, StageSpec
+from quark_lightning.pipeline.stage_files import StageFileError, read_json
 
 StageFn = Callable[[PipelineContext, StageSpec, str], dict[str, Any]]
 
@@ -161,7 +161,7 @@ def _with_sft_lora(policy: torch.nn.Module, lora: DictConfig) -> torch.nn.Module
 def _fit_sft(cfg: DictConfig, spec: StageSpec, stage_dir: str, policy: torch.nn.Module, train_set) -> float:
     """Train the policy on length-bucketed batches (resuming from the stage's last checkpoint);
     return the padding fraction of the first epoch."""
-    from quark_lightning.checkpointing import AtomicCheckpointIO
+    from quark_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
     from quark_lightning.modules.sft import LengthBucketBatchSampler, SFTModule, padding_fraction
     from quark_lightning.rng_state import RNGStateCallback
     from quark_lightning.run import trainer_kwargs
@@ -179,6 +179,7 @@ def _fit_sft(cfg: DictConfig, spec: StageSpec, stage_dir: str, policy: torch.nn.
 
     loggers = build_loggers(cfg, spec.name)
     ckpt = last_checkpoint(stage_dir)
+    check_checkpoint(ckpt, setting=None)  # damaged: exit 2 naming it, not a traceback inside Lightning
     if ckpt:
         print(f"  resuming from {ckpt}")
     callbacks = [checkpoint_callback(stage_dir, opts.checkpoint_every), RNGStateCallback()]
@@ -318,8 +319,11 @@ def run_grpo_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dic
     reward = None
     summary_path = os.path.join(stage_dir, "summary.json")
     if os.path.exists(summary_path):
-        with open(summary_path) as fh:
-            reward = json.load(fh)["metrics"].get("reward")
+        fix = f"delete the directory {stage_dir} (or pass pipeline.rerun_from={spec.name}) to run the stage again"
+        metrics = read_json(summary_path, fix, keys=("metrics",))["metrics"]
+        if not isinstance(metrics, dict):
+            raise StageFileError(f"{summary_path} is damaged: its metrics are not an object. Fix: {fix}")
+        reward = metrics.get("reward")
     return {
         "reward": reward,
         "policy": policy_dir,

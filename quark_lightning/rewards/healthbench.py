@@ -68,16 +68,19 @@ def example_scores(met: np.ndarray, points: np.ndarray, owner: np.ndarray, n: in
 
 
 def clipped_mean_stats(values: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Mean clipped to [0, 1], bootstrap std of the clipped mean, and n (NaN entries are left out)."""
+    """Mean clipped to [0, 1], bootstrap std of the clipped mean, its 95% percentile interval (`ci_low`,
+    `ci_high`, over examples), and n (NaN entries are left out)."""
     values = values[~np.isnan(values)]
     if values.size == 0:
-        return {"score": math.nan, "std_error": math.nan, "n": 0}
+        return {"score": math.nan, "std_error": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
     rng = np.random.default_rng(seed)
     resampled = values[rng.integers(0, values.size, size=(BOOTSTRAP_SAMPLES, values.size))]
     means = np.clip(resampled.mean(axis=1), 0.0, 1.0)
     return {
         "score": float(np.clip(values.mean(), 0.0, 1.0)),
         "std_error": float(means.std()),
+        "ci_low": float(np.percentile(means, 2.5)),
+        "ci_high": float(np.percentile(means, 97.5)),
         "n": int(values.size),
     }
 
@@ -109,6 +112,8 @@ def healthbench_score(
     return {
         "overall": overall["score"],
         "std_error": overall["std_error"],
+        "ci_low": overall["ci_low"],
+        "ci_high": overall["ci_high"],
         "n": overall["n"],
         "per_example": per_example.tolist(),
         "axes": by_axis,

@@ -6,8 +6,10 @@ conversation with the answer as its last assistant turn, and one rubric item wri
 "[points] criterion", and returns a JSON object with an `explanation` and a boolean `criteria_met`. For
 a criterion with negative points, `criteria_met: true` means the answer does the undesirable thing
 (and so loses the points), as in the published protocol. GRADER_PROMPT is our own wording of that
-protocol, not a copy of the published template; pass `template=` (a string with {conversation} and
-{rubric_item}) to use the published text verbatim. A reply that is not such a JSON object, or no reply,
+protocol, not a copy of the published template. `evaluate.py healthbench.template=published` reads the
+published text at run time from the wheel HealthBench ships in (data/healthbench_source.py); a template
+may use `{conversation}` / `{rubric_item}` slots (ours) or `<<conversation>>` / `<<rubric_item>>` (the
+published one, whose JSON examples hold literal braces). A reply that is not such a JSON object, or no reply,
 fails the sample (the guard counts it); HealthBench retries the grader until it parses, here the judge
 client and the dimension's `on_failure.retries` bound the attempts.
 
@@ -60,10 +62,16 @@ def render_rubric_item(item: Item) -> str:
     return f"[{points:g}] {item.get('text') or item.get('criterion', '')}"
 
 
+def fill_template(template: str, conversation: str, rubric_item: str) -> str:
+    """The grader prompt: `<<conversation>>` / `<<rubric_item>>` slots replaced when present (published
+    style, literal braces elsewhere), else `{conversation}` / `{rubric_item}` formatted (ours)."""
+    if "<<conversation>>" in template:
+        return template.replace("<<conversation>>", conversation).replace("<<rubric_item>>", rubric_item)
+    return template.format(conversation=conversation, rubric_item=rubric_item)
+
+
 def grader_messages(messages: Sequence[Message], answer: str, item: Item, template: str = GRADER_PROMPT):
-    content = template.format(
-        conversation=render_conversation(messages, answer), rubric_item=render_rubric_item(item)
-    )
+    content = fill_template(template, render_conversation(messages, answer), render_rubric_item(item))
     return [{"role": "user", "content": content}]
 
 

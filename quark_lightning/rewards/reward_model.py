@@ -22,15 +22,28 @@ class HFRewardModelScorer:
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from quark_lightning.models.loading import explain_load_error
+        from quark_lightning.models.loading import (
+            check_model_files,
+            explain_load_error,
+            is_damage,
+            is_size_mismatch,
+        )
 
+        # a damaged file of a local directory: its name and the fix, not a traceback from safetensors
+        fix = (
+            f"Fix: copy or save_pretrained the reward model into {name_or_path} again, or point the "
+            "scorer's name_or_path at an intact copy."
+        )
+        check_model_files(name_or_path, "reward model", fix)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 name_or_path, num_labels=1, trust_remote_code=trust_remote_code
             )
-        except (OSError, ValueError) as err:
-            raise explain_load_error(name_or_path, err, "reward model") from err
+        except Exception as err:  # noqa: BLE001 - explained below, else raised as it is
+            if isinstance(err, (OSError, ValueError)) or is_damage(err) or is_size_mismatch(err):
+                raise explain_load_error(name_or_path, err, "reward model") from err
+            raise
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
