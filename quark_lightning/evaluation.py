@@ -178,6 +178,7 @@ def _dir_name(name: str) -> str:
 
 HB_SOURCES = (None, "wheel")
 HB_TEMPLATES = ("auto", "published", "ours")
+HB_REPLY_TOKENS = 256  # the published grader's reply: a JSON object with an explanation and criteria_met
 
 
 def healthbench_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -224,7 +225,22 @@ def healthbench_scorer(cfg: DictConfig, hb: dict[str, Any]):
     kwargs = dict(hb.get("grader_kwargs") or {})
     if hb["template"] == "published":
         kwargs["template"] = published_grader_template(cache_dir_of(cfg))
-    return HealthBenchScorer(hb["grader"], cfg.get("judge"), kwargs)
+    return HealthBenchScorer(hb["grader"], grading_judge(cfg.get("judge"), hb["grader"]), kwargs)
+
+
+def grading_judge(judge: Any, grader: str) -> Any:
+    """The run's judge settings, with replies long enough for the published grader's JSON verdict (an
+    explanation, then `criteria_met`): `judge.max_tokens` is raised to HB_REPLY_TOKENS, saying so."""
+    if grader != "published" or judge is None:
+        return judge
+    judge = OmegaConf.to_container(judge, resolve=True) if OmegaConf.is_config(judge) else dict(judge)
+    if int(judge.get("max_tokens") or 0) < HB_REPLY_TOKENS:
+        print(
+            f"HealthBench: judge.max_tokens {judge.get('max_tokens')} is too short for the grader's JSON verdict "
+            f"with its explanation; grading with {HB_REPLY_TOKENS}"
+        )
+        judge["max_tokens"] = HB_REPLY_TOKENS
+    return judge
 
 
 def _judge_name(scorer) -> str:

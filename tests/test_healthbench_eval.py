@@ -360,3 +360,17 @@ def test_reward_model_pairs_and_feedback_refuse_the_canary(tmp_path):
     )
     with pytest.raises(Exception, match="field 'canary'.*feedback records"):
         load_online_feedback(str(feedback))
+
+
+def test_the_published_grader_gets_replies_long_enough_for_its_verdict(capsys):
+    from quark_lightning.evaluation import HB_REPLY_TOKENS, grading_judge
+
+    assert (
+        grading_judge(OmegaConf.create({"kind": "local", "max_tokens": 64}), "published")["max_tokens"] == 256
+    )
+    assert "too short for the grader's JSON verdict" in capsys.readouterr().out and HB_REPLY_TOKENS == 256
+    assert grading_judge({"kind": "local", "max_tokens": 512}, "published")["max_tokens"] == 512
+    assert grading_judge({"kind": "local", "max_tokens": 4}, "llm_answer_only") == {
+        "kind": "local",
+        "max_tokens": 4,
+    }
