@@ -138,9 +138,7 @@ class TriFactorWeighting(nn.Module):
     ):
         super().__init__()
         K = len(risk)
-        prior_t = (
-            torch.ones(K) if prior is None else torch.tensor([float(p) for p in prior])
-        )
+        prior_t = torch.ones(K) if prior is None else torch.tensor([float(p) for p in prior])
         if prior_t.numel() != K or bool((prior_t < 0).any()) or not bool((prior_t > 0).any()):
             raise ValueError(
                 f"matrix.dimensions.*.weight: the static weights {prior_t.tolist()} must be {K} numbers >= 0 with at least one > 0"
