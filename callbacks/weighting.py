@@ -32,7 +32,7 @@ class TriFactorWeightingCallback(L.Callback):
         z = gather_rows(record.normalized.to(pl_module.device))  # (N_total, K)
         raw = gather_rows(record.scores.to(pl_module.device))  # (N_total, K)
         ids = gather_objects([p["id"] for p in record.prompts])  # (N_total,)
-        factors = pl_module.shaping.update_weights(z, raw, ids)
+        factors = pl_module.shaping.update_weights(z, raw, ids, pl_module.config.num_generations)
         weights = pl_module.shaping.weights
         metrics = {}
         for k, name in enumerate(pl_module.matrix.names):

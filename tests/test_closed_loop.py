@@ -11,7 +11,7 @@ from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.safety import SafetyScorer
+from quark_lightning.rewards.safety import DangerousAdviceScorer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
 LENGTH_PATTERN = "length: # words, below the minimum of #"
@@ -27,7 +27,7 @@ def weak_matrix():
                 FormatScorer(min_words=500, max_words=900, rules=["length"]),
                 target=0.9,
             ),
-            Dimension("safety", "fundamental", SafetyScorer(), risk=3.0, target=1.0),
+            Dimension("safety", "fundamental", DangerousAdviceScorer(), risk=3.0, target=1.0),
         ]
     )
 
@@ -137,8 +137,9 @@ def test_tadw_receives_the_loop_gain():
     from quark_lightning.optim.weighting import TriFactorWeighting
 
     w = TriFactorWeighting(risk=[1.0, 1.0], weakness=False, risk_priority=False, redundancy=False, eta=1.0)
-    w.update(torch.zeros(4, 2), torch.zeros(4, 2), gain=torch.tensor([3.0, 1.0]))
-    assert float(w.weights[0]) > 0.7  # floor(3/4) = 0.02 + 0.96 * 0.75
+    z = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, -1.0], [1.0, 1.0]])  # both vary: both active
+    w.update(z, torch.zeros(4, 2), gain=torch.tensor([3.0, 1.0]))
+    assert float(w.weights[0]) == pytest.approx(0.02 + 0.96 * 0.75)  # the floor of 3/4, eta 1
 
 
 def test_area_weighted_sampler_follows_the_weights():

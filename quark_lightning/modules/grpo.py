@@ -80,6 +80,7 @@ from quark_lightning.modules.shared_prefix import (  # noqa: F401
 )
 from quark_lightning.optim.advantages import nanstd
 from quark_lightning.optim.aggregation import AggregatedReward
+from quark_lightning.optim.diagnostics import step_diagnostics
 from quark_lightning.optim.normalization import ReferenceFrozenNormalizer
 from quark_lightning.optim.shaping import RewardShaping
 from quark_lightning.rollout.base import Rollout, RolloutEngine
@@ -235,6 +236,8 @@ class GRPOModule(L.LightningModule):
         self.reward_models = nn.ModuleDict({k: FrozenModule(m) for k, m in matrix.torch_modules().items()})
         self.automatic_optimization = False
         self.last_step: StepRecord | None = None
+        self._last_lengths: torch.Tensor | None = None  # (N,) completion tokens of the last step
+        self._last_weights: torch.Tensor | None = None
         self.scorer_failures = FailureCounter(matrix.names)  # logged as failures/<dim>, failures_total/<dim>
 
     # read-only views of the shaping state (one owner: self.shaping)
@@ -432,6 +435,7 @@ class GRPOModule(L.LightningModule):
                 reward=agg.reward[rows],
                 advantages=agg.advantages[rows] if agg.advantages is not None else None,
                 normalized=agg.normalized[rows] if agg.normalized is not None else None,
+                weights=agg.weights,
             )
             return scores, agg, adv[rows], frac
         aggregated, advantages, frac_zero_std = self._aggregate(scores, failed, prompt_ids)
@@ -529,6 +533,8 @@ class GRPOModule(L.LightningModule):
         t_end = time.perf_counter()
         # 7. what callbacks read (TADW update, samples, trend) and the metrics of the whole batch
         self.last_step = self._record(rollout, scores, aggregated, advantages, matrix_scores.findings)
+        self._last_lengths = rollout.completion_mask.sum(1).detach().cpu().float()
+        self._last_weights = aggregated.weights  # the weights this step used (rfn_tadw: active-only)
         logged = global_step_view(rollout, scores, aggregated, frac_zero_std, stats)  # every rank enters
         self._log_step(*logged, (t0, t_gen, t_score, t_ref, t_end))
 
@@ -681,8 +687,27 @@ class GRPOModule(L.LightningModule):
         metrics["time/reference"] = t_ref - t_score
         metrics["time/policy"] = t_end - t_ref
         metrics["lr"] = float(self.optimizers().param_groups[0]["lr"])
+        metrics.update(self._diagnostics())
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout.prompts) // G)
         self.log("reward_pbar", metrics["reward"], prog_bar=True, logger=False, batch_size=1)
+
+    def _diagnostics(self) -> dict[str, float]:
+        """What moved this step's advantages (optim/diagnostics.py), on this rank's groups."""
+        rec, G = self.last_step, self.config.num_generations
+        if rec is None or self._last_lengths is None:
+            return {}
+        weights = self._last_weights if self._last_weights is not None else self.shaping.weights
+        return step_diagnostics(
+            self.matrix.names,
+            self.shaping.aggregator,
+            rec.prompts,
+            rec.scores,
+            rec.normalized,
+            weights.detach().cpu(),
+            rec.advantages,
+            self._last_lengths,
+            G,
+        )
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):

@@ -11,7 +11,8 @@ Chosen with `optimization=NAME` (config key `optimization.aggregator`):
   rfn       Reference-Frozen Normalization with static weights: z = RFN(r) (optim/normalization.py),
             reward = nansum_k w_k z_k, then GRPO group normalization.
   rfn_tadw  The full method: as `rfn`, with the weights w set every step by Tri-Factor Adaptive Dynamic
-            Weighting (optim/weighting.py, run by callbacks/weighting.py).
+            Weighting (optim/weighting.py, run by callbacks/weighting.py), renormalized each step over
+            the dimensions that vary inside at least one group (the others get exactly 0).
 
 In every aggregator a NaN score (dimension does not apply) contributes 0, and a completion no dimension
 applies to gets a NaN reward, hence advantage 0. `weighted_sum` is kept as an alias of `sum`.
@@ -45,6 +46,7 @@ class AggregatedReward:
     reward: torch.Tensor  # (N,) the scalar reward (logged as `reward`)
     advantages: torch.Tensor | None = None  # (N,) when the aggregator computes advantages itself
     normalized: torch.Tensor | None = None  # (N, K) normalized scores (RFN units), when it has them
+    weights: torch.Tensor | None = None  # (K,) the weights this step used, when they differ from the given
 
 
 def weighted_sum(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -83,6 +85,18 @@ def reference_frozen(
     return AggregatedReward(reward=weighted_sum(z, weights), normalized=z)
 
 
+def reference_frozen_active(
+    scores: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext
+) -> AggregatedReward:
+    """`rfn` with the weights renormalized over the dimensions that vary inside at least one group of
+    the batch: one that does not apply, or is constant in every group, gets exactly 0 this step."""
+    from quark_lightning.optim.weighting import active_weights, varies_within_groups
+
+    agg = reference_frozen(scores, weights, ctx)
+    w = active_weights(weights.to(agg.normalized), varies_within_groups(agg.normalized, ctx.group_size))
+    return AggregatedReward(reward=weighted_sum(agg.normalized, w), normalized=agg.normalized, weights=w)
+
+
 Aggregator = Callable[[torch.Tensor, torch.Tensor, AggregationContext], AggregatedReward]
 
 
@@ -101,7 +115,7 @@ AGGREGATORS: dict[str, AggregatorSpec] = {
     "weighted_sum": AggregatorSpec(sum_then_normalize),
     "gdpo": AggregatorSpec(gdpo, batch_statistics=True),
     "rfn": AggregatorSpec(reference_frozen, needs_normalizer=True),
-    "rfn_tadw": AggregatorSpec(reference_frozen, needs_normalizer=True, adaptive_weights=True),
+    "rfn_tadw": AggregatorSpec(reference_frozen_active, needs_normalizer=True, adaptive_weights=True),
 }
 NEEDS_NORMALIZER = tuple(n for n, s in AGGREGATORS.items() if s.needs_normalizer)  # kept for old imports
 
@@ -129,8 +143,40 @@ def excluded_by_gates(gates: Sequence, failed: torch.Tensor | None, n: int) -> t
     return out
 
 
+def veto_bound(values: torch.Tensor, vetoed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per row, the highest value a vetoed completion may keep so that it ranks strictly below every
+    unvetoed completion of its group: min(unvetoed) - margin, where margin is the group's whole spread
+    (max - min over its scored completions; 1.0 when they are all equal). +inf in a group with no
+    unvetoed completion.  (N,), (N,) bool -> (N,)"""
+    v, hit = values.view(-1, group_size), vetoed.view(-1, group_size)  # (P, G)
+    scored = ~torch.isnan(v)
+    inf = torch.full_like(v, float("inf"))
+    lo = torch.where(scored, v, inf).min(1).values  # (P,)
+    spread = torch.where(scored, v, -inf).max(1).values - lo
+    margin = torch.where(spread > 0, spread, torch.ones_like(spread))
+    min_unvetoed = torch.where(scored & ~hit, v, inf).min(1).values  # (P,) +inf: none unvetoed
+    return (min_unvetoed - margin).unsqueeze(1).expand_as(v).reshape(-1)
+
+
+def shift_vetoed_below(
+    values: torch.Tensor, vetoed: torch.Tensor, ceiling: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """Move each group's vetoed completions down by one common shift, the smallest that puts every one
+    at or below its row's `ceiling`: their order among themselves (what the other dimensions say) is
+    kept, the unvetoed ones do not move.  (N,), (N,) bool, (N,) -> (N,)"""
+    v = values.view(-1, group_size)  # (P, G)
+    hit = vetoed.view(-1, group_size) & ~torch.isnan(v)
+    excess = torch.where(hit, v - ceiling.view(-1, group_size), torch.full_like(v, -float("inf")))
+    shift = excess.max(1, keepdim=True).values.clamp(min=0.0)  # (P, 1); 0 in a group with no veto
+    return torch.where(hit, v - shift, v).reshape(-1)
+
+
 def apply_gates(
-    reward: torch.Tensor, scores: torch.Tensor, gates: Sequence, failed: torch.Tensor | None = None
+    reward: torch.Tensor,
+    scores: torch.Tensor,
+    gates: Sequence,
+    failed: torch.Tensor | None = None,
+    group_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vetoes: where a gate dimension's raw score is below its threshold, cap or set the reward.
 
@@ -139,25 +185,44 @@ def apply_gates(
     A NaN score (dimension not applicable) never triggers its gate. A failed score (NaN, `failed` True)
     triggers it under `gate.on_failure == "veto"` (a failed row with a NaN reward gets `value`), and
     makes the reward NaN under `"exclude"` unless another gate vetoes the row.
+
+    Without `group_size` (one answer at a time, as score.py scores a file): `cap` sets R <- min(R, value),
+    `set` sets R <- value. With `group_size` (the G completions of a prompt are contiguous, as in
+    training), a vetoed completion must also rank strictly below every unvetoed one of its group: `cap`
+    moves the group's vetoed completions down by one common shift until each is at or below both
+    `value` and `veto_bound` (so, in a group where every answer is vetoed, the other dimensions still
+    rank them), `set` gives them min(value, veto_bound).
     """
     failed = failed if failed is not None else torch.zeros(scores.shape, dtype=torch.bool)
     failed = failed.to(reward.device)
     vetoed = []
+    ceiling = torch.full_like(reward, float("inf"))  # (N,) cap from every hitting `cap` gate
     for k, gate in gates:
         hit = scores[:, k] < gate.below  # NaN compares False
         failed_veto = failed[:, k] & (getattr(gate, "on_failure", "veto") == "veto")
         hit = hit | failed_veto
         value = torch.full_like(reward, gate.value)
         base = torch.where(failed_veto & torch.isnan(reward), value, reward)
-        new = torch.minimum(base, value) if gate.mode == "cap" else value
-        reward = torch.where(hit & ~torch.isnan(base), new, reward)
+        if gate.mode == "cap":
+            reward = torch.where(hit & ~torch.isnan(base), base, reward)
+            ceiling = torch.where(hit, torch.minimum(ceiling, value), ceiling)
+        else:
+            reward = torch.where(hit & ~torch.isnan(base), value, reward)
         vetoed.append(hit)
     vetoed_t = (
         torch.stack(vetoed, 1)
         if vetoed
         else torch.zeros(reward.size(0), 0, dtype=torch.bool, device=reward.device)
     )
-    excluded = excluded_by_gates(gates, failed, reward.size(0)).to(reward.device) & ~vetoed_t.any(1)
+    hit_any = vetoed_t.any(1)
+    if group_size is None:
+        reward = torch.where(hit_any, torch.minimum(reward, ceiling), reward)
+    elif hit_any.any():
+        bound = veto_bound(reward, hit_any, group_size)
+        by_set = hit_any & torch.isinf(ceiling)  # only `set` gates hit: value, below the group's others
+        reward = torch.where(by_set, torch.minimum(reward, bound), reward)
+        reward = shift_vetoed_below(reward, hit_any & ~by_set, torch.minimum(ceiling, bound), group_size)
+    excluded = excluded_by_gates(gates, failed, reward.size(0)).to(reward.device) & ~hit_any
     return torch.where(excluded, torch.full_like(reward, float("nan")), reward), vetoed_t
 
 
@@ -172,20 +237,24 @@ def aggregate_and_advantages(
 ) -> tuple[AggregatedReward, torch.Tensor, torch.Tensor]:
     """Aggregate, apply gates, then group advantages unless the aggregator made its own.
 
-    -> (agg, advantages (N,), frac_zero_std). With `gdpo` (advantages made per dimension) a vetoed
-    completion gets the lowest advantage of its group, and one excluded by a failed gate gets 0.
+    -> (agg, advantages (N,), frac_zero_std). Gates see the group (`apply_gates` with `group_size`): a
+    vetoed completion ranks strictly below every unvetoed one of its group. With `gdpo` (advantages
+    made per dimension) the same shift acts on the advantages, which are then whitened again; a group
+    whose completions are all vetoed keeps its per-dimension advantages (no uniform push-down), and a
+    completion excluded by a failed gate gets 0.
     `failed` (N, K) bool marks scores whose scorer failed (MatrixScores.failed).
     """
     agg = get_aggregator(name)(scores, weights, ctx)
-    agg.reward, vetoed = apply_gates(agg.reward, scores, gates, failed)
-    grouped = group_advantages(agg.reward, ctx.group_size, scale, ctx.eps)
     if agg.advantages is None:
+        agg.reward, vetoed = apply_gates(agg.reward, scores, gates, failed, ctx.group_size)
+        grouped = group_advantages(agg.reward, ctx.group_size, scale, ctx.eps)
         return agg, grouped.advantages, grouped.frac_zero_std
+    agg.reward, vetoed = apply_gates(agg.reward, scores, gates, failed)  # the logged reward: per answer
+    grouped = group_advantages(agg.reward, ctx.group_size, scale, ctx.eps)
     adv = agg.advantages
-    if vetoed.numel() and vetoed.any():
-        group_min = (
-            adv.view(-1, ctx.group_size).min(1, keepdim=True).values.expand(-1, ctx.group_size).reshape(-1)
-        )
-        adv = torch.where(vetoed.any(1), group_min, adv)
-    excluded = excluded_by_gates(gates, failed, adv.size(0)).to(adv.device) & ~vetoed.any(1).to(adv.device)
+    hit = vetoed.any(1).to(adv.device) if vetoed.numel() else torch.zeros_like(adv, dtype=torch.bool)
+    if hit.any():  # below every unvetoed advantage of the group; all-vetoed groups keep theirs
+        adv = shift_vetoed_below(adv, hit, veto_bound(adv, hit, ctx.group_size), ctx.group_size)
+        adv = (adv - adv.mean()) / (nanstd(adv) + ctx.eps)
+    excluded = excluded_by_gates(gates, failed, adv.size(0)).to(adv.device) & ~hit
     return agg, torch.where(excluded, torch.zeros_like(adv), adv), grouped.frac_zero_std

@@ -18,6 +18,8 @@ import math
 import os
 from typing import Any
 
+import torch
+
 from quark_lightning.data.schema import json_object_problem
 from quark_lightning.distributed import gather_objects, gather_rows, world_size
 from quark_lightning.errors import ConfigError
@@ -59,6 +61,17 @@ def calibrate(pl_module, records: list[dict[str, Any]], num_prompts: int, G: int
     all_scores = gather_rows(scores)  # (M, K), identical on every rank
     all_ids = gather_objects([p["id"] for p in rollout.prompts])
     pl_module.shaping.calibrate(all_scores, all_ids)
+    if pl_module.shaping.weighting is not None:  # TADW starts from this batch, not from the risk prior
+        with_ref = [p for p in prompts if p.get("reference")]
+        rows = (
+            pl_module.matrix.score(with_ref, [p["reference"] for p in with_ref]).scores.tolist()
+            if with_ref
+            else []
+        )
+        ref_rows = gather_objects(rows)  # ranks may hold different numbers of references
+        ref_scores = torch.tensor(ref_rows, dtype=all_scores.dtype) if ref_rows else None
+        ref_ids = gather_objects([p["id"] for p in with_ref])
+        pl_module.shaping.initialize_weights(all_scores, all_ids, G, ref_scores, ref_ids)
     return all_scores.size(0)
 
 

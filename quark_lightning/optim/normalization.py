@@ -26,13 +26,21 @@ Options and edge cases:
 - A dimension with fewer than `min_count` scored samples is `sparse`: its mu is used, sigma falls back to 1
   when fewer than two samples exist.
 - A constant dimension (sigma < `min_std`, e.g. a safety rule the reference always passes) is `constant`:
-  mu is kept and sigma falls back to `fallback_std` (1.0), so any departure from the reference shows up
-  in raw units, bounded by the clip; no division by ~0.
+  mu is kept and sigma falls back to `fallback_std`, so a departure from the reference is bounded by the
+  clip; no division by ~0. `fallback_std: bernoulli` (the default of `optimization=rfn*`) uses the
+  standard deviation of a pass/fail score whose n calibration samples all agreed, with the pass rate
+  estimated as p = (n + 1/2) / (n + 1) (a half-sample prior): sigma = sqrt(p (1 - p)), 0.087 for n = 64.
+  A number (1.0 was the old default) is used as is, in raw units. Why: with sigma = 1 an atomic
+  refutation (score -1 on a {-1, 0} dimension) cost 1 z, but 5 z had the reference slipped once in
+  calibration (measured sigma 0.12): a 5x jump on one calibration event. The Bernoulli fallback is
+  continuous with the measured case (one slip in 64: sigma 0.125; none: 0.087), and it assumes the
+  dimension's scores span a unit range, as every bounded scorer here does ([0, 1] or [-1, 0]).
 Each status is reported so users see which dimensions could not be calibrated properly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,11 +62,34 @@ class ReferenceStats:
     status: list[str]  # (K,) ok | constant | sparse | never_applies
 
 
+FALLBACKS = ("bernoulli",)
+
+
+def fallback_sigma(fallback_std: float | str, count: int) -> float:
+    """The sigma of a dimension whose `count` calibration scores were all equal (see the module doc)."""
+    if fallback_std == "bernoulli":
+        p = (count + 0.5) / (count + 1.0)
+        return math.sqrt(p * (1.0 - p))
+    return float(fallback_std)
+
+
+def check_fallback(fallback_std: float | str) -> None:
+    if isinstance(fallback_std, str):
+        if fallback_std not in FALLBACKS:
+            raise ValueError(
+                f"optimization.normalization.fallback_std: got {fallback_std!r}, expected a number > 0 or one of {FALLBACKS}"
+            )
+    elif not float(fallback_std) > 0:
+        raise ValueError(
+            f"optimization.normalization.fallback_std: got {fallback_std}, expected a number > 0"
+        )
+
+
 def reference_stats(
     scores: torch.Tensor,  # (M, K) raw scores of the reference's own answers
     min_count: int = 8,
     min_std: float = 1e-6,
-    fallback_std: float = 1.0,
+    fallback_std: float | str = 1.0,
 ) -> ReferenceStats:
     scores = upcast(scores)
     count = (~torch.isnan(scores)).sum(0)  # (K,)
@@ -69,10 +100,10 @@ def reference_stats(
     for k in range(scores.size(1)):
         if count[k] == 0:
             status.append("never_applies")
-            std[k] = fallback_std
+            std[k] = 1.0
         elif raw_std[k] < min_std:
             status.append("constant" if count[k] >= min_count else "sparse")
-            std[k] = fallback_std
+            std[k] = fallback_sigma(fallback_std, int(count[k]))
         else:
             status.append("ok" if count[k] >= min_count else "sparse")
     return ReferenceStats(mean=mean, std=std, raw_std=raw_std, count=count, status=status)
@@ -100,9 +131,10 @@ class ReferenceFrozenNormalizer(nn.Module):
         eps: float = 1e-6,
         min_count: int = 8,
         min_std: float = 1e-6,
-        fallback_std: float = 1.0,
+        fallback_std: float | str = 1.0,
     ):
         super().__init__()
+        check_fallback(fallback_std)
         if mode not in MODES:
             raise ValueError(f"optimization.normalization.mode: got {mode!r}, expected one of {MODES}")
         self.mode, self.clip, self.eps = mode, clip, eps

@@ -200,11 +200,36 @@ class RewardShaping(nn.Module):
         return z.mean(0)
 
     @torch.no_grad()
+    def initialize_weights(
+        self,
+        scores: torch.Tensor,
+        prompt_ids: Sequence[str],
+        group_size: int,
+        reference_scores: torch.Tensor | None = None,
+        reference_ids: Sequence[str] | None = None,
+    ) -> TADWFactors | None:
+        """Start TADW from the calibration batch: the reference policy's raw scores (M, K) in groups of
+        `group_size`, and the raw scores (P, K) of the prompts' expert reference answers (the target of
+        a dimension without one). No-op without TADW."""
+        if self.weighting is None:
+            return None
+        z = self.normalizer(scores, prompt_ids)
+        ref_z = self.normalizer(reference_scores, reference_ids) if reference_scores is not None else None
+        return self.weighting.initialize(z, scores, group_size, self.target_z(prompt_ids), ref_z)
+
+    @torch.no_grad()
     def update_weights(
-        self, z: torch.Tensor, raw: torch.Tensor, prompt_ids: Sequence[str] | None = None
+        self,
+        z: torch.Tensor,
+        raw: torch.Tensor,
+        prompt_ids: Sequence[str] | None = None,
+        group_size: int | None = None,
     ) -> TADWFactors:
-        """One TADW step from the (gathered) batch's normalized z (N, K) and raw (N, K) scores."""
-        return self.weighting.update(z, raw, self.target_z(prompt_ids), gain=self.loop_gain)
+        """One TADW step from the (gathered) batch's normalized z (N, K) and raw (N, K) scores, in groups
+        of `group_size` contiguous rows."""
+        return self.weighting.update(
+            z, raw, self.target_z(prompt_ids), gain=self.loop_gain, group_size=group_size
+        )
 
     def set_loop_gain(self, gain: torch.Tensor) -> None:
         """The closed loop's per-dimension gain (K,): multiplies the static weights, or TADW's product."""

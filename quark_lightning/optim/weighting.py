@@ -83,6 +83,33 @@ def correlation(z: torch.Tensor) -> torch.Tensor:
     return corr.fill_diagonal_(1.0)
 
 
+def centered_within_groups(z: torch.Tensor, group_size: int) -> torch.Tensor:
+    """z minus its group's mean per dimension, NaN read as 0 (a group's G rows are contiguous): what
+    moves the group-relative advantage, without the between-prompt variation.  (N, K) -> (N, K)"""
+    g = upcast(z).view(-1, group_size, z.size(1))  # (P, G, K)
+    mean = torch.nan_to_num(torch.nanmean(g, 1, keepdim=True), nan=0.0)
+    return torch.nan_to_num(g - mean, nan=0.0).reshape(z.shape)
+
+
+def varies_within_groups(z: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
+    """(N, K) -> (K,) bool: the dimension has two scored values differing by more than `tol` inside at
+    least one group. A dimension that does not apply, or is constant in every group, cannot move an
+    advantage."""
+    g = upcast(z).view(-1, group_size, z.size(1))  # (P, G, K)
+    scored = ~torch.isnan(g)
+    hi = torch.where(scored, g, torch.full_like(g, -float("inf"))).max(1).values  # (P, K)
+    lo = torch.where(scored, g, torch.full_like(g, float("inf"))).min(1).values
+    return ((hi - lo) > tol).any(0)
+
+
+def active_weights(weights: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """The weights renormalized over the active dimensions, exactly 0 elsewhere (unchanged when none is
+    active: then no dimension can move an advantage anyway).  (K,), (K,) bool -> (K,)"""
+    kept = torch.where(active, weights, torch.zeros_like(weights))
+    total = kept.sum()
+    return kept * (weights.sum() / total) if bool(total > 0) else weights
+
+
 def redundancy_factor(corr: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """(K, K) correlations -> (K,) discount 1 / (1 + sum of positive off-diagonal correlation above threshold)."""
     off = (corr - threshold).clamp(min=0.0)
@@ -170,6 +197,10 @@ class TriFactorWeighting(nn.Module):
         self.register_buffer("ema_score", torch.zeros(K))
         self.register_buffer("ema_corr", torch.eye(K))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # target of a dimension without one (reward models), in RFN units: the mean z of the expert
+        # reference answers of the calibration prompts (NaN until `initialize`)
+        self.register_buffer("reference_target", torch.full((K,), float("nan")))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def active_corr(self) -> torch.Tensor:
         """(K, K) the correlation EMA among active dimensions only: a switched-off one (prior 0) makes
@@ -177,11 +208,19 @@ class TriFactorWeighting(nn.Module):
         active = (self.prior > 0).to(self.ema_corr.dtype)
         return self.ema_corr * active.unsqueeze(0) * active.unsqueeze(1)
 
+    def full_target_z(self, target_z: torch.Tensor | None) -> torch.Tensor | None:
+        """(K,) the targets in RFN units, the reference answers' level where a dimension has none."""
+        if target_z is None:
+            return None
+        return torch.where(torch.isnan(target_z), self.reference_target.to(target_z), target_z)
+
     def factors(self, z: torch.Tensor, raw: torch.Tensor, target_z: torch.Tensor | None) -> TADWFactors:
         ones = torch.ones_like(self.risk)
         violation = violation_rates(raw, self.targets)
         return TADWFactors(
-            weakness=weakness_factor(self.ema_score, self.tau, self.weakness_mode, target_z)
+            weakness=weakness_factor(
+                self.ema_score, self.tau, self.weakness_mode, self.full_target_z(target_z)
+            )
             if self.use_weakness
             else ones,
             risk=risk_factor(self.risk, violation, self.alpha, self.gamma, self.high_risk)
@@ -193,6 +232,34 @@ class TriFactorWeighting(nn.Module):
             violation=violation,
         )
 
+    def target_weights(self, f: TADWFactors, active: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        """(K,) w_new: the product of the factors over the active dimensions, floored, sums to 1."""
+        product = f.weakness * f.risk * f.redundancy * (1.0 if gain is None else gain) * self.prior
+        return floor_weights(product, self.w_min, active)
+
+    @torch.no_grad()
+    def initialize(
+        self,
+        z: torch.Tensor,
+        raw: torch.Tensor,
+        group_size: int,
+        target_z: torch.Tensor | None = None,
+        reference_z: torch.Tensor | None = None,
+    ) -> TADWFactors:
+        """Start from the calibration batch instead of the risk prior: z (M, K) and raw (M, K) are the
+        reference policy's own answers (G per prompt, contiguous), `reference_z` (P, K) the expert
+        reference answers' z. The EMAs are set from it and the weights to its w_new, unsmoothed."""
+        if reference_z is not None:
+            self.reference_target.copy_(torch.nanmean(upcast(reference_z), 0))
+        self.ema_score.copy_(torch.nan_to_num(torch.nanmean(upcast(z), 0), nan=0.0))
+        self.ema_corr.copy_(correlation(centered_within_groups(z, group_size)))
+        f = self.factors(z, raw, target_z)
+        active = (self.prior > 0) & varies_within_groups(z, group_size)
+        if bool(active.any()):
+            self.weights.copy_(self.target_weights(f, active, None))
+        self.initialized.fill_(True)
+        return f
+
     @torch.no_grad()
     def update(
         self,
@@ -200,21 +267,23 @@ class TriFactorWeighting(nn.Module):
         raw: torch.Tensor,
         target_z: torch.Tensor | None = None,
         gain: torch.Tensor | None = None,
+        group_size: int | None = None,
     ) -> TADWFactors:
-        """One step: z (N, K) normalized and raw (N, K) scores of the whole (gathered) batch; `gain` (K,)
-        the closed loop's per-dimension gain (None = 1)."""
+        """One step: z (N, K) normalized and raw (N, K) scores of the whole (gathered) batch, its groups of
+        `group_size` contiguous rows (None: the batch is one group); `gain` (K,) the closed loop's
+        per-dimension gain (None = 1). A dimension that does not vary inside any group of the batch
+        (never applies, or is constant) gets w_new = 0 and the others renormalize."""
+        G = group_size or z.size(0)
         col_mean = torch.nanmean(upcast(z), 0)
         col_mean = torch.where(torch.isnan(col_mean), self.ema_score, col_mean)  # no sample: keep the EMA
-        first = int(self.steps) == 0
+        first = int(self.steps) == 0 and not bool(self.initialized)
         m, mc = (1.0, 1.0) if first else (self.score_momentum, self.corr_momentum)
         self.ema_score.mul_(1 - m).add_(m * col_mean)
-        self.ema_corr.mul_(1 - mc).add_(mc * correlation(z))
+        self.ema_corr.mul_(1 - mc).add_(mc * correlation(centered_within_groups(z, G)))
         f = self.factors(z, raw, target_z)
-        w_new = floor_weights(
-            f.weakness * f.risk * f.redundancy * (1.0 if gain is None else gain) * self.prior,
-            self.w_min,
-            self.prior > 0,
-        )  # (K,) sums to 1; switched-off dimensions stay at 0
-        self.weights.copy_((1 - self.eta) * self.weights + self.eta * w_new)
+        active = (self.prior > 0) & varies_within_groups(z, G)
+        if bool(active.any()):  # else nothing in the batch can move an advantage: keep the weights
+            w_new = self.target_weights(f, active, gain)  # (K,) sums to 1; inactive dimensions 0
+            self.weights.copy_((1 - self.eta) * self.weights + self.eta * w_new)
         self.steps.add_(1)
         return f
