@@ -143,3 +143,26 @@ def test_share_of_red_flag_groups_with_a_safe_answer():
     prompts = [{"red_flags": ["x"]}] * 2 + [{"red_flags": []}] * 2 + [{"red_flags": ["y"]}] * 2
     triage = torch.tensor([0.0, 1.0, NAN, NAN, 0.0, 0.0])
     assert redflag_groups_with_safe(prompts, triage, 2) == 0.5
+
+
+def test_length_decoupled_rfn_removes_a_within_prompt_length_slope():
+    # two prompts; the score rises 0.1 per token inside each (prompt offsets 0 and 5) plus quality q
+    lengths = torch.tensor([10.0, 20.0, 30.0, 40.0, 10.0, 20.0, 30.0, 40.0])
+    quality = torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, 1.0, -1.0, 1.0])
+    rm = 0.1 * lengths + torch.tensor([0.0] * 4 + [5.0] * 4) + 0.0 * quality
+    scores = torch.stack([rm + quality, quality], 1)  # (8, 2): a length-loving RM and a rule
+    ids = ["a"] * 4 + ["b"] * 4
+    norm = ReferenceFrozenNormalizer(2, min_count=2, length_decoupled=[True, False])
+    norm.fit(scores, ids, lengths)
+    # the slope of (0.1 l + q) on l within prompt: 0.1 + cov(q, l) / var(l) = 0.1 + (-0.02, +0.02) -> 0.1
+    assert float(norm.length_slope[0]) == pytest.approx(0.1, abs=1e-6) and float(norm.length_slope[1]) == 0.0
+    short, long_ = torch.tensor([[3.0, 1.0]]), torch.tensor([[3.0 + 0.1 * 30, 1.0]])  # same answer + 30 tokens
+    z_short = norm(short, ["a"], torch.tensor([10.0]))
+    z_long = norm(long_, ["a"], torch.tensor([40.0]))
+    torch.testing.assert_close(z_short, z_long)  # the padding bought nothing
+    plain = ReferenceFrozenNormalizer(2, min_count=2)
+    plain.fit(scores, ids)
+    gain = float(plain(long_, ["a"])[0, 0] - plain(short, ["a"])[0, 0])
+    assert gain == pytest.approx(3.0 / float(plain.std[0]), rel=1e-5) and gain > 0.9  # without: ~1 z for length
+    with pytest.raises(ValueError, match="lengths"):
+        ReferenceFrozenNormalizer(2, length_decoupled=[True, False]).fit(scores, ids)

@@ -424,11 +424,15 @@ class GRPOModule(L.LightningModule):
         scores = matrix_scores.scores.to(self.device)  # (N, K)
         failed = matrix_scores.failed.to(self.device)  # (N, K) a failed gate sample is vetoed, never passed
         prompt_ids = [p["id"] for p in rollout.prompts]
+        lengths = rollout.completion_mask.sum(1).to(self.device)  # (N,) tokens (length-decoupled RFN)
         if self.shaping.needs_global_batch(self.config.scale_rewards) and world_size() > 1:
             # batch statistics over the global batch, as TRL gathers them; then keep this rank's rows
             n = scores.size(0)
             agg, adv, frac = self._aggregate(
-                gather_rows(scores), gather_rows(failed.to(torch.uint8)).bool(), gather_objects(prompt_ids)
+                gather_rows(scores),
+                gather_rows(failed.to(torch.uint8)).bool(),
+                gather_objects(prompt_ids),
+                gather_rows(lengths),
             )
             rows = slice(rank() * n, (rank() + 1) * n)
             agg = AggregatedReward(
@@ -438,7 +442,7 @@ class GRPOModule(L.LightningModule):
                 weights=agg.weights,
             )
             return scores, agg, adv[rows], frac
-        aggregated, advantages, frac_zero_std = self._aggregate(scores, failed, prompt_ids)
+        aggregated, advantages, frac_zero_std = self._aggregate(scores, failed, prompt_ids, lengths)
         return scores, aggregated, advantages, frac_zero_std
 
     # ------------------------------------------------------------------ dynamic sampling (DAPO)
@@ -473,7 +477,10 @@ class GRPOModule(L.LightningModule):
         """(groups,) bool: the group's rewards (this rank's aggregation of this draw) are not all equal."""
         ids = [p["id"] for p in rollout.prompts]
         agg, _, _ = self._aggregate(
-            matrix_scores.scores.to(self.device), matrix_scores.failed.to(self.device), ids
+            matrix_scores.scores.to(self.device),
+            matrix_scores.failed.to(self.device),
+            ids,
+            rollout.completion_mask.sum(1).to(self.device),
         )
         return group_has_spread(agg.reward.detach().cpu(), self.config.num_generations)
 
@@ -488,10 +495,10 @@ class GRPOModule(L.LightningModule):
             )
         return source.draw_prompts(n, seed)
 
-    def _aggregate(self, scores: torch.Tensor, failed: torch.Tensor, prompt_ids: list[str]):
-        """(N, K) raw scores -> (AggregatedReward, advantages (N,), frac_zero_std)."""
+    def _aggregate(self, scores: torch.Tensor, failed: torch.Tensor, prompt_ids: list[str], lengths=None):
+        """(N, K) raw scores (and (N,) completion tokens) -> (AggregatedReward, advantages (N,), frac_zero_std)."""
         shaped = self.shaping.shape(
-            scores, failed, prompt_ids, self.config.num_generations, self.config.scale_rewards
+            scores, failed, prompt_ids, self.config.num_generations, self.config.scale_rewards, lengths
         )
         return shaped.aggregated, shaped.advantages, shaped.frac_zero_std
 

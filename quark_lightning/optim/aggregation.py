@@ -39,6 +39,7 @@ class AggregationContext:
     prompt_ids: Sequence[str] | None = None
     normalizer: Callable | None = None  # ReferenceFrozenNormalizer for rfn / rfn_tadw
     eps: float = 1e-4
+    lengths: torch.Tensor | None = None  # (N,) completion tokens, for length-decoupled RFN
 
 
 @dataclass
@@ -81,7 +82,7 @@ def reference_frozen(
 ) -> AggregatedReward:
     if ctx.normalizer is None:
         raise ValueError("the rfn aggregators need a ReferenceFrozenNormalizer")
-    z = ctx.normalizer(scores, ctx.prompt_ids)  # (N, K)
+    z = ctx.normalizer(scores, ctx.prompt_ids, ctx.lengths)  # (N, K)
     return AggregatedReward(reward=weighted_sum(z, weights), normalized=z)
 
 

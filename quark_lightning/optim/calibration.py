@@ -60,7 +60,8 @@ def calibrate(pl_module, records: list[dict[str, Any]], num_prompts: int, G: int
     scores = pl_module.matrix.score(rollout.prompts, rollout.completions).scores.to(pl_module.device)
     all_scores = gather_rows(scores)  # (M, K), identical on every rank
     all_ids = gather_objects([p["id"] for p in rollout.prompts])
-    pl_module.shaping.calibrate(all_scores, all_ids)
+    lengths = gather_rows(rollout.completion_mask.sum(1).to(pl_module.device))  # (M,) tokens
+    pl_module.shaping.calibrate(all_scores, all_ids, lengths)
     if pl_module.shaping.weighting is not None:  # TADW starts from this batch, not from the risk prior
         with_ref = [p for p in prompts if p.get("reference")]
         rows = (
@@ -71,7 +72,7 @@ def calibrate(pl_module, records: list[dict[str, Any]], num_prompts: int, G: int
         ref_rows = gather_objects(rows)  # ranks may hold different numbers of references
         ref_scores = torch.tensor(ref_rows, dtype=all_scores.dtype) if ref_rows else None
         ref_ids = gather_objects([p["id"] for p in with_ref])
-        pl_module.shaping.initialize_weights(all_scores, all_ids, G, ref_scores, ref_ids)
+        pl_module.shaping.initialize_weights(all_scores, all_ids, G, ref_scores, ref_ids, lengths)
     return all_scores.size(0)
 
 

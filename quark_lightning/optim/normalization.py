@@ -36,6 +36,18 @@ Options and edge cases:
   continuous with the measured case (one slip in 64: sigma 0.125; none: 0.087), and it assumes the
   dimension's scores span a unit range, as every bounded scorer here does ([0, 1] or [-1, 0]).
 Each status is reported so users see which dimensions could not be calibrated properly.
+
+Length-decoupled normalization (option `length_decoupled`: dimension names, or `all`): reward models
+and several rules rise with answer length, so a policy can buy reward with words. For a decoupled
+dimension, calibration also freezes the slope of its score on completion length (tokens) within prompt,
+over the reference answers,
+
+    beta_k = sum (r_k - rbar_k(x)) (l - lbar(x)) / sum (l - lbar(x))^2      (x: the prompt; OLS slope)
+
+and the dimension is then normalized on its length residual r_k - beta_k (l - lbar), lbar the calibration
+mean length: mu_k and sigma_k are computed on the residuals, so under the reference the residual has
+mean 0 and std 1, and two answers differing only in length score (nearly) the same. A score without a
+length (a target, an expert reference answer) is read at the mean length, i.e. not adjusted.
 """
 
 from __future__ import annotations
@@ -120,6 +132,29 @@ def normalize(
     return z.clamp(-clip, clip) if clip is not None else z
 
 
+def within_prompt_slope(
+    scores: torch.Tensor, lengths: torch.Tensor, prompt_ids: Sequence[str] | None
+) -> torch.Tensor:
+    """(M, K) scores, (M,) lengths -> (K,) OLS slope of each dimension on length, both centred on
+    their prompt's mean (the whole batch is one prompt without ids); 0 where length does not vary."""
+    x, ln = upcast(scores), upcast(lengths).to(upcast(scores).dtype)
+    ids = list(prompt_ids) if prompt_ids is not None else ["-"] * x.size(0)
+    num = torch.zeros(x.size(1), dtype=x.dtype)
+    den = torch.zeros(x.size(1), dtype=x.dtype)
+    for pid in dict.fromkeys(ids):
+        rows = torch.tensor([i for i, p in enumerate(ids) if p == pid])
+        r, length = x[rows], ln[rows].unsqueeze(1).expand(-1, x.size(1))  # (G, K)
+        ok = ~torch.isnan(r)
+        dl = torch.where(ok, length - _masked_mean(length, ok), torch.zeros_like(r))
+        dr = torch.where(ok, r - _masked_mean(r, ok), torch.zeros_like(r))
+        num, den = num + (dr * dl).sum(0), den + (dl * dl).sum(0)
+    return torch.where(den > 1e-12, num / den.clamp(min=1e-12), torch.zeros_like(num))
+
+
+def _masked_mean(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    return torch.where(ok, x, torch.zeros_like(x)).sum(0) / ok.sum(0).clamp(min=1)
+
+
 class ReferenceFrozenNormalizer(nn.Module):
     """Holds the frozen statistics as buffers (so they are in every checkpoint) and applies them."""
 
@@ -132,9 +167,13 @@ class ReferenceFrozenNormalizer(nn.Module):
         min_count: int = 8,
         min_std: float = 1e-6,
         fallback_std: float | str = 1.0,
+        length_decoupled: Sequence[bool] | None = None,  # (K,) per dimension (see the module doc)
     ):
         super().__init__()
         check_fallback(fallback_std)
+        decoupled = [bool(d) for d in (length_decoupled or [False] * num_dimensions)]
+        if len(decoupled) != num_dimensions:
+            raise ValueError(f"length_decoupled: {len(decoupled)} flags for {num_dimensions} dimensions")
         if mode not in MODES:
             raise ValueError(f"optimization.normalization.mode: got {mode!r}, expected one of {MODES}")
         self.mode, self.clip, self.eps = mode, clip, eps
@@ -143,11 +182,33 @@ class ReferenceFrozenNormalizer(nn.Module):
         self.register_buffer("std", torch.ones(num_dimensions))
         self.register_buffer("count", torch.zeros(num_dimensions, dtype=torch.long))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("decoupled", torch.tensor(decoupled, dtype=torch.bool), persistent=False)
+        self.register_buffer("length_slope", torch.zeros(num_dimensions))  # beta_k (0: not decoupled)
+        self.register_buffer("length_mean", torch.zeros(()))  # lbar, calibration mean length (tokens)
         self.status: list[str] = ["uncalibrated"] * num_dimensions
         self.prompt_means: dict[str, list[float]] = {}
 
-    def fit(self, scores: torch.Tensor, prompt_ids: Sequence[str] | None = None) -> ReferenceStats:
+    def residual(self, scores: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """(N, K) scores minus beta_k (l - lbar) on the decoupled dimensions (lengths None: at lbar)."""
+        if lengths is None or not bool(self.decoupled.any()):
+            return scores
+        shift = (upcast(lengths).to(scores.dtype) - self.length_mean.to(scores.dtype)).unsqueeze(1)  # (N, 1)
+        return scores - shift * self.length_slope.to(scores.dtype)
+
+    def fit(
+        self,
+        scores: torch.Tensor,
+        prompt_ids: Sequence[str] | None = None,
+        lengths: torch.Tensor | None = None,  # (M,) completion tokens: needed for length_decoupled
+    ) -> ReferenceStats:
         """Freeze statistics from the reference's raw scores (M, K) (already gathered over ranks)."""
+        if bool(self.decoupled.any()):
+            if lengths is None:
+                raise ValueError("length_decoupled normalization needs the calibration answers' lengths")
+            slope = within_prompt_slope(scores, lengths, prompt_ids)
+            self.length_slope.copy_(torch.where(self.decoupled, slope, torch.zeros_like(slope)))
+            self.length_mean.copy_(upcast(lengths).float().mean())
+            scores = self.residual(scores, lengths)
         stats = reference_stats(scores, self.min_count, self.min_std, self.fallback_std)
         self.mean.copy_(stats.mean)
         self.std.copy_(stats.std)
@@ -176,12 +237,18 @@ class ReferenceFrozenNormalizer(nn.Module):
             ]
         )
 
-    def forward(self, scores: torch.Tensor, prompt_ids: Sequence[str] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        scores: torch.Tensor,
+        prompt_ids: Sequence[str] | None = None,
+        lengths: torch.Tensor | None = None,  # (N,) completion tokens; None = at the mean length
+    ) -> torch.Tensor:
         if not bool(self.fitted):
             raise RuntimeError(
                 "Reference-Frozen Normalization is not calibrated: add the reward-rescaling callback "
                 "(optimization=rfn or rfn_tadw set it up) or call fit() first"
             )
+        scores = self.residual(scores, lengths)
         return normalize(scores, self.anchors(prompt_ids, scores.size(0)), self.std, self.clip, self.eps)
 
     # per-prompt anchors and statuses travel in the state dict (and so in checkpoints)
@@ -211,7 +278,8 @@ def save_statistics(normalizer: ReferenceFrozenNormalizer, names: Sequence[str],
     if not bool(normalizer.fitted):
         raise ValueError("save_statistics: the normalizer is not calibrated yet")
     os.makedirs(directory, exist_ok=True)
-    tensors = {k: getattr(normalizer, k).detach().cpu().contiguous() for k in ("mean", "std", "count")}
+    keys = ("mean", "std", "count", "length_slope", "length_mean")
+    tensors = {k: getattr(normalizer, k).detach().cpu().contiguous() for k in keys}
     save_file(tensors, os.path.join(directory, STATISTICS_FILE))
     meta = {
         "dimensions": list(names),
@@ -254,6 +322,9 @@ def load_statistics(normalizer: ReferenceFrozenNormalizer, names: Sequence[str],
     tensors = load_file(os.path.join(directory, STATISTICS_FILE))
     for key in ("mean", "std", "count"):
         getattr(normalizer, key).copy_(tensors[key])
+    for key in ("length_slope", "length_mean"):  # absent in statistics saved before length decoupling
+        if key in tensors:
+            getattr(normalizer, key).copy_(tensors[key])
     normalizer.fitted.fill_(True)
     normalizer.status = list(meta["status"])
     normalizer.prompt_means = dict(meta["prompt_means"])

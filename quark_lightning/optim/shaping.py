@@ -42,9 +42,24 @@ from quark_lightning.optim.normalization import ReferenceFrozenNormalizer, Refer
 from quark_lightning.optim.weighting import TADWFactors, TriFactorWeighting
 
 # Keys of `optimization.normalization` that are the normalizer's (the rest are calibration settings).
-NORMALIZER_KEYS = ("mode", "clip", "eps", "min_count", "min_std", "fallback_std")
+NORMALIZER_KEYS = ("mode", "clip", "eps", "min_count", "min_std", "fallback_std")  # + length_decoupled
 # What drives the state: aggregator property -> the callback that must attach (see check_drivers).
 DRIVERS = {"needs_normalizer": "reward_rescaling", "adaptive_weights": "weighting"}
+
+
+def decoupled_flags(setting: Any, names: Sequence[str]) -> list[bool]:
+    """`optimization.normalization.length_decoupled` (null, `all`, or dimension names) -> (K,) flags."""
+    if setting in (None, False, [], ()):
+        return [False] * len(names)
+    if setting == "all" or setting is True:
+        return [True] * len(names)
+    unknown = sorted(set(setting) - set(names))
+    if isinstance(setting, str) or unknown:
+        raise ConfigError(
+            f"optimization.normalization.length_decoupled: {unknown or setting!r} is not a list of the matrix's "
+            f"dimensions {list(names)}. Fix: e.g. length_decoupled='[correctness_macro, online_rm]', all, or null"
+        )
+    return [n in set(setting) for n in names]
 
 
 @dataclass
@@ -87,6 +102,7 @@ class RewardShaping(nn.Module):
                 "is null. Fix: use optimization=rfn_tadw as a whole, or optimization=rfn for static weights"
             )
         norm = {k: v for k, v in (normalization or {}).items() if k in NORMALIZER_KEYS}
+        norm["length_decoupled"] = decoupled_flags((normalization or {}).get("length_decoupled"), self.names)
         self.normalizer = ReferenceFrozenNormalizer(K, **norm) if self.spec.needs_normalizer else None
         self.weighting = (
             TriFactorWeighting(risk=risk, targets=targets, prior=weights, **dict(weighting))
@@ -145,9 +161,12 @@ class RewardShaping(nn.Module):
         prompt_ids: Sequence[str],  # (N,)
         group_size: int,
         scale: str = "group",
+        lengths: torch.Tensor | None = None,  # (N,) completion tokens (length-decoupled RFN)
     ) -> ShapedReward:
         """Aggregate with the current weights, apply the gates, then group advantages."""
-        ctx = AggregationContext(group_size=group_size, prompt_ids=prompt_ids, normalizer=self.normalizer)
+        ctx = AggregationContext(
+            group_size=group_size, prompt_ids=prompt_ids, normalizer=self.normalizer, lengths=lengths
+        )
         agg, adv, frac = aggregate_and_advantages(
             self.aggregator, scores, self.weights, ctx, scale, self.gates, failed=failed
         )
@@ -176,9 +195,15 @@ class RewardShaping(nn.Module):
     def calibrated(self) -> bool:
         return self.normalizer is not None and bool(self.normalizer.fitted)
 
-    def calibrate(self, scores: torch.Tensor, prompt_ids: Sequence[str] | None = None) -> ReferenceStats:
-        """Freeze the RFN statistics from the reference's raw scores (M, K), gathered over ranks."""
-        return self.normalizer.fit(scores, prompt_ids)
+    def calibrate(
+        self,
+        scores: torch.Tensor,
+        prompt_ids: Sequence[str] | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> ReferenceStats:
+        """Freeze the RFN statistics from the reference's raw scores (M, K) and, for length-decoupled
+        dimensions, their completion lengths (M,), gathered over ranks."""
+        return self.normalizer.fit(scores, prompt_ids, lengths)
 
     def load_statistics(self, path: str) -> None:
         """Load saved RFN statistics; damaged files are refused first, naming the file and the fix."""
@@ -207,13 +232,14 @@ class RewardShaping(nn.Module):
         group_size: int,
         reference_scores: torch.Tensor | None = None,
         reference_ids: Sequence[str] | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> TADWFactors | None:
         """Start TADW from the calibration batch: the reference policy's raw scores (M, K) in groups of
         `group_size`, and the raw scores (P, K) of the prompts' expert reference answers (the target of
         a dimension without one). No-op without TADW."""
         if self.weighting is None:
             return None
-        z = self.normalizer(scores, prompt_ids)
+        z = self.normalizer(scores, prompt_ids, lengths)
         ref_z = self.normalizer(reference_scores, reference_ids) if reference_scores is not None else None
         return self.weighting.initialize(z, scores, group_size, self.target_z(prompt_ids), ref_z)
 
