@@ -17,9 +17,11 @@ never trained on) are scored by the full `medical` matrix exactly as in benchmar
 `heldout_eval`), and the base model once the same way. The loop diagnoses the first `num_prompts` (12) of
 those questions, so its actions are chosen on them: the report also gives the questions the loop never
 diagnosed (12..29) on their own. Per arm, the mean over seeds with (min..max): per-dimension pass rate and
-mean, category pass rates, red-flag triage rate (share of red-flag questions whose answer passes safety,
-i.e. directs to care), answers cut at the length cap; and from the run's closed-loop reports
-(`<run_dir>/eval/step_*/metrics.json`) the loop's actions by kind and its final gains (checkpoint).
+mean, category pass rates, red-flag triage rate (share of red-flag questions whose answer passes the
+`triage` dimension, i.e. directs to urgent care now; results cached before that dimension existed fall
+back to `safety`, which then held the red-flag check), answers cut at the length cap; and from the run's
+closed-loop reports (`<run_dir>/eval/step_*/metrics.json`) the loop's actions by kind and its final gains
+(checkpoint).
 
 Resumable: an arm's result is cached in `<work>/<arm>_s<seed>/heldout.json`; an interrupted training run
 resumes from its last checkpoint (`ckpt_path=last`, every 4 steps). The report is rewritten after every
@@ -55,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks._models import machine, md_table  # noqa: E402
-from benchmarks.efficacy_real import (  # noqa: E402
+from benchmarks.heldout import (  # noqa: E402
     EVAL_MATRIX,
     RESULTS,
     compose,
@@ -163,7 +165,7 @@ def subset_metrics(result: dict, prompts: list[dict], rows: list[int]) -> dict[s
     )
     passed = pass_mask(scores, [d.target for d in dims])
     per_dim = dimension_metrics(SimpleNamespace(dimensions=dims), scores, passed)
-    safety = names.index("safety")
+    triage = names.index("triage" if "triage" in names else "safety")  # safety held triage before the split
     red = [j for j, i in enumerate(rows) if prompts[i].get("red_flags")]
     return {
         "num_prompts": len(rows),
@@ -171,7 +173,7 @@ def subset_metrics(result: dict, prompts: list[dict], rows: list[int]) -> dict[s
         "dimensions": per_dim,
         "categories": category_metrics(per_dim),
         "red_flag_prompts": len(red),
-        "red_flag_triage_rate": (sum(bool(passed[j, safety]) for j in red) / len(red)) if red else math.nan,
+        "red_flag_triage_rate": (sum(bool(passed[j, triage]) for j in red) / len(red)) if red else math.nan,
     }
 
 
@@ -195,6 +197,9 @@ def evaluate(cfg, policy: str | None, run_dir: Path, diagnosed: int) -> dict[str
     if ids != [p["id"] for p in prompts]:
         raise SystemExit(f"{out_file}: its answers are not the held-out split of this configuration")
     result["never_diagnosed"] = subset_metrics(result, prompts, list(range(diagnosed, len(prompts))))
+    # the whole split's rate from the `triage` dimension (heldout_eval counts it on `safety`)
+    whole = subset_metrics(result, prompts, list(range(len(prompts))))
+    result["red_flag_triage_rate"] = whole["red_flag_triage_rate"]
     if policy is not None:
         result["loop"] = loop_record(run_dir, result["dimension_names"])
         result["final_weights"] = final_weights(run_dir, result["dimension_names"])

@@ -74,12 +74,12 @@ def make_dimensions():
     from quark_lightning.matrix import Dimension
     from quark_lightning.rewards.format import FormatScorer
     from quark_lightning.rewards.rubric import RubricScorer
-    from quark_lightning.rewards.safety import SafetyScorer
+    from quark_lightning.rewards.safety import DangerousAdviceScorer
 
     return [
         Dimension("format_rules", "format", FormatScorer(min_words=3, max_words=60)),
         Dimension("expert_rubric", "expert", RubricScorer()),
-        Dimension("safety", "fundamental", SafetyScorer()),
+        Dimension("safety", "fundamental", DangerousAdviceScorer()),
     ]
 
 

@@ -130,7 +130,9 @@ def shaping_problems(optimization: DictConfig) -> list[str]:
             p += target_problems(node, f"optimization.callbacks.{name}")
     if spec.needs_normalizer and isinstance(norm, DictConfig):
         p += unknown_keys(
-            list(norm.keys()), (*NORMALIZER_KEYS, *CALIBRATION_KEYS), "optimization.normalization"
+            list(norm.keys()),
+            (*NORMALIZER_KEYS, *CALIBRATION_KEYS, "length_decoupled"),
+            "optimization.normalization",
         )
         values = {k: _plain(norm, k) for k in NORMALIZER_KEYS if k in norm}
         p += _try(lambda: ReferenceFrozenNormalizer(1, **values), "optimization.normalization")

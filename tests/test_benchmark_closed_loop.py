@@ -26,7 +26,7 @@ def test_closed_loop_smoke_has_three_arms_with_per_dimension_results(tmp_path):
     results = data["results"]
     assert set(results) == {"base", "none_s0", "scalar_s0", "item_s0"}
     names = results["base"]["dimension_names"]
-    assert "format_rules" in names and "safety" in names
+    assert "format_rules" in names and "safety" in names and "triage" in names
     for run, result in results.items():
         assert result["num_prompts"] == 30  # the whole held-out split (val_fraction 0.2)
         nd = result["never_diagnosed"]

@@ -12,6 +12,7 @@ from quark_lightning.models.loading import load_causal_lm
 from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
 from quark_lightning.rewards.format import FormatScorer
 from quark_lightning.rewards.safety import DangerousAdviceScorer
+from quark_lightning.rewards.triage import TriageScorer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
 LENGTH_PATTERN = "length: # words, below the minimum of #"
@@ -28,6 +29,10 @@ def weak_matrix():
                 target=0.9,
             ),
             Dimension("safety", "fundamental", DangerousAdviceScorer(), risk=3.0, target=1.0),
+            # the split of the old safety check: a tiny model ignores red flags (triage fails) and sends
+            # nothing to the emergency department (over_triage passes), so areas differ in pass rate
+            Dimension("triage", "fundamental", TriageScorer(), risk=3.0, target=1.0),
+            Dimension("over_triage", "fundamental", TriageScorer("over_triage"), target=1.0),
         ]
     )
 

@@ -12,7 +12,7 @@ from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.rewards.base import ScoreResult
 from quark_lightning.rewards.online import BadPatternScorer
 from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.safety import SafetyScorer
+from quark_lightning.rewards.triage import TriageScorer
 
 RUBRIC = [
     {"id": "e1", "type": "essential", "text": "Identifies a possible heart attack", "any": ["heart attack"]},
@@ -102,25 +102,25 @@ def test_a_failed_red_flag_prompt_is_drawn_more_often_until_its_answer_clears_th
     sampler = AreaWeightedSampler(
         ["cardiology"] * 4, seed=0, ids=["card-001", "card-002", "card-003", "card-004"]
     )
-    safety = Dimension(
-        "safety", "fundamental", SafetyScorer(), risk=3.0, target=1.0, gate={"below": 1.0, "value": -1.0}
+    triage = Dimension(
+        "triage", "fundamental", TriageScorer(), risk=3.0, target=1.0, gate={"below": 1.0, "value": -1.0}
     )
-    module, trainer = _module([safety], sampler)
+    module, trainer = _module([triage], sampler)
     loop = ClosedLoopSupervision(write_reports=False, prompt_gain=2.0)
     ignored = "Lie down and rest, it will probably pass."
-    assert SafetyScorer().score([red], [ignored]).scores.item() < 1.0  # the red flag is ignored
+    assert TriageScorer().score([red], [ignored]).scores.item() < 1.0  # the red flag is ignored
 
-    actions = loop.update_probe_items(trainer, module, _metrics(safety=0.5), [red], [ignored])
+    actions = loop.update_probe_items(trainer, module, _metrics(triage=0.5), [red], [ignored])
     assert sampler.prompt_weights == {"card-001": 3.0} and loop.prompt_weights == {"card-001": 3.0}
     (a,) = actions
-    assert a["kind"] == "prompt_sampling" and a["dimension"] == "safety" and a["evidence"] == ["card-001"]
-    assert "failed the safety gate" in a["reason"] and "drawn 3.00x" in a["reason"]
+    assert a["kind"] == "prompt_sampling" and a["dimension"] == "triage" and a["evidence"] == ["card-001"]
+    assert "failed the triage gate" in a["reason"] and "drawn 3.00x" in a["reason"]
     drawn = [sampler.ids[i] for _ in range(300) for i in sampler.draw(1)]
     assert drawn.count("card-001") / len(drawn) == pytest.approx(0.5, abs=0.08)  # 3 / (3 + 1 + 1 + 1)
 
     urgent = "This could be a heart attack: call an ambulance on 999 now."
-    assert SafetyScorer().score([red], [urgent]).scores.item() == 1.0
-    actions = loop.update_probe_items(trainer, module, _metrics(safety=0.5), [red], [urgent])
+    assert TriageScorer().score([red], [urgent]).scores.item() == 1.0
+    actions = loop.update_probe_items(trainer, module, _metrics(triage=0.5), [red], [urgent])
     assert sampler.prompt_weights == {} and "clears every gate again" in actions[0]["reason"]
 
 
@@ -173,8 +173,8 @@ def test_a_reward_model_dimension_is_judged_against_the_reference_and_gets_a_gai
 
 def test_a_repeated_bad_phrase_of_failing_answers_joins_the_patterns_and_expires():
     bad = BadPatternScorer(feedback=None, detectors=())
-    safety = Dimension("safety", "fundamental", SafetyScorer(), target=1.0, gate={"below": 1.0})
-    module, _ = _module([Dimension("bad_patterns", "online", bad, target=0.9), safety])
+    triage = Dimension("triage", "fundamental", TriageScorer(), target=1.0, gate={"below": 1.0})
+    module, _ = _module([Dimension("bad_patterns", "online", bad, target=0.9), triage])
     loop = ClosedLoopSupervision(
         write_reports=False, max_mined_patterns=4, pattern_expiry=2, pattern_min_count=3
     )
@@ -219,7 +219,7 @@ def test_a_garbled_phrase_made_of_reference_words_is_never_mined():
     from quark_lightning.eval.loop_patterns import update_loop_patterns
 
     # a weak policy's failing answers repeat "ambulance or an": every content word is in the reference,
-    # so punishing it would teach the policy to avoid the word safety needs
+    # so punishing it would teach the policy to avoid the word triage needs
     answers = [(f"q{i}", f"ambulance or an emergency number {i} wait and see", True) for i in range(4)]
     answers += [("q8", "Rest at home.", False), ("q9", "Drink water.", False)]
     state, _ = update_loop_patterns({}, 1, answers, ["Call an ambulance on the emergency number now."])

@@ -48,7 +48,8 @@ def test_demo_matrix_spans_all_four_categories():
     declared = {d.category for d in cfg.matrix.dimensions.values() if d is not None}
     assert declared == {"fundamental", "expert", "online", "format"}
     matrix = build_matrix(without_trained_reward_models(cfg).matrix)
-    assert len(matrix.names) >= 7 and matrix.gates()  # safety is a gate
+    assert len(matrix.names) >= 9
+    assert {matrix.names[k] for k, _ in matrix.gates()} == {"safety", "triage"}  # the two vetoes
 
 
 @pytest.mark.parametrize(
@@ -90,6 +91,14 @@ def test_scorer_that_cannot_be_built_names_the_dimension():
     )
     with pytest.raises(MatrixConfigError, match="matrix dimension 'safety'"):
         build_matrix(cfg.matrix)
+
+
+def test_the_removed_safety_urgent_patterns_says_where_triage_went():
+    cfg = compose_cfg("+experiment=demo", "+matrix.dimensions.safety.scorer.urgent_patterns=[now]")
+    with pytest.raises(
+        MatrixConfigError, match="urgent_patterns was removed: red-flag triage is now the `triage`"
+    ):
+        build_matrix(without_trained_reward_models(cfg).matrix)
 
 
 def test_a_dimension_can_be_dropped_from_the_command_line():

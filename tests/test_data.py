@@ -7,7 +7,8 @@ import pytest
 from quark_lightning.data.datamodule import PromptDataModule, load_prompt_records
 from quark_lightning.data.schema import DataValidationError
 from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.safety import SafetyScorer
+from quark_lightning.rewards.safety import DangerousAdviceScorer
+from quark_lightning.rewards.triage import TriageScorer
 from tests.conftest import write_jsonl
 
 GOOD = {
@@ -29,15 +30,23 @@ def test_bundled_set_is_large_varied_and_complete(bundled_records):
 
 
 def test_bundled_references_pass_their_own_rubric_and_safety(bundled_records):
-    """An expert reference must meet every essential item, hit no pitfall, and triage its red flags."""
+    """An expert reference must meet every essential item, give no dangerous advice, send its red flags
+    to urgent care now (triage) and, without red flags, not send the person to emergency care
+    (over_triage)."""
     answers = [r["reference"] for r in bundled_records]
     rubric = RubricScorer().score(bundled_records, answers)
-    safety = SafetyScorer().score(bundled_records, answers)
-    for r, s, f, safe, sf in zip(
-        bundled_records, rubric.scores, rubric.findings, safety.scores, safety.findings
-    ):
-        assert float(s) == pytest.approx(1.0), (r["id"], f)
-        assert float(safe) == 1.0, (r["id"], sf)
+    safety = DangerousAdviceScorer().score(bundled_records, answers)
+    triage = TriageScorer("triage").score(bundled_records, answers)
+    over = TriageScorer("over_triage").score(bundled_records, answers)
+    for i, r in enumerate(bundled_records):
+        assert float(rubric.scores[i]) == pytest.approx(1.0), (r["id"], rubric.findings[i])
+        assert float(safety.scores[i]) == 1.0, (r["id"], safety.findings[i])
+        # exactly one of the two triage dimensions applies
+        applies = "triage" if r["red_flags"] else "over_triage"
+        result, other = (triage, over) if r["red_flags"] else (over, triage)
+        assert float(result.scores[i]) == 1.0, (r["id"], applies, result.findings[i])
+        assert other.scores[i].isnan(), r["id"]
+    assert sum(bool(r["red_flags"]) for r in bundled_records) >= 30  # about a third of the set
 
 
 def test_malformed_file_reports_file_line_field(tmp_path):

@@ -316,7 +316,7 @@ def test_on_failure_config_merges_matrix_defaults_and_dimension_overrides():
                 "safety": {
                     "category": "fundamental",
                     "gate": {"below": 1.0, "value": -1.0, "on_failure": "exclude"},
-                    "scorer": {"_target_": "quark_lightning.rewards.safety.SafetyScorer"},
+                    "scorer": {"_target_": "quark_lightning.rewards.safety.DangerousAdviceScorer"},
                 },
             },
         }
@@ -352,8 +352,11 @@ def test_shipped_matrices_declare_failure_policies():
         policies = {d.name: d.on_failure for d in matrix.dimensions}
         assert policies["safety"].nan_is_failure and policies["format_rules"].nan_is_failure
         assert policies["safety"].policy == "retry" and policies["safety"].timeout_s == 300
+        # triage applies to red-flag prompts only, over_triage to the others: their NaN is not a fault
+        assert not policies["triage"].nan_is_failure and not policies["over_triage"].nan_is_failure
     medical = OmegaConf.load(conf / "medical.yaml")
     assert medical.dimensions.safety.gate.on_failure == "veto"
+    assert medical.dimensions.triage.gate.on_failure == "veto"
 
 
 # ------------------------------------------------------------------ a real training run

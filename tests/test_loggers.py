@@ -24,7 +24,8 @@ from quark_lightning.errors import ConfigError
 from quark_lightning.loggers import build_loggers, log_scalars, log_text, logger_configs, stage_kwargs
 from tests.conftest import REPO
 
-DIMS = ("format_rules", "expert_rubric", "safety")  # the smoke experiment's matrix (demo)
+# the dimensions of the smoke experiment's matrix (demo) that apply to every answer
+DIMS = ("format_rules", "expert_rubric", "safety")
 
 
 def train_config(tmp_path, *overrides):

@@ -447,7 +447,7 @@ def test_unusual_but_valid_input_is_accepted_and_scored(name):
     extra keys and empty answers are valid input: read as prompts and as responses, and every dimension
     scores every answer (the rubric's non-Latin patterns match non-Latin answers)."""
     from quark_lightning.rewards.rubric import RubricScorer
-    from quark_lightning.rewards.safety import SafetyScorer
+    from quark_lightning.rewards.safety import DangerousAdviceScorer
     from quark_lightning.score import score_records
 
     path = str(UNUSUAL / name)
@@ -458,7 +458,7 @@ def test_unusual_but_valid_input_is_accepted_and_scored(name):
         [
             Dimension("format_rules", "format", FormatScorer(min_words=3)),
             Dimension("expert_rubric", "expert", RubricScorer()),
-            Dimension("safety", "fundamental", SafetyScorer()),
+            Dimension("safety", "fundamental", DangerousAdviceScorer()),
         ]
     )
     rows = list(score_records(matrix, records, batch_size=8))

@@ -18,7 +18,8 @@ from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, Gate
 from quark_lightning.rewards import text
 from quark_lightning.rewards.format import FormatScorer
 from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.safety import SafetyScorer
+from quark_lightning.rewards.safety import DangerousAdviceScorer
+from quark_lightning.rewards.triage import TriageScorer
 from quark_lightning.score import load_responses, score_records
 from tests.conftest import REPO, write_jsonl
 
@@ -62,9 +63,9 @@ def test_scoring_cli_with_a_catastrophic_pattern_stops_with_a_message_not_a_stal
 
 def test_invalid_config_patterns_are_refused_at_start_up_naming_the_key():
     with pytest.raises(
-        text.PatternError, match=r"safety: urgent_patterns\[1\]: invalid regular expression '\(call'"
+        text.PatternError, match=r"safety: dangerous_patterns\[1\]: invalid regular expression '\(call'"
     ):
-        SafetyScorer(urgent_patterns=["now", "(call"])
+        DangerousAdviceScorer(dangerous_patterns=["now", "(call"])
     with pytest.raises(text.PatternError, match=r"format rules: disclaimer_patterns\[0\]: invalid regular"):
         FormatScorer(disclaimer_patterns=["[doctor"])
 
@@ -104,7 +105,8 @@ def rules_matrix(gate: Gate | None = None) -> AlignmentMatrix:
         [
             Dimension("format_rules", "format", FormatScorer(min_words=3)),
             Dimension("expert_rubric", "expert", RubricScorer()),
-            Dimension("safety", "fundamental", SafetyScorer(), gate=gate),
+            Dimension("safety", "fundamental", DangerousAdviceScorer()),
+            Dimension("triage", "fundamental", TriageScorer(), gate=gate),
         ]
     )
 
@@ -140,8 +142,11 @@ def test_an_empty_or_blank_answer_is_scored_and_flagged(tmp_path):
     assert empty["flags"] == ["empty response"] and blank["flags"] == ["whitespace-only response"]
     assert full["flags"] == []
     for row in (empty, blank):
-        assert all(v is not None and v < 1.0 for v in row["scores"].values()), row  # every dimension scored
-        assert all(row["findings"][dim] for dim in row["scores"]), row  # and says what it makes of it
+        # every dimension scored; nothing said is no dangerous advice (safety 1.0), every other one fails
+        assert row["scores"]["safety"] == 1.0 and not row["findings"]["safety"], row
+        others = [dim for dim in row["scores"] if dim != "safety"]
+        assert all(row["scores"][dim] is not None and row["scores"][dim] < 1.0 for dim in others), row
+        assert all(row["findings"][dim] for dim in others), row  # and says what it makes of it
         assert row["failed"] == []
 
 
@@ -168,7 +173,7 @@ def test_scoring_cli_reward_applies_the_gates(tmp_path):
     records = load_responses(write_jsonl(tmp_path / "r.jsonl", rows))
     gated = list(score_records(rules_matrix(Gate(below=1.0, mode="cap", value=-1.0)), records, 8))
     plain = list(score_records(rules_matrix(), records, 8))
-    assert gated[0]["vetoed_by"] == ["safety"] and gated[0]["reward"] == -1.0 and plain[0]["reward"] > -1.0
+    assert gated[0]["vetoed_by"] == ["triage"] and gated[0]["reward"] == -1.0 and plain[0]["reward"] > -1.0
     assert gated[1]["vetoed_by"] == [] and gated[1]["reward"] == plain[1]["reward"]
     assert plain[0]["vetoed_by"] == []
 
@@ -247,5 +252,5 @@ def test_unknown_experiment_or_option_exits_2_with_the_valid_names(tmp_path, scr
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"error: {expected}") and "Traceback" not in proc.stderr
-    valid = {"experiment": "demo, efficacy_real", "trainer": "max_steps", "matrix": "demo, judged, medical"}
+    valid = {"experiment": "demo, efficacy_real", "trainer": "max_steps", "matrix": "demo, heldout, judged, medical"}
     assert any(v in proc.stderr for v in valid.values())

@@ -10,14 +10,14 @@ from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.modules.grpo import upgrade_shaping_keys
 from quark_lightning.optim.shaping import RewardShaping
 from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.safety import SafetyScorer
+from quark_lightning.rewards.safety import DangerousAdviceScorer
 
 
 def matrix():
     return AlignmentMatrix(
         [
             Dimension("format_rules", "format", FormatScorer(), weight=2.0, target=0.9),
-            Dimension("safety", "fundamental", SafetyScorer(), risk=3.0, target=1.0),
+            Dimension("safety", "fundamental", DangerousAdviceScorer(), risk=3.0, target=1.0),
         ]
     )
 

@@ -13,8 +13,24 @@ import torch
 from quark_lightning.score import static_reward
 
 REPO = Path(__file__).resolve().parents[1]
-DIMENSIONS = ["format_rules", "expert_rubric", "safety", "usefulness", "bad_patterns"]
-WEIGHTS = {"format_rules": 1.0, "expert_rubric": 1.0, "safety": 1.0, "usefulness": 2.0, "bad_patterns": 1.0}
+DIMENSIONS = [
+    "format_rules",
+    "expert_rubric",
+    "safety",
+    "triage",
+    "over_triage",
+    "usefulness",
+    "bad_patterns",
+]
+WEIGHTS = {
+    "format_rules": 1.0,
+    "expert_rubric": 1.0,
+    "safety": 1.0,
+    "triage": 1.0,
+    "over_triage": 1.0,
+    "usefulness": 2.0,
+    "bad_patterns": 1.0,
+}
 
 CHEST = {
     "id": "card-x",
@@ -114,6 +130,9 @@ def test_every_line_parses_and_holds_every_dimension(scored):
 
 def test_not_applicable_dimension_is_null_and_reward_is_the_static_weighted_nansum(scored):
     assert scored[2]["scores"]["expert_rubric"] is None  # the sleep prompt has no rubric
+    # triage applies to the red-flag prompt only, over_triage to the others
+    assert scored[2]["scores"]["triage"] is None and scored[2]["scores"]["over_triage"] == 1.0
+    assert all(row["scores"]["over_triage"] is None for row in scored[:2])
     for row in scored:
         expected = sum(WEIGHTS[k] * v for k, v in row["scores"].items() if v is not None)
         assert row["reward"] == pytest.approx(expected, abs=1e-5)
@@ -121,12 +140,13 @@ def test_not_applicable_dimension_is_null_and_reward_is_the_static_weighted_nans
 
 def test_scores_and_findings_explain_the_answers(scored):
     good, refusal, _ = scored
-    assert good["scores"]["safety"] == 1.0 and refusal["scores"]["safety"] == 0.0
+    assert good["scores"]["triage"] == 1.0 and refusal["scores"]["triage"] == 0.0
+    assert good["scores"]["safety"] == refusal["scores"]["safety"] == 1.0  # no dangerous advice in either
     assert good["reward"] > refusal["reward"]
     assert refusal["findings"]["bad_patterns"] == [
         "bad pattern 'boilerplate_refusal': \"as an ai\" (tag: boilerplate_refusal)"
     ]
-    assert any("ignored red flag" in f for f in refusal["findings"]["safety"])
+    assert any("ignored red flag(s) crushing chest pain" in f for f in refusal["findings"]["triage"])
 
 
 def test_static_reward_is_null_only_when_nothing_applies():
@@ -159,7 +179,8 @@ def test_output_file_and_bad_row_reporting(tmp_path):
     proc = run_cli("--input", responses, "--output", str(out), "--matrix", "demo")
     assert proc.returncode == 0, proc.stderr
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert list(row["scores"]) == ["format_rules", "expert_rubric", "safety"] and proc.stdout == ""
+    assert list(row["scores"]) == ["format_rules", "expert_rubric", "safety", "triage", "over_triage"]
+    assert proc.stdout == ""
 
 
 def test_bad_matrix_is_reported_without_traceback(tmp_path):

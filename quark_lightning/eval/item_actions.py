@@ -19,7 +19,7 @@ reward", not its rules):
     met (pitfall: not hit)        w <- 1
   The rubric score counts an item's points times w (rewards/rubric.py), so an answer that keeps missing
   the item scores lower, one that meets it relatively higher.
-- prompt sampling: a probed training prompt whose answer fails a gate (for example safety: a red flag
+- prompt sampling: a probed training prompt whose answer fails a gate (for example triage: a red flag
   ignored) is drawn 1 + `gain` times as often as its area peers (data/datamodule.py AreaWeightedSampler),
   back to 1 once its answer clears every gate.
 """

@@ -10,7 +10,7 @@ failing answers; a phrase is kept when it is in at least `min_count` failing ans
 answer (a reference phrase is never punished, whatever the policy does with it), not made only of one
 reference's vocabulary (its content words, stopwords aside, all in a single reference: "ambulance or
 an", "and the emergency" are a weak policy's garbled urgent advice, and punishing them would teach it
-to avoid the words safety needs), and it is neither known
+to avoid the words triage needs), and it is neither known
 already nor redundant with a known or better-ranked phrase (contained in / containing one, or found in
 nearly the same failing answers: `redundant` of online.py, Jaccard 0.8). New phrases join best z first
 while the list holds fewer than `cap`; `BadPatternScorer.set_loop_patterns` then punishes each with

@@ -22,7 +22,7 @@ from quark_lightning.modules.grpo import GRPOConfig, GRPOModule  # noqa: E402
 from quark_lightning.optim.shaping import RewardShaping  # noqa: E402
 from quark_lightning.rewards.format import FormatScorer  # noqa: E402
 from quark_lightning.rewards.rubric import RubricScorer  # noqa: E402
-from quark_lightning.rewards.safety import SafetyScorer  # noqa: E402
+from quark_lightning.rewards.safety import DangerousAdviceScorer  # noqa: E402
 from quark_lightning.rollout.hf_generate import HFGenerateEngine  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def main():
                 "format_rules", "format", FormatScorer(min_words=3, max_words=40), risk=1.0, target=0.9
             ),
             Dimension("expert_rubric", "expert", RubricScorer(), risk=2.0, target=0.5),
-            Dimension("safety", "fundamental", SafetyScorer(), risk=3.0, target=1.0),
+            Dimension("safety", "fundamental", DangerousAdviceScorer(), risk=3.0, target=1.0),
         ]
     )
     module = GRPOModule(
