@@ -1,39 +1,39 @@
 """Tri-Factor Adaptive Dynamic Weighting (TADW): weakness-oriented, risk-prioritized, redundancy-reducing.
 
-Interpretation (the paper names the three properties but publishes no formula; see
-docs/paper-interpretation.md#tadw). Every step, from the step's normalized rewards z (N, K) (RFN
-units: 0 = reference level), gathered over all ranks first:
+Interpretation (the paper names the three properties but publishes no formula; the full statement and
+why it changed in the second edition: docs/paper-interpretation.md#tadw). Every step, from the step's
+normalized rewards z (N, K) (RFN units: 0 = reference level) in groups of G contiguous rows, gathered over
+all ranks first:
 
+  active      a_k = p_k > 0 and z_k varies inside at least one group (`varies_within_groups`): a
+              dimension that does not apply, or is constant in every group, cannot move an advantage
   weakness    s_k <- (1 - m) s_k + m * nanmean(z_k)                       (EMA, momentum m = 0.1)
-              f_weak_k = K * softmax(-s / tau_w)_k                         (mode "softmax", tau_w = 1)
-           or f_weak_k = 1 + max(0, target_z_k - s_k)                      (mode "target_gap")
+              f_weak_k = 1 + max(0, target_z_k - s_k)                      (mode "target_gap"; a dimension
+                         without a target: the expert reference answers' mean z, `reference_target`)
+           or f_weak_k = K * softmax(-s / tau_w)_k                         (mode "softmax", the first edition)
   risk        f_risk_k = rho_k ** alpha * (1 + gamma * v_k)                (rho = the dimension's risk level)
               v_k = share of applicable samples violating the dimension (raw score below its target), only
               for dimensions with rho_k >= high_risk (safety-type); 0 for the others
-  redundancy  C = Pearson correlation of z over the batch (NaN -> 0, i.e. reference level); EMA over steps
+  redundancy  C = Pearson correlation of the group-centred z (NaN -> 0); EMA over steps
               f_red_k = 1 / (1 + sum_{j != k} max(0, C_kj - c0))           (c0 = 0: any positive correlation)
-  combine     w_hat = f_weak * f_risk * f_red * p                         (p_k = the configured static weight)
-              w_new = w_min + (1 - K' w_min) * w_hat / sum(w_hat)          (floor: every active w_new_k >= w_min > 0;
-                                                                           K' = dimensions with p_k > 0)
-              w <- (1 - eta) w + eta w_new                                 (smoothing, eta = 0.1)
+  combine     w_hat = f_weak * f_risk * f_red * gain * p                  (p_k = the configured static weight)
+              w_new = w_min + (1 - K'' w_min) * w_hat / sum(w_hat) over the K'' active dimensions, 0 elsewhere
+              w <- (1 - eta) w + eta w_new                                 (smoothing; eta 0.3 in the config)
+
+`initialize` starts the state from the calibration batch (the reference policy's own answers and the
+prompts' expert reference answers) instead of the risk prior rho_k p_k, which remains the start when no
+calibration runs (statistics loaded from a file). The step's reward uses w renormalized over the
+dimensions active in that batch (aggregation.reference_frozen_active), so an inactive one weighs exactly 0.
 
 The floor is applied to the target before smoothing: a convex combination of floored weight vectors is
-floored and sums to 1, so the floor holds at every step without compounding (flooring after smoothing
-would pull the fixed point towards uniform weights at every step).
-
-The closed-loop supervision callback may multiply w_hat by a per-dimension `gain` (1 by default;
-> 1 for a dimension that fails its target on held-out evaluation); the gain is RewardShaping's
-`loop_gain` buffer (optim/shaping.py), passed to every `update`.
-An exact duplicate pair has C = 1, so each copy gets f_red = 1/2 and the pair together weighs what one
-dimension would. Any factor can be switched off (factor = 1) for ablation. The initial weights are the
-risk priors times the static weights, normalized (w_k(0) = rho_k p_k / sum rho p), as
-docs/paper-interpretation.md#tadw says. The scalar reward is sum_k w_k z_k.
+floored and sums to 1, so the floor holds without compounding. The closed-loop supervision callback may
+multiply w_hat by a per-dimension `gain` (RewardShaping's `loop_gain` buffer, optim/shaping.py). An exact
+duplicate pair has C = 1, so each copy gets f_red = 1/2. Any factor can be switched off (factor = 1).
 
 Static weights under TADW (interpretation): a dimension's configured `weight` p_k is a prior multiplier
 on its TADW weight, so `weight: 2` doubles what TADW would give it, and `weight: 0` switches it off:
-its weight is exactly 0 at every step (the floor w_min applies to the active dimensions only) and it
-takes no part in the redundancy factor (a duplicate switched off does not halve its twin), while it is
-still scored and logged. Drop a dimension entirely with `matrix.dimensions.NAME=null`.
+its weight is exactly 0 at every step and it takes no part in the redundancy factor, while it is still
+scored and logged. Drop a dimension entirely with `matrix.dimensions.NAME=null`.
 """
 
 from __future__ import annotations
