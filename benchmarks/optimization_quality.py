@@ -50,7 +50,13 @@ NAMES = ["orm", "rubric", "safety", "format", "rubric_copy"]
 RISK = [2.0, 2.0, 3.0, 1.0, 2.0]
 TARGETS = [None, 0.7, 0.0, 1.0, 0.7]
 DISTINCT = [0, 1, 2, 3]  # rubric_copy is rubric
-AGGREGATORS = ["sum", "gdpo", "rfn", "rfn_tadw"]
+AGGREGATORS = ["sum", "gdpo", "rfn", "rfn_tadw", "rfn_tadw_v1"]
+# rfn_tadw: the second edition as conf/optimization/rfn_tadw.yaml sets it (target-gap weakness against the
+# targets, the rubric's expert level for the target-less ORM, start from the calibration batch, zero weight
+# for dimensions that cannot move an advantage, eta 0.3, batch scaling, Bernoulli fallback sigma);
+# rfn_tadw_v1: the first edition (softmax weakness, risk-prior start, eta 0.1, group scaling, sigma 1).
+SECOND_EDITION = {"weakness_mode": "target_gap", "eta": 0.3}
+SCALE = {"rfn": "batch", "rfn_tadw": "batch"}
 
 
 @dataclass
@@ -124,20 +130,30 @@ def train(name: str, task: Task, steps: int, group: int, lr: float, beta: float,
     g = torch.Generator().manual_seed(seed + 1000)
     weights = torch.ones(K)
     normalizer = tadw = None
-    if name in ("rfn", "rfn_tadw"):  # calibrate on the reference's own samples, then freeze
+    aggregator = "rfn_tadw" if name == "rfn_tadw_v1" else name
+    if aggregator in ("rfn", "rfn_tadw"):  # calibrate on the reference's own samples, then freeze
         idx = sample(task.ref_logits, group, g)
-        normalizer = ReferenceFrozenNormalizer(K)
-        normalizer.fit(torch.gather(task.scores, 1, idx.unsqueeze(-1).expand(-1, -1, K)).reshape(-1, K))
-    if name == "rfn_tadw":
+        normalizer = ReferenceFrozenNormalizer(K, fallback_std=1.0 if name == "rfn_tadw_v1" else "bernoulli")
+        calib = torch.gather(task.scores, 1, idx.unsqueeze(-1).expand(-1, -1, K)).reshape(-1, K)
+        normalizer.fit(calib)
+    if name == "rfn_tadw_v1":
         tadw = TriFactorWeighting(risk=RISK, targets=TARGETS)
+        target_z = (tadw.targets - normalizer.mean) / (normalizer.std + normalizer.eps)
+        weights = tadw.weights.clone()
+    if name == "rfn_tadw":
+        tadw = TriFactorWeighting(risk=RISK, targets=TARGETS, **SECOND_EDITION)
+        target_z = (tadw.targets - normalizer.mean) / (normalizer.std + normalizer.eps)
+        expert = task.scores[torch.arange(P), task.scores[:, :, 1].argmax(1)]  # (P, K) best-rubric answer
+        tadw.initialize(normalizer(calib), calib, group, target_z, normalizer(expert))
         weights = tadw.weights.clone()
     shares = []
     for _ in range(steps):
         idx = sample(logits.detach(), group, g)  # (P, G)
         raw = torch.gather(task.scores, 1, idx.unsqueeze(-1).expand(-1, -1, K)).reshape(-1, K)  # (N, K)
         ctx = AggregationContext(group_size=group, normalizer=normalizer)
-        agg, adv, _ = aggregate_and_advantages(name, raw, weights, ctx)
-        shares.append(advantage_shares(contributions(name, raw, agg.normalized, weights, group)))
+        agg, adv, _ = aggregate_and_advantages(aggregator, raw, weights, ctx, SCALE.get(name, "group"))
+        used = agg.weights if agg.weights is not None else weights
+        shares.append(advantage_shares(contributions(aggregator, raw, agg.normalized, used, group)))
         logp = torch.log_softmax(logits, -1)
         logp_taken = torch.gather(logp, 1, idx).reshape(-1)  # (N,)
         ref_logp = torch.gather(torch.log_softmax(task.ref_logits, -1), 1, idx).reshape(-1)
@@ -146,8 +162,7 @@ def train(name: str, task: Task, steps: int, group: int, lr: float, beta: float,
         loss.backward()
         opt.step()
         if tadw is not None:
-            target_z = (tadw.targets - normalizer.mean) / (normalizer.std + normalizer.eps)
-            tadw.update(agg.normalized, raw, target_z)
+            tadw.update(agg.normalized, raw, target_z, group_size=group if name == "rfn_tadw" else None)
             weights = tadw.weights.clone()
     ref_mean = expected_scores(task.ref_logits, task.scores)
     gain = (expected_scores(logits.detach(), task.scores) - ref_mean) / reference_std(
