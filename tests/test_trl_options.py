@@ -288,6 +288,43 @@ def test_dynamic_sampling_stops_at_its_cap_and_says_so(tiny_model_dir, bundled_r
     assert [p["id"] for p in rollout.prompts] == [cards[0]["id"]] * 2 + [cards[1]["id"]] * 2
 
 
+class PassesOnTheSecondCall:
+    """A gate dimension nobody passes at first (every answer 0), then the first answer of each group does."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, prompts, completions):
+        from quark_lightning.rewards.base import ScoreResult
+
+        self.calls += 1
+        values = [float(self.calls > 1 and i % 2 == 0) for i in range(len(completions))]
+        return ScoreResult.from_lists(values, [[] for _ in values])
+
+
+def test_groups_without_a_passing_answer_are_sampled_again(tiny_model_dir, bundled_records):
+    from quark_lightning.matrix.matrix import Gate
+    from quark_lightning.modules.dynamic_sampling import groups_without_a_pass
+
+    gate = [(0, Gate(below=1.0))]
+    nan = float("nan")
+    scores = torch.tensor([[0.0], [0.0], [1.0], [0.0], [nan], [nan]])
+    failed = torch.zeros(6, 1, dtype=torch.bool)
+    assert groups_without_a_pass(scores, failed, gate, 2).tolist() == [True, False, False]  # NaN: no gate
+    failed[2, 0] = True  # a failed score never clears the gate
+    assert groups_without_a_pass(scores, failed, gate, 2).tolist() == [True, True, False]
+
+    module = _module(tiny_model_dir, redraw_gated_groups=2)
+    module.matrix = AlignmentMatrix([Dimension("triage", "fundamental", PassesOnTheSecondCall())])
+    module.shaping.gates = gate
+    batch = bundled_records[:2]
+    rollout = module.engine.generate(module.policy, module.tokenizer, batch, 2)
+    rollout, scored = module.redraw(rollout, module.score_matrix(rollout))
+    assert [p["id"] for p in rollout.prompts] == [batch[0]["id"]] * 2 + [batch[1]["id"]] * 2  # same prompts
+    assert scored.scores[:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]  # the redrawn groups replaced the old ones
+    assert module.redraw_stats == {"redraw/groups_without_a_pass": 2.0, "redraw/replaced": 2.0}
+
+
 # ------------------------------------------------------------------------------------------- stop strings, EOS ids
 def test_completion_mask_ends_at_any_stop_id_or_stop_position():
     from quark_lightning.rollout.base import completion_mask_from_ids

@@ -109,3 +109,21 @@ def plan_batch(spreads: Sequence[torch.Tensor], target: int) -> tuple[list[list[
                 chosen[d].append(g)
                 taken += 1
     return [sorted(c) for c in chosen], fill
+
+
+# ---------------------------------------------------------------------------------------------- risk redraws
+def groups_without_a_pass(
+    scores: torch.Tensor, failed: torch.Tensor, gates: Sequence, group_size: int
+) -> torch.Tensor:
+    """(N, K) raw scores and failure mask, [(k, Gate)] -> (P,) bool: for some gate dimension that applies
+    to the group, no completion clears it (every one scores below `below` or its scorer failed). Such a
+    group has nothing to learn on that dimension: e.g. a red-flag prompt none of whose answers directs
+    the person to care."""
+    out = torch.zeros(scores.size(0) // group_size, dtype=torch.bool)
+    for k, gate in gates:
+        col = scores[:, k].view(-1, group_size).cpu()
+        fail = failed[:, k].view(-1, group_size).cpu()
+        applies = (~torch.isnan(col)).any(1) | fail.any(1)
+        passes = ((col >= gate.below) & ~fail).any(1)  # NaN >= x is False
+        out |= applies & ~passes
+    return out

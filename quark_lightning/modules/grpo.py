@@ -65,6 +65,7 @@ from quark_lightning.models.reference import (
 from quark_lightning.modules.dynamic_sampling import (
     group_has_spread,
     group_rows,
+    groups_without_a_pass,
     plan_batch,
     select_rollout,
     select_scores,
@@ -116,6 +117,10 @@ class GRPOConfig:
     # prompts until the batch is full, at most `dynamic_sampling_max_draws` extra draws per step
     dynamic_sampling: bool = False
     dynamic_sampling_max_draws: int = 3
+    # risk on sampling: a group none of whose completions clears a gate (e.g. a red-flag prompt with no
+    # answer directing to care) is sampled again, at most this many times per step; the new group replaces
+    # it when one of its completions clears every gate (0 = off)
+    redraw_gated_groups: int = 0
 
     def __post_init__(self) -> None:
         self._check_trl_options()
@@ -165,6 +170,13 @@ class GRPOConfig:
                 isinstance(self.dynamic_sampling_max_draws, int)
                 and not isinstance(self.dynamic_sampling_max_draws, bool)
                 and self.dynamic_sampling_max_draws >= 0,
+                "an integer >= 0",
+            ),
+            (
+                "redraw_gated_groups",
+                isinstance(self.redraw_gated_groups, int)
+                and not isinstance(self.redraw_gated_groups, bool)
+                and self.redraw_gated_groups >= 0,
                 "an integer >= 0",
             ),
         ]
@@ -473,6 +485,37 @@ class GRPOModule(L.LightningModule):
             select_scores([(m, rows) for (_, m), rows in parts]),
         )
 
+    def redraw(self, rollout: Rollout, matrix_scores: MatrixScores):
+        """Sample again the prompts of groups where no completion clears a gate (groups_without_a_pass),
+        up to `redraw_gated_groups` times; a new group replaces the old one when one of its completions
+        clears every gate. Every rank draws as long as any rank has such a group (scoring is collective;
+        a rank with none redraws its first group and keeps the old one). -> (rollout, matrix_scores)"""
+        G, gates = self.config.num_generations, self.shaping.gates
+        drawn = replaced = 0
+        for _ in range(self.config.redraw_gated_groups):
+            stuck = groups_without_a_pass(matrix_scores.scores, matrix_scores.failed, gates, G)
+            if all_reduce_max_int(int(stuck.any()), self.device) == 0:
+                break
+            groups = stuck.nonzero().flatten().tolist() or [0]
+            extra = self.engine.generate(
+                self.policy, self.tokenizer, [rollout.prompts[g * G] for g in groups], G
+            )
+            extra_scores = self.score_matrix(extra)
+            fixed = ~groups_without_a_pass(extra_scores.scores, extra_scores.failed, gates, G)
+            swap = {g: j for j, g in enumerate(groups) if bool(stuck[g]) and bool(fixed[j])}
+            drawn, replaced = drawn + int(stuck.sum()), replaced + len(swap)
+            if swap:
+                keep = [g for g in range(len(stuck)) if g not in swap]
+                parts = [
+                    ((rollout, matrix_scores), group_rows(keep, G)),
+                    ((extra, extra_scores), group_rows(list(swap.values()), G)),
+                ]
+                pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+                rollout = select_rollout([(r, rows) for (r, _), rows in parts if rows], pad)
+                matrix_scores = select_scores([(m, rows) for (_, m), rows in parts if rows])
+        self.redraw_stats = {"redraw/groups_without_a_pass": float(drawn), "redraw/replaced": float(replaced)}
+        return rollout, matrix_scores
+
     def _spread(self, rollout: Rollout, matrix_scores: MatrixScores) -> torch.Tensor:
         """(groups,) bool: the group's rewards (this rank's aggregation of this draw) are not all equal."""
         ids = [p["id"] for p in rollout.prompts]
@@ -525,6 +568,8 @@ class GRPOModule(L.LightningModule):
         t_gen = time.perf_counter()
         # 2. scores: (N, K) per dimension, NaN = not applicable, plus findings (matrix/matrix.py)
         matrix_scores = self.score_matrix(rollout)
+        if cfg.redraw_gated_groups:  # groups with no answer clearing a gate: sample those prompts again
+            rollout, matrix_scores = self.redraw(rollout, matrix_scores)
         if cfg.dynamic_sampling:  # drop zero-spread groups, draw more prompts (DAPO)
             rollout, matrix_scores = self.refill(batch, rollout, matrix_scores)
         # 3.-4. shaping and advantages: weights, RFN, gates -> reward (N,) -> advantages (optim/shaping.py)
@@ -662,6 +707,7 @@ class GRPOModule(L.LightningModule):
             metrics[f"weights/{name}"] = float(self.shaping.weights[k])
         metrics.update(self.scorer_failures.metrics())
         metrics.update(getattr(self, "dynamic_sampling_stats", {}))
+        metrics.update(getattr(self, "redraw_stats", {}))
         if self.matrix.judges():  # this rank's LLM-judge counters since the start: requests, cache hits...
             metrics.update({f"judge/{k}": float(v) for k, v in self.matrix.judge_stats().items()})
         reward = aggregated.reward
