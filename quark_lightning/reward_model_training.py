@@ -6,6 +6,13 @@
     <run_dir>/checkpoints; the same command again resumes from last.ckpt) -> evaluate held-out
     -> save <run_dir>/reward_model
 
+Held-out evaluation (before and after training; printed, and saved in reward_model.json's summary):
+pair accuracy, tie accuracy, mean |delta| on ties, pair margin, reward std, and the length-controlled
+accuracy: the share of held-out preferred pairs whose rejected answer, padded with content-free filler
+(quark_lightning/data/length_control.py, sentences never used in training data) to at least the
+preferred answer's words + 50, still scores below the preferred answer. A reward model that mostly
+measures length scores near 0 there however high its pair accuracy.
+
 `python train.py +experiment=rm_orm` (preference pairs) or `+experiment=rm_online` (online feedback).
 The saved directory is what `quark_lightning.rewards.orm.ORMScorer(path=...)` loads.
 
@@ -34,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.checkpointing import AtomicCheckpointIO, check_checkpoint
 from quark_lightning.config import _require, is_int, is_num
+from quark_lightning.data.length_control import CONTROL_EXTRA_WORDS, length_control_pairs
 from quark_lightning.data.preferences import (
     describe,
     feedback_to_pairs,
@@ -64,6 +72,7 @@ REPORTED = (
     ("tie_abs_delta", "mean |delta| on ties"),
     ("pair_margin", "pair margin"),
     ("reward_std", "reward std"),
+    ("length_controlled_accuracy", "length-controlled acc."),
 )
 
 
@@ -385,15 +394,19 @@ def _print_data_and_backbone(
 
 
 def _pair_datasets(model, rm: DictConfig, mode: str, train_pairs: list, held_pairs: list):
-    """(train set, held-out set, feature seconds, feature texts). With a frozen backbone: the pooled
-    features of each distinct text, one backbone forward each, for the head to train on; else tokenized
-    pairs (feature seconds and texts are 0)."""
+    """(train set, held-out set, length-control set, feature seconds, feature texts). With a frozen
+    backbone: the pooled features of each distinct text, one backbone forward each, for the head to train
+    on; else tokenized pairs (feature seconds and texts are 0). The length-control set holds each held-out
+    preferred pair as (preferred answer, rejected answer padded with filler to at least the preferred
+    one's words + 50), see `length_control_pairs`; its features are not counted in the feature totals."""
     from quark_lightning.modules.reward_model import FeaturePairDataset, PairDataset
 
+    control_pairs = length_control_pairs(held_pairs)
     feature_seconds, feature_texts = 0.0, 0
     if mode == "frozen":  # one backbone forward per distinct text; the head trains on the cached features
         train_set = FeaturePairDataset(model, train_pairs, rm.max_length, rm.feature_batch_size)
         held_set = FeaturePairDataset(model, held_pairs, rm.max_length, rm.feature_batch_size)
+        control_set = FeaturePairDataset(model, control_pairs, rm.max_length, rm.feature_batch_size)
         feature_seconds = train_set.seconds + held_set.seconds
         feature_texts = train_set.num_texts + held_set.num_texts
         print(
@@ -403,7 +416,20 @@ def _pair_datasets(model, rm: DictConfig, mode: str, train_pairs: list, held_pai
     else:
         train_set = PairDataset(model, train_pairs, rm.max_length)
         held_set = PairDataset(model, held_pairs, rm.max_length)
-    return train_set, held_set, feature_seconds, feature_texts
+        control_set = PairDataset(model, control_pairs, rm.max_length)
+    return train_set, held_set, control_set, feature_seconds, feature_texts
+
+
+def held_out_metrics(model, held_set, control_set, rm: DictConfig) -> dict[str, float]:
+    """`evaluate_pairs` on the held-out pairs, plus `length_controlled_accuracy`: the pair accuracy on the
+    length-control set (the share of held-out preferred pairs whose rejected answer, padded with filler
+    to be 50+ words longer than the preferred one, still scores below it; NaN without preferred pairs)."""
+    from quark_lightning.modules.reward_model import evaluate_pairs
+
+    metrics = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
+    control = evaluate_pairs(model, control_set, rm.eval_batch_size, rm.tie_threshold)
+    metrics["length_controlled_accuracy"] = control["pair_accuracy"]
+    return metrics
 
 
 def _reward_model_module(model, rm: DictConfig, optimizer, schedule):
@@ -516,6 +542,10 @@ def _print_evaluation(
         f"tie accuracy: {after['tie_accuracy']:.3f}  "
         f"mean |delta| on ties: {after['tie_abs_delta']:.3f}"
     )
+    print(
+        f"length-controlled accuracy: {after['length_controlled_accuracy']:.3f} (held-out rejected answers "
+        f"padded with filler to >= the preferred answer's words + {CONTROL_EXTRA_WORDS} still score below it)"
+    )
 
 
 def _print_saved(out_dir: str, result: dict[str, Any]) -> None:
@@ -530,8 +560,6 @@ def _print_saved(out_dir: str, result: dict[str, Any]) -> None:
 
 def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate and save the reward model the config describes; returns paths and metrics."""
-    from quark_lightning.modules.reward_model import evaluate_pairs
-
     validate_reward_model_config(cfg)
     rm = cfg.reward_model
     optimizer, schedule = training_factories(rm)  # a bad optimizer / lr_scheduler node stops here
@@ -543,10 +571,10 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     _print_data_and_backbone(cfg, train_pairs, held_pairs)
     mode = train_backbone_mode(cfg)
     model = build_reward_model(cfg, corpus)
-    train_set, held_set, feature_seconds, feature_texts = _pair_datasets(
+    train_set, held_set, control_set, feature_seconds, feature_texts = _pair_datasets(
         model, rm, mode, train_pairs, held_pairs
     )
-    before = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
+    before = held_out_metrics(model, held_set, control_set, rm)
 
     module = _reward_model_module(model, rm, optimizer, schedule)
     train_loader = train_set.loader(rm.batch_size, shuffle=True, seed=cfg.seed)
@@ -554,7 +582,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     steps = kwargs["max_steps"]
     trainer, loggers, train_seconds = _fit_reward_model(cfg, module, mode, train_loader, held_set, kwargs)
     model.eval()
-    after = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
+    after = held_out_metrics(model, held_set, control_set, rm)
 
     result: dict[str, Any] = {"run_dir": run_dir, "before": before, "after": after}
     if trainer.is_global_zero:

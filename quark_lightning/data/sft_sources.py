@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from quark_lightning.data.canary import refuse_evaluation_data
+from quark_lightning.data.length_control import ORIGIN as LENGTH_BALANCE
 from quark_lightning.data.preferences import load_online_feedback, load_preference_pairs, question_key
 from quark_lightning.errors import ConfigError
 
@@ -34,22 +35,28 @@ def _example(messages: list[dict[str, str]], answer: str, source: str, id_: str 
 
 
 def preferred_responses(path: str = "bundled", **_: Any) -> list[Example]:
-    """The winning response of every non-tie preference pair (one per distinct question/answer)."""
-    out = []
+    """The winning response of every non-tie preference pair, once per distinct question/answer. Pairs
+    generated for length balance (`origin: length_balance`, whose winners are hand-made winners again or
+    the expert reference) are not demonstrations and are left out."""
+    out, seen = [], set()
     for p in load_preference_pairs(path):
-        if p["preference"] == "tie":
+        if p["preference"] == "tie" or p.get("origin") == LENGTH_BALANCE:
             continue
         answer = p["response_a"] if p["preference"] == "a" else p["response_b"]
-        out.append(_example(p["messages"], answer, "preferred_responses", p.get("id")))
+        key = (question_key(p["messages"]), answer.strip())
+        if key not in seen:
+            seen.add(key)
+            out.append(_example(p["messages"], answer, "preferred_responses", p.get("id")))
     return out
 
 
 def liked_feedback(path: str = "bundled", **_: Any) -> list[Example]:
-    """Every response users rated +1 in the online-feedback log."""
+    """Every response users rated +1 in the online-feedback log (records generated for length balance,
+    `origin: length_balance`, left out)."""
     return [
         _example(r["messages"], r["response"], "liked_feedback", r.get("id"))
         for r in load_online_feedback(path)
-        if r["rating"] == 1
+        if r["rating"] == 1 and r.get("origin") != LENGTH_BALANCE
     ]
 
 

@@ -26,6 +26,8 @@ def _highlights(outputs: dict[str, Any]) -> str:
     after = outputs.get("held_out_after")
     if after:
         parts.append(f"held-out pair accuracy {after.get('pair_accuracy', float('nan')):.3f}")
+        if after.get("length_controlled_accuracy") is not None:
+            parts.append(f"length-controlled accuracy {after['length_controlled_accuracy']:.3f}")
     reward = outputs.get("reward")
     if reward:
         parts.append(
