@@ -423,7 +423,8 @@ def check_common_prompts(work: Path, seed: int) -> None:
     orders = {a: (work / f"{a}-s{seed}" / "prompts.jsonl").read_text() for a in ARMS
               if (work / f"{a}-s{seed}" / "prompts.jsonl").exists()}  # fmt: skip
     firsts = {a: [json.loads(line)["ids"] for line in t.splitlines()[:STEPS]] for a, t in orders.items()}
-    if len({json.dumps(v) for v in firsts.values()}) > 1:
+    n = min((len(v) for v in firsts.values()), default=0)  # an arm still training: compare its steps so far
+    if len({json.dumps(v[:n]) for v in firsts.values()}) > 1:
         print(f"[crn] WARNING: the arms of seed {seed} saw different prompts: {firsts}", flush=True)
 
 

@@ -116,7 +116,10 @@ AGGREGATORS: dict[str, AggregatorSpec] = {
     "weighted_sum": AggregatorSpec(sum_then_normalize),
     "gdpo": AggregatorSpec(gdpo, batch_statistics=True),
     "rfn": AggregatorSpec(reference_frozen, needs_normalizer=True),
-    "rfn_tadw": AggregatorSpec(reference_frozen_active, needs_normalizer=True, adaptive_weights=True),
+    # the active dimensions are a statistic of the whole batch: aggregate the gathered batch under DDP
+    "rfn_tadw": AggregatorSpec(
+        reference_frozen_active, needs_normalizer=True, adaptive_weights=True, batch_statistics=True
+    ),
 }
 NEEDS_NORMALIZER = tuple(n for n, s in AGGREGATORS.items() if s.needs_normalizer)  # kept for old imports
 
