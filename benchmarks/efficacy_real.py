@@ -404,7 +404,7 @@ def render(table: dict, meta: dict, steps: dict[str, dict[str, float]]) -> str:
     rows = [[a, f"{100 * table['arms'][a]['healthbench'].get('under_triage', math.nan):.0f}%",
              f"{100 * table['arms'][a]['healthbench'].get('over_triage', math.nan):.0f}%"] for a in arms]  # fmt: skip
     hb = table["arms"][arms[0]]["healthbench"] if arms else {}
-    lines += [f"HealthBench `emergency_referrals` ({hb.get('n_emergent', 0)} emergent, {hb.get('n_non_emergent', 0)} "
+    lines += [f"HealthBench `emergency_referrals` ({hb.get('n_emergent', 0):.0f} emergent, {hb.get('n_non_emergent', 0):.0f} "
               "non-emergent, physician-labelled; sampled answers, mean over seeds):", "",
               md_table(["arm", "under-triage (emergent)", "over-triage (non-emergent)"], rows), ""]  # fmt: skip
     if steps:
@@ -430,7 +430,7 @@ def check_common_prompts(work: Path, seed: int) -> None:
 
 def load_cached() -> dict[str, dict[int, dict]]:
     results: dict[str, dict[int, dict]] = {}
-    for path in sorted(CACHE.glob("*.json")):
+    for path in sorted(CACHE.glob("*-s[0-9]*.json")):  # not meta.json
         arm, seed = path.stem.rsplit("-s", 1)
         results.setdefault(arm, {})[int(seed)] = json.loads(path.read_text())
     return results
