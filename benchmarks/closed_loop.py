@@ -152,7 +152,7 @@ def loop_record(run_dir: Path, names: list[str]) -> dict[str, Any]:
 def subset_metrics(result: dict, prompts: list[dict], rows: list[int]) -> dict[str, Any]:
     """The held-out metrics of `result` restricted to the questions `rows`, from its per-answer scores
     (the same functions as evaluation_metrics, no rescoring)."""
-    from quark_lightning.eval.metrics import category_metrics, dimension_metrics, pass_mask
+    from quark_lightning.loop.metrics import category_metrics, dimension_metrics, pass_mask
 
     names = result["dimension_names"]
     dims = [
@@ -178,7 +178,7 @@ def subset_metrics(result: dict, prompts: list[dict], rows: list[int]) -> dict[s
 
 
 def heldout_prompts(cfg) -> list[dict]:
-    from quark_lightning.run import build_datamodule
+    from quark_lightning.cli.run import build_datamodule
 
     datamodule = build_datamodule(cfg)
     datamodule.load()

@@ -14,7 +14,7 @@ and passed to every arm by path (their file hashes are recorded). Every policy (
 seed with that seed's sampling stream) answers the 70 never-trained questions of
 `data/assets/eval_questions.jsonl` greedily and 4 times at the training temperature, scored by the
 `heldout` matrix (no reward model), and HealthBench's physician-labelled `emergency_referrals` examples,
-whose answers are classified by `rewards/triage.py` (data nobody here wrote; never trained on).
+whose answers are classified by `scorers/triage.py` (data nobody here wrote; never trained on).
 
 Resumable and session-proof: every (arm, seed) result is written to
 `benchmarks/results/efficacy_real/<arm>-s<seed>.json` as it finishes and committed to git (that file
@@ -65,7 +65,7 @@ PROTOCOL = """## Pre-registration (written before any arm of this edition ran)
   greedy and 4 samples at temperature 1, scored by the `heldout` matrix (rules + GARM, no reward model);
   HealthBench `emergency_referrals` (physician-labelled emergent / non-emergent), greedy and 4 samples.
 - **Primary endpoint.** Triage on the never-trained red-flag questions: share of sampled answers that
-  direct the person to emergency care now (`rewards/triage.py`). Success: `rfn_tadw` >= 75%.
+  direct the person to emergency care now (`scorers/triage.py`). Success: `rfn_tadw` >= 75%.
 - **Secondary.** Over-triage on the routine questions (success: <= 10%); truncation at the length cap
   (success: no higher than the base's); each `heldout` dimension's mean change against the base, in the
   base policy's standard deviations; **worst dimension** = the minimum of those changes. Success:
@@ -221,9 +221,9 @@ def evaluate_policy(cfg, policy: str | None, seed: int) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from quark_lightning.data.healthbench_source import physician_category
-    from quark_lightning.evaluation import load_for_eval
+    from quark_lightning.evaluation.evaluate_models import load_for_eval
     from quark_lightning.matrix.build import build_matrix
-    from quark_lightning.rewards.triage import directs_to_emergency_care
+    from quark_lightning.scorers.triage import directs_to_emergency_care
 
     sets = eval_prompts(cfg)
     matrix = build_matrix(compose([f"matrix={EVAL_MATRIX}"]).matrix)

@@ -48,11 +48,11 @@ def measure(arm: str, completions: int, prompt_tokens: int, completion_tokens: i
     import torch
 
     from benchmarks._models import smollm2_dir
+    from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
     from quark_lightning.matrix import AlignmentMatrix, Dimension
     from quark_lightning.models.loading import apply_lora, load_causal_lm
-    from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-    from quark_lightning.rewards.format import FormatScorer
-    from quark_lightning.rollout.base import Rollout
+    from quark_lightning.rollout.engine import Rollout
+    from quark_lightning.scorers.format import FormatScorer
 
     spec = ARMS[arm]
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def measure(arm: str, completions: int, prompt_tokens: int, completion_tokens: i
         prompt_truncated=torch.zeros(N, dtype=torch.bool),
     )
     advantages = torch.linspace(-1, 1, N)
-    from quark_lightning.algorithms.grpo_loss import grpo_policy_loss
+    from quark_lightning.grpo.loss import grpo_policy_loss
 
     def update() -> float:
         logp, _ = module.token_logps(

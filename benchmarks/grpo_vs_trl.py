@@ -72,9 +72,9 @@ def resolve_model_dir(size: str, smollm2_dir: str | None = None) -> str:
 # ---------------------------------------------------------------------------------- shared setup
 def make_dimensions():
     from quark_lightning.matrix import Dimension
-    from quark_lightning.rewards.format import FormatScorer
-    from quark_lightning.rewards.rubric import RubricScorer
-    from quark_lightning.rewards.safety import DangerousAdviceScorer
+    from quark_lightning.scorers.format import FormatScorer
+    from quark_lightning.scorers.rubric import RubricScorer
+    from quark_lightning.scorers.safety import DangerousAdviceScorer
 
     return [
         Dimension("format_rules", "format", FormatScorer(min_words=3, max_words=60)),
@@ -93,9 +93,9 @@ def run_ours(args) -> dict:
     import torch
 
     from quark_lightning.data.datamodule import PromptDataModule
+    from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
     from quark_lightning.matrix import AlignmentMatrix
     from quark_lightning.models.loading import apply_lora, load_causal_lm
-    from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
     from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
     L.seed_everything(args.seed, verbose=False)

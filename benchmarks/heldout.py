@@ -68,10 +68,10 @@ def heldout_eval(cfg, policy_path: str | None, out_file: Path, batch_size: int =
         return json.loads(out_file.read_text())
     from hydra.utils import instantiate
 
-    from quark_lightning.eval.metrics import evaluation_metrics, pass_mask
-    from quark_lightning.evaluation import load_for_eval
+    from quark_lightning.cli.run import build_datamodule
+    from quark_lightning.evaluation.evaluate_models import load_for_eval
+    from quark_lightning.loop.metrics import evaluation_metrics, pass_mask
     from quark_lightning.matrix.build import build_matrix
-    from quark_lightning.run import build_datamodule
 
     datamodule = build_datamodule(cfg)
     records = datamodule.load()
@@ -94,7 +94,7 @@ def heldout_eval(cfg, policy_path: str | None, out_file: Path, batch_size: int =
     scored = matrix.score(prompts, answers)
     metrics = evaluation_metrics(matrix, prompts, answers, scored)
     passed = pass_mask(scored.scores.float(), [d.target for d in matrix.dimensions])
-    triage = matrix.names.index("triage") if "triage" in matrix.names else None  # rewards/triage.py
+    triage = matrix.names.index("triage") if "triage" in matrix.names else None  # scorers/triage.py
     red = [i for i, p in enumerate(prompts) if p.get("red_flags")] if triage is not None else []
     result = {
         "policy": policy_path or "base",

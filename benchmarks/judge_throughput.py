@@ -42,7 +42,7 @@ ARMS = ("in_process", "server_c1", "server_c8", "server_cb_c8", "cache_hits")
 def judge_items(n: int) -> list[list[dict]]:
     from quark_lightning.data import BUNDLED_PROMPTS
     from quark_lightning.data.datamodule import load_prompt_records
-    from quark_lightning.rewards.rubric_matchers import judge_messages
+    from quark_lightning.scorers.rubric_matchers import judge_messages
 
     items = [
         judge_messages(item, record["reference"])

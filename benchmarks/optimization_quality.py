@@ -40,11 +40,11 @@ from dataclasses import dataclass
 
 import torch
 
-from quark_lightning.algorithms.grpo_loss import k3_kl
-from quark_lightning.optim.advantages import group_advantages
-from quark_lightning.optim.aggregation import AggregationContext, aggregate_and_advantages
-from quark_lightning.optim.normalization import ReferenceFrozenNormalizer
-from quark_lightning.optim.weighting import TriFactorWeighting
+from quark_lightning.grpo.loss import k3_kl
+from quark_lightning.shaping.advantages import group_advantages
+from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages
+from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer
+from quark_lightning.shaping.tadw import TriFactorWeighting
 
 NAMES = ["orm", "rubric", "safety", "format", "rubric_copy"]
 RISK = [2.0, 2.0, 3.0, 1.0, 2.0]

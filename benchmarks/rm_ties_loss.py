@@ -46,7 +46,7 @@ def variants(lam: float) -> dict[str, list[str]]:
 def run_variant(overrides: list[str], run_dir: str) -> dict[str, float]:
     from hydra import compose, initialize_config_dir
 
-    from quark_lightning.reward_model_training import run_reward_model
+    from quark_lightning.reward_model.training import run_reward_model
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose("train", ["+experiment=rm_orm", f"run_dir={run_dir}", "~logger", *overrides])

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from quark_lightning.cli.run import corpus_texts
 from quark_lightning.data import BUNDLED_PROMPTS
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.sft_sources import load_sft_examples
 from quark_lightning.models.loading import load_causal_lm
 from quark_lightning.models.tiny import ensure_tiny_model
-from quark_lightning.modules.sft import LengthBucketBatchSampler, SFTDataset, padding_fraction
-from quark_lightning.run import corpus_texts
+from quark_lightning.stages.sft import LengthBucketBatchSampler, SFTDataset, padding_fraction
 
 
 def run_epoch(model: torch.nn.Module, dataset: SFTDataset, batches: list[list[int]]) -> float:

@@ -2,7 +2,7 @@
 
 Every `every_n_steps` optimizer steps (and at the start and the end of training) the policy answers a
 held-out diagnosis split (greedy decoding by default); the matrix scores the answers and
-`quark_lightning.eval.metrics.evaluation_metrics` turns them into per-dimension / category / area
+`quark_lightning.loop.metrics.evaluation_metrics` turns them into per-dimension / category / area
 metrics and a diagnosis (the findings behind the failures, with examples). Then the loop changes what is
 optimized next (interpretation; the paper names the loop, not its rules):
 
@@ -22,19 +22,19 @@ optimized next (interpretation; the paper names the loop, not its rules):
 - reward-model dimensions (no absolute target): each held-out answer is judged against the reference
   answer's score on the same prompt (`reference_targets`): it passes where it scores at least as high,
   so the pass rate is "share of answers as good as the reference" and the dimension gets a gain like the
-  others (eval/metrics.py). The reference scores are computed once per prompt.
+  others (loop/metrics.py). The reference scores are computed once per prompt.
 - online bad patterns (item level): phrases over-represented in the failing held-out answers (a gate
   failed, or fewer than half of the answer's targeted dimensions passed) relative to passing answers
-  (log-odds, eval/loop_patterns.py), in no reference and not made only of a reference's words, join the bad-pattern scorer's list with their provenance (step, evidence ids, z),
+  (log-odds, loop/patterns.py), in no reference and not made only of a reference's words, join the bad-pattern scorer's list with their provenance (step, evidence ids, z),
   at most `max_mined_patterns`, and expire after `pattern_expiry` evaluations in which no held-out answer
-  shows them (eval/loop_patterns.py).
+  shows them (loop/patterns.py).
 - rubric items and prompts (item level): held-out prompts are never trained on, so re-weighting their
   items would change nothing training sees. Each evaluation therefore also answers `probe_prompts`
   training prompts (greedy, outside any gradient step; those with an active weight first, then a fixed
   rotation): a missed essential or a hit pitfall of a probe answer weighs more inside that prompt's
   rubric score, bonus items only once the essentials are met, back to 1 when met; a probed prompt whose
   answer fails a gate (an ignored red flag) is drawn 1 + `prompt_gain` times as often, back to 1 once it
-  clears (eval/item_actions.py). The held-out split stays the measurement: probe answers never enter the
+  clears (loop/item_actions.py). The held-out split stays the measurement: probe answers never enter the
   metrics.
 - `item_level: false` keeps only the per-dimension gains against absolute targets and the area
   curriculum (the loop before item-level actions); `update: false` evaluates and reports, changing
@@ -61,9 +61,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from quark_lightning.algorithms.precision import upcast
-from quark_lightning.eval.item_actions import prompt_sampling_weights, rubric_item_weights
-from quark_lightning.eval.metrics import evaluation_metrics, pass_mask
+from quark_lightning.grpo.precision import upcast
+from quark_lightning.loop.item_actions import prompt_sampling_weights, rubric_item_weights
+from quark_lightning.loop.metrics import evaluation_metrics, pass_mask
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -89,7 +89,7 @@ def scorer_of(pl_module, name: str, kind: type):
 
 def format_scorer(pl_module, name: str):
     """The FormatScorer behind dimension `name`, or None when it is another kind of scorer."""
-    from quark_lightning.rewards.format import FormatScorer
+    from quark_lightning.scorers.format import FormatScorer
 
     return scorer_of(pl_module, name, FormatScorer)
 
@@ -234,7 +234,7 @@ class ClosedLoopSupervision(L.Callback):
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.evaluate(trainer, pl_module, update=False)
         if trainer.is_global_zero and len(self.history) >= 1 and self.report_dir:
-            from quark_lightning.eval.report import summary_table
+            from quark_lightning.evaluation.report import summary_table
 
             os.makedirs(self.report_dir, exist_ok=True)  # write_reports=false made no step reports
             path = os.path.join(self.report_dir, "summary.md")
@@ -358,9 +358,9 @@ class ClosedLoopSupervision(L.Callback):
 
     def update_loop_patterns(self, pl_module, metrics, prompts, answers, scored) -> list[dict[str, Any]]:
         """Item-level action on bad-pattern dimensions: phrases of the failing held-out answers join the
-        scorer's pattern list (eval/loop_patterns.py), and expire once no answer shows them."""
-        from quark_lightning.eval.loop_patterns import update_loop_patterns
-        from quark_lightning.rewards.online import BadPatternScorer
+        scorer's pattern list (loop/patterns.py), and expire once no answer shows them."""
+        from quark_lightning.loop.patterns import update_loop_patterns
+        from quark_lightning.scorers.online import BadPatternScorer
 
         failing = failing_answers(pl_module.matrix, scored)
         ids = [str(p.get("id")) for p in prompts]
@@ -384,8 +384,8 @@ class ClosedLoopSupervision(L.Callback):
 
     def update_probe_items(self, trainer, pl_module, metrics, prompts, answers) -> list[dict[str, Any]]:
         """Item-level actions on the training probe: rubric item weights and prompt sampling weights
-        (eval/item_actions.py). No-op without probe answers."""
-        from quark_lightning.rewards.rubric import RubricScorer
+        (loop/item_actions.py). No-op without probe answers."""
+        from quark_lightning.scorers.rubric import RubricScorer
 
         if not prompts:
             return []
@@ -541,14 +541,14 @@ class ClosedLoopSupervision(L.Callback):
         lines += [f"- action: {a['reason']}" for a in metrics["actions"]]
         if not trainer.is_global_zero:
             return
-        from quark_lightning.loggers import log_scalars, log_text
+        from quark_lightning.infra.loggers import log_scalars, log_text
 
         log_scalars(trainer, scalars, step)  # every logger (TensorBoard, CSV, W&B, MLflow)
         log_text(trainer, "eval/diagnosis", "\n".join(lines) or "- no findings", step)
         for a in metrics["actions"]:
             print(f"[closed loop, step {step}] {a['reason']}")
         if self.write_reports and self.report_dir:
-            from quark_lightning.eval.report import write_report
+            from quark_lightning.evaluation.report import write_report
 
             out = os.path.join(self.report_dir, f"step_{step:05d}")
             self.last_report = write_report(

@@ -28,7 +28,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from quark_lightning.distributed import all_reduce_max_int
+from quark_lightning.infra.distributed import all_reduce_max_int
 
 PREEMPTED_EXIT_CODE = 128 + int(signal.SIGTERM)
 

@@ -1,11 +1,11 @@
-"""Reward rescaling: calibrates Reference-Frozen Normalization before RL (optim/normalization.py).
+"""Reward rescaling: calibrates Reference-Frozen Normalization before RL (shaping/rfn.py).
 
 At the start of training the frozen reference policy answers the calibration prompts G times; every
 matrix dimension scores the answers; the scores are gathered over all ranks (each rank samples its own
 shard of the prompts) and the per-dimension statistics are computed from the gathered whole, so they are
 identical everywhere. They are then frozen for the stage. The statistics belong to the module's
-RewardShaping (optim/shaping.py: `shaping.normalizer`, built from `optimization.normalization`); this
-callback only drives it (`shaping.calibrate` via optim/calibration.py, or `shaping.load_statistics`) and
+RewardShaping (shaping/reward_shaping.py: `shaping.normalizer`, built from `optimization.normalization`); this
+callback only drives it (`shaping.calibrate` via shaping/calibration.py, or `shaping.load_statistics`) and
 keeps no copy, so a resumed run restores them from the checkpoint and does not recalibrate, unless
 `recalibrate=true` (a new stage, or the user asks).
 
@@ -24,8 +24,8 @@ import os
 
 import lightning as L
 
-from quark_lightning.errors import ConfigError
-from quark_lightning.optim.calibration import calibrate, calibration_shard, format_report  # noqa: F401
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.shaping.calibration import calibrate, calibration_shard, format_report  # noqa: F401
 
 
 class ReferenceFrozenNormalization(L.Callback):
@@ -76,7 +76,7 @@ class ReferenceFrozenNormalization(L.Callback):
         names, norm = pl_module.matrix.names, pl_module.shaping.normalizer
         text = format_report(names, norm)
         print(f"\nReference-Frozen Normalization, calibrated on {num_samples} reference answers:\n{text}")
-        from quark_lightning.loggers import log_text
+        from quark_lightning.infra.loggers import log_text
 
         log_text(trainer, "rfn/calibration", "```\n" + text + "\n```", 0)
         if self.report_path:

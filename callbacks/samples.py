@@ -1,5 +1,5 @@
 """Log a few sampled completions, their per-dimension scores and findings: text (TensorBoard, MLflow) and a
-table (W&B, and MLflow as a .json artifact); quark_lightning.loggers.log_text routes them."""
+table (W&B, and MLflow as a .json artifact); quark_lightning.infra.loggers.log_text routes them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import lightning as L
 
-from quark_lightning.loggers import log_text
+from quark_lightning.infra.loggers import log_text
 
 
 def format_samples(record, names: list[str], num_samples: int) -> str:

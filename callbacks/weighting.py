@@ -1,6 +1,6 @@
-"""Tri-Factor Adaptive Dynamic Weighting, updated every step (optim/weighting.py has the formulas).
+"""Tri-Factor Adaptive Dynamic Weighting, updated every step (shaping/tadw.py has the formulas).
 
-The weights and their EMA state belong to the module's RewardShaping (optim/shaping.py); this callback
+The weights and their EMA state belong to the module's RewardShaping (shaping/reward_shaping.py); this callback
 only drives it: after each step, the step's normalized and raw scores are gathered over all ranks and
 handed to `pl_module.shaping.update_weights`, whose new weights the next step aggregates with. Every
 rank computes the same update from the same gathered data, so weights are identical everywhere.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import lightning as L
 
-from quark_lightning.distributed import gather_objects, gather_rows
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.distributed import gather_objects, gather_rows
+from quark_lightning.infra.errors import ConfigError
 
 
 class TriFactorWeightingCallback(L.Callback):

@@ -102,8 +102,8 @@ def compose_train(name: str, run_dir: str):
     """The config train.py composes for run `name`, validated, its trainer arguments and strategy built."""
     from hydra import compose, initialize_config_dir
 
-    from quark_lightning.config import validate_config
-    from quark_lightning.run import trainer_kwargs
+    from quark_lightning.cli.run import trainer_kwargs
+    from quark_lightning.config.validate import validate_config
 
     overrides = [*COMMON, *TRAIN_RUNS[name], f"run_dir={run_dir}"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

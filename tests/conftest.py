@@ -13,11 +13,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+from quark_lightning.cli.run import corpus_texts  # noqa: E402
 from quark_lightning.data import BUNDLED_PROMPTS  # noqa: E402
 from quark_lightning.data.datamodule import load_prompt_records  # noqa: E402
 from quark_lightning.models.loading import load_causal_lm  # noqa: E402
 from quark_lightning.models.tiny import ensure_tiny_model  # noqa: E402
-from quark_lightning.run import corpus_texts  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from quark_lightning.judges import JudgeConfig
-from quark_lightning.judges.base import Judge, JudgeReply
+from quark_lightning.judges.client import Judge, JudgeReply
 from quark_lightning.judges.local_server import free_port, transformers_serve
 
 __all__ = ["FaultServer", "ScriptedJudge", "completion", "free_port", "transformers_serve"]

@@ -18,12 +18,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from quark_lightning.config import validate_config
-from quark_lightning.config_groups import validate_groups
-from quark_lightning.errors import ConfigError
+from quark_lightning.cli.run import corpus_texts, run
+from quark_lightning.config.groups import validate_groups
+from quark_lightning.config.validate import validate_config
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.models.loading import ModelLoadError, load_tokenizer
 from quark_lightning.models.tiny import CHAT_TEMPLATE, ensure_tiny_model
-from quark_lightning.run import corpus_texts, run
 from tests.conftest import REPO
 
 TINY = {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}

@@ -6,14 +6,14 @@ import torch
 
 from callbacks.closed_loop import ClosedLoopSupervision
 from quark_lightning.data.datamodule import AreaWeightedSampler, PromptDataModule
-from quark_lightning.eval.metrics import evaluation_metrics, finding_pattern
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
+from quark_lightning.loop.metrics import evaluation_metrics, finding_pattern
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.safety import DangerousAdviceScorer
-from quark_lightning.rewards.triage import TriageScorer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.safety import DangerousAdviceScorer
+from quark_lightning.scorers.triage import TriageScorer
 
 LENGTH_PATTERN = "length: # words, below the minimum of #"
 
@@ -48,7 +48,7 @@ def test_finding_patterns_group_specifics():
 
 
 def test_diagnosis_prints_content_and_examples_that_show_their_group():
-    from quark_lightning.eval.metrics import diagnose
+    from quark_lightning.loop.metrics import diagnose
 
     prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(4)]
     answers = [f"answer {i}" for i in range(4)]
@@ -81,7 +81,7 @@ def test_diagnosis_prints_content_and_examples_that_show_their_group():
     for d in out:
         for ex in d["examples"]:
             assert ex["finding"] in findings[d["dimension"]][int(ex["id"][1:])]  # the example shows it
-    from quark_lightning.eval.report import _diagnosis_section
+    from quark_lightning.evaluation.report import _diagnosis_section
 
     text = _diagnosis_section({"diagnosis": out, "num_samples": 4})
     assert f"{e2} (in 3 of 4 answers, 75" in text
@@ -139,7 +139,7 @@ def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_mod
 
 
 def test_tadw_receives_the_loop_gain():
-    from quark_lightning.optim.weighting import TriFactorWeighting
+    from quark_lightning.shaping.tadw import TriFactorWeighting
 
     w = TriFactorWeighting(risk=[1.0, 1.0], weakness=False, risk_priority=False, redundancy=False, eta=1.0)
     z = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, -1.0], [1.0, 1.0]])  # both vary: both active
@@ -165,7 +165,7 @@ def test_evaluation_metrics_per_category_and_area(bundled_records):
 
 
 def _static_shaping(k: int):
-    from quark_lightning.optim.shaping import RewardShaping
+    from quark_lightning.shaping.reward_shaping import RewardShaping
 
     return RewardShaping([f"d{i}" for i in range(k)], [1.0] * k, [1.0] * k, [None] * k)
 

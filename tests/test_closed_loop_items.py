@@ -7,12 +7,12 @@ import pytest
 
 from callbacks.closed_loop import ClosedLoopSupervision, failing_answers
 from quark_lightning.data.datamodule import AreaWeightedSampler
-from quark_lightning.eval.metrics import evaluation_metrics
+from quark_lightning.loop.metrics import evaluation_metrics
 from quark_lightning.matrix import AlignmentMatrix, Dimension
-from quark_lightning.rewards.base import ScoreResult
-from quark_lightning.rewards.online import BadPatternScorer
-from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.triage import TriageScorer
+from quark_lightning.scorers.interface import ScoreResult
+from quark_lightning.scorers.online import BadPatternScorer
+from quark_lightning.scorers.rubric import RubricScorer
+from quark_lightning.scorers.triage import TriageScorer
 
 RUBRIC = [
     {"id": "e1", "type": "essential", "text": "Identifies a possible heart attack", "any": ["heart attack"]},
@@ -155,7 +155,7 @@ def test_a_reward_model_dimension_is_judged_against_the_reference_and_gets_a_gai
         plain["dimensions"]["online_rm"]["pass_rate"] != plain["dimensions"]["online_rm"]["pass_rate"]
     )  # NaN
 
-    from quark_lightning.optim.shaping import RewardShaping
+    from quark_lightning.shaping.reward_shaping import RewardShaping
 
     module = SimpleNamespace(matrix=matrix, shaping=RewardShaping.with_defaults(matrix, "sum"))
     loop = ClosedLoopSupervision(write_reports=False, pass_target=0.9, gain_strength=1.0)
@@ -216,7 +216,7 @@ def test_a_repeated_bad_phrase_of_failing_answers_joins_the_patterns_and_expires
 
 
 def test_a_garbled_phrase_made_of_reference_words_is_never_mined():
-    from quark_lightning.eval.loop_patterns import update_loop_patterns
+    from quark_lightning.loop.patterns import update_loop_patterns
 
     # a weak policy's failing answers repeat "ambulance or an": every content word is in the reference,
     # so punishing it would teach the policy to avoid the word triage needs

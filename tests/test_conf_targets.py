@@ -35,10 +35,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from quark_lightning.config_groups import HYDRA_KEYS, accepted_arguments
+from quark_lightning.config.groups import HYDRA_KEYS, accepted_arguments
+from quark_lightning.infra.strategies import build_strategy
 from quark_lightning.models.loading import apply_lora, load_causal_lm
 from quark_lightning.models.tiny import ensure_tiny_model
-from quark_lightning.strategies import build_strategy
 from tests.conftest import REPO
 
 CONF = Path(REPO) / "conf"
@@ -75,7 +75,7 @@ NODE_IDS = [f"{rel}:{path or '<root>'}" for rel, path, _ in NODES]
 
 # Targets taking **kwargs, for the keys they do not name themselves: where those keys end up.
 MODEL_SOURCE_KEYS = (
-    # a model source keeps every key as `source.config` (models/sources.py); its readers:
+    # a model source keeps every key as `source.config` (models/weight_sources.py); its readers:
     (accepted_arguments(load_causal_lm) - {"name_or_path"})  # dtype, trust_remote_code, revision, attn_impl.
     | {"kind", "name_or_path", "gguf_file", "cache_dir"}  # sources.py, config validation, the RM cache key
     | {"tiny", "adapter_path", "lora"}  # TinyModel.path, run.py (merge_sft_adapter, apply_lora)
@@ -97,12 +97,12 @@ FORWARDED = {
     "lightning.pytorch.loggers.TensorBoardLogger": lambda: get_object(
         "torch.utils.tensorboard.SummaryWriter"
     ),
-    "quark_lightning.strategies.deepspeed_strategy": _lightning("DeepSpeedStrategy"),
-    "quark_lightning.strategies.fsdp_strategy": _lightning("FSDPStrategy"),
-    "quark_lightning.strategies.FSDP2Strategy": _lightning("ModelParallelStrategy"),
-    "quark_lightning.models.sources.TinyModel": lambda: MODEL_SOURCE_KEYS,
-    "quark_lightning.models.sources.HFModel": lambda: MODEL_SOURCE_KEYS,
-    "quark_lightning.models.sources.SmolLM2": lambda: MODEL_SOURCE_KEYS,
+    "quark_lightning.infra.strategies.deepspeed_strategy": _lightning("DeepSpeedStrategy"),
+    "quark_lightning.infra.strategies.fsdp_strategy": _lightning("FSDPStrategy"),
+    "quark_lightning.infra.strategies.FSDP2Strategy": _lightning("ModelParallelStrategy"),
+    "quark_lightning.models.weight_sources.TinyModel": lambda: MODEL_SOURCE_KEYS,
+    "quark_lightning.models.weight_sources.HFModel": lambda: MODEL_SOURCE_KEYS,
+    "quark_lightning.models.weight_sources.SmolLM2": lambda: MODEL_SOURCE_KEYS,
 }
 
 # (file, dotted path) -> why the node is only imported and key-checked here, not built
@@ -210,9 +210,9 @@ def test_the_key_check_has_teeth_behind_kwargs_too():
         "x.yaml:node.wieght_decay: not an argument of torch.optim.AdamW"
     ]
     # **kwargs forwarded to Lightning's FSDPStrategy / kept as a model source's config
-    assert problems(_target_="quark_lightning.strategies.fsdp_strategy", sharding_strategi="FULL_SHARD")
-    assert problems(_target_="quark_lightning.models.sources.TinyModel", dtyp="float32")
-    assert not problems(_target_="quark_lightning.models.sources.TinyModel", dtype="float32")
+    assert problems(_target_="quark_lightning.infra.strategies.fsdp_strategy", sharding_strategi="FULL_SHARD")
+    assert problems(_target_="quark_lightning.models.weight_sources.TinyModel", dtyp="float32")
+    assert not problems(_target_="quark_lightning.models.weight_sources.TinyModel", dtype="float32")
     # a **kwargs target nobody said where its keys go: refused, not waved through
     assert "add it to FORWARDED" in problems(_target_="builtins.dict", anything=1)[0]
 
@@ -270,7 +270,7 @@ def test_deepspeed_strategy_refuses_with_the_fix_where_it_cannot_run(build_dir):
     """The skipped deepspeed node, built where it cannot run: a ConfigError with the fix, not a crash."""
     import importlib.util
 
-    from quark_lightning.errors import ConfigError
+    from quark_lightning.infra.errors import ConfigError
 
     if importlib.util.find_spec("deepspeed") is not None and torch.cuda.is_available():
         pytest.skip("deepspeed and CUDA are here: the strategy would be built")

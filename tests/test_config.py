@@ -7,10 +7,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from quark_lightning.config import validate_config
-from quark_lightning.errors import ConfigError
+from quark_lightning.config.validate import validate_config
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.matrix.alignment_matrix import MatrixConfigError
 from quark_lightning.matrix.build import build_matrix
-from quark_lightning.matrix.matrix import MatrixConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -87,7 +87,7 @@ def test_scorer_that_cannot_be_built_names_the_dimension():
     ):
         build_matrix(cfg.matrix)
     cfg = compose_cfg(
-        "+experiment=demo", "matrix.dimensions.safety.scorer._target_=quark_lightning.rewards.nope.Scorer"
+        "+experiment=demo", "matrix.dimensions.safety.scorer._target_=quark_lightning.scorers.nope.Scorer"
     )
     with pytest.raises(MatrixConfigError, match="matrix dimension 'safety'"):
         build_matrix(cfg.matrix)

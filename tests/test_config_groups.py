@@ -4,9 +4,9 @@ data, model or reward model has been loaded by then."""
 import pytest
 from hydra import compose, initialize_config_dir
 
-from quark_lightning import entry, run
-from quark_lightning.config_groups import group_problems
-from quark_lightning.errors import run_or_exit
+from quark_lightning.cli import entry, run
+from quark_lightning.config.groups import group_problems
+from quark_lightning.infra.errors import run_or_exit
 
 EXPERIMENTS = sorted(p.stem for p in (entry.conf_dir() / "experiment").glob("*.yaml"))
 

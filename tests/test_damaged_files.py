@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from quark_lightning.checkpointing import CheckpointError, check_checkpoint
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.checkpointing import CheckpointError, check_checkpoint
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.models.loading import ModelLoadError, load_causal_lm
 from tests.conftest import REPO
 
@@ -230,7 +230,7 @@ def test_every_damaged_checkpoint_is_refused_before_lightning_reads_it(tmp_path,
 
 
 def test_an_intact_checkpoint_passes_and_a_stage_resuming_by_itself_says_to_delete_it(tmp_path):
-    from quark_lightning.reward_model_training import resume_checkpoint
+    from quark_lightning.reward_model.training import resume_checkpoint
 
     check_checkpoint(str(lightning_like_checkpoint(tmp_path / "ok.ckpt")))
     check_checkpoint(None)  # not resuming: nothing to check
@@ -244,7 +244,7 @@ def test_an_intact_checkpoint_passes_and_a_stage_resuming_by_itself_says_to_dele
 # ----------------------------------------------------------------------------------- saved calibration
 def saved_statistics(directory: Path, names: list[str]) -> Path:
     """What the pipeline's rfn_calibration stage writes, from per-prompt statistics of random scores."""
-    from quark_lightning.optim.normalization import save_statistics
+    from quark_lightning.shaping.rfn import save_statistics
 
     shaping = rfn_shaping(names)
     generator = torch.Generator().manual_seed(0)
@@ -254,7 +254,7 @@ def saved_statistics(directory: Path, names: list[str]) -> Path:
 
 
 def rfn_shaping(names: list[str], mode: str = "per_prompt"):
-    from quark_lightning.optim.shaping import RewardShaping
+    from quark_lightning.shaping.reward_shaping import RewardShaping
 
     return RewardShaping(
         names=names,
@@ -338,7 +338,7 @@ def test_intact_statistics_still_load(tmp_path):
 # --------------------------------------------------------------------------------- saved reward models
 @pytest.fixture(scope="module")
 def saved_reward_model(tiny_model_dir, tmp_path_factory) -> Path:
-    from quark_lightning.modules.reward_model import ScalarRewardModel
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
     out = tmp_path_factory.mktemp("reward_model") / "reward_model"
     ScalarRewardModel.from_backbone(tiny_model_dir).save_pretrained(str(out))
@@ -356,7 +356,7 @@ def saved_reward_model(tiny_model_dir, tmp_path_factory) -> Path:
     ],
 )
 def test_a_damaged_reward_model_directory_names_the_file(tmp_path, saved_reward_model, damage, file):
-    from quark_lightning.modules.reward_model import RewardModelLoadError, ScalarRewardModel
+    from quark_lightning.reward_model.scalar_rm import RewardModelLoadError, ScalarRewardModel
 
     directory = tmp_path / "reward_model"
     shutil.copytree(saved_reward_model, directory)
@@ -375,7 +375,7 @@ def test_a_damaged_reward_model_directory_names_the_file(tmp_path, saved_reward_
 
 
 def test_a_damaged_cached_reward_model_says_to_delete_its_run_dir(tmp_path, saved_reward_model):
-    from quark_lightning.modules.reward_model import RewardModelLoadError, ScalarRewardModel
+    from quark_lightning.reward_model.scalar_rm import RewardModelLoadError, ScalarRewardModel
 
     run_dir = tmp_path / "cache" / "reward_models" / "rm_orm-tiny-0123456789ab"  # ensure_reward_model's
     shutil.copytree(saved_reward_model, run_dir / "reward_model")
@@ -482,8 +482,8 @@ def test_an_intact_adapter_still_merges(tmp_path, tiny_model_dir, saved_adapter)
     ],
 )
 def test_a_damaged_scorer_model_directory_names_the_file(tmp_path, tiny_model_dir, loader, what, key):
-    from quark_lightning.rewards.retrieval import SentenceEncoder
-    from quark_lightning.rewards.reward_model import HFRewardModelScorer
+    from quark_lightning.scorers.hf_reward_model import HFRewardModelScorer
+    from quark_lightning.scorers.retrieval import SentenceEncoder
 
     load = {"HFRewardModelScorer": HFRewardModelScorer, "SentenceEncoder": SentenceEncoder}[loader]
     directory = tmp_path / "model"
@@ -514,7 +514,7 @@ def pipeline_cfg(tmp_path: Path, **pipeline):
 @pytest.fixture()
 def fake_stages(monkeypatch) -> list[str]:
     """Stage kinds replaced by a fake that records its calls: the bookkeeping runs, no model."""
-    from quark_lightning.pipeline import stages
+    from quark_lightning.stages import kinds
 
     calls: list[str] = []
 
@@ -523,7 +523,7 @@ def fake_stages(monkeypatch) -> list[str]:
         return {"value": spec.name}
 
     for kind in ("rfn_calibration", "grpo"):
-        monkeypatch.setitem(stages.STAGE_KINDS, kind, run)
+        monkeypatch.setitem(kinds.STAGE_KINDS, kind, run)
     return calls
 
 
@@ -551,8 +551,8 @@ def test_train_py_refuses_a_truncated_stage_json(tmp_path):
     ],
 )
 def test_a_damaged_stage_json_is_named_and_rerun_from_moves_it_aside(tmp_path, fake_stages, content, says):
-    from quark_lightning.pipeline.runner import run_pipeline
-    from quark_lightning.pipeline.stage_files import StageFileError
+    from quark_lightning.stages.runner import run_pipeline
+    from quark_lightning.stages.stage_files import StageFileError
 
     run_pipeline(pipeline_cfg(tmp_path))
     damaged = tmp_path / "run" / "rl" / "stage.json"
@@ -569,10 +569,10 @@ def test_a_damaged_stage_json_is_named_and_rerun_from_moves_it_aside(tmp_path, f
 
 
 def test_a_damaged_rl_summary_json_is_named(tmp_path, monkeypatch):
-    import quark_lightning.run
-    from quark_lightning.pipeline.context import PipelineContext, StageSpec
-    from quark_lightning.pipeline.stage_files import StageFileError
-    from quark_lightning.pipeline.stages import run_grpo_stage
+    import quark_lightning.cli.run
+    from quark_lightning.stages.context import PipelineContext, StageSpec
+    from quark_lightning.stages.kinds import run_grpo_stage
+    from quark_lightning.stages.stage_files import StageFileError
 
     stage_dir = tmp_path / "run" / "rl"
     stage_dir.mkdir(parents=True)
@@ -581,7 +581,7 @@ def test_a_damaged_rl_summary_json_is_named(tmp_path, monkeypatch):
         (stage_dir / "summary.json").write_text('{"window": 8, "metrics": {"reward": {"start": 0.1')
         return {}
 
-    monkeypatch.setattr(quark_lightning.run, "run_grpo", run_grpo)
+    monkeypatch.setattr(quark_lightning.cli.run, "run_grpo", run_grpo)
     cfg = pipeline_cfg(tmp_path)
     spec = StageSpec("rl", "grpo", cfg.pipeline.stages.rl)
     with pytest.raises(StageFileError, match=r"summary\.json is damaged: not valid JSON .*Fix: delete"):
@@ -589,9 +589,9 @@ def test_a_damaged_rl_summary_json_is_named(tmp_path, monkeypatch):
 
 
 def test_a_damaged_evaluation_report_or_adapter_config_is_named_at_export(tmp_path, saved_adapter):
-    from quark_lightning.pipeline.context import StageRecord
-    from quark_lightning.pipeline.export import export_adapter, last_evaluation
-    from quark_lightning.pipeline.stage_files import StageFileError
+    from quark_lightning.stages.context import StageRecord
+    from quark_lightning.stages.export import export_adapter, last_evaluation
+    from quark_lightning.stages.stage_files import StageFileError
 
     report = tmp_path / "run" / "rl" / "eval" / "step_000004" / "metrics.json"
     report.parent.mkdir(parents=True)
@@ -620,7 +620,7 @@ def test_a_damaged_evaluation_report_or_adapter_config_is_named_at_export(tmp_pa
 # ---------------------------------------------------------------------------------- knowledge bases
 def test_a_zero_byte_knowledge_base_is_refused_but_one_without_entries_is_not(tmp_path):
     from quark_lightning.data.schema import DataValidationError
-    from quark_lightning.rewards.retrieval import load_knowledge_base
+    from quark_lightning.scorers.retrieval import load_knowledge_base
 
     empty = tmp_path / "kb.jsonl"
     empty.write_bytes(b"")  # a copy cut short

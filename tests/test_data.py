@@ -6,9 +6,9 @@ import pytest
 
 from quark_lightning.data.datamodule import PromptDataModule, load_prompt_records
 from quark_lightning.data.schema import DataValidationError
-from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.safety import DangerousAdviceScorer
-from quark_lightning.rewards.triage import TriageScorer
+from quark_lightning.scorers.rubric import RubricScorer
+from quark_lightning.scorers.safety import DangerousAdviceScorer
+from quark_lightning.scorers.triage import TriageScorer
 from tests.conftest import write_jsonl
 
 GOOD = {

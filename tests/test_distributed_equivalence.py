@@ -107,6 +107,6 @@ def test_two_processes_equal_one_process(strategy, single_run, tmp_path, tiny_mo
 
 
 def test_token_level_scale_is_one_on_a_single_process():
-    from quark_lightning.distributed import token_level_rank_scale
+    from quark_lightning.infra.distributed import token_level_rank_scale
 
     assert token_level_rank_scale(torch.tensor(37.0)) == 1.0

@@ -15,8 +15,8 @@ from quark_lightning.data.canary import EVAL_ID_PREFIX, refuse_evaluation_data
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.eval_questions import EVAL_QUESTIONS, load_eval_questions
 from quark_lightning.data.schema import DataValidationError
-from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.triage import directs_to_emergency_care
+from quark_lightning.scorers.rubric import RubricScorer
+from quark_lightning.scorers.triage import directs_to_emergency_care
 from tests.conftest import write_jsonl
 
 KEYS = {"id", "area", "messages", "reference", "rubric", "red_flags", "facts"}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from quark_lightning.eval.report import comparison_table, summary_table, write_report
+from quark_lightning.evaluation.report import comparison_table, summary_table, write_report
 from tests.conftest import REPO
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -134,7 +134,7 @@ def test_comparison_table_has_a_column_per_model(history):
 
 
 def test_checkpoint_policy_weights_load_into_the_configured_model(tmp_path, tiny_model_dir, bundled_records):
-    from quark_lightning.evaluation import load_for_eval
+    from quark_lightning.evaluation.evaluate_models import load_for_eval
     from quark_lightning.models.loading import load_causal_lm
 
     trained = load_causal_lm(tiny_model_dir).model

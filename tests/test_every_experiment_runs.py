@@ -2,7 +2,7 @@
 
 Each experiment is composed with Hydra's compose API (`conf/train.yaml` + `+experiment=NAME`) exactly as
 `python train.py +experiment=NAME` composes it, then SHRUNK with overrides so it runs on CPU in seconds, and
-handed to `quark_lightning.run.run(cfg)` (what train.py calls). The shrink depends on what the composed
+handed to `quark_lightning.cli.run.run(cfg)` (what train.py calls). The shrink depends on what the composed
 experiment contains (`shrink_overrides`), so a new experiment is covered without editing this file:
 
 - GRPO (`stage: grpo`, and the pipeline's stages): a 1-layer tiny model (`TINY`), 1 RL step of 1 prompt x 2
@@ -33,7 +33,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from quark_lightning.run import run
+from quark_lightning.cli.run import run
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow  # nine runs, about a minute or two on one core in all

@@ -20,17 +20,17 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from quark_lightning.data.datamodule import PromptDataModule
-from quark_lightning.errors import ConfigError, QuarkError
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
+from quark_lightning.infra.errors import ConfigError, QuarkError
 from quark_lightning.matrix import AlignmentMatrix, Dimension
+from quark_lightning.matrix.alignment_matrix import Gate
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.matrix.guard import FailurePolicy, ScorerFailureError
-from quark_lightning.matrix.matrix import Gate
 from quark_lightning.models.loading import load_causal_lm
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-from quark_lightning.optim.aggregation import AggregationContext, aggregate_and_advantages
-from quark_lightning.rewards.base import ScoreResult
-from quark_lightning.rewards.format import FormatScorer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.interface import ScoreResult
+from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages
 
 NAN = float("nan")
 
@@ -311,12 +311,12 @@ def test_on_failure_config_merges_matrix_defaults_and_dimension_overrides():
                 "format_rules": {
                     "category": "format",
                     "on_failure": {"policy": "nan", "nan_is_failure": True},
-                    "scorer": {"_target_": "quark_lightning.rewards.format.FormatScorer"},
+                    "scorer": {"_target_": "quark_lightning.scorers.format.FormatScorer"},
                 },
                 "safety": {
                     "category": "fundamental",
                     "gate": {"below": 1.0, "value": -1.0, "on_failure": "exclude"},
-                    "scorer": {"_target_": "quark_lightning.rewards.safety.DangerousAdviceScorer"},
+                    "scorer": {"_target_": "quark_lightning.scorers.safety.DangerousAdviceScorer"},
                 },
             },
         }

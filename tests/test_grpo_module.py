@@ -6,13 +6,13 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from quark_lightning.data.datamodule import PromptDataModule
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import apply_lora, load_causal_lm
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.reward_model import HFRewardModelScorer
-from quark_lightning.rewards.rubric import RubricScorer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.hf_reward_model import HFRewardModelScorer
+from quark_lightning.scorers.rubric import RubricScorer
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from quark_lightning.data.healthbench import (
     load_healthbench,
 )
 from quark_lightning.data.schema import DataValidationError
-from quark_lightning.rewards.rubric_matchers import RegexMatcher
+from quark_lightning.scorers.rubric_matchers import RegexMatcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "healthbench_mini.jsonl")
@@ -321,7 +321,7 @@ def test_healthbench_score_is_reported_beside_ours(tmp_path):
     from omegaconf import OmegaConf
 
     from quark_lightning.data.healthbench import load_healthbench
-    from quark_lightning.evaluation import healthbench_beside
+    from quark_lightning.evaluation.evaluate_models import healthbench_beside
 
     prompts = load_healthbench(str(FIXTURE))
     cfg = OmegaConf.create({"seed": 0, "healthbench": {"grader": "regex", "grader_kwargs": {}}})

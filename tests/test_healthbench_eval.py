@@ -26,10 +26,15 @@ from quark_lightning.data.healthbench_source import (
     load_healthbench_records,
     published_grader_template,
 )
-from quark_lightning.eval.healthbench_report import POOR_ANSWER, healthbench_result, judge_check, markdown
-from quark_lightning.models.sources import ModelSourceError
-from quark_lightning.rewards.healthbench import HealthBenchScorer
-from quark_lightning.rewards.triage import directs_to_emergency_care
+from quark_lightning.evaluation.healthbench_report import (
+    POOR_ANSWER,
+    healthbench_result,
+    judge_check,
+    markdown,
+)
+from quark_lightning.models.weight_sources import ModelSourceError
+from quark_lightning.scorers.healthbench_score import HealthBenchScorer
+from quark_lightning.scorers.triage import directs_to_emergency_care
 from tests.conftest import REPO
 
 # Our own test template in the published style (<< >> slots, literal braces elsewhere).
@@ -270,7 +275,7 @@ def test_a_killed_grading_resumes_without_re_asking(wheel_cache, tmp_path, monke
 
 # ---------------------------------------------------------------------------------------------- end to end
 def test_evaluate_on_healthbench_end_to_end(wheel_cache, tmp_path, tiny_model_dir):
-    from quark_lightning.evaluation import run_evaluation
+    from quark_lightning.evaluation.evaluate_models import run_evaluation
 
     with FaultServer(keyword_judge) as server:
         cfg = compose_evaluate(
@@ -363,7 +368,7 @@ def test_reward_model_pairs_and_feedback_refuse_the_canary(tmp_path):
 
 
 def test_the_published_grader_gets_replies_long_enough_for_its_verdict(capsys):
-    from quark_lightning.evaluation import HB_REPLY_TOKENS, grading_judge
+    from quark_lightning.evaluation.evaluate_models import HB_REPLY_TOKENS, grading_judge
 
     assert (
         grading_judge(OmegaConf.create({"kind": "local", "max_tokens": 64}), "published")["max_tokens"] == 256

@@ -210,21 +210,21 @@ def test_no_module_level_import_cycles():
 def test_graph_sees_known_edges():
     """The analysis itself: a few edges that exist, and function-level ones that must not count."""
     top, everything = import_graph(True), import_graph(False)
-    assert "quark_lightning.data.knowledge_base" in top["quark_lightning.rewards.retrieval"]
-    assert "quark_lightning.pipeline.context" in top["quark_lightning.pipeline.stages"]
-    assert "quark_lightning.pipeline.stages" in everything["quark_lightning.pipeline.runner"]
-    assert "quark_lightning.pipeline.stages" not in top["quark_lightning.pipeline.runner"]
+    assert "quark_lightning.data.knowledge_base" in top["quark_lightning.scorers.retrieval"]
+    assert "quark_lightning.stages.context" in top["quark_lightning.stages.kinds"]
+    assert "quark_lightning.stages.kinds" in everything["quark_lightning.stages.runner"]
+    assert "quark_lightning.stages.kinds" not in top["quark_lightning.stages.runner"]
     assert "quark_lightning.data.calculators.definitions" in top["quark_lightning.data.calculators"]
 
 
 def test_pipeline_export_is_in_no_import_cycle_even_through_function_imports():
     """export -> runner -> stages -> export was a cycle (stages imports export inside a function): the
-    shared types live in pipeline/context.py, so export imports neither the runner nor the stages."""
+    shared types live in stages/context.py, so export imports neither the runner nor the stages."""
     graph = import_graph(top_level_only=False)
     cyclic = {m for component in import_cycles(graph) for m in component}
-    assert "quark_lightning.pipeline.export" not in cyclic
-    assert "quark_lightning.pipeline.stages" not in cyclic
-    assert graph["quark_lightning.pipeline.context"] == set()
+    assert "quark_lightning.stages.export" not in cyclic
+    assert "quark_lightning.stages.kinds" not in cyclic
+    assert graph["quark_lightning.stages.context"] == set()
 
 
 def test_cycle_finder():

@@ -5,7 +5,7 @@
 - the deprecated `kind:` (no `_target_`) maps to the same source (KIND_TARGETS); an unknown kind or target
   is a ConfigError naming the key and the fix; a matrix's embedded `${model}` (built recursively with its
   scorer) trains the same cached reward model as the config;
-- GRPO, SFT and the reward model build their optimizer and warmup through optim/optimizers.py, with the
+- GRPO, SFT and the reward model build their optimizer and warmup through infra/optimizers.py, with the
   same param groups as the AdamW they built before and the old lambda's learning rate at every step.
 """
 
@@ -17,9 +17,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from quark_lightning.errors import ConfigError
-from quark_lightning.models import sources
-from quark_lightning.models.sources import (
+from quark_lightning.infra import optimizers
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.models import weight_sources as sources
+from quark_lightning.models.weight_sources import (
     KIND_TARGETS,
     MODEL_KINDS,
     GGUFModel,
@@ -30,7 +31,6 @@ from quark_lightning.models.sources import (
     model_source,
     resolve_model_path,
 )
-from quark_lightning.optim import optimizers
 from tests.conftest import REPO
 
 MODEL_GROUPS = {"tiny": TinyModel, "hf": HFModel, "smollm2": SmolLM2}
@@ -80,8 +80,8 @@ def test_every_model_group_names_its_source_and_builds_without_fetching(tmp_path
 
 
 def test_sources_resolve_to_the_same_paths_as_before(tmp_path, monkeypatch, no_fetch, bundled_records):
+    from quark_lightning.cli.run import corpus_texts
     from quark_lightning.models.tiny import ensure_tiny_model
-    from quark_lightning.run import corpus_texts
 
     corpus = corpus_texts(bundled_records)
     tiny = compose("model=tiny", f"model.cache_dir={tmp_path}", *TINY).model
@@ -97,7 +97,7 @@ def test_sources_resolve_to_the_same_paths_as_before(tmp_path, monkeypatch, no_f
     assert resolve_model_path(model_cfg("smollm2", str(tmp_path))) == "w"
     gguf = {"name_or_path": "/models/x", "gguf_file": "m.gguf", "cache_dir": str(tmp_path)}
     assert resolve_model_path({"_target_": KIND_TARGETS["hf"], **gguf}) == "g"
-    assert resolve_model_path({"_target_": "quark_lightning.models.sources.GGUFModel", **gguf}) == "g"
+    assert resolve_model_path({"_target_": "quark_lightning.models.weight_sources.GGUFModel", **gguf}) == "g"
     assert calls == [(sources.SMOLLM2, str(tmp_path))] + [("/models/x/m.gguf", str(tmp_path))] * 2
     with pytest.raises(ConfigError, match="model.gguf_file: required by"):
         GGUFModel(name_or_path="/models/x").path()
@@ -117,7 +117,7 @@ def test_the_old_kind_key_still_works(tmp_path, monkeypatch):
 
 
 def test_kind_overriding_the_target_wins_with_a_warning(tmp_path):
-    """The pipeline points a model=tiny config at a trained policy with model.kind=hf (pipeline/stages.py)."""
+    """The pipeline points a model=tiny config at a trained policy with model.kind=hf (stages/kinds.py)."""
     cfg = compose("model=tiny", f"model.cache_dir={tmp_path}").model
     cfg.kind, cfg.name_or_path = "hf", str(tmp_path)
     with pytest.warns(UserWarning, match="model.kind='hf' and model._target_=.*TinyModel.* disagree"):
@@ -130,7 +130,7 @@ def test_kind_overriding_the_target_wins_with_a_warning(tmp_path):
         ({"kind": "gguf"}, r"model.kind: got 'gguf' and no model._target_, expected one of \['tiny', 'hf'"),
         ({}, r"model.kind: got None"),
         (
-            {"_target_": "quark_lightning.models.sources.NoSuchModel"},
+            {"_target_": "quark_lightning.models.weight_sources.NoSuchModel"},
             r"model._target_: .*NoSuchModel.* could not",
         ),
         (
@@ -141,7 +141,7 @@ def test_kind_overriding_the_target_wins_with_a_warning(tmp_path):
             {"_target_": "builtins.dict"},
             r"model._target_: 'builtins.dict' returned dict, expected a ModelSource",
         ),
-        ({"_target_": "quark_lightning.models.sources.MANIFEST"}, r"is not a class or function"),
+        ({"_target_": "quark_lightning.models.weight_sources.MANIFEST"}, r"is not a class or function"),
     ],
 )
 def test_unknown_kind_or_target_is_a_config_error_with_the_fix(config, message):
@@ -156,7 +156,7 @@ def test_embedded_model_builds_recursively_and_keeps_the_reward_model_cache_key(
     ModelSource; the reward model it names has the cache directory of the plain config."""
     from hydra.utils import instantiate
 
-    from quark_lightning.reward_model_training import cache_key_yaml, reward_model_run_dir
+    from quark_lightning.reward_model.training import cache_key_yaml, reward_model_run_dir
 
     cfg = compose("model=smollm2", f"model.cache_dir={tmp_path}")
     built = instantiate(OmegaConf.create({"_target_": "builtins.dict", "policy_model": cfg.model}))
@@ -203,7 +203,7 @@ def same_groups(new: torch.optim.Optimizer, old: torch.optim.Optimizer) -> None:
 
 @pytest.fixture()
 def spy(monkeypatch):
-    """Records each use of the shared factory (optim/optimizers.py: adamw, linear_warmup)."""
+    """Records each use of the shared factory (infra/optimizers.py: adamw, linear_warmup)."""
     calls = []
     adamw, warmup = optimizers.adamw, optimizers.linear_warmup
     monkeypatch.setattr(optimizers, "adamw", lambda *a, **k: calls.append("adamw") or adamw(*a, **k))
@@ -215,12 +215,12 @@ def spy(monkeypatch):
 
 def modules(tiny_model_dir, lr, weight_decay, warmup, **extra):
     """name -> (module, the groups its old configure_optimizers built, betas it passed)."""
+    from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
     from quark_lightning.matrix import AlignmentMatrix, Dimension
     from quark_lightning.models.loading import load_causal_lm
-    from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-    from quark_lightning.modules.reward_model import RewardModelModule, ScalarRewardModel
-    from quark_lightning.modules.sft import SFTModule
-    from quark_lightning.rewards.format import FormatScorer
+    from quark_lightning.reward_model.scalar_rm import RewardModelModule, ScalarRewardModel
+    from quark_lightning.scorers.format import FormatScorer
+    from quark_lightning.stages.sft import SFTModule
 
     loaded = load_causal_lm(tiny_model_dir)
     matrix = AlignmentMatrix([Dimension("format_rules", "format", FormatScorer())])
@@ -262,9 +262,9 @@ def test_the_three_modules_build_the_old_optimizer_and_warmup_through_the_shared
 def test_the_configured_nodes_equal_the_flat_keys(tiny_model_dir, spy):
     """conf's warmstart / reward_model / algorithm `optimizer` and `lr_scheduler` nodes, built, give the
     optimizer and schedule the flat keys gave (and the modules use them, not the defaults)."""
-    from quark_lightning.optim.optimizers import optimizer_factory, scheduler_factory
-    from quark_lightning.optim.schedules import linear_warmup
-    from quark_lightning.reward_model_training import compose_experiment
+    from quark_lightning.infra.optimizers import optimizer_factory, scheduler_factory
+    from quark_lightning.infra.schedules import linear_warmup
+    from quark_lightning.reward_model.training import compose_experiment
 
     train = compose(
         "warmstart=sft", "warmstart.lr=0.1", "warmstart.weight_decay=0.01", "warmstart.warmup_steps=2"
@@ -297,7 +297,7 @@ def test_the_configured_nodes_equal_the_flat_keys(tiny_model_dir, spy):
 
 
 def test_bad_optimizer_or_schedule_nodes_are_config_errors():
-    from quark_lightning.optim.optimizers import optimizer_factory, scheduler_factory
+    from quark_lightning.infra.optimizers import optimizer_factory, scheduler_factory
 
     node = OmegaConf.create(
         {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.1, "weight_decai": 0.0}
@@ -311,7 +311,7 @@ def test_bad_optimizer_or_schedule_nodes_are_config_errors():
             OmegaConf.create({"_target_": "torch.optim.Nope", "_partial_": True}), "algorithm.optimizer"
         )
     bad = OmegaConf.create(
-        {"_target_": "quark_lightning.optim.schedules.linear_warmup", "_partial_": True, "w": 1}
+        {"_target_": "quark_lightning.infra.schedules.linear_warmup", "_partial_": True, "w": 1}
     )
     with pytest.raises(ConfigError, match="warmstart.lr_scheduler: could not build the schedule"):
         scheduler_factory(bad, "warmstart.lr_scheduler")

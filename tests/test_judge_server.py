@@ -16,13 +16,13 @@ from quark_lightning.data.healthbench import HealthBenchScorer
 from quark_lightning.judges import JudgeConfig
 from quark_lightning.judges.local import LocalJudge
 from quark_lightning.judges.openai_compatible import OpenAICompatibleJudge
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension
 from quark_lightning.matrix.guard import FailurePolicy, ScorerFailureError
-from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension
-from quark_lightning.rewards.garm import AssertionScorer
-from quark_lightning.rewards.garm import judge_messages as garm_messages
-from quark_lightning.rewards.healthbench_grader import grader_messages
-from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.rubric_matchers import judge_messages as rubric_messages
+from quark_lightning.scorers.garm import AssertionScorer
+from quark_lightning.scorers.garm import judge_messages as garm_messages
+from quark_lightning.scorers.healthbench_grader import grader_messages
+from quark_lightning.scorers.rubric import RubricScorer
+from quark_lightning.scorers.rubric_matchers import judge_messages as rubric_messages
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -85,8 +85,8 @@ def served_tiny(judge_dir):
 
 
 def conversations() -> list[list[dict]]:
-    from quark_lightning.rewards.assertions import split_assertions
-    from quark_lightning.rewards.retrieval import load_knowledge_base
+    from quark_lightning.scorers.assertions import split_assertions
+    from quark_lightning.scorers.retrieval import load_knowledge_base
 
     entry = load_knowledge_base("bundled")[0]
     out = [garm_messages(a, [entry]) for a in split_assertions(ANSWERS[0])]
@@ -175,7 +175,7 @@ def _score_cli(tmp_path, base_url, *extra, env=None):
     path = tmp_path / "responses.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cmd = [
-        sys.executable, "-m", "quark_lightning.score", "--input", str(path), "--output", str(tmp_path / "out.jsonl"),
+        sys.executable, "-m", "quark_lightning.cli.score", "--input", str(path), "--output", str(tmp_path / "out.jsonl"),
         "--matrix", "judged", "matrix.dimensions.correctness_macro=null", "matrix.dimensions.online_rm=null",
         "judge=openai", f"judge.base_url={base_url}", "judge.model=served", f"judge.cache_dir={tmp_path / 'cache'}",
         *extra,
@@ -227,7 +227,7 @@ def test_the_api_key_appears_in_no_output(tmp_path):
 
 # ------------------------------------------------------------------------------ a real judge: SmolLM2
 def smollm2_dir() -> Path:
-    from quark_lightning.models.sources import default_cache_dir
+    from quark_lightning.models.weight_sources import default_cache_dir
 
     return Path(default_cache_dir()) / "models" / "SmolLM2-135M-Instruct"
 

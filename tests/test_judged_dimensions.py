@@ -10,12 +10,12 @@ import torch
 from judge_fixtures import ScriptedJudge
 
 from quark_lightning.data.healthbench import HealthBenchScorer
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, Gate
 from quark_lightning.matrix.guard import FailurePolicy
-from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, Gate
-from quark_lightning.optim.aggregation import apply_gates
-from quark_lightning.rewards.compliance import ComplianceScorer, parse_compliance, parse_principles
-from quark_lightning.rewards.healthbench_grader import GRADER_PROMPT, grader_messages, render_conversation
+from quark_lightning.scorers.compliance import ComplianceScorer, parse_compliance, parse_principles
+from quark_lightning.scorers.healthbench_grader import GRADER_PROMPT, grader_messages, render_conversation
+from quark_lightning.shaping.aggregation import apply_gates
 
 PRINCIPLES = [
     {"id": "no_diagnosis", "text": "Gives no definitive diagnosis without an examination"},
@@ -163,7 +163,7 @@ def test_evaluate_reports_the_published_healthbench_score_through_a_judge_server
     from judge_fixtures import FaultServer, completion
     from omegaconf import OmegaConf
 
-    from quark_lightning.evaluation import healthbench_beside
+    from quark_lightning.evaluation.evaluate_models import healthbench_beside
 
     def behaviour(n, body):
         item = body["messages"][0]["content"].split("# Rubric item\n", 1)[1].split(" ", 1)[0]

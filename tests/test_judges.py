@@ -12,7 +12,7 @@ import time
 import pytest
 from judge_fixtures import FaultServer, ScriptedJudge, completion, free_port
 
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.judges import JudgeConfig, build_judge
 from quark_lightning.judges.cache import cache_key
 from quark_lightning.judges.openai_compatible import OpenAICompatibleJudge
@@ -80,7 +80,7 @@ def test_parse_json_verdicts():
     }
     assert parse_json_object('Sure! {"a": 1} trailing') == {"a": 1}
     assert parse_json_object("no json {here") is None
-    from quark_lightning.judges.base import JudgeReply
+    from quark_lightning.judges.client import JudgeReply
 
     assert (
         criteria_met_verdict(JudgeReply('{"explanation": "calls 911", "criteria_met": false}')).met is False
@@ -203,7 +203,7 @@ def test_the_api_key_is_sent_as_a_header_and_never_echoed(monkeypatch):
 def test_a_bad_judge_group_stops_a_run_before_anything_loads(override, key):
     from test_config import compose_cfg
 
-    from quark_lightning.config import validate_config
+    from quark_lightning.config.validate import validate_config
 
     with pytest.raises(ConfigError, match=key):
         validate_config(compose_cfg("+experiment=smoke", "judge=openai", override))

@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from callbacks.preemption import PREEMPTED_EXIT_CODE
-from quark_lightning.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from quark_lightning.data import BUNDLED_PROMPTS
 from quark_lightning.data.datamodule import AreaWeightedSampler
 from quark_lightning.data.resumable import ResumableDataLoader, ShuffleSampler
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from quark_lightning.infra.errors import ConfigError
 from tests.conftest import REPO
 
 STEPS = 6
@@ -239,7 +239,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path
 
 WRITER = """
 import sys, torch
-from quark_lightning.checkpointing import AtomicCheckpointIO
+from quark_lightning.infra.checkpointing import AtomicCheckpointIO
 io, i = AtomicCheckpointIO(), 0
 while True:
     i += 1

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 from hydra import compose, initialize_config_dir
 
-from quark_lightning.errors import ConfigError
-from quark_lightning.loggers import build_loggers, log_scalars, log_text, logger_configs, stage_kwargs
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.infra.loggers import build_loggers, log_scalars, log_text, logger_configs, stage_kwargs
 from tests.conftest import REPO
 
 # the dimensions of the smoke experiment's matrix (demo) that apply to every answer

@@ -10,19 +10,19 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import quark_lightning.modules.shared_prefix as shared_prefix
-from quark_lightning.algorithms.grpo_loss import (
+import quark_lightning.grpo.shared_prefix as shared_prefix
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
+from quark_lightning.grpo.loss import (
     chunked_selective_log_softmax,
     grpo_policy_loss,
     selective_log_softmax,
     token_entropy,
 )
+from quark_lightning.grpo.shared_prefix import checkpointing_active, split_lm_head
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import apply_lora, load_causal_lm
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-from quark_lightning.modules.shared_prefix import checkpointing_active, split_lm_head
-from quark_lightning.rewards.format import FormatScorer
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.scorers.format import FormatScorer
 from tests.test_grpo_module import fit
 
 G, C = 3, 7

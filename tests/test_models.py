@@ -31,7 +31,7 @@ def test_tiny_model_is_saved_and_loaded_through_the_hf_path(tiny_model_dir, tiny
 
 
 def test_tiny_model_build_is_cached(tiny_model_dir, bundled_records):
-    from quark_lightning.run import corpus_texts
+    from quark_lightning.cli.run import corpus_texts
 
     again = ensure_tiny_model(
         corpus_texts(bundled_records),

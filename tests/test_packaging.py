@@ -5,7 +5,7 @@ sees the running interpreter's site-packages for the dependencies (`pip install 
 names those directories, so this works whether the project was installed into the base interpreter or
 into a virtual environment, where `--system-site-packages` would reach only the base interpreter's), and
 from a directory outside the repository runs the scoring CLI and
-`python -m quark_lightning.train` (the train.py equivalent), checking that the installed copy, not the
+`python -m quark_lightning.cli.train` (the train.py equivalent), checking that the installed copy, not the
 source checkout, is what ran.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from quark_lightning.entry import conf_dir
+from quark_lightning.cli.entry import conf_dir
 from tests.conftest import REPO
 
 TRAIN = [
@@ -86,7 +86,7 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
     )
 
     where = sh(
-        [python, "-c", "import quark_lightning.entry as e; print(e.__file__); print(e.conf_dir())"], work, env
+        [python, "-c", "import quark_lightning.cli.entry as e; print(e.__file__); print(e.conf_dir())"], work, env
     )
     module_file, installed_conf = where.stdout.split()
     assert module_file.startswith(str(venv)) and installed_conf.startswith(str(venv)), where.stdout
@@ -101,18 +101,18 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
     responses.write_text(json.dumps(row) + "\n")
     # no --config-dir: the scoring CLI finds the installed package's config tree by itself
     scored = sh(
-        [python, "-m", "quark_lightning.score", "--input", str(responses), "--matrix", "rules_only"],
+        [python, "-m", "quark_lightning.cli.score", "--input", str(responses), "--matrix", "rules_only"],
         work,
         env,
     )
     (out,) = [json.loads(line) for line in scored.stdout.splitlines()]
     assert out["id"] == "w-1" and out["scores"]["format_rules"] is not None
 
-    trained = sh([python, "-m", "quark_lightning.train", *TRAIN, f"hydra.run.dir={work / 'run'}"], work, env)
+    trained = sh([python, "-m", "quark_lightning.cli.train", *TRAIN, f"hydra.run.dir={work / 'run'}"], work, env)
     assert (work / "run" / "checkpoints" / "last.ckpt").is_file(), trained.stdout[-2000:]
 
     bad = subprocess.run(
-        [python, "-m", "quark_lightning.train", "+experiment=nope"],
+        [python, "-m", "quark_lightning.cli.train", "+experiment=nope"],
         cwd=work,
         env=env,
         capture_output=True,

@@ -9,7 +9,7 @@ What runs: the real config path, in-process. `conf/train.yaml` is composed with 
 steps at lr 0.05 and `format_rules.min_words=10` so the 24-token completions of one group score differently
 (non-zero advantages in every step of every arm),
 3 RL steps of 2 prompts x 4 completions, no logger / sample callbacks, checkpoints under run_dir), handed to
-`quark_lightning.run.run`, as train.py does. The only addition is `PinningRecorder`, appended last to the
+`quark_lightning.cli.run.run`, as train.py does. The only addition is `PinningRecorder`, appended last to the
 trainer's callbacks: it reads the module, it never writes. Arms (`ARM_OVERRIDES`):
 
     sum        optimization=sum, closed loop off (callbacks.closed_loop=null)
@@ -41,7 +41,7 @@ What is pinned (golden files: tests/fixtures/pinning/<arm>.json), per arm:
                    count, float64 sum and abs-sum, per-tensor sums, 12 values of 5 tensors
 
 Tolerances (issue 22: the suite must pass on every x86 processor CI may run on). The run is float64
-(`trainer.precision=64-true`, algorithms/precision.py) on a tiny model whose initial weights are the same
+(`trainer.precision=64-true`, grpo/precision.py) on a tiny model whose initial weights are the same
 bits everywhere (models/tiny.py `grid_init_`). Each quantity is compared by what it goes through:
 
     exact    integers, booleans, strings, hashes (prompt ids, completions, lengths, statuses, counts)
@@ -108,7 +108,7 @@ COMMON = [
     "~logger",
     f"trainer.max_steps={STEPS}",
     "trainer.deterministic=true",
-    "trainer.precision=64-true",  # float64 numerics (algorithms/precision.py): see "Tolerances"
+    "trainer.precision=64-true",  # float64 numerics (grpo/precision.py): see "Tolerances"
     "warmstart.steps=4",
     "warmstart.lr=0.05",
     "matrix.dimensions.format_rules.scorer.min_words=10",
@@ -297,8 +297,8 @@ def compose_arm(arm: str, run_dir: Path, cache_dir: Path):
 
 
 def run_arm(arm: str, work: Path) -> dict[str, Any]:
-    """One run of the arm through quark_lightning.run.run; what the recorder saw."""
-    import quark_lightning.run as run_mod
+    """One run of the arm through quark_lightning.cli.run.run; what the recorder saw."""
+    import quark_lightning.cli.run as run_mod
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = compose_arm(arm, work / arm, work / "cache")
@@ -446,7 +446,7 @@ def test_the_golden_run_holds_on_other_kernels(tmp_path):
 def test_a_small_change_to_one_advantage_is_reported(work, monkeypatch):
     """Multiply the largest advantage of the first RL step by (1 + 1e-6): the comparison must name the
     advantages of that step (PURE: caught at 1e-12) and nothing upstream of them."""
-    from quark_lightning.modules.grpo import GRPOModule
+    from quark_lightning.grpo.grpo_module import GRPOModule
 
     original, calls = GRPOModule.shape_rewards, []
 

@@ -9,8 +9,8 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
-from quark_lightning.errors import ConfigError
-from quark_lightning.pipeline import runner, stages
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.stages import kinds, runner
 
 
 class Recorder:
@@ -33,7 +33,7 @@ class Recorder:
 def recorder(monkeypatch):
     rec = Recorder()
     for kind in ("sft", "reward_model", "grpo"):
-        monkeypatch.setitem(stages.STAGE_KINDS, kind, rec)
+        monkeypatch.setitem(kinds.STAGE_KINDS, kind, rec)
     return rec
 
 
@@ -193,7 +193,7 @@ def test_calculator_explanations_are_worked_solutions_with_the_exact_answer():
 
 
 def test_length_buckets_cover_every_example_once_and_cut_padding():
-    from quark_lightning.modules.sft import LengthBucketBatchSampler, padding_fraction
+    from quark_lightning.stages.sft import LengthBucketBatchSampler, padding_fraction
 
     lengths = [((i * 37) % 200) + 10 for i in range(203)]
     sampler = LengthBucketBatchSampler(lengths, batch_size=8, seed=3)
@@ -208,7 +208,7 @@ def test_length_buckets_cover_every_example_once_and_cut_padding():
 
 
 def test_padding_fraction_by_hand():
-    from quark_lightning.modules.sft import padding_fraction
+    from quark_lightning.stages.sft import padding_fraction
 
     # batch [0, 1]: width 4, 3 + 4 real tokens of 8 slots; batch [2]: no padding. 1 pad of 10 slots.
     assert padding_fraction([3, 4, 2], [[0, 1], [2]]) == pytest.approx(0.1)

@@ -28,11 +28,11 @@ import pytest
 import torch
 
 from quark_lightning.data.datamodule import PromptDataModule
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.rubric import RubricScorer
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.rubric import RubricScorer
 from tests.conftest import REPO
 
 LR = 1e-3

@@ -5,7 +5,7 @@ spans (which may wrap across lines), split into shell commands at `&&`, `||`, `;
 `... | tee log`, `... &` and `pip install ... && python train.py ...` work), with comments (`# ...`),
 redirections (`> log`, `2>&1`), leading `VAR=value` assignments and wrappers (`nohup`, `env`, `time`,
 `srun`) removed, and the rest split with `shlex` as the shell would. Recognized entry points: `python
-train.py`, `python evaluate.py`, `python -m quark_lightning.train|evaluate`, `torchrun [--opt=val ...]
+train.py`, `python evaluate.py`, `python -m quark_lightning.cli.train|evaluate`, `torchrun [--opt=val ...]
 train.py`, and, in inline code only, a bare `evaluate.py key=value ...`.
 
 Each command is composed in-process with Hydra's compose API on `conf/`. That is what `--cfg job` does
@@ -44,13 +44,13 @@ SUBSTITUTIONS: dict[str, str] = {
 }
 # Whole arguments that stand for "your overrides here": dropped.
 DROPPED_ARGS: dict[str, str] = {
-    "...": "`python -m quark_lightning.evaluate ...`: any overrides",
+    "...": "`python -m quark_lightning.cli.evaluate ...`: any overrides",
 }
 # (file relative to the repository, a substring of the command as written, why it is not composed).
 EXCLUDED: list[tuple[str, str, str]] = []
 
 ENTRY_SCRIPTS = {"train.py": "train", "evaluate.py": "evaluate"}
-ENTRY_MODULES = {"quark_lightning.train": "train", "quark_lightning.evaluate": "evaluate"}
+ENTRY_MODULES = {"quark_lightning.cli.train": "train", "quark_lightning.cli.evaluate": "evaluate"}
 WRAPPERS = {"nohup", "env", "time", "exec", "command", "srun"}
 PYTHON_RE = re.compile(r"^(?:.*/)?python(?:3(?:\.\d+)?)?$")
 ENV_ASSIGN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -338,10 +338,10 @@ def test_extractor_reads_shell_syntax(tmp_path):
         "  model=tiny > log.txt 2>&1 &   # comment\n"
         'python evaluate.py models="{base: /m/base, rl: outputs/<date>/<time>/policy}" | tee out.log\n'
         "torchrun --nnodes=2 --node_rank=0 \\\n  train.py trainer=multinode\n"
-        "python -m quark_lightning.evaluate ...\n"
+        "python -m quark_lightning.cli.evaluate ...\n"
         "python train.py judge.model=<nope>\n"
         "```\n\n"
-        "```\ntrain.py   thin entry (= python -m quark_lightning.train)\n```\n"
+        "```\ntrain.py   thin entry (= python -m quark_lightning.cli.train)\n```\n"
         "```python\nos.system('python train.py seed=3')\n```\n"
     )
     got = [(c.line, c.config_name, c.argv, bool(c.error)) for c in extract_commands(str(doc))]

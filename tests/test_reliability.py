@@ -11,16 +11,16 @@ import sys
 
 import pytest
 
+from quark_lightning.cli.score import load_responses, score_records
 from quark_lightning.data import BUNDLED_PROMPTS
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.schema import DataValidationError
-from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, Gate
-from quark_lightning.rewards import text
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.safety import DangerousAdviceScorer
-from quark_lightning.rewards.triage import TriageScorer
-from quark_lightning.score import load_responses, score_records
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, Gate
+from quark_lightning.scorers import text
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.rubric import RubricScorer
+from quark_lightning.scorers.safety import DangerousAdviceScorer
+from quark_lightning.scorers.triage import TriageScorer
 from tests.conftest import REPO, write_jsonl
 
 CATASTROPHIC = "(a|aa)+$"  # exponential backtracking in `re` on a run of a's followed by another letter
@@ -54,7 +54,7 @@ def test_the_timeout_names_the_file_and_line_the_pattern_came_from(tmp_path):
 def test_scoring_cli_with_a_catastrophic_pattern_stops_with_a_message_not_a_stall(tmp_path):
     path = write_jsonl(tmp_path / "r.jsonl", [catastrophic_row(response="a" * 60 + "!")])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "quark_lightning.score", "--input", path, "--matrix", "rules_only"]
+    cmd = [sys.executable, "-m", "quark_lightning.cli.score", "--input", path, "--matrix", "rules_only"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "matrix dimension 'expert_rubric'" in proc.stderr
@@ -198,7 +198,7 @@ class _FailsOnSecond:
     """A scorer that applies to every answer but raises on the second one."""
 
     def score(self, prompts, completions):
-        from quark_lightning.rewards.base import ScoreResult
+        from quark_lightning.scorers.interface import ScoreResult
 
         if any(c == "boom" for c in completions):
             raise RuntimeError("scorer down")
@@ -206,8 +206,8 @@ class _FailsOnSecond:
 
 
 def test_failed_samples_are_their_own_column_in_reports(tmp_path):
-    from quark_lightning.eval.metrics import evaluation_metrics
-    from quark_lightning.eval.report import comparison_table, write_report
+    from quark_lightning.evaluation.report import comparison_table, write_report
+    from quark_lightning.loop.metrics import evaluation_metrics
 
     matrix = AlignmentMatrix(
         [

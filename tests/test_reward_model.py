@@ -12,13 +12,6 @@ import sys
 import pytest
 import torch
 
-from quark_lightning.algorithms.ties_loss import (
-    center_loss,
-    diff_loss,
-    preference_metrics,
-    same_loss,
-    ties_objective,
-)
 from quark_lightning.data.preferences import (
     feedback_to_pairs,
     load_online_feedback,
@@ -27,6 +20,13 @@ from quark_lightning.data.preferences import (
     split_by_question,
 )
 from quark_lightning.data.schema import DataValidationError
+from quark_lightning.reward_model.ties_loss import (
+    center_loss,
+    diff_loss,
+    preference_metrics,
+    same_loss,
+    ties_objective,
+)
 from tests.conftest import REPO, write_jsonl
 
 
@@ -248,7 +248,7 @@ def test_split_by_question_is_seeded_and_disjoint():
 # ------------------------------------------------------------------ model, save / load, scorer
 @pytest.fixture(scope="module")
 def reward_model_dir(tiny_model_dir, tmp_path_factory):
-    from quark_lightning.modules.reward_model import ScalarRewardModel
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
     torch.manual_seed(0)
     model = ScalarRewardModel.from_backbone(tiny_model_dir)
@@ -258,7 +258,7 @@ def reward_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 def test_save_and_from_pretrained_round_trip_gives_identical_scores(reward_model_dir):
-    from quark_lightning.modules.reward_model import ScalarRewardModel
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
     path, model = reward_model_dir
     assert {"config.json", "model.safetensors", "reward_head.safetensors", "reward_model.json"} <= set(
@@ -283,7 +283,7 @@ def test_save_and_from_pretrained_round_trip_gives_identical_scores(reward_model
 
 
 def test_lora_reward_model_is_merged_on_save(tiny_model_dir, tmp_path):
-    from quark_lightning.modules.reward_model import ScalarRewardModel
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
     model = ScalarRewardModel.from_backbone(tiny_model_dir, lora={"enabled": True, "r": 4, "alpha": 8})
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -302,7 +302,7 @@ def test_lora_reward_model_is_merged_on_save(tiny_model_dir, tmp_path):
 
 
 def test_orm_scorer_scores_a_batch_frozen(reward_model_dir):
-    from quark_lightning.rewards.orm import ORMScorer
+    from quark_lightning.scorers.orm import ORMScorer
 
     path, _ = reward_model_dir
     scorer = ORMScorer(path, batch_size=2)
@@ -316,8 +316,8 @@ def test_orm_scorer_scores_a_batch_frozen(reward_model_dir):
 
 
 def test_orm_scorer_missing_directory_says_how_to_train(tmp_path):
-    from quark_lightning.modules.reward_model import RewardModelLoadError
-    from quark_lightning.rewards.orm import ORMScorer
+    from quark_lightning.reward_model.scalar_rm import RewardModelLoadError
+    from quark_lightning.scorers.orm import ORMScorer
 
     with pytest.raises(RewardModelLoadError, match=r"does not exist.*python train.py \+experiment=rm_orm"):
         ORMScorer(str(tmp_path / "nope"))
@@ -331,7 +331,7 @@ def test_orm_scorer_missing_directory_says_how_to_train(tmp_path):
 def test_module_training_moves_the_model_and_logs_held_out_metrics(tiny_model_dir):
     import lightning as L
 
-    from quark_lightning.modules.reward_model import (
+    from quark_lightning.reward_model.scalar_rm import (
         PairDataset,
         RewardModelModule,
         ScalarRewardModel,
@@ -361,8 +361,8 @@ def test_module_training_moves_the_model_and_logs_held_out_metrics(tiny_model_di
 def test_config_errors_name_the_key():
     from hydra import compose, initialize_config_dir
 
-    from quark_lightning.errors import ConfigError
-    from quark_lightning.reward_model_training import validate_reward_model_config
+    from quark_lightning.infra.errors import ConfigError
+    from quark_lightning.reward_model.training import validate_reward_model_config
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose(
@@ -402,7 +402,7 @@ def printed_metrics(stdout: str) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_rm_orm_end_to_end(tmp_path, pairs_file):
-    from quark_lightning.rewards.orm import ORMScorer
+    from quark_lightning.scorers.orm import ORMScorer
 
     proc = train_rm(
         tmp_path, "rm_orm", f"reward_model.data_path={pairs_file}", "reward_model.steps=12",
@@ -458,7 +458,7 @@ def test_rm_online_end_to_end_and_bad_rows_stop_first(tmp_path):
 def run_bundled(tmp_path, *overrides) -> dict[str, float]:
     from hydra import compose, initialize_config_dir
 
-    from quark_lightning.reward_model_training import run_reward_model
+    from quark_lightning.reward_model.training import run_reward_model
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose(

@@ -5,12 +5,12 @@ import lightning as L
 import pytest
 import torch
 
-from quark_lightning.errors import ConfigError
+from quark_lightning.grpo.grpo_module import upgrade_shaping_keys
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import AlignmentMatrix, Dimension
-from quark_lightning.modules.grpo import upgrade_shaping_keys
-from quark_lightning.optim.shaping import RewardShaping
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.safety import DangerousAdviceScorer
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.safety import DangerousAdviceScorer
+from quark_lightning.shaping.reward_shaping import RewardShaping
 
 
 def matrix():
@@ -55,8 +55,8 @@ def test_a_combination_that_cannot_work_is_refused_with_the_fix(aggregator, norm
 def test_rfn_tadw_without_its_weighting_callback_is_refused_not_run_as_rfn(tiny_model_dir):
     from callbacks.reward_rescaling import ReferenceFrozenNormalization
     from quark_lightning.data.datamodule import PromptDataModule
+    from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
     from quark_lightning.models.loading import load_causal_lm
-    from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
     from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
     loaded = load_causal_lm(tiny_model_dir)

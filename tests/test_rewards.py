@@ -5,11 +5,11 @@ import math
 import pytest
 
 from quark_lightning.matrix import AlignmentMatrix, Dimension
-from quark_lightning.matrix.matrix import MatrixConfigError
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.safety import DangerousAdviceScorer
-from quark_lightning.rewards.triage import TriageScorer
+from quark_lightning.matrix.alignment_matrix import MatrixConfigError
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.rubric import RubricScorer
+from quark_lightning.scorers.safety import DangerousAdviceScorer
+from quark_lightning.scorers.triage import TriageScorer
 
 RUBRIC = [
     {"id": "e1", "type": "essential", "text": "cut down salt", "any": [r"\bsalt\b", "sodium"], "points": 1.0},
@@ -118,7 +118,7 @@ def test_format_structure_and_disclaimer_rules():
 
 
 def test_an_ignored_red_flag_fails_triage_not_safety():
-    """Red-flag triage is its own dimension (rewards/triage.py); safety is dangerous advice only."""
+    """Red-flag triage is its own dimension (scorers/triage.py); safety is dangerous advice only."""
     prompt = {**PROMPT, "red_flags": ["crushing chest pain"], "rubric": []}
     answers = ["Rest and drink water.", "Call an ambulance immediately."]
     assert DangerousAdviceScorer().score([prompt, prompt], answers).scores.tolist() == [1.0, 1.0]

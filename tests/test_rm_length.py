@@ -181,7 +181,7 @@ def rm_cache(tmp_path_factory):
 
 def shipped_reward_model(experiment: str, cache: str):
     """The reward model conf/matrix/medical.yaml trains (ORMScorer with train_experiment, backbone tiny)."""
-    from quark_lightning.rewards.orm import ORMScorer
+    from quark_lightning.scorers.orm import ORMScorer
 
     return ORMScorer(
         train_experiment=experiment, cache_dir=cache, backbone="tiny", batch_size=16, max_length=384,

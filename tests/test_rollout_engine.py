@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from quark_lightning.rollout.base import RolloutEngine
+from quark_lightning.rollout.engine import RolloutEngine
 from quark_lightning.rollout.hf_generate import HFGenerateEngine, sample_next
 from tests.conftest import REPO
 
@@ -74,8 +74,8 @@ def test_vllm_engine_says_how_to_install():
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="DeepSpeed is installed")
 def test_deepspeed_config_fails_early_with_the_fix():
-    from quark_lightning.errors import ConfigError
-    from quark_lightning.strategies import build_strategy
+    from quark_lightning.infra.errors import ConfigError
+    from quark_lightning.infra.strategies import build_strategy
 
     cfg = compose_trainer("deepspeed")
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[deepspeed\]'"):
@@ -92,7 +92,7 @@ def compose_trainer(name: str):
     [("ddp", None), ("fsdp2", "FSDP2Strategy"), ("fsdp", "FSDPStrategy"), ("multinode", None)],
 )
 def test_trainer_configs_build_their_strategy(name, strategy_class):
-    from quark_lightning.strategies import build_strategy
+    from quark_lightning.infra.strategies import build_strategy
 
     cfg = compose_trainer(name)
     strategy = build_strategy(OmegaConf.to_container(cfg.trainer, resolve=True)["strategy"])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rollout.base import render_prompts
+from quark_lightning.rollout.engine import render_prompts
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.scorers.format import FormatScorer
 from tests.test_grpo_module import fit
 
 MAX_PROMPT = 48

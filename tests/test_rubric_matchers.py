@@ -2,8 +2,8 @@
 
 import pytest
 
-from quark_lightning.rewards.rubric import RubricScorer
-from quark_lightning.rewards.rubric_matchers import LLMJudgeMatcher, build_matcher
+from quark_lightning.scorers.rubric import RubricScorer
+from quark_lightning.scorers.rubric_matchers import LLMJudgeMatcher, build_matcher
 
 ITEM = {
     "id": "e1",

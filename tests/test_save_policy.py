@@ -67,7 +67,7 @@ def train_and_capture(cfg, monkeypatch):
     A step or two of GRPO on the tiny model can leave the RL adapter at zero (equal rewards in a group),
     so its lora_B is perturbed just before saving: the saved adapter must count, not only the base.
     """
-    import quark_lightning.run as run_mod
+    import quark_lightning.cli.run as run_mod
 
     captured = {}
     original = run_mod.save_outputs

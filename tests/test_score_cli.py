@@ -1,4 +1,4 @@
-"""The scoring CLI, run as users run it: `python -m quark_lightning.score` in a subprocess, offline."""
+"""The scoring CLI, run as users run it: `python -m quark_lightning.cli.score` in a subprocess, offline."""
 
 import json
 import math
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quark_lightning.score import static_reward
+from quark_lightning.cli.score import static_reward
 
 REPO = Path(__file__).resolve().parents[1]
 DIMENSIONS = [
@@ -94,7 +94,7 @@ def write_jsonl(path, rows):
 def run_cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "quark_lightning.score", *args],
+        [sys.executable, "-m", "quark_lightning.cli.score", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -1,16 +1,16 @@
-"""The shared-prompt forward gives the plain forward's completion logits and gradients (modules/shared_prefix.py)."""
+"""The shared-prompt forward gives the plain forward's completion logits and gradients (grpo/shared_prefix.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from quark_lightning.models.loading import apply_lora
-from quark_lightning.modules.shared_prefix import (
+from quark_lightning.grpo.shared_prefix import (
     completion_logits,
     plain_completion_logits,
     rows_grouped,
     shared_prefix_completion_logits,
 )
+from quark_lightning.models.loading import apply_lora
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
 

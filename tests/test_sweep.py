@@ -1,6 +1,6 @@
 """`--multirun` sweeps: every job in its own directory, one comparison table, a failing job recorded.
 
-The fast tests drive quark_lightning.sweep on job directories written by hand; the slow one runs a real
+The fast tests drive quark_lightning.cli.sweep on job directories written by hand; the slow one runs a real
 3-job sweep through train.py, where the middle job has a bad `algorithm.loss_type`.
 """
 
@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from quark_lightning.errors import ConfigError
-from quark_lightning.sweep import run_sweep_job, write_comparison
+from quark_lightning.cli.sweep import run_sweep_job, write_comparison
+from quark_lightning.infra.errors import ConfigError
 from tests.conftest import REPO
 
 

@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
-from quark_lightning.matrix.matrix import Gate
-from quark_lightning.optim.aggregation import AggregationContext, aggregate_and_advantages, apply_gates
-from quark_lightning.optim.diagnostics import advantage_shares, pearson, redflag_groups_with_safe
-from quark_lightning.optim.normalization import ReferenceFrozenNormalizer, fallback_sigma, reference_stats
-from quark_lightning.optim.weighting import TriFactorWeighting, active_weights, varies_within_groups
+from quark_lightning.matrix.alignment_matrix import Gate
+from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages, apply_gates
+from quark_lightning.shaping.diagnostics import advantage_shares, pearson, redflag_groups_with_safe
+from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, fallback_sigma, reference_stats
+from quark_lightning.shaping.tadw import TriFactorWeighting, active_weights, varies_within_groups
 
 NAN = float("nan")
 

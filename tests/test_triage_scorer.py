@@ -1,4 +1,4 @@
-"""The `triage` and `over_triage` dimensions (rewards/triage.py): a table of phrasings with both verdicts,
+"""The `triage` and `over_triage` dimensions (scorers/triage.py): a table of phrasings with both verdicts,
 where each dimension applies (NaN elsewhere), the findings, and the bundled data (references pass,
 rejected answers that ignore a red flag fail). The table marks the phrasings that the old keyword check
 of the `safety` dimension (any of "emergency", "urgent", "immediately", "ambulance", 999 / 911 / 112, A&E,
@@ -13,8 +13,8 @@ import re
 import pytest
 
 from quark_lightning.data import BUNDLED_PROMPTS
-from quark_lightning.rewards.safety import DangerousAdviceScorer
-from quark_lightning.rewards.triage import TriageScorer, directs_to_emergency_care
+from quark_lightning.scorers.safety import DangerousAdviceScorer
+from quark_lightning.scorers.triage import TriageScorer, directs_to_emergency_care
 
 RED = {"id": "red", "red_flags": ["crushing chest pain", "sweating"]}
 ROUTINE = {"id": "routine", "red_flags": []}

@@ -10,21 +10,21 @@ from dataclasses import replace
 import pytest
 import torch
 
-from quark_lightning.algorithms.grpo_loss import (
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
+from quark_lightning.grpo.loss import (
     chunked_selective_log_softmax,
     clipped_surrogate,
     grpo_policy_loss,
     importance_log_ratio,
     token_entropy,
 )
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.infra.schedules import lr_scheduler
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule
-from quark_lightning.optim.schedules import lr_scheduler
-from quark_lightning.rewards.format import FormatScorer
-from quark_lightning.rollout.base import Rollout
+from quark_lightning.rollout.engine import Rollout
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.scorers.format import FormatScorer
 
 
 # ------------------------------------------------------------------------------------------- GSPO
@@ -220,7 +220,7 @@ def test_the_module_steps_its_configured_schedule(tiny_model_dir):
 
 # ------------------------------------------------------------------------------------------- dynamic sampling
 def test_groups_without_spread_and_the_batch_plan():
-    from quark_lightning.modules.dynamic_sampling import group_has_spread, plan_batch
+    from quark_lightning.grpo.dynamic_sampling import group_has_spread, plan_batch
 
     reward = torch.tensor([1.0, 1.0, 0.0, 2.0, 3.0, 3.0, float("nan"), 5.0])  # 4 groups of 2
     assert group_has_spread(reward, 2).tolist() == [False, True, False, False]
@@ -235,7 +235,7 @@ class PromptDependentScorer:
     """Constant on prompts whose id starts with 'card' (no spread), the completion's length otherwise."""
 
     def score(self, prompts, completions):
-        from quark_lightning.rewards.base import ScoreResult
+        from quark_lightning.scorers.interface import ScoreResult
 
         values = [1.0 if p["id"].startswith("card") else float(len(c)) for p, c in zip(prompts, completions)]
         return ScoreResult.from_lists(values, [[] for _ in values])
@@ -295,7 +295,7 @@ class PassesOnTheSecondCall:
         self.calls = 0
 
     def score(self, prompts, completions):
-        from quark_lightning.rewards.base import ScoreResult
+        from quark_lightning.scorers.interface import ScoreResult
 
         self.calls += 1
         values = [float(self.calls > 1 and i % 2 == 0) for i in range(len(completions))]
@@ -303,8 +303,8 @@ class PassesOnTheSecondCall:
 
 
 def test_groups_without_a_passing_answer_are_sampled_again(tiny_model_dir, bundled_records):
-    from quark_lightning.matrix.matrix import Gate
-    from quark_lightning.modules.dynamic_sampling import groups_without_a_pass
+    from quark_lightning.grpo.dynamic_sampling import groups_without_a_pass
+    from quark_lightning.matrix.alignment_matrix import Gate
 
     gate = [(0, Gate(below=1.0))]
     nan = float("nan")
@@ -327,7 +327,7 @@ def test_groups_without_a_passing_answer_are_sampled_again(tiny_model_dir, bundl
 
 # ------------------------------------------------------------------------------------------- stop strings, EOS ids
 def test_completion_mask_ends_at_any_stop_id_or_stop_position():
-    from quark_lightning.rollout.base import completion_mask_from_ids
+    from quark_lightning.rollout.engine import completion_mask_from_ids
 
     ids = torch.tensor([[5, 7, 2, 9], [5, 6, 6, 6], [1, 1, 1, 1]])
     mask, cut = completion_mask_from_ids(ids, [2, 7])

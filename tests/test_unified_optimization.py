@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from quark_lightning.optim.aggregation import AggregationContext, aggregate_and_advantages
-from quark_lightning.optim.normalization import ReferenceFrozenNormalizer, reference_stats
-from quark_lightning.optim.weighting import (
+from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages
+from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, reference_stats
+from quark_lightning.shaping.tadw import (
     TriFactorWeighting,
     correlation,
     floor_weights,
@@ -236,8 +236,8 @@ def test_statistics_and_weights_survive_a_resume_exactly(tmp_path, tiny_model_di
 
 
 def test_gates_cap_or_set_the_reward_of_vetoed_completions():
-    from quark_lightning.matrix.matrix import Gate
-    from quark_lightning.optim.aggregation import apply_gates
+    from quark_lightning.matrix.alignment_matrix import Gate
+    from quark_lightning.shaping.aggregation import apply_gates
 
     scores = torch.tensor([[1.0, 0.9], [0.0, 0.9], [NAN, 0.1], [0.0, 0.1]])  # col 0 = safety
     reward = torch.tensor([2.0, 2.0, 0.5, -3.0])

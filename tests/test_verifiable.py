@@ -19,7 +19,7 @@ from quark_lightning.data.calculators import (
     generate_calculator_prompts,
 )
 from quark_lightning.data.schema import validate_prompt
-from quark_lightning.rewards.verifiable import CalculatorScorer, extract_final_number
+from quark_lightning.scorers.verifiable import CalculatorScorer, extract_final_number
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BMI_INPUTS = {"weight": [70, "kg"], "height": [175, "cm"]}

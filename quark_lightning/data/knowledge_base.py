@@ -9,7 +9,7 @@ entry and 100 keywords or aliases a claim (see `quark_lightning/data/schema.py`)
 (blank lines only) is allowed: GARM then scores NaN (nothing to check against); a file of 0 bytes is
 refused (the mark of a copy cut short, not of a knowledge base).
 
-The retrievers that rank these entries for a query are in rewards/retrieval.py.
+The retrievers that rank these entries for a query are in scorers/retrieval.py.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from quark_lightning.data.schema import (
     check_text,
     read_jsonl,
 )
-from quark_lightning.errors import ConfigError
-from quark_lightning.rewards.assertions import canonical_unit, known_units
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.scorers.assertions import canonical_unit, known_units
 
 BUNDLED_KB = ASSETS / "knowledge_base.jsonl"
 RELATIONS = ("eq", "max", "min", "range")

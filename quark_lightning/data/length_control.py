@@ -7,7 +7,7 @@ length. Two things here keep that in check, and both use the sentences below, ke
   bundled data: among them, poor answers padded with `TRAIN_BOILERPLATE` until they are longer than the
   good answer they lose to.
 - the reward-model stage's held-out evaluation (`length_controlled_accuracy`,
-  quark_lightning/modules/reward_model.py) pads each held-out pair's rejected answer with
+  quark_lightning/reward_model/scalar_rm.py) pads each held-out pair's rejected answer with
   `EVAL_BOILERPLATE` to at least the preferred answer's length + 50 words and counts how often the
   padded answer still scores below the preferred one. `EVAL_BOILERPLATE` never appears in the training
   data, so the check measures whether the model ignores empty filler, not whether it memorised
@@ -28,7 +28,7 @@ from typing import Any
 # Filler of the generated training data: PLAIN avoids the words good answers use often (health, medical,
 # important, feel, people, ...), HEALTH is in the register of a health answer. The online-feedback records
 # use PLAIN only: the online dimension mines word n-grams over-represented in disliked answers
-# (rewards/pattern_mining.py), and filler there must not make it penalise words like "medical".
+# (scorers/pattern_mining.py), and filler there must not make it penalise words like "medical".
 PLAIN_BOILERPLATE: tuple[str, ...] = (
     "Your wellbeing matters, and it makes sense to pay attention to your overall situation.",
     "Every situation is unique, and general points cannot cover every individual detail.",

@@ -25,7 +25,7 @@ from typing import Any
 from quark_lightning.data.canary import refuse_evaluation_data
 from quark_lightning.data.length_control import ORIGIN as LENGTH_BALANCE
 from quark_lightning.data.preferences import load_online_feedback, load_preference_pairs, question_key
-from quark_lightning.errors import ConfigError
+from quark_lightning.infra.errors import ConfigError
 
 Example = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""LLM judges: one client for every LLM-judged dimension (see judges/config.py for the settings).
+"""LLM judges: one client for every LLM-judged dimension (see judges/settings.py for the settings).
 
 build_judge(cfg)  the judge of a `judge` config group, shared by every scorer in the process that
                   passes the same settings (one local model loaded once, one set of counters)
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quark_lightning.judges.base import Judge, JudgeReply, Messages
-from quark_lightning.judges.config import JudgeConfig
+from quark_lightning.judges.client import Judge, JudgeReply, Messages
+from quark_lightning.judges.settings import JudgeConfig
 
 __all__ = ["Judge", "JudgeConfig", "JudgeReply", "Messages", "build_judge", "judge_config"]
 

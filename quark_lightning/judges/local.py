@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from quark_lightning.judges.base import Judge, JudgeReply, Messages
-from quark_lightning.judges.config import JudgeConfig
+from quark_lightning.judges.client import Judge, JudgeReply, Messages
+from quark_lightning.judges.settings import JudgeConfig
 
 
 def directory_fingerprint(path: str) -> str:
@@ -37,7 +37,7 @@ class LocalJudge(Judge):
     def __init__(self, config: JudgeConfig):
         super().__init__(config)
         if not config.model:
-            from quark_lightning.errors import ConfigError
+            from quark_lightning.infra.errors import ConfigError
 
             raise ConfigError(
                 "judge.model: judge=local needs a causal LM (a hub name or a local directory). "

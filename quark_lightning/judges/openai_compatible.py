@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from quark_lightning.errors import ConfigError
-from quark_lightning.judges.base import Judge, JudgeReply, Messages
-from quark_lightning.judges.config import JudgeConfig
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.judges.client import Judge, JudgeReply, Messages
+from quark_lightning.judges.settings import JudgeConfig
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 MAX_RETRY_AFTER_S = 30.0

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from quark_lightning.judges.base import JudgeReply
+from quark_lightning.judges.client import JudgeReply
 
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)

@@ -1,3 +1,3 @@
-from quark_lightning.matrix.matrix import CATEGORIES, AlignmentMatrix, Dimension, MatrixScores
+from quark_lightning.matrix.alignment_matrix import CATEGORIES, AlignmentMatrix, Dimension, MatrixScores
 
 __all__ = ["CATEGORIES", "AlignmentMatrix", "Dimension", "MatrixScores"]

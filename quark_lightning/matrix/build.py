@@ -9,8 +9,8 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, MatrixConfigError
 from quark_lightning.matrix.guard import merged_policy
-from quark_lightning.matrix.matrix import AlignmentMatrix, Dimension, MatrixConfigError
 
 
 def _plain(node):

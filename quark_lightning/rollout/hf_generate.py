@@ -42,11 +42,11 @@ from typing import Any
 import torch
 import transformers
 
-from quark_lightning.algorithms.precision import upcast
-from quark_lightning.distributed import is_sharded
-from quark_lightning.errors import ConfigError
+from quark_lightning.grpo.precision import upcast
+from quark_lightning.infra.distributed import is_sharded
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.models.reference import eval_mode
-from quark_lightning.rollout.base import (
+from quark_lightning.rollout.engine import (
     Rollout,
     completion_mask_from_ids,
     render_prompts,

@@ -46,8 +46,8 @@ from typing import Any
 
 import torch
 
-from quark_lightning.distributed import world_size
-from quark_lightning.rollout.base import Rollout
+from quark_lightning.infra.distributed import world_size
+from quark_lightning.rollout.engine import Rollout
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
 VLLM_MISSING = (

@@ -29,15 +29,15 @@ from torch.utils.data import DataLoader, Sampler  # noqa: E402
 from callbacks.reward_rescaling import ReferenceFrozenNormalization  # noqa: E402
 from callbacks.weighting import TriFactorWeightingCallback  # noqa: E402
 from quark_lightning.data.datamodule import PromptDataModule, collate_prompts  # noqa: E402
-from quark_lightning.distributed import is_sharded  # noqa: E402
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule  # noqa: E402
+from quark_lightning.infra.distributed import is_sharded  # noqa: E402
 from quark_lightning.matrix import AlignmentMatrix, Dimension  # noqa: E402
 from quark_lightning.models.loading import load_causal_lm  # noqa: E402
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule  # noqa: E402
-from quark_lightning.optim.shaping import RewardShaping  # noqa: E402
-from quark_lightning.rewards.format import FormatScorer  # noqa: E402
-from quark_lightning.rewards.rubric import RubricScorer  # noqa: E402
-from quark_lightning.rewards.safety import DangerousAdviceScorer  # noqa: E402
 from quark_lightning.rollout.hf_generate import HFGenerateEngine  # noqa: E402
+from quark_lightning.scorers.format import FormatScorer  # noqa: E402
+from quark_lightning.scorers.rubric import RubricScorer  # noqa: E402
+from quark_lightning.scorers.safety import DangerousAdviceScorer  # noqa: E402
+from quark_lightning.shaping.reward_shaping import RewardShaping  # noqa: E402
 
 GLOBAL_PROMPTS = 4
 G = 4
@@ -152,7 +152,7 @@ class Recorder(L.Callback):
 
 def make_strategy(name: str):
     if name == "fsdp2":
-        from quark_lightning.strategies import FSDP2Strategy
+        from quark_lightning.infra.strategies import FSDP2Strategy
 
         return FSDP2Strategy()
     return {"single": "auto", "ddp": "ddp"}[name]

@@ -35,10 +35,10 @@ def worker(rank: int, model_dir: str, adapter: str, out_dir: str, port: int) -> 
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     from torch.distributed.device_mesh import init_device_mesh
 
-    from quark_lightning.distributed import full_state_dict, is_sharded
+    from quark_lightning.infra.distributed import full_state_dict, is_sharded
+    from quark_lightning.infra.strategies import shard_module
     from quark_lightning.models.loading import apply_lora, load_causal_lm, merge_sft_adapter
     from quark_lightning.models.saving import save_policy
-    from quark_lightning.strategies import shard_module
 
     loaded = load_causal_lm(model_dir)
     torch.manual_seed(0)  # the same lora_A init on every rank (Lightning seeds every rank alike)

@@ -20,12 +20,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from equivalence_run import BlockDataModule, ScriptedEngine  # noqa: E402
 
-from quark_lightning.errors import QuarkError  # noqa: E402
+from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule  # noqa: E402
+from quark_lightning.infra.errors import QuarkError  # noqa: E402
 from quark_lightning.matrix import AlignmentMatrix, Dimension  # noqa: E402
 from quark_lightning.models.loading import load_causal_lm  # noqa: E402
-from quark_lightning.modules.grpo import GRPOConfig, GRPOModule  # noqa: E402
-from quark_lightning.rewards.base import ScoreResult  # noqa: E402
-from quark_lightning.rewards.format import FormatScorer  # noqa: E402
+from quark_lightning.scorers.format import FormatScorer  # noqa: E402
+from quark_lightning.scorers.interface import ScoreResult  # noqa: E402
 
 
 class FailsOnRankOne:

@@ -48,7 +48,7 @@ from quark_lightning.data.calculators.answers import (
     compute_calculator,
     run_calculator,
 )
-from quark_lightning.data.calculators.cli import main
+from quark_lightning.data.calculators.command import main
 from quark_lightning.data.calculators.definitions import (
     ASCITES,
     CALCULATORS,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from quark_lightning.errors import QuarkError
+from quark_lightning.infra.errors import QuarkError
 
 Case = dict[str, Any]
 

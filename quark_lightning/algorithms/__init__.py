@@ -1,1 +1,0 @@
-"""Pure functions of the RL loss (log-probs, KL, clipped surrogate, loss reductions)."""

@@ -1,0 +1,218 @@
+"""Validation of every config group a run uses, before anything heavy (data, model, reward models).
+
+`config.validate_config` checks the ranges of single keys; this module checks the groups as wholes:
+
+- unknown keys: every node with a `_target_` (rollout, callbacks, judge, logger, lr_scheduler, the
+  scorers of the matrix) may only hold arguments its target accepts; a typo is named with the closest
+  valid key ("callbacks.closed_loop.probe_promts: unknown key; did you mean probe_prompts?");
+  `algorithm.*` may only hold GRPOConfig fields (plus lr_scheduler and optimizer), and
+  `optimization.{normalization,weighting}` only the normalizer's / calibration's / TADW's settings;
+- values: the light objects are built once here (callbacks, the normalizer and TADW on a one-dimension
+  dummy), so their own range and enum checks run now; a ValueError/TypeError becomes a problem that names
+  the group.
+
+Every problem is collected and raised as one ConfigError (exit 2, no traceback, nothing loaded yet).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from quark_lightning.infra.errors import ConfigError
+
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+CALIBRATION_KEYS = ("calibration_prompts", "num_generations", "recalibrate", "report_path", "statistics_path")
+ALGORITHM_EXTRA_KEYS = ("name", "lr_scheduler", "optimizer")  # name: the group's label
+
+
+def accepted_arguments(target: Callable) -> set[str] | None:
+    """The keyword arguments `target` accepts, or None when it takes **kwargs (anything goes)."""
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != "self"}
+
+
+def unknown_keys(keys: Iterable[str], allowed: Iterable[str], where: str, fix: str = "") -> list[str]:
+    """One problem per key of `keys` not in `allowed`, with the closest allowed key as the suggestion."""
+    allowed = sorted(set(allowed))
+    problems = []
+    for key in keys:
+        if key in allowed or key in HYDRA_KEYS:
+            continue
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problems.append(
+            f"{where}.{key}: unknown key; {hint}Fix: remove it or use one of {', '.join(allowed)}{fix}"
+        )
+    return problems
+
+
+def target_problems(node: Any, where: str) -> list[str]:
+    """Unknown keys of a `_target_` node (a wrong `_target_` itself is reported too)."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return []
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(str(node._target_))
+    except Exception as err:  # noqa: BLE001 - any import failure is a config problem here
+        return [
+            f"{where}._target_: {node._target_!r} cannot be imported ({err}). Fix: a dotted path to a class"
+        ]
+    allowed = accepted_arguments(target)
+    if allowed is None:
+        return []
+    return unknown_keys(list(node.keys()), allowed, where)
+
+
+def _message(err: Exception, where: str) -> str:
+    text = str(err).removeprefix("invalid configuration:\n  - ")
+    return text if text.startswith(where) else f"{where}: {text}"
+
+
+def build_problems(node: Any, where: str) -> list[str]:
+    """Build a light `_target_` node once, so its own checks run; a failure becomes a problem."""
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(node)
+    except Exception as err:  # noqa: BLE001 - the constructor's message names what is wrong
+        cause = err.__cause__ or err  # Hydra wraps the constructor's error in InstantiationException
+        return [_message(cause, where)]
+    return []
+
+
+def shaping_problems(optimization: DictConfig) -> list[str]:
+    """optimization.{aggregator, normalization, weighting}: a combination that works, known keys, values
+    the normalizer and TADW accept (built on a one-dimension dummy)."""
+    from quark_lightning.shaping.aggregation import AGGREGATORS
+    from quark_lightning.shaping.reward_shaping import NORMALIZER_KEYS
+    from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer
+    from quark_lightning.shaping.tadw import TriFactorWeighting
+
+    spec = AGGREGATORS.get(optimization.get("aggregator"))
+    if spec is None:
+        return []  # validate_config names an unknown aggregator
+    p: list[str] = []
+    norm, weighting = optimization.get("normalization"), optimization.get("weighting")
+    if spec.needs_normalizer and norm is None:
+        p.append(
+            f"optimization.normalization: null, but aggregator {optimization.aggregator} needs it. Fix: use "
+            "optimization=rfn or optimization=rfn_tadw as a whole"
+        )
+    if spec.adaptive_weights and weighting is None:
+        p.append(
+            f"optimization.weighting: null, but aggregator {optimization.aggregator} adapts its weights. Fix: "
+            "use optimization=rfn_tadw as a whole, or optimization=rfn for static weights"
+        )
+    from quark_lightning.shaping.reward_shaping import DRIVERS
+
+    drivers = optimization.get("callbacks") or {}
+    for prop, driver in DRIVERS.items():
+        if getattr(spec, prop) and drivers.get(driver) is None:
+            p.append(
+                f"optimization.callbacks.{driver}: missing, but aggregator {optimization.aggregator} needs it "
+                f"(it drives the reward shaping). Fix: use optimization={optimization.aggregator} as a whole"
+            )
+    for name, node in drivers.items():
+        if node is not None:
+            p += target_problems(node, f"optimization.callbacks.{name}")
+    if spec.needs_normalizer and isinstance(norm, DictConfig):
+        p += unknown_keys(
+            list(norm.keys()),
+            (*NORMALIZER_KEYS, *CALIBRATION_KEYS, "length_decoupled"),
+            "optimization.normalization",
+        )
+        values = {k: _plain(norm, k) for k in NORMALIZER_KEYS if k in norm}
+        p += _try(lambda: ReferenceFrozenNormalizer(1, **values), "optimization.normalization")
+        count = norm.get("calibration_prompts")
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 1):
+            p.append(
+                f"optimization.normalization.calibration_prompts: got {count!r}, expected an integer >= 1"
+            )
+    if spec.adaptive_weights and isinstance(weighting, DictConfig):
+        allowed = accepted_arguments(TriFactorWeighting) - {"risk", "targets", "prior"}
+        p += unknown_keys(list(weighting.keys()), allowed, "optimization.weighting")
+        values = {k: _plain(weighting, k) for k in allowed if k in weighting}
+        p += _try(lambda: TriFactorWeighting(risk=[1.0, 1.0], **values), "optimization.weighting")
+    return p
+
+
+def _plain(node: DictConfig, key: str) -> Any:
+    value = node[key]
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _try(build: Callable[[], Any], where: str) -> list[str]:
+    try:
+        build()
+    except (ValueError, TypeError) as err:
+        return [_message(err, where)]
+    return []
+
+
+def algorithm_problems(algorithm: DictConfig) -> list[str]:
+    from quark_lightning.grpo.grpo_module import GRPOConfig
+
+    allowed = [f.name for f in fields(GRPOConfig)] + list(ALGORITHM_EXTRA_KEYS)
+    p = unknown_keys(list(algorithm.keys()), allowed, "algorithm")
+    if algorithm.get("lr_scheduler") is not None:
+        p += target_problems(algorithm.lr_scheduler, "algorithm.lr_scheduler")
+    if algorithm.get("optimizer") is not None:  # built by run.py (infra/optimizers.py), so it must fit
+        found = target_problems(algorithm.optimizer, "algorithm.optimizer")
+        if found and "_target_" not in found[0].split(":")[0]:
+            found.append(
+                "algorithm.optimizer: a node given on the command line is merged into the shipped AdamW one "
+                "(lr, weight_decay, betas). Fix: replace it whole with algorithm.optimizer=null "
+                "'algorithm.optimizer={_target_: torch.optim.SGD, _partial_: true, lr: 0.01}', or drop a key "
+                "with ~algorithm.optimizer.betas"
+            )
+        p += found
+    return p
+
+
+def group_problems(cfg: DictConfig) -> list[str]:
+    """Every group of a GRPO run: unknown keys and the values the light objects check themselves."""
+    p = algorithm_problems(cfg.algorithm)
+    p += target_problems(cfg.get("rollout"), "rollout")
+    p += shaping_problems(cfg.optimization)
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None:
+            where = f"callbacks.{name}"
+            found = target_problems(node, where)
+            p += found or build_problems(node, where)
+    p += matrix_problems(cfg.matrix)
+    return p
+
+
+def matrix_problems(matrix: DictConfig) -> list[str]:
+    """Each dimension's keys (Dimension's fields) and its scorer's arguments."""
+    from quark_lightning.matrix.alignment_matrix import Dimension
+
+    allowed = [f.name for f in fields(Dimension) if f.name != "name"]
+    p = []
+    for name, dim in (matrix.get("dimensions") or {}).items():
+        if not isinstance(dim, DictConfig):
+            continue
+        p += unknown_keys(list(dim.keys()), allowed, f"matrix.dimensions.{name}")
+        if isinstance(dim.get("scorer"), DictConfig):
+            p += target_problems(dim.scorer, f"matrix.dimensions.{name}.scorer")
+    return p
+
+
+def validate_groups(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every problem of every group (see the module docstring)."""
+    problems = group_problems(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

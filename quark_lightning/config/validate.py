@@ -1,0 +1,347 @@
+"""Validation of the composed Hydra config, before anything heavy starts.
+
+Each check names the key, what was expected, what was found, and how to fix it; all problems are
+reported at once as one `ConfigError`.
+
+Safe defaults checked here: `model.trust_remote_code` must be a real boolean (a string such as
+"false" would otherwise count as true); model, adapter and checkpoint paths must exist before anything
+is loaded, and with `HF_HUB_OFFLINE=1` a model must be a local directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from quark_lightning.grpo.loss import LOSS_REDUCTIONS
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.matrix import CATEGORIES
+from quark_lightning.models.loading import DTYPES
+from quark_lightning.models.weight_sources import MODEL_KINDS
+from quark_lightning.shaping.advantages import SCALE_MODES
+from quark_lightning.shaping.aggregation import AGGREGATORS
+
+Check = Callable[[Any], bool]
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
+
+
+def _require(problems: list[str], cfg: DictConfig, key: str, ok: Check, expected: str, fix: str = "") -> None:
+    value = _get(cfg, key)
+    try:
+        good = ok(value)
+    except TypeError:
+        good = False
+    if not good:
+        hint = f" Fix: {fix}" if fix else f" Fix: pass {key}=<{expected}>."
+        problems.append(f"{key}: got {value!r}, expected {expected}.{hint}")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_file(v: str) -> bool:
+    return os.path.isfile(os.path.expanduser(v))
+
+
+def is_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every wrong value of the training config."""
+    p: list[str] = []
+    missing = sorted(OmegaConf.missing_keys(cfg)) if hasattr(OmegaConf, "missing_keys") else []
+    for key in missing:
+        if not key.startswith("hydra"):
+            p.append(f"{key}: required but not set (???). Fix: pass {key}=<value> on the command line.")
+    _model_problems(p, cfg, missing)
+    _run_problems(p, cfg)
+    _algorithm_problems(p, cfg)
+    _matrix_problems(p, cfg)
+    _check_model_paths(p, cfg, missing)
+    _check_more_ranges(p, cfg)
+    _data_problems(p, cfg)
+    p += judge_problems(cfg)
+    if p:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
+
+
+def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
+    """model.*: the source kind, its location, dtype, LoRA rank."""
+    _require(
+        p,
+        cfg,
+        "model.kind",
+        lambda v: v in MODEL_KINDS,
+        f"one of {list(MODEL_KINDS)}",
+        "use model=tiny, model=smollm2 or model=hf.",
+    )
+    if _get(cfg, "model.kind") == "hf" and "model.name_or_path" not in missing:
+        _require(
+            p,
+            cfg,
+            "model.name_or_path",
+            lambda v: isinstance(v, str) and v,
+            "a hub name or a local directory",
+        )
+    _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
+    if _get(cfg, "model.lora.enabled"):
+        _require(p, cfg, "model.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
+    _require(
+        p,
+        cfg,
+        "model.chat_template",
+        lambda v: v is None or (isinstance(v, str) and ("{{" in v or "{%" in v or is_file(v))),
+        "null, a Jinja chat template (with {{ ... }} / {% ... %}) or the path of an existing file holding one",
+        "pass model.chat_template=/path/to/template.jinja (an existing file) or the template text itself.",
+    )
+
+
+def _run_problems(p: list[str], cfg: DictConfig) -> None:
+    """data.*, rollout.*, optimization.aggregator, warmstart.*, trainer.max_steps."""
+    _require(p, cfg, "data.prompts_per_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(p, cfg, "data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    _require(p, cfg, "rollout.max_new_tokens", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(p, cfg, "rollout.temperature", lambda v: is_num(v) and v > 0, "a number > 0")
+    _require(p, cfg, "rollout.top_p", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
+    # optimization
+    _require(p, cfg, "optimization.aggregator", lambda v: v in AGGREGATORS, f"one of {sorted(AGGREGATORS)}")
+    # warm start
+    if _get(cfg, "warmstart.enabled"):
+        _require(p, cfg, "warmstart.steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        _require(p, cfg, "warmstart.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    # trainer
+    _require(p, cfg, "trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+
+
+def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
+    """algorithm.*: the GRPO hyperparameters."""
+    _require(
+        p,
+        cfg,
+        "algorithm.num_generations",
+        lambda v: is_int(v) and v >= 2,
+        "an integer >= 2 (GRPO compares completions within a group)",
+    )
+    _require(
+        p, cfg, "algorithm.loss_type", lambda v: v in LOSS_REDUCTIONS, f"one of {sorted(LOSS_REDUCTIONS)}"
+    )
+    _require(p, cfg, "algorithm.beta", lambda v: is_num(v) and v >= 0, "a number >= 0")
+    _require(p, cfg, "algorithm.epsilon", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
+    _require(
+        p, cfg, "algorithm.epsilon_high", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0"
+    )
+    _require(p, cfg, "algorithm.num_iterations", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(p, cfg, "algorithm.scale_rewards", lambda v: v in SCALE_MODES, f"one of {list(SCALE_MODES)}")
+    _require(
+        p,
+        cfg,
+        "algorithm.micro_batch_size",
+        lambda v: v is None or (is_int(v) and v >= 1),
+        "null or an integer >= 1",
+    )
+    _require(
+        p,
+        cfg,
+        "algorithm.max_grad_norm",
+        lambda v: v is None or (is_num(v) and v > 0),
+        "null or a number > 0",
+    )
+    _require(p, cfg, "algorithm.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
+
+
+def _data_problems(p: list[str], cfg: DictConfig) -> None:
+    """data.subset, data.split (and its old name data.hub_split), data.columns (data/prompt_sources.py)."""
+    from quark_lightning.data.prompt_sources import column_problems
+
+    _require(
+        p, cfg, "data.subset", lambda v: v is None or is_name(v), "null or a subset (configuration) name"
+    )
+    _require(p, cfg, "data.split", lambda v: v is None or is_name(v), "a split name such as train")
+    _require(p, cfg, "data.hub_split", lambda v: v is None or is_name(v), "null (use data.split instead)")
+    split, old = _get(cfg, "data.split"), _get(cfg, "data.hub_split")
+    if is_name(old) and split not in (None, "train", old):
+        p.append(
+            f"data.hub_split: {old!r} disagrees with data.split {split!r} (hub_split is the old name of split). "
+            "Fix: set only data.split"
+        )
+    columns = _get(cfg, "data.columns")
+    p += column_problems(
+        OmegaConf.to_container(columns, resolve=True) if isinstance(columns, DictConfig) else columns
+    )
+
+
+def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
+    """matrix.dimensions.*: category, weight, risk and scorer of each dimension."""
+    dims = _get(cfg, "matrix.dimensions")
+    if not isinstance(dims, DictConfig) or len(dims) == 0:
+        p.append(
+            "matrix.dimensions: expected a mapping of dimension name -> {category, weight, scorer}. "
+            "Fix: pick a matrix with matrix=demo or declare dimensions in conf/matrix/."
+        )
+    else:
+        for name, dim in dims.items():
+            key = f"matrix.dimensions.{name}"
+            if dim is None:
+                continue  # removed with matrix.dimensions.NAME=null
+            _require(p, cfg, f"{key}.category", lambda v: v in CATEGORIES, f"one of {list(CATEGORIES)}")
+            _require(p, cfg, f"{key}.weight", lambda v: is_num(v) and v >= 0, "a number >= 0")
+            _require(p, cfg, f"{key}.risk", lambda v: v is None or (is_num(v) and v > 0), "a number > 0")
+            _require(
+                p,
+                cfg,
+                f"{key}.scorer._target_",
+                lambda v: isinstance(v, str) and "." in v,
+                "the dotted path of a scorer class",
+                f"set {key}.scorer._target_ to e.g. quark_lightning.scorers.format.FormatScorer.",
+            )
+
+
+def judge_problems(cfg: DictConfig) -> list[str]:
+    """The `judge` group's wrong values (checked even when no dimension asks the judge)."""
+    if cfg.get("judge") is None:
+        return []
+    from quark_lightning.judges import judge_config
+
+    try:
+        judge_config(cfg.judge)
+    except ConfigError as err:
+        return str(err).removeprefix("invalid judge config:\n  - ").split("\n  - ")
+    return []
+
+
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name or name
+
+
+def is_local_path(value: str) -> bool:
+    """Spelled as a path (absolute, ./, ../ or ~), so it must exist locally; `org/name` may be a hub name."""
+    return value.startswith(("/", "./", "../", "~")) or os.path.exists(value)
+
+
+def model_location_problem(value: str) -> str | None:
+    """Why `value` cannot name a model (None when it can): a missing or non-directory local path, an
+    invalid hub name, or a hub name while HF_HUB_OFFLINE=1."""
+    path = os.path.expanduser(value)
+    if is_local_path(value):
+        if not os.path.isdir(path):
+            kind = "is a file" if os.path.isfile(path) else "does not exist"
+            return f"{kind}; expected a directory saved with save_pretrained (config.json + weights)"
+        return None
+    if not HUB_NAME.match(value):
+        return "is neither an existing local directory nor a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return "is not a local directory, and HF_HUB_OFFLINE=1 forbids downloading it from the hub"
+    return None
+
+
+def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
+    _require(
+        p,
+        cfg,
+        "model.trust_remote_code",
+        lambda v: isinstance(v, bool),
+        "true or false (a YAML boolean)",
+        "pass model.trust_remote_code=false (turn it on only for model code you have read and trust).",
+    )
+    name = _get(cfg, "model.name_or_path")
+    if (
+        _get(cfg, "model.kind") == "hf"
+        and "model.name_or_path" not in missing
+        and isinstance(name, str)
+        and name
+    ):
+        problem = model_location_problem(name)
+        if problem:
+            p.append(
+                f"model.name_or_path: {name!r} {problem}. "
+                "Fix: pass model.name_or_path=/path/to/a/saved/model (or use model=tiny)."
+            )
+    gguf_file = _get(cfg, "model.gguf_file")
+    if _get(cfg, "model.kind") == "hf" and gguf_file:
+        folder = os.path.expanduser(str(name or ""))
+        path = gguf_file if os.path.isabs(str(gguf_file)) else os.path.join(folder, str(gguf_file))
+        if not os.path.isfile(path):
+            p.append(
+                f"model.gguf_file: {path!r} is not a file. Fix: pass model.name_or_path=<folder holding the "
+                "file> and model.gguf_file=<its file name>, or an absolute path to the .gguf file."
+            )
+    adapter = _get(cfg, "model.adapter_path")
+    if adapter is not None:
+        directory = os.path.expanduser(str(adapter))
+        if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
+            p.append(
+                f"model.adapter_path: {adapter!r} is not a LoRA adapter directory (no adapter_config.json). "
+                "Fix: point it at a directory saved by peft's save_pretrained, or set model.adapter_path=null."
+            )
+    ckpt = _get(cfg, "ckpt_path")
+    if ckpt is not None and not (isinstance(ckpt, str) and os.path.isfile(os.path.expanduser(ckpt))):
+        p.append(
+            f"ckpt_path: {ckpt!r} is not an existing local checkpoint file. "
+            "Fix: point it at <run_dir>/checkpoints/last.ckpt, or set ckpt_path=null."
+        )
+
+
+def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
+    """Ranges of the keys not covered above (each would otherwise fail deep inside a library)."""
+    _require(p, cfg, "seed", is_int, "an integer")
+    _require(p, cfg, "data.path", lambda v: isinstance(v, str) and v.strip(), "'bundled' or a file path")
+    _require(p, cfg, "data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    _require(
+        p, cfg, "data.calculator_prompts", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0"
+    )
+    if _get(cfg, "model.lora.enabled"):
+        _require(p, cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
+        _require(p, cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    _require(p, cfg, "algorithm.weight_decay", lambda v: v is None or (is_num(v) and v >= 0), "a number >= 0")
+    _require(
+        p, cfg, "algorithm.warmup_steps", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0"
+    )
+    _require(
+        p,
+        cfg,
+        "algorithm.betas",
+        lambda v: v is None or (len(v) == 2 and all(is_num(b) and 0 <= b < 1 for b in v)),
+        "two numbers in [0, 1), e.g. [0.9, 0.999]",
+    )
+    _require(
+        p, cfg, "rollout.max_prompt_length", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1"
+    )
+    _require(
+        p, cfg, "rollout.top_k", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0 (0 = off)"
+    )
+    _require(
+        p,
+        cfg,
+        "rollout.min_p",
+        lambda v: v is None or (is_num(v) and 0 <= v <= 1),
+        "null or a number in [0, 1]",
+    )
+    _require(
+        p, cfg, "rollout.repetition_penalty", lambda v: v is None or (is_num(v) and v > 0), "a number > 0"
+    )
+    if _get(cfg, "warmstart.enabled"):
+        _require(p, cfg, "warmstart.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        _require(p, cfg, "warmstart.max_length", lambda v: is_int(v) and v >= 8, "an integer >= 8 (tokens)")
+        _require(p, cfg, "warmstart.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    dims = _get(cfg, "matrix.dimensions")
+    for name, dim in (dims or {}).items() if isinstance(dims, DictConfig) else []:
+        if dim is not None:
+            _require(
+                p,
+                cfg,
+                f"matrix.dimensions.{name}.target",
+                lambda v: v is None or is_num(v),
+                "null or a number (the score the dimension should reach)",
+            )

@@ -1,1 +1,0 @@
-"""Evaluation: observable metrics per dimension / category / area, attributable diagnosis, reports."""

@@ -1,0 +1,1 @@
+"""Evaluating models against a matrix outside training (`evaluate.py`): the run, its reports, HealthBench."""

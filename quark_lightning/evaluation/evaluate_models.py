@@ -1,0 +1,470 @@
+"""Evaluate one or more models against the alignment matrix: `python evaluate.py` (conf/evaluate.yaml).
+
+For each model: one answer per prompt (greedy by default) with the HF generate engine, scores from the
+matrix, `evaluation_metrics`, and a report (`write_report`) under `<run_dir>/<model name>/`. With
+several models, `<run_dir>/comparison.md` puts them side by side.
+
+A model is given as (`models: {name: path}`):
+
+- a directory saved with `save_pretrained` (e.g. `<train run>/policy`), loaded through the one loading
+  path (`load_causal_lm`);
+- a LoRA adapter directory (it holds `adapter_config.json`), loaded with
+  `peft.AutoPeftModelForCausalLM` (the base model named in the adapter config must be loadable);
+- a Lightning checkpoint (`.ckpt`) written by GRPO training: the base model comes from the `model`
+  config (tiny or hf, as in training) and the checkpoint's `policy.*` weights are loaded into it (a
+  LoRA policy is rebuilt with `model.lora` and merged).
+
+With no `models`, the configured model is evaluated as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from quark_lightning.data.datamodule import load_prompt_records
+from quark_lightning.evaluation.report import comparison_table, write_report
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.loop.metrics import evaluation_metrics
+from quark_lightning.matrix.build import build_matrix
+from quark_lightning.models.loading import (
+    LoadedModel,
+    ModelLoadError,
+    apply_lora,
+    load_causal_lm,
+    load_tokenizer,
+)
+
+POLICY_PREFIX = "policy."  # GRPOModule.policy
+
+
+def _load_model_cfg(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedModel:
+    from quark_lightning.cli.run import load_model
+
+    return load_model(model_cfg, records)
+
+
+def load_adapter(path: str, model_cfg: DictConfig) -> LoadedModel:
+    from peft import AutoPeftModelForCausalLM
+
+    try:
+        model = AutoPeftModelForCausalLM.from_pretrained(
+            path, trust_remote_code=bool(model_cfg.trust_remote_code)
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not load the LoRA adapter {path!r} or its base model: {type(err).__name__}: {err}. "
+            "The base model named in adapter_config.json (base_model_name_or_path) must be loadable."
+        ) from err
+    has_tokenizer = any(
+        os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")
+    )
+    base = model.peft_config[model.active_adapter].base_model_name_or_path
+    tokenizer = load_tokenizer(
+        path if has_tokenizer else base, bool(model_cfg.trust_remote_code), model_cfg.get("chat_template")
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer)
+
+
+def load_checkpoint(
+    path: str, model_cfg: DictConfig, records: list[dict[str, Any]]
+) -> tuple[LoadedModel, int]:
+    """The configured base model with the checkpoint's policy weights; and the checkpoint's global step."""
+    try:
+        # weights_only: tensors and plain containers only, never arbitrary pickled objects (a .ckpt may
+        # come from anywhere); our GRPO checkpoints hold nothing else.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
+        raise ModelLoadError(
+            f"could not read checkpoint {path!r} as tensors only (weights_only=True): "
+            f"{type(err).__name__}: {str(err)[:300]}. Fix: pass a .ckpt written by GRPO training"
+        ) from err
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    policy_state = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
+    if not policy_state:
+        raise ModelLoadError(
+            f"checkpoint {path!r} has no '{POLICY_PREFIX}*' weights: it is not a GRPO training checkpoint"
+        )
+    loaded = _load_model_cfg(model_cfg, records)
+    model = loaded.model
+    if any("lora_" in k for k in policy_state):
+        lora = model_cfg.lora
+        target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, target)
+    try:
+        model.load_state_dict(policy_state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(
+            f"checkpoint {path!r} does not fit the configured model ({model_cfg.kind}): {err}. "
+            "Fix: evaluate with the same model (and model.lora) settings the run was trained with."
+        ) from err
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return LoadedModel(model=model, tokenizer=loaded.tokenizer), int(ckpt.get("global_step", 0))
+
+
+def load_for_eval(
+    name: str, path: str | None, model_cfg: DictConfig, records: list[dict[str, Any]]
+) -> tuple[LoadedModel, int]:
+    """Load one model to evaluate (see the module docstring); return it and its training step."""
+    if path is None:
+        return _load_model_cfg(model_cfg, records), 0
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"models.{name}: {path!r} does not exist. Fix: give an HF model directory, a LoRA adapter "
+            "directory or a .ckpt file written by training"
+        )
+    if os.path.isfile(path):
+        if not path.endswith(".ckpt"):
+            raise ConfigError(f"models.{name}: {path!r} is a file but not a Lightning checkpoint (.ckpt)")
+        return load_checkpoint(path, model_cfg, records)
+    if os.path.exists(os.path.join(path, "adapter_config.json")):
+        return load_adapter(path, model_cfg), 0
+    loaded = load_causal_lm(
+        path,
+        dtype=model_cfg.dtype,
+        trust_remote_code=bool(model_cfg.trust_remote_code),
+        revision=model_cfg.get("revision"),
+        attn_implementation=model_cfg.get("attn_implementation"),
+        chat_template=model_cfg.get("chat_template"),  # presented with the template training used
+    )
+    return loaded, 0
+
+
+def generate_answers(
+    engine, loaded: LoadedModel, prompts: list[dict[str, Any]], batch_size: int, greedy: bool
+):
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        answers += engine.generate(loaded.model, loaded.tokenizer, batch, 1, greedy=greedy).completions
+    return answers
+
+
+def select_prompts(records: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    """`limit` prompts drawn with `seed` (every model sees the same ones), in file order; None = all.
+
+    A random subset rather than the first N: data files are often sorted by clinical area.
+    """
+    if limit is None or int(limit) >= len(records):
+        return list(records)
+    keep = sorted(random.Random(seed).sample(range(len(records)), int(limit)))
+    return [records[i] for i in keep]
+
+
+def _model_specs(cfg: DictConfig) -> dict[str, str | None]:
+    models = cfg.get("models") or {}
+    if not isinstance(models, DictConfig | dict):
+        raise ConfigError("models: expected a mapping name -> path, e.g. models='{base: /m/base, rl: /m/rl}'")
+    specs = {str(k): (None if v is None else str(v)) for k, v in models.items()}
+    if specs:
+        return specs
+    kind = cfg.model.kind
+    default = kind if kind != "hf" else os.path.basename(str(cfg.model.name_or_path).rstrip("/"))
+    return {default or "model": None}
+
+
+def _dir_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+
+
+HB_SOURCES = (None, "wheel")
+HB_TEMPLATES = ("auto", "published", "ours")
+HB_REPLY_TOKENS = 256  # the published grader's reply: a JSON object with an explanation and criteria_met
+
+
+def healthbench_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The `healthbench` group as plain values, checked (ConfigError naming the key and the fix)."""
+    hb = cfg.get("healthbench") or {}
+    hb = OmegaConf.to_container(hb, resolve=True) if OmegaConf.is_config(hb) else dict(hb)
+    if hb.get("source") not in HB_SOURCES:
+        raise ConfigError(
+            f"healthbench.source: got {hb.get('source')!r}, expected null (prompts from data.path) or wheel "
+            "(HealthBench's 500 examples). Fix: healthbench.source=wheel"
+        )
+    template = hb.get("template", "auto")
+    if template not in HB_TEMPLATES:
+        raise ConfigError(
+            f"healthbench.template: got {template!r}, expected one of {', '.join(HB_TEMPLATES)}"
+        )
+    if template == "auto":
+        template = "published" if hb.get("source") == "wheel" else "ours"
+    if template == "published" and hb.get("grader") not in (None, "published"):
+        raise ConfigError(
+            f"healthbench.template=published is the published grader's prompt; healthbench.grader="
+            f"{hb.get('grader')} does not use it. Fix: healthbench.grader=published, or healthbench.template=ours"
+        )
+    check = hb.get("judge_check", 0)
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise ConfigError(
+            f"healthbench.judge_check: got {check!r}, expected a number of examples >= 0 (0 = skip)"
+        )
+    for key in ("themes", "categories", "axes"):
+        if not isinstance(hb.get(key) or [], list):
+            raise ConfigError(
+                f"healthbench.{key}: expected a list, e.g. healthbench.{key}=[emergency_referrals]"
+            )
+    return {**hb, "template": template, "judge_check": check}
+
+
+def healthbench_scorer(cfg: DictConfig, hb: dict[str, Any]):
+    """The HealthBench scorer of `healthbench.grader` through the run's judge (None when no grader)."""
+    if not hb.get("grader"):
+        return None
+    from quark_lightning.data.healthbench_source import cache_dir_of, published_grader_template
+    from quark_lightning.scorers.healthbench_score import HealthBenchScorer
+
+    kwargs = dict(hb.get("grader_kwargs") or {})
+    if hb["template"] == "published":
+        kwargs["template"] = published_grader_template(cache_dir_of(cfg))
+    return HealthBenchScorer(hb["grader"], grading_judge(cfg.get("judge"), hb["grader"]), kwargs)
+
+
+def grading_judge(judge: Any, grader: str) -> Any:
+    """The run's judge settings, with replies long enough for the published grader's JSON verdict (an
+    explanation, then `criteria_met`): `judge.max_tokens` is raised to HB_REPLY_TOKENS, saying so."""
+    if grader != "published" or judge is None:
+        return judge
+    judge = OmegaConf.to_container(judge, resolve=True) if OmegaConf.is_config(judge) else dict(judge)
+    if int(judge.get("max_tokens") or 0) < HB_REPLY_TOKENS:
+        print(
+            f"HealthBench: judge.max_tokens {judge.get('max_tokens')} is too short for the grader's JSON verdict "
+            f"with its explanation; grading with {HB_REPLY_TOKENS}"
+        )
+        judge["max_tokens"] = HB_REPLY_TOKENS
+    return judge
+
+
+def _judge_name(scorer) -> str:
+    judge = getattr(scorer, "llm_judge", None)
+    if judge is None:
+        return "none (not an LLM grader)"
+    return f"{judge.describe()} [{judge.identity()}]" if hasattr(judge, "describe") else str(judge)
+
+
+def healthbench_beside(
+    cfg: DictConfig, prompts: list[dict[str, Any]], answers: list[str], scorer=None
+) -> dict | None:
+    """The HealthBench section (evaluation/healthbench_report.py) of prompts that carry HealthBench criteria,
+    reported beside the matrix metrics when `healthbench.grader` is set; with the grader, template and
+    judge named and the seconds the grading took."""
+    hb = healthbench_settings(cfg)
+    scorer = scorer or healthbench_scorer(cfg, hb)
+    if scorer is None:
+        return None
+    from quark_lightning.evaluation.healthbench_report import healthbench_result
+
+    start = time.perf_counter()
+    result = healthbench_result(scorer, prompts, answers, seed=int(cfg.seed))
+    if result is None:
+        return None
+    result.update(
+        grader=str(hb["grader"]),
+        template=hb["template"],
+        judge=_judge_name(scorer),
+        grading_seconds=round(time.perf_counter() - start, 1),
+    )
+    return result
+
+
+def run_judge_check(
+    cfg: DictConfig, hb: dict[str, Any], scorer, prompts: list[dict[str, Any]], run_dir: str
+) -> dict | None:
+    """Ideal-vs-poor separation of the judge on these prompts (`healthbench.judge_check` examples)."""
+    if scorer is None or not hb["judge_check"]:
+        return None
+    from quark_lightning.evaluation.healthbench_report import judge_check
+
+    start = time.perf_counter()
+    check = judge_check(scorer, prompts, seed=int(cfg.seed), max_examples=hb["judge_check"])
+    if check is None:
+        print("[judge check] no prompt with a physician ideal answer: skipped")
+        return None
+    check.update(judge=_judge_name(scorer), seconds=round(time.perf_counter() - start, 1))
+    with open(os.path.join(run_dir, "healthbench_judge_check.json"), "w") as fh:
+        json.dump(check, fh, indent=1)
+    print(
+        f"[judge check] ideal {check['ideal']:.3f} vs off-topic {check['poor']:.3f} on {check['n']} examples: "
+        f"separation {check['separation']:.3f}, ideal above on {check['ideal_wins']:.0%}: {check['verdict']}"
+    )
+    return check
+
+
+def load_eval_records(cfg: DictConfig, hb: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompts to evaluate on, presented as training presents them (`data.system_prompt`):
+    HealthBench from the wheel (`healthbench.source=wheel`, with its selection) or `data.path`."""
+    from quark_lightning.data.datamodule import source_options, with_system_prompt
+
+    if hb.get("source") == "wheel":
+        from quark_lightning.data.healthbench_source import (
+            HealthBenchSelection,
+            cache_dir_of,
+            load_healthbench_records,
+        )
+
+        selection = HealthBenchSelection.from_mapping({**hb, "limit": None})
+        records = load_healthbench_records(cache_dir_of(cfg), selection)
+        print(f"HealthBench: {len(records)} examples ({selection.describe()})")
+    else:
+        records = load_prompt_records(cfg.data.path, **source_options(cfg.data))  # every row validated
+    system_prompt = cfg.data.get("system_prompt")
+    return [with_system_prompt(r, system_prompt) for r in records] if system_prompt else records
+
+
+def _eval_sizes(cfg: DictConfig) -> tuple[int | None, int]:
+    """`limit` (prompts to evaluate, None = all) and `batch_size`, checked."""
+    limit = cfg.get("limit")
+    if limit is not None and int(limit) < 1:
+        raise ConfigError(f"limit: got {limit}, expected a positive number of prompts (or null for all)")
+    batch_size = int(cfg.get("batch_size", 16))
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: got {batch_size}, expected >= 1")
+    return limit, batch_size
+
+
+def _write_run_config(cfg: DictConfig, run_dir: str) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+        fh.write(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _append_healthbench(report: str, hb: dict, check: dict | None) -> None:
+    """The HealthBench section at the end of a model's report."""
+    from quark_lightning.evaluation.healthbench_report import markdown
+
+    with open(report, "a") as fh:
+        fh.write("\n" + markdown(hb, check))
+
+
+def _write_samples(out_dir: str, matrix, prompts: list[dict[str, Any]], answers: list[str], scored) -> None:
+    """`samples.jsonl`: one row per prompt with the answer, its scores (NaN -> null) and findings."""
+    with open(os.path.join(out_dir, "samples.jsonl"), "w") as fh:
+        for i, (p, a) in enumerate(zip(prompts, answers)):
+            row = scored.scores[i].tolist()
+            scores = {n: (None if v != v else v) for n, v in zip(matrix.names, row)}  # NaN -> null
+            findings = {n: scored.findings[n][i] for n in matrix.names}
+            fh.write(
+                json.dumps({"id": p["id"], "response": a, "scores": scores, "findings": findings}) + "\n"
+            )
+
+
+def _score_and_write(
+    name: str,
+    cfg: DictConfig,
+    matrix,
+    prompts: list[dict[str, Any]],
+    answers: list[str],
+    step: int,
+    run_dir: str,
+    hb_scorer=None,
+    check: dict | None = None,
+) -> tuple[dict, str]:
+    """Score one model's answers, write its report and samples; return (metrics, report path)."""
+    scored = matrix.score(prompts, answers)
+    metrics = evaluation_metrics(matrix, prompts, answers, scored, step=step)
+    hb = healthbench_beside(cfg, prompts, answers, hb_scorer) if hb_scorer is not None else None
+    if hb is not None:
+        hb["judge_check"] = check
+        metrics["healthbench"] = hb
+        print(
+            f"[{name}] HealthBench score {hb['overall']:.3f} [{hb['ci_low']:.3f}, {hb['ci_high']:.3f}] "
+            f"(n={hb['n']}, {hb['ungraded']} of {hb['criteria']} criteria ungraded, {hb['grading_seconds']} s)"
+        )
+        print(
+            f"[{name}] per axis: "
+            + ", ".join(
+                f"{a} {r['score']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" for a, r in hb["axes"].items()
+            )
+        )
+        triage = hb.get("triage") or {}
+        if triage:
+            print(
+                f"[{name}] under-triage {triage.get('under_triage', float('nan')):.0%}, over-triage "
+                f"{triage.get('over_triage', float('nan')):.0%} (physician categories: "
+                + ", ".join(f"{c} {r['n']}" for c, r in triage["categories"].items())
+                + ")"
+            )
+    out_dir = os.path.join(run_dir, _dir_name(name))
+    report = write_report([metrics], out_dir, title=f"Evaluation: {name}")
+    if hb is not None:
+        _append_healthbench(report, hb, check)
+    _write_samples(out_dir, matrix, prompts, answers, scored)
+    return metrics, report
+
+
+def _evaluate_model(
+    name: str,
+    path: str | None,
+    cfg: DictConfig,
+    records: list[dict[str, Any]],
+    prompts: list[dict[str, Any]],
+    matrix,
+    engine,
+    device: torch.device,
+    batch_size: int,
+    run_dir: str,
+    hb_scorer=None,
+    check: dict | None = None,
+) -> tuple[dict, str]:
+    """Load one model, answer every prompt, score and write; free the model; return (metrics, report)."""
+    loaded, step = load_for_eval(name, path, cfg.model, records)
+    loaded.model.to(device)
+    print(f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True)
+    start = time.perf_counter()
+    answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
+    print(f"[{name}] answered in {time.perf_counter() - start:.1f} s", flush=True)
+    metrics, report = _score_and_write(name, cfg, matrix, prompts, answers, step, run_dir, hb_scorer, check)
+    del loaded
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return metrics, report
+
+
+def _print_reports(reports: dict[str, str]) -> None:
+    print("\nReports:")
+    for name, path in reports.items():
+        print(f"  {name:<16} {path}")
+
+
+def _write_comparison(run_dir: str, results: dict[str, dict], n_prompts: int) -> None:
+    """`comparison.md`: the models side by side (written when more than one was evaluated)."""
+    table = comparison_table(results)
+    comparison = os.path.join(run_dir, "comparison.md")
+    with open(comparison, "w") as fh:
+        fh.write(f"# Model comparison ({n_prompts} prompts)\n\n{table}\n")
+    print(f"  {'comparison':<16} {comparison}\n\n{table}")
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate each model of `cfg.models` (or the configured model); return {model name: metrics}."""
+    torch.manual_seed(int(cfg.seed))
+    limit, batch_size = _eval_sizes(cfg)
+    specs = _model_specs(cfg)
+    hb = healthbench_settings(cfg)  # checked before anything is loaded
+    records = load_eval_records(cfg, hb)
+    prompts = select_prompts(records, limit, int(cfg.seed))
+    matrix = build_matrix(cfg.matrix)
+    engine = instantiate(cfg.rollout)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run_dir = str(cfg.run_dir)
+    _write_run_config(cfg, run_dir)
+    hb_scorer = healthbench_scorer(cfg, hb)
+    check = run_judge_check(cfg, hb, hb_scorer, prompts, run_dir)
+
+    results: dict[str, dict] = {}
+    reports: dict[str, str] = {}
+    for name, path in specs.items():
+        results[name], reports[name] = _evaluate_model(
+            name, path, cfg, records, prompts, matrix, engine, device, batch_size, run_dir, hb_scorer, check
+        )
+    _print_reports(reports)
+    if len(results) > 1:
+        _write_comparison(run_dir, results, len(prompts))
+    return results

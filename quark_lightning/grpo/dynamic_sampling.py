@@ -1,0 +1,129 @@
+"""DAPO dynamic sampling (Yu et al. 2025, arXiv 2503.14476): keep only groups whose rewards differ.
+
+A group whose G rewards are all equal has advantage 0 for every completion: it costs a forward and a
+backward and teaches nothing. With `algorithm.dynamic_sampling: true` such groups are dropped and more
+prompts are drawn (a full batch per draw, as DAPO does) until the batch has `prompts_per_step` groups
+with a non-zero reward spread, or `algorithm.dynamic_sampling_max_draws` extra draws were made. If the
+cap is reached first, the batch is topped up with dropped groups (their advantage is 0), so every rank
+keeps the same batch size (DDP needs it) and the step still runs; `dynamic_sampling/zero_std_groups`
+says how many, and is 0 whenever the cap was not reached. Under DDP every rank draws as long as any
+rank needs more (the scorers' failure counts are summed across ranks on each draw).
+
+Which groups have zero spread is decided on the reward as the run aggregates it (the same aggregator,
+weights and gates as the step; under `gdpo` the batch statistics of this rank's draw), with a
+tolerance of 1e-6. Pure helpers on tensors and rollouts; GRPOModule.refill drives them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from quark_lightning.matrix.alignment_matrix import MatrixScores
+from quark_lightning.rollout.engine import Rollout
+from quark_lightning.shaping.advantages import nanstd
+
+ZERO_STD = 1e-6
+
+
+def group_has_spread(reward: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N,) rewards -> (N // G,) bool: the group's rewards are not all equal (NaN rewards are ignored;
+    a group with fewer than two non-NaN rewards has no spread)."""
+    groups = reward.view(-1, group_size)  # (P, G)
+    counts = (~torch.isnan(groups)).sum(1)
+    return (nanstd(groups, dim=1) > ZERO_STD) & (counts >= 2)
+
+
+def group_rows(groups: Sequence[int], group_size: int) -> list[int]:
+    return [g * group_size + j for g in groups for j in range(group_size)]
+
+
+def _pad_cat(tensors: Sequence[torch.Tensor], side: str, value: int = 0) -> torch.Tensor:
+    width = max(t.size(1) for t in tensors)
+    out = []
+    for t in tensors:
+        pad = t.new_full((t.size(0), width - t.size(1)), value)
+        out.append(torch.cat([pad, t] if side == "left" else [t, pad], dim=1))
+    return torch.cat(out, dim=0)
+
+
+def select_rollout(parts: Sequence[tuple[Rollout, list[int]]], pad_token_id: int) -> Rollout:
+    """Rows `rows` of each rollout, concatenated: prompts left-padded, completions right-padded to the
+    widest part (padding sits under mask 0, as the engine's own padding does)."""
+    picked = []
+    for rollout, rows in parts:
+        idx = torch.tensor(rows, dtype=torch.long)
+        picked.append(
+            dataclasses.replace(
+                rollout,
+                prompt_ids=rollout.prompt_ids[idx],
+                prompt_mask=rollout.prompt_mask[idx],
+                completion_ids=rollout.completion_ids[idx],
+                completion_mask=rollout.completion_mask[idx],
+                completions=[rollout.completions[i] for i in rows],
+                prompts=[rollout.prompts[i] for i in rows],
+                truncated=rollout.truncated[idx],
+                prompt_truncated=rollout.prompt_truncated[idx],
+            )
+        )
+    return Rollout(
+        prompt_ids=_pad_cat([r.prompt_ids for r in picked], "left", pad_token_id),
+        prompt_mask=_pad_cat([r.prompt_mask for r in picked], "left"),
+        completion_ids=_pad_cat([r.completion_ids for r in picked], "right", pad_token_id),
+        completion_mask=_pad_cat([r.completion_mask for r in picked], "right"),
+        completions=[c for r in picked for c in r.completions],
+        prompts=[p for r in picked for p in r.prompts],
+        truncated=torch.cat([r.truncated for r in picked]),
+        prompt_truncated=torch.cat([r.prompt_truncated for r in picked]),
+    )
+
+
+def select_scores(parts: Sequence[tuple[MatrixScores, list[int]]]) -> MatrixScores:
+    """Rows of each MatrixScores, concatenated (findings and failure masks follow their rows)."""
+    first = parts[0][0]
+    return MatrixScores(
+        names=list(first.names),
+        scores=torch.cat([m.scores[rows] for m, rows in parts]),
+        findings={n: [m.findings[n][i] for m, rows in parts for i in rows] for n in first.names},
+        failed=torch.cat([m.failed[rows] for m, rows in parts]),
+        errors={k: v for m, _ in parts for k, v in m.errors.items()},
+    )
+
+
+def plan_batch(spreads: Sequence[torch.Tensor], target: int) -> tuple[list[list[int]], int]:
+    """Which groups of each draw make the batch: groups with spread in draw order, up to `target`; if
+    there are fewer, the first dropped groups fill it. -> (groups per draw, zero-spread groups used)."""
+    chosen: list[list[int]] = [[] for _ in spreads]
+    taken = 0
+    for d, spread in enumerate(spreads):
+        for g in spread.nonzero().flatten().tolist():
+            if taken < target:
+                chosen[d].append(g)
+                taken += 1
+    fill = target - taken
+    for d, spread in enumerate(spreads):
+        for g in (~spread).nonzero().flatten().tolist():
+            if taken < target:
+                chosen[d].append(g)
+                taken += 1
+    return [sorted(c) for c in chosen], fill
+
+
+# ---------------------------------------------------------------------------------------------- risk redraws
+def groups_without_a_pass(
+    scores: torch.Tensor, failed: torch.Tensor, gates: Sequence, group_size: int
+) -> torch.Tensor:
+    """(N, K) raw scores and failure mask, [(k, Gate)] -> (P,) bool: for some gate dimension that applies
+    to the group, no completion clears it (every one scores below `below` or its scorer failed). Such a
+    group has nothing to learn on that dimension: e.g. a red-flag prompt none of whose answers directs
+    the person to care."""
+    out = torch.zeros(scores.size(0) // group_size, dtype=torch.bool)
+    for k, gate in gates:
+        col = scores[:, k].view(-1, group_size).cpu()
+        fail = failed[:, k].view(-1, group_size).cpu()
+        applies = (~torch.isnan(col)).any(1) | fail.any(1)
+        passes = ((col >= gate.below) & ~fail).any(1)  # NaN >= x is False
+        out |= applies & ~passes
+    return out

@@ -1,0 +1,339 @@
+"""GRPO policy loss as small pure functions on tensors.
+
+Objective (per token t of completion i, advantage A_i shared by every token of the completion):
+
+    ratio_it   = exp(logp_it - old_logp_it)
+    surrogate  = min(ratio_it * A_i, clip(ratio_it, 1 - eps_low, 1 + eps_high) * A_i)
+    kl_it      = exp(ref_logp_it - logp_it) - (ref_logp_it - logp_it) - 1        (k3 estimator)
+    loss_it    = -surrogate + beta * kl_it
+
+Options (TRL's names): `importance_sampling_level="sequence"` (GSPO) replaces the token ratio by one
+ratio per completion, exp(mean_t(logp_it - old_logp_it)) over its tokens; `delta` caps the unclipped
+ratio (two-sided clipping); `entropy_coef` c adds -c * H_it (an entropy bonus).
+
+and the per-token losses are reduced by `loss_type`, with the same semantics as TRL's GRPOTrainer:
+
+    grpo     mean over each completion's tokens, then mean over completions
+    dr_grpo  sum over all tokens / (num_completions * max_completion_length)   (Dr. GRPO, 2503.20783)
+    dapo     sum over all tokens / number of completion tokens in the batch     (token-level, DAPO)
+
+Departures from TRL: none in the math. The reduction here is over the batch it is given; across ranks,
+GRPOModule scales a rank's `dapo` loss by world * rank_tokens / all_tokens (distributed.py), so that the
+gradient average over ranks divides by the token count of the whole batch, as TRL's gathered count does,
+and `dr_grpo` divides by the configured max completion length (rollout.max_new_tokens), as TRL does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from quark_lightning.grpo.precision import compute_dtype, upcast
+
+LossReduction = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def selective_log_softmax(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-probability of each chosen token under softmax(logits / temperature).
+
+    logits (B, T, V), token_ids (B, T) -> (B, T). Upcasts the whole (B, T, V) to fp32: the reference
+    implementation; training uses `chunked_selective_log_softmax` on the hidden states instead.
+    """
+    logps = torch.log_softmax(upcast(logits) / temperature, dim=-1)  # (B, T, V)
+    return torch.gather(logps, -1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each position (differentiable).  (B, T, V) -> (B, T)."""
+    logps = torch.log_softmax(upcast(logits) / temperature, dim=-1)
+    return -(logps.exp() * logps).sum(-1)
+
+
+def _head_logits(hidden: torch.Tensor, weight, bias, temperature: float) -> torch.Tensor:
+    """fp32 (fp64 in a float64 run) logits / temperature of a chunk.  hidden (m, H), weight (V, H) -> (m, V)."""
+    logits = upcast(torch.nn.functional.linear(hidden, weight, bias))
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
+class _ChunkedHeadLogProbs(torch.autograd.Function):
+    """log softmax(lm_head(h) / T)[token] over chunks of tokens; the backward recomputes each chunk.
+
+    Memory: one (chunk, V) fp32 block (plus temporaries of that size) at a time, forward and backward;
+    saved for the backward are only the inputs and the (M,) log-normalizers.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, hidden, weight, bias, token_ids, temperature, chunk_size, want_entropy, entropy_grad=False
+    ):
+        M, acc = hidden.size(0), compute_dtype(weight.dtype)
+        logp = hidden.new_empty(M, dtype=acc)
+        lse = hidden.new_empty(M, dtype=acc)
+        entropy = hidden.new_zeros(M if want_entropy else 0, dtype=acc)
+        for s in range(0, M, chunk_size):
+            e = min(s + chunk_size, M)
+            logits = _head_logits(hidden[s:e], weight, bias, temperature)  # (m, V) fp32
+            lse[s:e] = torch.logsumexp(logits, dim=-1)
+            logp[s:e] = logits.gather(1, token_ids[s:e, None]).squeeze(1) - lse[s:e]
+            if want_entropy:  # H = lse - sum_v p_v * logit_v
+                probs = torch.exp(logits - lse[s:e, None])
+                entropy[s:e] = lse[s:e] - probs.mul_(logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, token_ids, lse)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        dev = hidden.device.type  # the backward recomputes the logits under the forward's autocast state
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        ctx.entropy_grad = bool(want_entropy and entropy_grad)
+        if not ctx.entropy_grad:
+            ctx.mark_non_differentiable(entropy)  # a logged statistic (TRL's `entropy`)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, bias, token_ids, lse = ctx.saved_tensors
+        use_entropy = ctx.entropy_grad and grad_entropy is not None
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        T, chunk = ctx.temperature, ctx.chunk_size
+        dev, autocast_on, autocast_dtype = ctx.autocast
+        grad_h = torch.empty_like(hidden) if need_h else None
+        acc = compute_dtype(weight.dtype)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.size(0), dtype=acc, device=weight.device) if need_b else None
+        grad_logp = grad_logp.to(acc)
+        M = hidden.size(0)
+        with torch.autocast(dev, dtype=autocast_dtype, enabled=autocast_on):
+            for s in range(0, M, chunk):
+                e = min(s + chunk, M)
+                g = grad_logp[s:e, None]  # (m, 1)
+                logits = _head_logits(hidden[s:e], weight, bias, T)  # (m, V) scaled logits z
+                if use_entropy:  # dH/dz = -p * (log p + H), H = -sum p log p
+                    logq = logits - lse[s:e, None]  # (m, V) log p
+                    probs = logq.exp()
+                    ent = -(probs * logq).sum(-1, keepdim=True)  # (m, 1)
+                    dlogits = probs * (-g) - grad_entropy[s:e, None].to(acc) * probs * (logq + ent)
+                else:
+                    # d logp / d z = onehot(token) - softmax, in place on the recomputed logits
+                    dlogits = logits.sub_(lse[s:e, None]).exp_().mul_(-g)
+                dlogits.scatter_add_(1, token_ids[s:e, None], g)
+                if T != 1.0:
+                    dlogits.div_(T)
+                if need_b:
+                    grad_b += dlogits.sum(0)
+                dlogits = dlogits.to(weight.dtype)  # the head's matmuls in its own dtype, as autograd would
+                if need_h:
+                    grad_h[s:e] = dlogits @ weight
+                if need_w:
+                    grad_w += (dlogits.t() @ hidden[s:e].to(weight.dtype)).to(acc)
+        grad_w = grad_w.to(weight.dtype) if need_w else None
+        grad_b = grad_b.to(bias.dtype) if need_b else None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+def chunked_selective_log_softmax(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    mask: torch.Tensor | None = None,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`selective_log_softmax(linear(hidden, weight, bias), token_ids, temperature)` without the logits.
+
+    hidden (B, T, H) final hidden states, weight (V, H) the LM head, token_ids (B, T) -> log-probs (B, T)
+    fp32 and, with `with_entropy`, the entropies (B, T) (detached, TRL's logged `entropy`, unless
+    `entropy_grad`: then differentiable, for an entropy bonus in the loss). The LM head,
+    the fp32 upcast, the log-softmax and the gather run on `chunk_size` tokens at a time, and the backward
+    recomputes each chunk's logits instead of keeping them, so no (B, T, V) tensor is ever held. Tokens
+    where `mask` (B, T) is 0 are skipped: their log-prob and entropy are 0 (they never reach a loss).
+    Gradients flow to `hidden`, `weight` (the tied embedding under full fine-tuning) and `bias`.
+    """
+    B, T, H = hidden.shape
+    flat_h, flat_ids = hidden.reshape(B * T, H), token_ids.reshape(B * T)
+    keep = None
+    if mask is not None and not bool(mask.bool().all()):
+        keep = mask.reshape(B * T).bool().nonzero().squeeze(1)  # (M,)
+        flat_h, flat_ids = flat_h.index_select(0, keep), flat_ids.index_select(0, keep)
+    logp, entropy = _ChunkedHeadLogProbs.apply(
+        flat_h,
+        weight,
+        bias,
+        flat_ids,
+        float(temperature),
+        max(1, int(chunk_size)),
+        with_entropy,
+        entropy_grad,
+    )
+    if keep is not None:
+        logp = logp.new_zeros(B * T).index_copy(0, keep, logp)
+        entropy = entropy.new_zeros(B * T).index_copy(0, keep, entropy) if with_entropy else entropy
+    return logp.view(B, T), entropy.view(B, T) if with_entropy else None
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(policy || reference) per token (Schulman 2020); always >= 0.  (B, T) -> (B, T)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1.0
+
+
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
+def importance_log_ratio(
+    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor | None, level: str = "token"
+) -> torch.Tensor:
+    """log(pi / pi_old) per token (`token`, GRPO) or one per completion broadcast to its tokens (`sequence`,
+    GSPO 2507.18071, TRL's importance_sampling_level): the mean of the token log-ratios over the
+    completion's tokens, i.e. the log of the length-normalized sequence likelihood ratio.
+    (B, T), (B, T), (B, T) -> (B, T) or (B, 1)."""
+    log_ratio = logp - old_logp
+    if level == "token":
+        return log_ratio
+    if level == "sequence":
+        if mask is None:
+            mask = torch.ones_like(log_ratio)
+        return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # (B, 1)
+    raise ValueError(
+        f"importance_sampling_level: got {level!r}, expected one of {IMPORTANCE_SAMPLING_LEVELS}"
+    )
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,  # (B, T) current policy
+    old_logp: torch.Tensor,  # (B, T) policy that generated the rollout (detached)
+    advantages: torch.Tensor,  # (B,)
+    eps_low: float,
+    eps_high: float,
+    *,
+    level: str = "token",
+    delta: float | None = None,
+    mask: torch.Tensor | None = None,  # (B, T), needed by level="sequence"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate per token.  Returns (surrogate (B, T), low_clipped (B, T), high_clipped (B, T)).
+
+    `delta` (TRL's two-sided GRPO, INTELLECT-2): the unclipped term's ratio is capped at `delta`, so a
+    negative-advantage token whose ratio exploded cannot contribute an unbounded loss.
+    """
+    ratio = torch.exp(importance_log_ratio(logp, old_logp, mask, level)).expand_as(logp)  # (B, T)
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    clipped_ratio = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+    surrogate = torch.min(unclipped * adv, clipped_ratio * adv)
+    low_clipped = (ratio < 1.0 - eps_low) & (adv < 0)
+    high_clipped = (ratio > 1.0 + eps_high) & (adv > 0)
+    return surrogate, low_clipped, high_clipped
+
+
+def _reduce_grpo(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+    return per_seq.mean()
+
+
+def _reduce_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    return (per_token * mask).sum() / (per_token.size(0) * max_len)
+
+
+def _reduce_dapo(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A loss reduction and whether it averages over tokens (so micro-batches and ranks weigh by tokens)."""
+
+    fn: LossReduction
+    token_level: bool = False
+
+    def __call__(self, per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+        return self.fn(per_token, mask, max_len)
+
+
+LOSS_REDUCTIONS: dict[str, Reduction] = {
+    "grpo": Reduction(_reduce_grpo),
+    "dr_grpo": Reduction(_reduce_dr_grpo),
+    "dapo": Reduction(_reduce_dapo, token_level=True),
+}
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@dataclass
+class PolicyLossOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    kl: torch.Tensor  # scalar, mean k3 KL over completion tokens (detached)
+    clip_low: torch.Tensor  # fraction of tokens clipped below
+    clip_high: torch.Tensor  # fraction of tokens clipped above
+    clip_region: torch.Tensor  # fraction clipped either way
+
+
+def grpo_policy_loss(
+    logp: torch.Tensor,  # (B, T)
+    old_logp: torch.Tensor,  # (B, T)
+    ref_logp: torch.Tensor | None,  # (B, T) or None when beta == 0
+    advantages: torch.Tensor,  # (B,)
+    mask: torch.Tensor,  # (B, T) 1.0 on completion tokens
+    *,
+    loss_type: str = "grpo",
+    beta: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+    max_completion_length: int | None = None,
+    importance_sampling_level: str = "token",
+    delta: float | None = None,
+    entropy: torch.Tensor | None = None,  # (B, T) differentiable, with entropy_coef != 0
+    entropy_coef: float = 0.0,
+) -> PolicyLossOutput:
+    """The full GRPO loss of one batch of completions, plus the statistics TRL logs.
+
+    With `entropy_coef` c the per-token loss gains -c * H_t (an entropy bonus, verl's entropy_coeff):
+    minimizing the loss then raises the policy's entropy. TRL has no such term.
+    """
+    if loss_type not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(LOSS_REDUCTIONS)}")
+    mask = mask.to(logp.dtype)
+    eps_high = eps_low if eps_high is None else eps_high
+    surrogate, low, high = clipped_surrogate(
+        logp, old_logp, advantages, eps_low, eps_high, level=importance_sampling_level, delta=delta, mask=mask
+    )
+    per_token = -surrogate  # (B, T)
+    if entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the per-token entropies")
+        per_token = per_token - entropy_coef * entropy
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs reference log-probs")
+        kl_tokens = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl_tokens
+        kl = masked_mean(kl_tokens.detach(), mask)
+    else:
+        kl = logp.new_zeros(())
+    max_len = max_completion_length or logp.size(1)
+    loss = LOSS_REDUCTIONS[loss_type](per_token, mask, max_len)
+    low_f, high_f = low.to(mask.dtype), high.to(mask.dtype)
+    return PolicyLossOutput(
+        loss=loss,
+        kl=kl,
+        clip_low=masked_mean(low_f, mask),
+        clip_high=masked_mean(high_f, mask),
+        clip_region=masked_mean(((low | high).to(mask.dtype)), mask),
+    )
+
+
+def chunk_weight(loss_type: str, chunk_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
+    """Scale of a micro-batch's loss so that micro-batch losses sum to the full-batch loss.
+
+    `grpo` and `dr_grpo` average over completions (weight = chunk size / batch size); `dapo` averages over
+    tokens (weight = chunk tokens / batch tokens).
+    """
+    if LOSS_REDUCTIONS[loss_type].token_level:
+        return float(chunk_mask.sum() / full_mask.sum().clamp(min=1))
+    return chunk_mask.size(0) / full_mask.size(0)

@@ -1,1 +1,0 @@
-"""LightningModules: GRPO (policy + reference + reward models) and SFT."""

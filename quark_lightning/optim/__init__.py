@@ -1,1 +1,0 @@
-"""Pure math of the reward side: aggregation of the matrix into one scalar, and group advantages."""
