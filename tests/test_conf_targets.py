@@ -78,7 +78,7 @@ MODEL_SOURCE_KEYS = (
     # a model source keeps every key as `source.config` (models/weight_sources.py); its readers:
     (accepted_arguments(load_causal_lm) - {"name_or_path"})  # dtype, trust_remote_code, revision, attn_impl.
     | {"kind", "name_or_path", "gguf_file", "cache_dir"}  # sources.py, config validation, the RM cache key
-    | {"tiny", "adapter_path", "lora"}  # TinyModel.path, run.py (merge_sft_adapter, apply_lora)
+    | {"tiny", "adapter_path", "lora"}  # TinyModel.path, cli/run.py (merge_sft_adapter, apply_lora)
 )
 
 

@@ -119,7 +119,7 @@ def test_policy_dir_reproduces_the_trained_policy_after_an_sft_start(
 
 
 def lora_policy_on_sft(model_dir, adapter_dir):
-    """The policy run.py builds from model.adapter_path: SFT adapter merged, fresh RL adapter on top."""
+    """The policy cli/run.py builds from model.adapter_path: SFT adapter merged, fresh RL adapter on top."""
     from quark_lightning.models.loading import merge_sft_adapter
 
     loaded = load_causal_lm(model_dir)

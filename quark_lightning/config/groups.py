@@ -169,7 +169,7 @@ def algorithm_problems(algorithm: DictConfig) -> list[str]:
     p = unknown_keys(list(algorithm.keys()), allowed, "algorithm")
     if algorithm.get("lr_scheduler") is not None:
         p += target_problems(algorithm.lr_scheduler, "algorithm.lr_scheduler")
-    if algorithm.get("optimizer") is not None:  # built by run.py (infra/optimizers.py), so it must fit
+    if algorithm.get("optimizer") is not None:  # built by cli/run.py (infra/optimizers.py), so it must fit
         found = target_problems(algorithm.optimizer, "algorithm.optimizer")
         if found and "_target_" not in found[0].split(":")[0]:
             found.append(

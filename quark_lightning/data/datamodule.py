@@ -48,7 +48,7 @@ def load_prompt_records(
 
 def source_options(data_cfg: Any) -> dict[str, Any]:
     """`load_prompt_records`' subset, split and columns from the `data` config group (`data.hub_split`,
-    the old name of `data.split`, still counts; config.py refuses the two set to different splits)."""
+    the old name of `data.split`, still counts; config/validate.py refuses the two set to different splits)."""
     get = data_cfg.get
     columns = get("columns")
     if OmegaConf.is_config(columns):

@@ -223,7 +223,7 @@ class GRPOModule(L.LightningModule):
         aggregator: str = "sum",
         normalizer: ReferenceFrozenNormalizer | None = None,  # a fitted one (tests); else built by shaping
         lr_scheduler: Any = None,  # optimizer -> LR scheduler (algorithm.lr_scheduler); None = warmup, constant
-        shaping: RewardShaping | None = None,  # built from the `optimization` group (run.py); else defaults
+        shaping: RewardShaping | None = None,  # built from the `optimization` group (cli/run.py); else defaults
     ):
         super().__init__()
         self.lr_scheduler_factory = lr_scheduler

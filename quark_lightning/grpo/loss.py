@@ -18,7 +18,7 @@ and the per-token losses are reduced by `loss_type`, with the same semantics as 
     dapo     sum over all tokens / number of completion tokens in the batch     (token-level, DAPO)
 
 Departures from TRL: none in the math. The reduction here is over the batch it is given; across ranks,
-GRPOModule scales a rank's `dapo` loss by world * rank_tokens / all_tokens (distributed.py), so that the
+GRPOModule scales a rank's `dapo` loss by world * rank_tokens / all_tokens (infra/distributed.py), so that the
 gradient average over ranks divides by the token count of the whole batch, as TRL's gathered count does,
 and `dr_grpo` divides by the configured max completion length (rollout.max_new_tokens), as TRL does.
 """

@@ -20,7 +20,7 @@ Any `torch.optim` optimizer (or another callable taking the parameters) can be n
 `warmstart.optimizer._target_=torch.optim.SGD`. A node given on the command line is merged into the
 shipped one, so `algorithm.optimizer` (whose AdamW node has `betas`, which SGD does not take) is replaced
 whole: `algorithm.optimizer=null 'algorithm.optimizer={_target_: torch.optim.SGD, _partial_: true, lr: 0.01}'`
-(run.py builds it; config_groups.py names a key the optimizer does not take). The reward model passes
+(cli/run.py builds it; config/groups.py names a key the optimizer does not take). The reward model passes
 parameter groups (backbone at `lr`, head at `head_lr`), whose own `lr` overrides the node's.
 
 `configure_optimizer` is what each module's `configure_optimizers` returns (scheduler stepped per
