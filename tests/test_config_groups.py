@@ -5,8 +5,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from quark_lightning.cli import entry, run
+from quark_lightning.cli.entry import run_or_exit
 from quark_lightning.config.groups import group_problems
-from quark_lightning.infra.errors import run_or_exit
 
 EXPERIMENTS = sorted(p.stem for p in (entry.conf_dir() / "experiment").glob("*.yaml"))
 

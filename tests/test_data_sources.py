@@ -19,12 +19,13 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quark_lightning.cli.entry import run_or_exit
 from quark_lightning.cli.run import build_datamodule, run
 from quark_lightning.config.validate import validate_config
 from quark_lightning.data.datamodule import PromptDataModule, load_prompt_records
 from quark_lightning.data.prompt_sources import drop_nulls
 from quark_lightning.data.schema import RUBRIC_TYPES, DataValidationError
-from quark_lightning.infra.errors import ConfigError, run_or_exit
+from quark_lightning.infra.errors import ConfigError
 from tests.conftest import REPO, write_jsonl
 from tests.test_fuzz_inputs import PROMPT
 

@@ -1,8 +1,9 @@
-"""What the Hydra entry points share: where the config tree is, and a clean exit on a bad override.
+"""What the Hydra entry points share: where the config tree is, a clean exit on a bad override, and
+`run_or_exit` (a user error prints its message and exits 2; under --multirun a job records it instead).
 
-`conf_dir()`: the config tree shipped inside the installed package (`quark_lightning/conf/`, present in
-a wheel or `pip install .`) or, in a source checkout or editable install, the repository's top-level
-`conf/` (the design card's tree; the wheel's copy is built from it).
+`conf_dir()`: in a source checkout or an editable install, the repository's top-level `conf/` (the one
+config tree); in a wheel or `pip install .`, the copy of it that the build puts inside the package as
+`quark_lightning/conf/` (setup.py, `BuildPyWithConf`).
 
 `exit_on_bad_overrides`: Hydra reports an unknown config group option (`+experiment=nope`) or an unknown
 key (`trainer.max_stepz=3`) itself, with its own text and exit status 1, before the task function runs.
@@ -18,15 +19,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
-REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
+from quark_lightning.infra.errors import QuarkError
+
+PACKAGE_CONF = Path(__file__).resolve().parents[1] / "conf"  # only in a built wheel
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def conf_dir() -> Path:
-    """The installed package's config tree if it has one, else the source checkout's `conf/`."""
-    if (PACKAGE_CONF / "train.yaml").is_file():
-        return PACKAGE_CONF
-    return REPO_CONF
+    """The source checkout's `conf/` if there is one, else the copy the wheel ships in the package."""
+    if (REPO_CONF / "train.yaml").is_file():
+        return REPO_CONF
+    return PACKAGE_CONF
 
 
 def _names(folder: Path) -> list[str]:
@@ -106,4 +109,22 @@ def exit_on_bad_overrides(config_name: str, args: Sequence[str] | None = None) -
     problem = override_problem(config_name, sys.argv[1:] if args is None else args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_or_exit(function, cfg):
+    """Run an entry point's wiring function; a QuarkError prints its message (no traceback) and exits 2.
+
+    Under Hydra's `--multirun` one job's error must not end the sweep (sys.exit would): any exception is
+    recorded in the job's `job.json` (read by the sweep's comparison table, cli/sweep.py),
+    printed, and the job returns None so that Hydra launches the next one.
+    """
+    from quark_lightning.cli.sweep import in_multirun, run_sweep_job
+
+    if in_multirun():
+        return run_sweep_job(function, cfg)
+    try:
+        return function(cfg)
+    except QuarkError as err:
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,7 @@
     python train.py --multirun +experiment=smoke optimization=sum,gdpo,rfn,rfn_tadw seed=0,1
 
 Each job runs in its own directory (`hydra.sweep.dir`/`hydra.sweep.subdir`, i.e. `<sweep>/<job number>`).
-Under multirun, `errors.run_or_exit` does not exit the process on a job's error (which would end the whole
+Under multirun, `cli.entry.run_or_exit` does not exit the process on a job's error (which would end the whole
 sweep): it writes `<job dir>/job.json` with `status: failed` and the error's type and message, and returns,
 so Hydra launches the next job. A job that finishes writes `status: ok`.
 

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from quark_lightning.stages.runner import PipelineContext, StageSpec
+from quark_lightning.stages.context import PipelineContext, StageSpec
 
 KEY_OUTPUTS = ("policy", "adapter", "reward_model", "rfn_statistics", "export_dir")
 
