@@ -82,7 +82,7 @@ def measure(arm: str, completions: int, prompt_tokens: int, completion_tokens: i
     from quark_lightning.grpo.loss import grpo_policy_loss
 
     def update() -> float:
-        logp, _ = module.token_logps(
+        logp, _ = module.logps(
             module.policy,
             rollout.input_ids,
             rollout.attention_mask,

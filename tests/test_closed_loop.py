@@ -124,7 +124,7 @@ def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_mod
     gain_actions = [a for a in first["actions"] if a["kind"] == "loop_gain" and a["target"] == "format_rules"]
     assert gain_actions and top["finding"] in gain_actions[0]["reason"]
     assert "loop gain 1.00 -> 2.00" in gain_actions[0]["reason"]
-    assert float(module.matrix_weights[0]) == 2.0  # static weight 1 x gain 2: the weak rule now counts double
+    assert float(module.shaping.weights[0]) == 2.0  # static weight 1 x gain 2: the weak rule now counts double
     sampling = [a for a in first["actions"] if a["kind"] == "sampling"]
     assert sampling and all("sampling share" in a["reason"] for a in sampling)
     assert dm.sampler is not None and abs(sum(dm.sampler.shares().values()) - 1.0) < 1e-6
@@ -144,7 +144,10 @@ def test_tadw_receives_the_loop_gain():
     w = TriFactorWeighting(risk=[1.0, 1.0], weakness=False, risk_priority=False, redundancy=False, eta=1.0)
     z = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, -1.0], [1.0, 1.0]])  # both vary: both active
     w.update(z, torch.zeros(4, 2), gain=torch.tensor([3.0, 1.0]))
-    assert float(w.weights[0]) == pytest.approx(0.02 + 0.96 * 0.75)  # the floor of 3/4, eta 1
+    # factors off (1), static weights 1: w_hat = gain = [3, 1], shares [3/4, 1/4]; floored over K = 2
+    # active dimensions with w_min 0.02: w_new = 0.02 + (1 - 2 * 0.02) * [3/4, 1/4] = [0.74, 0.26];
+    # eta 1 replaces the starting weights [1/2, 1/2] by w_new
+    assert w.weights.tolist() == pytest.approx([0.02 + 0.96 * 0.75, 0.02 + 0.96 * 0.25])  # [0.74, 0.26]
 
 
 def test_area_weighted_sampler_follows_the_weights():

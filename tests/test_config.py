@@ -1,6 +1,5 @@
 """Every experiment composes and validates; wrong values name the key, the expectation and the fix."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -36,11 +35,28 @@ def test_every_experiment_composes_and_validates(name):
     cfg = compose_cfg(f"+experiment={name}")
     if cfg.get("stage", "grpo") == "grpo":
         validate_config(cfg)
-    assert len(build_matrix(without_trained_reward_models(cfg).matrix).names) >= 1
+    matrix_cfg = without_trained_reward_models(cfg).matrix
+    declared = {str(n): d for n, d in matrix_cfg.dimensions.items() if d is not None}
+    matrix = build_matrix(matrix_cfg)
+    # the matrix is the one the config declares: every non-null dimension, in order, with its weight
+    assert declared and matrix.names == list(declared)
+    assert matrix.weights().tolist() == pytest.approx(
+        [float(d.get("weight", 1.0)) for d in declared.values()]
+    )
 
 
-def test_there_are_experiments():
-    assert {"demo", "smoke"} <= set(EXPERIMENTS)
+def test_an_experiment_overrides_the_defaults_globally():
+    """`+experiment=smoke` lands its values at the top level (`# @package _global_`), over train.yaml's
+    defaults, and swaps a config group (`override /warmstart: sft`, then sets its steps)."""
+    assert {"demo", "smoke"} <= set(EXPERIMENTS)  # the parametrized test above is not empty
+    base, smoke = compose_cfg(), compose_cfg("+experiment=smoke")
+    # conf/trainer/cpu.yaml, conf/rollout/hf.yaml, conf/warmstart/none.yaml
+    assert (base.trainer.max_steps, base.rollout.max_new_tokens, base.warmstart.enabled) == (20, 128, False)
+    # conf/experiment/smoke.yaml; warmstart.batch_size 4 over sft.yaml's 8, its lr (3e-3) kept
+    assert (smoke.trainer.max_steps, smoke.rollout.max_new_tokens, smoke.data.prompts_per_step) == (3, 24, 2)
+    assert (smoke.warmstart.enabled, smoke.warmstart.steps, smoke.warmstart.batch_size) == (True, 5, 4)
+    assert smoke.warmstart.lr == pytest.approx(3e-3)
+    assert "experiment" not in smoke
 
 
 def test_demo_matrix_spans_all_four_categories():
@@ -104,5 +120,9 @@ def test_the_removed_safety_urgent_patterns_says_where_triage_went():
 def test_a_dimension_can_be_dropped_from_the_command_line():
     cfg = compose_cfg("+experiment=demo", "matrix.dimensions.safety=null")
     validate_config(cfg)
-    assert "safety" not in build_matrix(cfg.matrix).names
-    assert os.path.isdir(CONF)
+    demo = without_trained_reward_models(compose_cfg("+experiment=demo")).matrix.dimensions
+    kept = [str(n) for n, d in demo.items() if d is not None and n != "safety"]
+    assert demo.get("safety") is not None and len(kept) >= 2  # there was something to drop, and to keep
+    matrix = build_matrix(without_trained_reward_models(cfg).matrix)
+    assert matrix.names == kept
+    assert {matrix.names[k] for k, _ in matrix.gates()} == {"triage"}  # safety's veto went with it

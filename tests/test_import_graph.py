@@ -7,9 +7,8 @@
   `from pkg import name` is an edge to `pkg.name` when that is a module, else to `pkg`; a package's
   parent packages are not counted (importing `a.b.c` also runs `a/__init__.py`, which is harmless
   here as long as the explicit edges have no cycle).
-- No function over MAX_FUNCTION_LINES lines (decorators excluded, docstring included). Exceptions
-  would be listed in LONG_FUNCTIONS_ALLOWED, by name (it is empty: every function is under the limit);
-  a new long function fails, and an allowed one that got short fails too (drop it).
+- No function over MAX_FUNCTION_LINES lines (decorators excluded, docstring included); there are no
+  exceptions, a long function fails by name.
 
 `python tests/test_import_graph.py` prints the cycles (also those through function-level imports)
 and every long function.
@@ -22,16 +21,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "quark_lightning"
 MAX_FUNCTION_LINES = 60
-
-# Functions allowed over the limit (path relative to the repository: qualified name). Empty: every
-# function is under the limit; the mechanism stays (test_allowed_long_functions_are_still_long fails
-# on an entry that got short, test_long_functions_left_to_split xfails while any is left).
-LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -233,26 +225,11 @@ def test_cycle_finder():
     assert cycle_path(graph, ["a", "b", "c"]) == ["a", "b", "c", "a"]
 
 
-def test_no_new_long_functions():
-    new = {k: n for k, n in long_functions().items() if k not in LONG_FUNCTIONS_ALLOWED}
-    assert not new, f"functions over {MAX_FUNCTION_LINES} lines (split them): " + ", ".join(
-        f"{k} ({n})" for k, n in new.items()
+def test_no_long_functions():
+    long = long_functions()
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them): " + ", ".join(
+        f"{k} ({n})" for k, n in long.items()
     )
-
-
-def test_allowed_long_functions_are_still_long():
-    """An allowed function that was split (or renamed) leaves the list, so it only ever shrinks."""
-    stale = sorted(LONG_FUNCTIONS_ALLOWED - set(long_functions()))
-    assert not stale, f"no longer over {MAX_FUNCTION_LINES} lines, drop from LONG_FUNCTIONS_ALLOWED: {stale}"
-
-
-def test_long_functions_left_to_split():
-    """Reports (as xfail, by name) the allowed long functions still to split; passes once none is left."""
-    left = sorted(set(long_functions()) & LONG_FUNCTIONS_ALLOWED)
-    if left:
-        pytest.xfail(
-            f"{len(left)} functions over {MAX_FUNCTION_LINES} lines still to split: {', '.join(left)}"
-        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ The servers here are real sockets: FaultServer (http.server) misbehaves on purpo
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from judge_fixtures import FaultServer, ScriptedJudge, completion, free_port
@@ -115,22 +114,36 @@ def test_second_pass_is_answered_from_the_disk_cache(tmp_path):
 
 # ------------------------------------------------------------------------------------------- HTTP
 def test_requests_go_out_concurrently_up_to_max_concurrency():
-    in_flight, peak, lock = [0], [0], threading.Lock()
+    """12 requests, max_concurrency 4, no timing involved. The server holds every request until 4 are in
+    flight at once, then lets all through: a client that never has 4 out together gets no reply (the
+    hold's timeout only keeps such a client from hanging the suite: HTTP 400, not retried, the test
+    fails). At that moment nothing has been answered yet, so the requests the client has started
+    (`judge.requests`, counted as each one passes the concurrency gate) are exactly those it has in
+    flight: 4, or more for a client that lets more through at once (those all start before any byte is
+    sent, so they are counted even while still on their way). A request is also counted in on arrival and
+    out before its reply is written, so a client that keeps to 4 is never seen above 4."""
+    lock, four_at_once = threading.Lock(), threading.Event()
+    in_flight, peak, started = [0], [0], [0]
 
     def behaviour(n, body):
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
-        time.sleep(0.3)
+            if in_flight[0] == 4 and not four_at_once.is_set():
+                started[0] = judge.requests
+                four_at_once.set()
+        released = four_at_once.wait(timeout=10.0)
         with lock:
             in_flight[0] -= 1
+        if not released:
+            return 400, "never 4 requests in flight at once", 0.0
         return 200, completion(f"reply {body['messages'][0]['content']}"), 0.0
 
     with FaultServer(behaviour) as server:
-        judge = openai_judge(server.base_url, max_concurrency=4)
+        judge = openai_judge(server.base_url, max_concurrency=4, timeout_s=60.0)
         replies = judge.complete([[{"role": "user", "content": str(i)}] for i in range(12)])
     assert [r.text for r in replies] == [f"reply {i}" for i in range(12)]
-    assert peak[0] == 4 and judge.requests == 12
+    assert four_at_once.is_set() and started[0] == 4 and peak[0] == 4 and judge.requests == 12
     body = server.requests[0][0]
     assert body["model"] == "m" and body["temperature"] == 0.0 and body["max_tokens"] == 64
     assert "response_format" not in body

@@ -116,6 +116,61 @@ class Runner:
                     proc.wait()
         return proc.returncode, log_path.read_text()
 
+    def kill_mid_save(self, run_dir, step: int) -> int:
+        """Start a run and SIGKILL it while it is inside the atomic write of last.ckpt at `step`."""
+        command = [sys.executable, "-c", HOLD_MID_SAVE + RUN_SCRIPT, *self.command(run_dir)[1:]]
+        tmp = run_dir / "checkpoints" / "last.ckpt.tmp"
+        with open(self.root / f"{run_dir.name}.log", "w") as log:
+            return kill_mid_save(command, tmp, step, self.env, log)
+
+
+# Prepended to a child process's code: its save of checkpoint `HOLD_SAVE_STEP` into `HOLD_SAVE_TMP` (the
+# staging file of AtomicCheckpointIO, `<file>.tmp`) writes half of the new bytes, makes them durable,
+# creates `HOLD_SAVE_MARKER`, and holds there: the test's SIGKILL provably lands inside the atomic write,
+# after the new bytes started and before the rename. Every other save is the real `torch.save`.
+HOLD_MID_SAVE = """
+import io, os, threading, torch
+
+_real_save = torch.save
+_tmp, _step = os.path.abspath(os.environ["HOLD_SAVE_TMP"]), int(os.environ["HOLD_SAVE_STEP"])
+
+def _save(obj, f, *args, **kwargs):
+    name = getattr(f, "name", None)
+    if isinstance(name, str) and os.path.abspath(name) == _tmp and obj.get("global_step") == _step:
+        staged = io.BytesIO()
+        _real_save(obj, staged, *args, **kwargs)
+        f.write(staged.getvalue()[: len(staged.getvalue()) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        open(os.environ["HOLD_SAVE_MARKER"], "w").close()
+        threading.Event().wait()  # until the SIGKILL
+    return _real_save(obj, f, *args, **kwargs)
+
+torch.save = _save
+"""
+RUN_SCRIPT = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def kill_mid_save(command: list[str], tmp, step: int, env: dict[str, str], log) -> int:
+    """Run `command` (python CODE ARGS) with HOLD_MID_SAVE, SIGKILL it while it holds inside its save of
+    checkpoint `step` to `tmp`; -> its exit status."""
+    marker = f"{tmp}.inside"
+    env = {**env, "HOLD_SAVE_TMP": str(tmp), "HOLD_SAVE_STEP": str(step), "HOLD_SAVE_MARKER": marker}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+    try:
+        wait_for_file(tmp.parent, tmp.name + ".inside", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
 
 def wait_for_file(directory, suffix: str, proc: subprocess.Popen, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
@@ -183,17 +238,20 @@ def uninterrupted(runner) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(runner, uninterrupted):
+def test_sigkill_while_last_ckpt_is_written_then_resume_equals_the_uninterrupted_run(runner, uninterrupted):
+    """SIGKILL inside the atomic write of step 2's last.ckpt (half its bytes in last.ckpt.tmp): step 1's
+    last.ckpt is intact, and resuming from it ends where the uninterrupted run ends, bit for bit."""
     run_dir = runner.root / "killed"
-    status, _ = runner.signal_after_checkpoint(run_dir, step=2, signum=signal.SIGKILL)
-    assert status == -signal.SIGKILL
+    assert runner.kill_mid_save(run_dir, step=2) == -signal.SIGKILL
     last = run_dir / "checkpoints" / "last.ckpt"
-    killed_at = load(last)["global_step"]  # 1 or 2: the kill may land while last.ckpt of step 2 is written
-    assert 1 <= killed_at < STEPS
+    assert load(last)["global_step"] == 1  # the previous checkpoint, complete
+    with pytest.raises(RuntimeError, match="failed finding central directory"):  # the new one, half written
+        load(last.with_name("last.ckpt.tmp"))
 
     proc = runner.run(run_dir, "ckpt_path=last")  # same command, same hydra.run.dir
     assert f"Resuming from {last}" in proc.stdout
     assert "RFN: using the frozen statistics restored from the checkpoint" in proc.stdout
+    assert not last.with_name("last.ckpt.tmp").exists()  # the next save of last.ckpt reused it
     assert_same_training_state(load(last), uninterrupted)
 
 
@@ -240,26 +298,27 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path
 WRITER = """
 import sys, torch
 from quark_lightning.infra.checkpointing import AtomicCheckpointIO
-io, i = AtomicCheckpointIO(), 0
-while True:
-    i += 1
-    io.save_checkpoint({"i": i, "payload": torch.full((4_000_000,), float(i))}, sys.argv[1])
+for step in (1, 2):  # HOLD_MID_SAVE holds the second save halfway
+    AtomicCheckpointIO().save_checkpoint({"global_step": step, "w": torch.full((1000,), float(step))}, sys.argv[1])
 """
 
 
-def test_sigkill_during_saves_never_leaves_a_corrupt_checkpoint(tmp_path):
+def test_sigkill_inside_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=REPO)
-    try:
-        wait_for_file(tmp_path, "last.ckpt", proc, timeout=120)
-        time.sleep(0.3)  # a few 16 MB saves later, most likely in the middle of one
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    ckpt = load(path)  # complete and loadable, whichever save was interrupted
-    assert ckpt["i"] >= 1 and torch.equal(ckpt["payload"], torch.full((4_000_000,), float(ckpt["i"])))
+    tmp = tmp_path / "last.ckpt.tmp"
+    with open(tmp_path / "writer.log", "w") as log:
+        status = kill_mid_save(
+            [sys.executable, "-c", HOLD_MID_SAVE + WRITER, str(path)], tmp, 2, {**os.environ}, log
+        )
+    assert status == -signal.SIGKILL
+    kept = load(path)  # the previous save, complete
+    assert kept["global_step"] == 1 and torch.equal(kept["w"], torch.full((1000,), 1.0))
+    assert 0 < tmp.stat().st_size < path.stat().st_size  # the kill landed with half of save 2 written
+    with pytest.raises(RuntimeError, match="failed finding central directory"):  # a truncated zip
+        load(tmp)
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3, "w": torch.zeros(1000)}, path)  # the next save
+    assert load(path)["global_step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.tmp.inside", "writer.log"]
 
 
 # ------------------------------------------------------------------------------------------- ckpt_path=last

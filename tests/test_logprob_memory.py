@@ -10,14 +10,16 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import quark_lightning.grpo.logprobs as logprobs
 import quark_lightning.grpo.shared_prefix as shared_prefix
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
-from quark_lightning.grpo.loss import (
+from quark_lightning.grpo.logprobs import (
     chunked_selective_log_softmax,
-    grpo_policy_loss,
+    micro_batches,
     selective_log_softmax,
     token_entropy,
 )
+from quark_lightning.grpo.loss import grpo_policy_loss
 from quark_lightning.grpo.shared_prefix import checkpointing_active, split_lm_head
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import apply_lora, load_causal_lm
@@ -58,8 +60,8 @@ def loss_and_grads(module, rollout, iteration_logps=None):
     ref = module.reference_logps(rollout)
     advantages = torch.linspace(-1.0, 1.0, mask.size(0))
     total, entropy = 0.0, 0.0
-    for sl in module._chunks(mask.size(0)):
-        logp, ent = module.token_logps(
+    for sl in micro_batches(mask.size(0), module.config.micro_batch_size):
+        logp, ent = module.logps(
             module.policy,
             rollout.input_ids[sl],
             rollout.attention_mask[sl],
@@ -180,12 +182,12 @@ def test_module_chunked_path_equals_full_logits_path(
 
     module.config.logprob_chunk_size = None
     full = loss_and_grads(module, rollout)
-    full_old = module.policy_logps(rollout)
+    full_old = module.logps.of_rollout(module.policy, rollout)
     shared_calls_full = calls["shared"]
     module.config.logprob_chunk_size = 5
-    monkeypatch.setattr(module, "_forward_logits", forbidden)
+    monkeypatch.setattr(logprobs, "completion_logits", forbidden)
     chunked = loss_and_grads(module, rollout)
-    chunked_old = module.policy_logps(rollout)
+    chunked_old = module.logps.of_rollout(module.policy, rollout)
 
     assert (calls["shared"] > 0) is (micro_batch_size is None)  # G=3 rows; micro-batches of 4 split groups
     assert calls["shared"] == 2 * shared_calls_full
@@ -211,12 +213,12 @@ def test_logps_use_the_sampling_temperature(tiny_model_dir, bundled_records):
             ids = rollout.completion_ids.unsqueeze(-1)
             tempered = torch.log_softmax(logits / 0.7, -1).gather(-1, ids).squeeze(-1)
             plain = torch.log_softmax(logits, -1).gather(-1, ids).squeeze(-1)
-        policy = module.policy_logps(rollout)
+        policy = module.logps.of_rollout(module.policy, rollout)
         reference = module.reference_logps(rollout)  # the untrained reference = the policy here
         torch.testing.assert_close(policy[valid], tempered[valid], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(reference[valid], tempered[valid], atol=1e-5, rtol=1e-5)
         assert not torch.allclose(policy[valid], plain[valid], atol=1e-3)
-        assert module.temperature == 0.7
+        assert module.logps.temperature() == 0.7
 
 
 # ---------------------------------------------------------------------------------- checkpointing

@@ -26,7 +26,7 @@ What is pinned (golden files: tests/fixtures/pinning/<arm>.json), per arm:
                      prompt_ids, completions_sha256, completion_lengths (exact: tells a changed rollout,
                      upstream of reward shaping, apart from changed shaping)
                      scores (N, K) raw matrix scores; normalized (N, K) RFN units (rfn, rfn_tadw)
-                     weights_used: `module.matrix_weights` at the step's batch start (what it aggregated with)
+                     weights_used: `module.shaping.weights` at the step's batch start (what it aggregated with)
                      reward (N,) and advantages (N,); the first RL step's advantages are steps[0].advantages
                      logged: every metric the step logged (loss, kl, entropy, grad_norm, clip ratios, reward
                      stats, weights/*, normalized/*, failures, and for TADW its factors tadw/*), but times
@@ -37,7 +37,7 @@ What is pinned (golden files: tests/fixtures/pinning/<arm>.json), per arm:
     closed_loop    rfn_tadw: the loop's gains, format-rule weights, area weights, rubric-item and prompt
                    weights, mined phrases, and each evaluation's held-out pass rates (state at the end)
     final_matrix_weights, params
-                   `module.matrix_weights` after training; the policy's parameters after the last step:
+                   `module.shaping.weights` after training; the policy's parameters after the last step:
                    count, float64 sum and abs-sum, per-tensor sums, 12 values of 5 tensors
 
 Tolerances (issue 22: the suite must pass on every x86 processor CI may run on). The run is float64
@@ -173,9 +173,9 @@ class PinningRecorder(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0 and "normalizer_start" not in self.out:  # after RFN calibration and TADW setup
-            self.out["normalizer_start"] = normalizer_state(pl_module.normalizer)
+            self.out["normalizer_start"] = normalizer_state(pl_module.shaping.normalizer)
             self.out["weighting_start"] = weighting_state(pl_module)
-        self._weights_used = floats(pl_module.matrix_weights)
+        self._weights_used = floats(pl_module.shaping.weights)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         rec = pl_module.last_step
@@ -196,9 +196,9 @@ class PinningRecorder(L.Callback):
         )
 
     def on_train_end(self, trainer, pl_module):
-        self.out["normalizer_end"] = normalizer_state(pl_module.normalizer)
+        self.out["normalizer_end"] = normalizer_state(pl_module.shaping.normalizer)
         self.out["weighting_end"] = weighting_state(pl_module)
-        self.out["final_matrix_weights"] = floats(pl_module.matrix_weights)
+        self.out["final_matrix_weights"] = floats(pl_module.shaping.weights)
         self.out["params"] = param_summary(pl_module.policy)
         loop = next((c for c in trainer.callbacks if type(c).__name__ == "ClosedLoopSupervision"), None)
         self.out["closed_loop"] = closed_loop_state(loop, pl_module) if loop is not None else None
@@ -215,7 +215,7 @@ def logged_metrics(trainer) -> dict[str, Any]:
 def weighting_state(pl_module) -> dict[str, Any] | None:
     """The TADW buffers, with the loop gain: since issue 14 the gain is RewardShaping's `loop_gain` (one
     buffer for every aggregator), not a TADW buffer; it is pinned where the golden run kept it."""
-    state = buffers(pl_module.weighting)
+    state = buffers(pl_module.shaping.weighting)
     if state is not None and "loop_gain" not in state:
         state["loop_gain"] = floats(pl_module.shaping.loop_gain)
     return state

@@ -5,7 +5,6 @@ import lightning as L
 import pytest
 import torch
 
-from quark_lightning.grpo.grpo_module import upgrade_shaping_keys
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.scorers.format import FormatScorer
@@ -88,21 +87,3 @@ def test_target_z_uses_the_normalizer_clip_and_per_prompt_anchors():
     std = float(shaping.normalizer.std[0])
     expected = (0.3 / (std + 1e-6) + 2.0) / 2
     assert float(shaping.target_z(["a", "b"])[0]) == pytest.approx(expected, rel=1e-5)
-
-
-def test_a_checkpoint_from_before_the_refactor_gets_todays_keys():
-    old = {
-        "policy.w": torch.ones(1),
-        "matrix_weights": torch.ones(2),
-        "normalizer.mean": torch.zeros(2),
-        "weighting.weights": torch.ones(2),
-        "weighting.loop_gain": torch.full((2,), 2.0),
-    }
-    upgrade_shaping_keys(old)
-    assert set(old) == {
-        "policy.w",
-        "shaping.normalizer.mean",
-        "shaping.weighting.weights",
-        "shaping.loop_gain",
-    }
-    assert old["shaping.loop_gain"].tolist() == [2.0, 2.0]

@@ -9,13 +9,53 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from quark_lightning.rollout.engine import RolloutEngine
+from quark_lightning.rollout.engine import Rollout, render_prompts
 from quark_lightning.rollout.hf_generate import HFGenerateEngine, sample_next
 from tests.conftest import REPO
 
 
-def test_hf_engine_implements_the_interface():
-    assert isinstance(HFGenerateEngine(), RolloutEngine)
+def test_hf_engine_generate_keeps_the_rollout_contract(tiny_model, bundled_records):
+    """What `generate` returns, field by field, against the contract in rollout/engine.py: G contiguous
+    rows per prompt, left-padded prompts (the longer one left-truncated to max_prompt_length), completions
+    masked up to and including the first EOS, `truncated` = no EOS, the decoded text, ordinary tensors.
+    An EOS logit bias makes both endings certain: +1e4, every row ends with EOS as its first token (one
+    column); -1e4, none does and every row is cut at max_new_tokens. (Rows of different lengths in one
+    batch, right-padded: test_rows_that_stop_early_leave_the_batch_and_are_padded.)"""
+    model, tok = tiny_model.model, tiny_model.tokenizer
+    tokens = [tok(t, add_special_tokens=False)["input_ids"] for t in render_prompts(tok, bundled_records)]
+    by_length = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
+    short, long = by_length[0], by_length[-1]
+    limit = (len(tokens[long]) + len(tokens[short])) // 2  # cuts the long prompt only
+    assert len(tokens[short]) <= limit < len(tokens[long])
+    prompts = [bundled_records[long], bundled_records[short]]
+    expected_prompt = [tokens[long][-limit:], tokens[short]]  # the long one keeps its last tokens
+    G, max_new, N = 3, 10, 6
+    engine = HFGenerateEngine(max_new_tokens=max_new, max_prompt_length=limit)
+    assert engine.max_new_tokens == max_new
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.out_features))
+    device = next(model.parameters()).device
+    for eos_bias, C in ((1e4, 1), (-1e4, max_new)):
+        with torch.no_grad():
+            model.lm_head.bias[tok.eos_token_id] = eos_bias
+        r = engine.generate(model, tok, prompts, G)
+        assert isinstance(r, Rollout)
+        assert r.prompt_ids.shape == r.prompt_mask.shape == (N, limit)
+        assert r.completion_ids.shape == r.completion_mask.shape == (N, C)
+        assert r.truncated.dtype == r.prompt_truncated.dtype == torch.bool
+        assert r.truncated.tolist() == [eos_bias < 0] * N
+        assert r.prompt_truncated.tolist() == [True] * G + [False] * G
+        assert len(r.completions) == len(r.prompts) == N
+        assert [p["id"] for p in r.prompts] == [prompts[0]["id"]] * G + [prompts[1]["id"]] * G
+        for t in (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, r.truncated):
+            assert t.device == device and not t.is_inference()  # can enter autograd
+        assert r.completion_mask.tolist() == [[1] * C] * N  # through the EOS, or all max_new tokens
+        for i in range(N):
+            n = int(r.prompt_mask[i].sum())
+            assert r.prompt_mask[i].tolist() == [0] * (limit - n) + [1] * n  # left padding
+            assert r.prompt_ids[i].tolist() == [tok.pad_token_id] * (limit - n) + expected_prompt[i // G]
+            row = r.completion_ids[i].tolist()
+            assert (row == [tok.eos_token_id]) if eos_bias > 0 else (tok.eos_token_id not in row)
+            assert r.completions[i] == tok.decode(row, skip_special_tokens=True).strip()
 
 
 def test_fast_greedy_decode_equals_generate(tiny_model, bundled_records):

@@ -10,14 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from quark_lightning.grpo.dynamic_sampling import redraw, refill
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
-from quark_lightning.grpo.loss import (
-    chunked_selective_log_softmax,
-    clipped_surrogate,
-    grpo_policy_loss,
-    importance_log_ratio,
-    token_entropy,
-)
+from quark_lightning.grpo.logprobs import chunked_selective_log_softmax, token_entropy
+from quark_lightning.grpo.loss import clipped_surrogate, grpo_policy_loss, importance_log_ratio
+from quark_lightning.grpo.policy_update import loss_mask
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.infra.schedules import lr_scheduler
 from quark_lightning.matrix import AlignmentMatrix, Dimension
@@ -113,7 +110,7 @@ def _module(tiny_model_dir, **options) -> GRPOModule:
     matrix = AlignmentMatrix([Dimension("format_rules", "format", FormatScorer(min_words=1, max_words=40))])
     module = GRPOModule(loaded.model, loaded.tokenizer, matrix, config, HFGenerateEngine(max_new_tokens=6))
     opt = torch.optim.SGD([p for p in module.policy.parameters() if p.requires_grad], lr=config.lr)
-    module.optimizers = lambda: opt  # _optimize without a Trainer: plain SGD, plain backward
+    module.optimizers = lambda: opt  # update_policy without a Trainer: plain SGD, plain backward
     module.lr_schedulers = lambda: None
     module.manual_backward = lambda loss: loss.backward()
     return module
@@ -138,12 +135,12 @@ def test_masked_truncated_completions_contribute_nothing(tiny_model_dir, bundled
     module = _module(tiny_model_dir, mask_truncated_completions=True)
     rollout = _rollout(module, bundled_records)
     assert rollout.truncated.all()  # 6 new tokens: every completion is cut at the cap
-    assert module.loss_mask(rollout).sum() == 0
+    assert loss_mask(rollout, mask_truncated_completions=True).sum() == 0
     before = _params(module)
-    module._optimize(rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]), None, None)
+    module.update_policy(rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]), None, None)
     assert all(torch.equal(a, b) for a, b in zip(before, _params(module)))
     plain = _module(tiny_model_dir)  # without the option the same rollout moves the policy
-    plain._optimize(rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]), None, None)
+    plain.update_policy(rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]), None, None)
     assert not all(torch.equal(a, b) for a, b in zip(before, _params(plain)))
 
 
@@ -153,17 +150,19 @@ def test_steps_per_generation_equals_the_same_mini_batches_stepped_one_by_one(
     split = _module(tiny_model_dir, steps_per_generation=2)
     rollout = _rollout(split, bundled_records)
     advantages = torch.tensor([1.0, -1.0, 0.7, -0.7])
-    old = split.policy_logps(rollout)  # the generating policy's log-probs, as training_step computes them
+    old = split.logps.of_rollout(
+        split.policy, rollout
+    )  # the generating policy's log-probs, as training_step computes them
     one_by_one = _module(tiny_model_dir)
     one_by_one.load_state_dict(split.state_dict())
-    stats = split._optimize(rollout, advantages, None, old)
+    stats = split.update_policy(rollout, advantages, None, old)
     for rows in (slice(0, 2), slice(2, 4)):
-        one_by_one._optimize(_rows(rollout, rows), advantages[rows], None, old[rows])
+        one_by_one.update_policy(_rows(rollout, rows), advantages[rows], None, old[rows])
     for a, b in zip(_params(split), _params(one_by_one)):
         assert torch.allclose(a, b, atol=1e-6)
     assert stats["loss"] != 0.0
     with pytest.raises(ConfigError, match="steps_per_generation=3 needs at least 3 prompts"):
-        _module(tiny_model_dir, steps_per_generation=3)._optimize(rollout, advantages, None, old)
+        _module(tiny_model_dir, steps_per_generation=3).update_policy(rollout, advantages, None, old)
 
 
 def test_bad_option_values_name_the_key():
@@ -266,13 +265,14 @@ def test_dynamic_sampling_never_leaves_a_zero_spread_group_when_it_can_refill(
     module = _dynamic_module(tiny_model_dir, records, max_draws=3)
     batch = records[:2]  # both 'card' prompts: no spread at all
     rollout = module.engine.generate(module.policy, module.tokenizer, batch, 2)
-    rollout, scores = module.refill(batch, rollout, module.score_matrix(rollout))
+    first = (rollout, module.score_matrix(rollout))
+    (rollout, scores), stats = refill(module.resampler(), first, len(batch), 3, seed=(0, 0))
     ids = [p["id"] for p in rollout.prompts]
     assert len(ids) == 4 and not any(i.startswith("card") for i in ids)
     reward = scores.scores[:, 0]
     assert reward.view(-1, 2).std(1).gt(0).all()  # every group in the batch has a reward spread
-    assert module.dynamic_sampling_stats["dynamic_sampling/zero_std_groups"] == 0.0
-    assert module.dynamic_sampling_stats["dynamic_sampling/extra_draws"] >= 1.0
+    assert stats["dynamic_sampling/zero_std_groups"] == 0.0
+    assert stats["dynamic_sampling/extra_draws"] >= 1.0
     assert rollout.completion_ids.size(0) == 4 and len(scores.findings["length"]) == 4
 
 
@@ -281,8 +281,8 @@ def test_dynamic_sampling_stops_at_its_cap_and_says_so(tiny_model_dir, bundled_r
     module = _dynamic_module(tiny_model_dir, cards, max_draws=2)
     batch = cards[:2]
     rollout = module.engine.generate(module.policy, module.tokenizer, batch, 2)
-    rollout, _ = module.refill(batch, rollout, module.score_matrix(rollout))
-    stats = module.dynamic_sampling_stats
+    first = (rollout, module.score_matrix(rollout))
+    (rollout, _), stats = refill(module.resampler(), first, len(batch), 2, seed=(0, 0))
     assert stats["dynamic_sampling/extra_draws"] == 2.0 and stats["dynamic_sampling/zero_std_groups"] == 2.0
     assert stats["dynamic_sampling/zero_std_groups_drawn"] == 6.0  # 3 draws x 2 groups
     assert [p["id"] for p in rollout.prompts] == [cards[0]["id"]] * 2 + [cards[1]["id"]] * 2
@@ -319,10 +319,10 @@ def test_groups_without_a_passing_answer_are_sampled_again(tiny_model_dir, bundl
     module.shaping.gates = gate
     batch = bundled_records[:2]
     rollout = module.engine.generate(module.policy, module.tokenizer, batch, 2)
-    rollout, scored = module.redraw(rollout, module.score_matrix(rollout))
+    (rollout, scored), stats = redraw(module.resampler(), (rollout, module.score_matrix(rollout)), gate, 2)
     assert [p["id"] for p in rollout.prompts] == [batch[0]["id"]] * 2 + [batch[1]["id"]] * 2  # same prompts
     assert scored.scores[:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]  # the redrawn groups replaced the old ones
-    assert module.redraw_stats == {"redraw/groups_without_a_pass": 2.0, "redraw/replaced": 2.0}
+    assert stats == {"redraw/groups_without_a_pass": 2.0, "redraw/replaced": 2.0}
 
 
 # ------------------------------------------------------------------------------------------- stop strings, EOS ids

@@ -48,6 +48,10 @@ def test_reference_rewards_have_mean_zero_std_one_after_rfn():
 
 
 def test_affine_transform_of_a_raw_reward_changes_nothing():
+    """Each normalizer's output and the `rfn` advantages equal a direct computation from the reference's
+    mean and (unbiased) std, (x - mean) / std clipped at 5, then the weighted sum and each group of 8
+    centred and divided by its std (+ 1e-4); so both equal it whether dimension 1 is in raw units or
+    in 1000 * raw + 5. `rfn_tadw` then sees identical normalized scores and gives identical advantages."""
     ref, policy = heterogeneous_reference(seed=0), heterogeneous_reference(m=32, seed=1)
     scaled_ref, scaled_policy = ref.clone(), policy.clone()
     scaled_ref[:, 1] = 1000 * ref[:, 1] + 5
@@ -55,14 +59,20 @@ def test_affine_transform_of_a_raw_reward_changes_nothing():
     a, b = ReferenceFrozenNormalizer(4), ReferenceFrozenNormalizer(4)
     a.fit(ref)
     b.fit(scaled_ref)
-    torch.testing.assert_close(a(policy), b(scaled_policy), atol=1e-4, rtol=1e-4)
+    z = ((policy.double() - ref.double().mean(0)) / ref.double().std(0)).clamp(-5.0, 5.0)  # (32, 4)
+    torch.testing.assert_close(a(policy).double(), z, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b(scaled_policy).double(), z, atol=1e-4, rtol=1e-4)
     weights = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    for name in ("rfn", "rfn_tadw"):
-        _, adv_a, _ = aggregate_and_advantages(name, policy, weights, AggregationContext(8, normalizer=a))
-        _, adv_b, _ = aggregate_and_advantages(
-            name, scaled_policy, weights, AggregationContext(8, normalizer=b)
-        )
-        torch.testing.assert_close(adv_a, adv_b, atol=1e-4, rtol=1e-4)
+    reward = (z * weights.double()).sum(1).view(4, 8)  # 4 groups of 8
+    expected = ((reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-4)).view(-1)
+    for norm, raw in ((a, policy), (b, scaled_policy)):
+        _, adv, _ = aggregate_and_advantages("rfn", raw, weights, AggregationContext(8, normalizer=norm))
+        torch.testing.assert_close(adv.double(), expected, atol=1e-4, rtol=1e-4)
+    _, adv_a, _ = aggregate_and_advantages("rfn_tadw", policy, weights, AggregationContext(8, normalizer=a))
+    _, adv_b, _ = aggregate_and_advantages(
+        "rfn_tadw", scaled_policy, weights, AggregationContext(8, normalizer=b)
+    )
+    torch.testing.assert_close(adv_a, adv_b, atol=1e-4, rtol=1e-4)
 
 
 def test_statistics_are_frozen_and_clipped():

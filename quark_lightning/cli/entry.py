@@ -1,9 +1,7 @@
 """What the Hydra entry points share: where the config tree is, a clean exit on a bad override, and
 `run_or_exit` (a user error prints its message and exits 2; under --multirun a job records it instead).
 
-`conf_dir()`: in a source checkout or an editable install, the repository's top-level `conf/` (the one
-config tree); in a wheel or `pip install .`, the copy of it that the build puts inside the package as
-`quark_lightning/conf/` (setup.py, `BuildPyWithConf`).
+`conf_dir()` (config/tree.py): the repository's `conf/`, or the copy a wheel ships in the package.
 
 `exit_on_bad_overrides`: Hydra reports an unknown config group option (`+experiment=nope`) or an unknown
 key (`trainer.max_stepz=3`) itself, with its own text and exit status 1, before the task function runs.
@@ -19,18 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from quark_lightning.config.tree import conf_dir
 from quark_lightning.infra.errors import QuarkError
 
-PACKAGE_CONF = Path(__file__).resolve().parents[1] / "conf"  # only in a built wheel
-REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def conf_dir() -> Path:
-    """The source checkout's `conf/` if there is one, else the copy the wheel ships in the package."""
-    if (REPO_CONF / "train.yaml").is_file():
-        return REPO_CONF
-    return PACKAGE_CONF
-
+__all__ = ["conf_dir", "exit_on_bad_overrides", "override_problem", "run_or_exit"]
 
 def _names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))

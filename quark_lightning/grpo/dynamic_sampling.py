@@ -11,16 +11,19 @@ rank needs more (the scorers' failure counts are summed across ranks on each dra
 
 Which groups have zero spread is decided on the reward as the run aggregates it (the same aggregator,
 weights and gates as the step; under `gdpo` the batch statistics of this rank's draw), with a
-tolerance of 1e-6. Pure helpers on tensors and rollouts; GRPOModule.refill drives them.
+tolerance of 1e-6. Pure helpers on tensors and rollouts, and the two drivers, `refill` (DAPO) and `redraw`
+(risk on sampling), which reach the step only through a `Resampler` of callables (a test passes fakes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix.alignment_matrix import MatrixScores
 from quark_lightning.rollout.engine import Rollout
 from quark_lightning.shaping.advantages import nanstd
@@ -127,3 +130,97 @@ def groups_without_a_pass(
         passes = ((col >= gate.below) & ~fail).any(1)  # NaN >= x is False
         out |= applies & ~passes
     return out
+
+
+# ---------------------------------------------------------------------------------------------- drivers
+@dataclasses.dataclass
+class Resampler:
+    """What `refill` and `redraw` need from the step. `score` and `any_rank` are collective: every rank
+    calls them the same number of times."""
+
+    group_size: int
+    generate: Callable[[list[dict[str, Any]]], Rollout]  # prompts -> G completions each
+    score: Callable[[Rollout], MatrixScores]  # every dimension, failures counted
+    reward: Callable[[Rollout, MatrixScores], torch.Tensor]  # (N,) as the step aggregates it
+    any_rank: Callable[[int], int]  # the max of an int over ranks
+    draw_prompts: Callable[[int, tuple], list[dict[str, Any]]]  # n random training prompts, seeded
+    pad_token_id: int
+
+    def spread(self, rollout: Rollout, matrix_scores: MatrixScores) -> torch.Tensor:
+        """(groups,) bool: the group's rewards are not all equal."""
+        return group_has_spread(self.reward(rollout, matrix_scores).detach().cpu(), self.group_size)
+
+
+Draw = tuple[Rollout, MatrixScores]
+
+
+def prompt_drawer(source) -> Callable[[int, tuple], list[dict[str, Any]]]:
+    """`source.draw_prompts`, or a function that says how to give the step a source of extra prompts."""
+
+    def draw_prompts(n: int, seed: tuple) -> list[dict[str, Any]]:
+        if source is None or not hasattr(source, "draw_prompts"):
+            raise ConfigError(
+                "algorithm.dynamic_sampling needs more prompts than the batch: train with the "
+                "PromptDataModule (python train.py does), or set module.prompt_source to an object with "
+                "draw_prompts(n, seed). Fix: algorithm.dynamic_sampling=false otherwise."
+            )
+        return source.draw_prompts(n, seed)
+
+    return draw_prompts
+
+
+def _merge(parts: Sequence[tuple[Draw, list[int]]], pad_token_id: int) -> Draw:
+    parts = [(draw, rows) for draw, rows in parts if rows]
+    return (
+        select_rollout([(r, rows) for (r, _), rows in parts], pad_token_id),
+        select_scores([(m, rows) for (_, m), rows in parts]),
+    )
+
+
+def refill(
+    sampler: Resampler, first: Draw, target: int, max_draws: int, seed: tuple
+) -> tuple[Draw, dict[str, float]]:
+    """Drop zero-spread groups and draw more prompts until `target` groups have a spread, at most
+    `max_draws` extra draws; `seed` = (step, rank), the draw index goes between (a rerun draws the same).
+    -> (draw of `target` groups, stats)."""
+    G = sampler.group_size
+    draws, spreads = [first], [sampler.spread(*first)]
+    while len(draws) - 1 < max_draws:
+        short = int(sum(int(s.sum()) for s in spreads) < target)
+        if sampler.any_rank(short) == 0:  # every rank is full (all ranks agree)
+            break
+        extra = sampler.generate(sampler.draw_prompts(target, (*seed[:1], len(draws), *seed[1:])))
+        draws.append((extra, sampler.score(extra)))
+        spreads.append(sampler.spread(*draws[-1]))
+    chosen, filled = plan_batch(spreads, target)
+    stats = {
+        "dynamic_sampling/extra_draws": float(len(draws) - 1),
+        "dynamic_sampling/zero_std_groups_drawn": float(sum(int((~s).sum()) for s in spreads)),
+        "dynamic_sampling/zero_std_groups": float(filled),  # in the batch: 0 unless the cap was hit
+    }
+    return _merge([(d, group_rows(g, G)) for d, g in zip(draws, chosen)], sampler.pad_token_id), stats
+
+
+def redraw(sampler: Resampler, draw: Draw, gates: Sequence, times: int) -> tuple[Draw, dict[str, float]]:
+    """Sample again the prompts of groups where no completion clears a gate (`groups_without_a_pass`), up
+    to `times` times; a new group replaces the old one when one of its completions clears every gate.
+    Every rank draws as long as any rank has such a group (a rank with none redraws its first group and
+    keeps the old one). -> (draw, stats)"""
+    G = sampler.group_size
+    drawn = replaced = 0
+    for _ in range(times):
+        rollout, matrix_scores = draw
+        stuck = groups_without_a_pass(matrix_scores.scores, matrix_scores.failed, gates, G)
+        if sampler.any_rank(int(stuck.any())) == 0:
+            break
+        groups = stuck.nonzero().flatten().tolist() or [0]
+        extra = sampler.generate([rollout.prompts[g * G] for g in groups])
+        extra_scores = sampler.score(extra)
+        fixed = ~groups_without_a_pass(extra_scores.scores, extra_scores.failed, gates, G)
+        swap = {g: j for j, g in enumerate(groups) if bool(stuck[g]) and bool(fixed[j])}
+        drawn, replaced = drawn + int(stuck.sum()), replaced + len(swap)
+        if swap:
+            keep = [g for g in range(len(stuck)) if g not in swap]
+            parts = [(draw, group_rows(keep, G)), ((extra, extra_scores), group_rows(list(swap.values()), G))]
+            draw = _merge(parts, sampler.pad_token_id)
+    return draw, {"redraw/groups_without_a_pass": float(drawn), "redraw/replaced": float(replaced)}

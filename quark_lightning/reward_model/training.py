@@ -39,6 +39,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.config.tree import conf_dir
 from quark_lightning.config.validate import _require, is_int, is_num
 from quark_lightning.data.length_control import CONTROL_EXTRA_WORDS, length_control_pairs
 from quark_lightning.data.preferences import (
@@ -59,10 +60,8 @@ SOURCES = ("pairs", "feedback")
 BACKBONES = ("tiny", "policy")
 TRAIN_BACKBONE = ("auto", "full", "lora", "frozen")
 POOLINGS = ("last", "mean")  # = modules.reward_model.POOLINGS (not imported here: that module imports torch)
-TINY_MODEL_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "model", "tiny.yaml"
-)
-RM_CONFIG = os.path.join(os.path.dirname(os.path.dirname(TINY_MODEL_CONFIG)), "reward_model", "orm.yaml")
+TINY_MODEL_CONFIG = str(conf_dir() / "model" / "tiny.yaml")
+RM_CONFIG = str(conf_dir() / "reward_model" / "orm.yaml")
 SHIPPED_TRAINING_NODES = ("optimizer", "lr_scheduler")  # in RM_CONFIG; see cache_key_yaml
 OBJECTIVE = "J = L_diff + lambda * L_same; L_diff = -log s(r_w - r_l); L_same = -log s(m - |r_1 - r_2|)"
 OBJECTIVE_LITERAL = "J = L_diff + lambda * L_same; L_same = -log s(|r_1 - r_2|) (literal paper transcription)"
@@ -611,12 +610,11 @@ def compose_experiment(experiment: str, overrides: list[str] | None = None) -> D
     """The train config with `+experiment=NAME` (and overrides) composed, also from inside train.py.
 
     `run_dir` is left unresolved (`${hydra:...}`): set it before use."""
-    from pathlib import Path
 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = conf_dir()
     outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()  # inside `python train.py` Hydra is initialized already
     try:

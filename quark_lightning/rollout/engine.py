@@ -1,7 +1,7 @@
 """The rollout-engine interface: prompts -> G sampled completions each, as a `Rollout`.
 
-GRPOModule, the RFN calibration and the closed-loop evaluation call only `generate`, so any engine that
-implements it plugs in through `rollout=NAME` (conf/rollout/): `hf` (Hugging Face generate, CPU and GPU,
+GRPOModule, the RFN calibration and the closed-loop evaluation call `generate` and read `max_new_tokens` and
+`temperature`, so any engine that implements them plugs in through `rollout=NAME` (conf/rollout/): `hf` (Hugging Face generate, CPU and GPU,
 rollout/hf_generate.py) or `vllm` (vLLM, GPU, optional extra, rollout/vllm_engine.py).
 
 Contract of `generate(policy, tokenizer, prompts, num_generations, greedy=False) -> Rollout`:
@@ -45,9 +45,13 @@ class Rollout:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """What GRPOModule needs from a generation backend."""
+    """What GRPOModule needs from a generation backend: `generate`, the completion cap (`dr_grpo` divides
+    by it, as TRL does) and the sampling temperature (token log-probs are of softmax(logits / T))."""
 
     max_new_tokens: int
+
+    @property
+    def temperature(self) -> float: ...
 
     def generate(
         self,
@@ -57,6 +61,12 @@ class RolloutEngine(Protocol):
         num_generations: int,
         greedy: bool = False,
     ) -> Rollout: ...
+
+
+def sampling_temperature(engine) -> float:
+    """The engine's sampling temperature; 1.0 when it has none, or None / 0 (greedy: the plain softmax)."""
+    t = getattr(engine, "temperature", 1.0)
+    return float(t) if t else 1.0
 
 
 def render_prompts(tokenizer, prompts: Sequence[dict[str, Any]]) -> list[str]:

@@ -401,6 +401,11 @@ class HFGenerateEngine:
         return result[:, :steps]
 
     # ------------------------------------------------------------------ the interface
+    @property
+    def temperature(self) -> float | None:
+        """The sampling temperature (the policy's token log-probs divide the logits by it)."""
+        return self.sampling.get("temperature")
+
     def generate(
         self, policy, tokenizer, prompts: Sequence[dict[str, Any]], num_generations: int, greedy: bool = False
     ) -> Rollout:

@@ -206,6 +206,11 @@ class VLLMEngine:
         self._llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
     # ------------------------------------------------------------------ the interface
+    @property
+    def temperature(self) -> float | None:
+        """The sampling temperature (the policy's token log-probs divide the logits by it)."""
+        return self.sampling_kwargs.get("temperature")
+
     def generate(
         self, policy, tokenizer, prompts: Sequence[dict[str, Any]], num_generations: int, greedy: bool = False
     ) -> Rollout:

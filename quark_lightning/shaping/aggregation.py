@@ -49,6 +49,11 @@ class AggregatedReward:
     normalized: torch.Tensor | None = None  # (N, K) normalized scores (RFN units), when it has them
     weights: torch.Tensor | None = None  # (K,) the weights this step used, when they differ from the given
 
+    def rows(self, rows: slice) -> AggregatedReward:
+        """These rows of a gathered batch (the weights are the batch's)."""
+        pick = lambda t: t[rows] if t is not None else None  # noqa: E731
+        return AggregatedReward(pick(self.reward), pick(self.advantages), pick(self.normalized), self.weights)
+
 
 def weighted_sum(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """nansum_k w_k * r_k; rows where every dimension is NaN stay NaN.  (N, K), (K,) -> (N,)"""

@@ -287,14 +287,14 @@ def run_calibration_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str)
                         shaping=build_shaping(cfg, matrix))  # fmt: skip
     G = norm_cfg.num_generations or cfg.algorithm.num_generations
     n = calibrate(module, dm.calibration_records(), norm_cfg.calibration_prompts, G)
-    save_statistics(module.normalizer, matrix.names, stage_dir)
+    save_statistics(module.shaping.normalizer, matrix.names, stage_dir)
     print(
-        f"  calibrated on {n} answers of the cloned reference policy:\n{format_report(matrix.names, module.normalizer)}"
+        f"  calibrated on {n} answers of the cloned reference policy:\n{format_report(matrix.names, module.shaping.normalizer)}"
     )
     return {
         "rfn_statistics": stage_dir,
         "samples": n,
-        "status": dict(zip(matrix.names, module.normalizer.status)),
+        "status": dict(zip(matrix.names, module.shaping.normalizer.status)),
     }
 
 

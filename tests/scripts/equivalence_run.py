@@ -142,9 +142,9 @@ class Recorder(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.final = {
-            "rfn_mean": pl_module.normalizer.mean.tolist() if pl_module.normalizer is not None else [],
-            "rfn_std": pl_module.normalizer.std.tolist() if pl_module.normalizer is not None else [],
-            "weights": pl_module.matrix_weights.tolist(),
+            "rfn_mean": pl_module.shaping.normalizer.mean.tolist() if pl_module.shaping.normalizer is not None else [],
+            "rfn_std": pl_module.shaping.normalizer.std.tolist() if pl_module.shaping.normalizer is not None else [],
+            "weights": pl_module.shaping.weights.tolist(),
             "params": full_params(pl_module.policy),
             "sharded": is_sharded(pl_module.policy),
         }

@@ -38,11 +38,11 @@ class DumpState(L.Callback):
     @staticmethod
     def state(pl_module):
         return {
-            "rfn_mean": pl_module.normalizer.mean.tolist(),
-            "rfn_std": pl_module.normalizer.std.tolist(),
-            "weights": pl_module.weighting.weights.tolist(),
-            "ema_score": pl_module.weighting.ema_score.tolist(),
-            "tadw_steps": int(pl_module.weighting.steps),
+            "rfn_mean": pl_module.shaping.normalizer.mean.tolist(),
+            "rfn_std": pl_module.shaping.normalizer.std.tolist(),
+            "weights": pl_module.shaping.weighting.weights.tolist(),
+            "ema_score": pl_module.shaping.weighting.ema_score.tolist(),
+            "tadw_steps": int(pl_module.shaping.weighting.steps),
         }
 
     def on_train_end(self, trainer, pl_module):
