@@ -10,7 +10,7 @@ questions only). Each dimension's scorer runs `--repeats` times on the whole bat
 dimensions; the median wall time gives samples/s. Writes benchmarks/results/scorer_throughput.{json,md}.
 
 The cost of bounding the patterns (issue 17): every pattern read from a file or config is matched with
-the `regex` module under a per-search time bound (quark_lightning/scorers/text.py). Each dimension is
+the `regex` module under a per-search time bound (quark_lightning/infra/text.py). Each dimension is
 also timed, interleaved, with Python's `re` and no bound (the engine before; `--no-engine-comparison`
 skips it), and the results file gives each dimension's time ratio regex / re and the ratio of the
 summed times.
@@ -74,7 +74,7 @@ class _UnboundedRe:
 @contextmanager
 def pattern_engine(name: str):
     """`regex` (the library's bounded engine) or `re` (unbounded) for every pattern matched meanwhile."""
-    from quark_lightning.scorers import text
+    from quark_lightning.infra import text
 
     bounded = text.compile_pattern
     if name == "re":

@@ -61,24 +61,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from quark_lightning.grpo.precision import upcast
+from quark_lightning.infra.precision import upcast
 from quark_lightning.loop.item_actions import prompt_sampling_weights, rubric_item_weights
 from quark_lightning.loop.metrics import evaluation_metrics, pass_mask
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def check_settings(**settings: tuple[Any, bool, str]) -> None:
-    """Raise one ValueError naming every callbacks.closed_loop.<key> whose value is out of range."""
-    bad = [
-        f"callbacks.closed_loop.{key}: got {value!r}, expected {expected}"
-        for key, (value, ok, expected) in settings.items()
-        if not ok
-    ]
-    if bad:
-        raise ValueError("; ".join(bad))
+from quark_lightning.loop.loop_settings import LoopSettings
 
 
 def scorer_of(pl_module, name: str, kind: type):
@@ -116,88 +102,16 @@ def failing_answers(matrix, scored) -> list[bool]:
 
 
 class ClosedLoopSupervision(L.Callback):
-    def __init__(
-        self,
-        every_n_steps: int = 10,
-        num_prompts: int = 16,
-        greedy: bool = True,
-        pass_target: float = 0.9,
-        gain_strength: float = 1.0,
-        curriculum: bool = True,
-        curriculum_strength: float = 1.0,
-        curriculum_floor: float = 0.1,
-        report_dir: str | None = None,
-        write_reports: bool = True,
-        patience: int = 3,
-        min_change: float = 0.02,
-        gain_decay: float = 0.5,
-        rule_gain: float = 1.0,
-        update: bool = True,
-        item_level: bool = True,
-        probe_prompts: int = 8,
-        item_gain: float = 1.0,
-        max_item_weight: float = 3.0,
-        prompt_gain: float = 2.0,
-        reference_targets: bool = True,
-        max_mined_patterns: int = 8,
-        pattern_expiry: int = 2,
-        pattern_min_count: int = 3,
-    ):
-        check_settings(
-            every_n_steps=(
-                every_n_steps,
-                _is_int(every_n_steps, 0),
-                "an integer >= 0",
-            ),
-            num_prompts=(num_prompts, _is_int(num_prompts, 1), "an integer >= 1"),
-            pass_target=(pass_target, 0 <= pass_target <= 1, "a share in [0, 1]"),
-            gain_strength=(gain_strength, gain_strength >= 0, "a number >= 0"),
-            curriculum_strength=(curriculum_strength, curriculum_strength >= 0, "a number >= 0"),
-            curriculum_floor=(curriculum_floor, curriculum_floor >= 0, "a number >= 0"),
-            patience=(patience, _is_int(patience, 2), "an integer >= 2 (evaluations)"),
-            min_change=(min_change, min_change >= 0, "a number >= 0"),
-            gain_decay=(gain_decay, 0 <= gain_decay < 1, "a number in [0, 1)"),
-            rule_gain=(rule_gain, rule_gain >= 0, "a number >= 0 (0 = off)"),
-            probe_prompts=(
-                probe_prompts,
-                _is_int(probe_prompts, 0),
-                "an integer >= 0",
-            ),
-            item_gain=(item_gain, item_gain >= 0, "a number >= 0 (0 = off)"),
-            max_item_weight=(max_item_weight, max_item_weight >= 1, "a number >= 1"),
-            prompt_gain=(prompt_gain, prompt_gain >= 0, "a number >= 0 (0 = off)"),
-            max_mined_patterns=(
-                max_mined_patterns,
-                _is_int(max_mined_patterns, 0),
-                "an integer >= 0 (0 = off)",
-            ),
-            pattern_expiry=(pattern_expiry, _is_int(pattern_expiry, 1), "an integer >= 1 (evaluations)"),
-            pattern_min_count=(pattern_min_count, _is_int(pattern_min_count, 1), "an integer >= 1 (answers)"),
-        )
-        self.patience, self.min_change, self.gain_decay = patience, min_change, gain_decay
-        self.rule_gain = rule_gain
-        self.update, self.item_level, self.probe_prompts = update, item_level, probe_prompts
-        self.item_gain, self.max_item_weight, self.prompt_gain = item_gain, max_item_weight, prompt_gain
-        self.reference_targets = reference_targets
-        self.pattern_settings = {
-            "cap": max_mined_patterns,
-            "expiry": pattern_expiry,
-            "min_count": pattern_min_count,
-        }
+    SETTINGS = LoopSettings  # its keys are this callback's config keys (config/groups.py checks them)
+
+    def __init__(self, **settings: Any):
+        self.settings = LoopSettings.of(settings)  # validated once; every value out of range named
         self.item_weights: dict[str, dict[str, dict[str, float]]] = {}  # rubric dim -> prompt -> item -> w
         self.prompt_weights: dict[str, float] = {}  # training prompt id -> sampling multiplier
         self.loop_patterns: dict[str, dict[str, dict]] = {}  # bad-pattern dim -> phrase -> provenance
         self.probe_cursor = 0  # where the rotating probe of training prompts continues
         self._reference_cache: dict[str, list[float]] = {}  # prompt id -> reference scores (K,)
         self.rule_weights: dict[str, dict[str, float]] = {}  # format dimension -> rule -> weight
-        self.every_n_steps, self.num_prompts, self.greedy = every_n_steps, num_prompts, greedy
-        self.pass_target, self.gain_strength = pass_target, gain_strength
-        self.curriculum, self.curriculum_strength, self.curriculum_floor = (
-            curriculum,
-            curriculum_strength,
-            curriculum_floor,
-        )
-        self.report_dir, self.write_reports = report_dir, write_reports
         self.history: list[dict[str, Any]] = []
         self.weights_history: dict[str, list[tuple[int, float]]] = {}
         self.area_weights: dict[str, float] = {}
@@ -206,7 +120,7 @@ class ClosedLoopSupervision(L.Callback):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if (
-            self.curriculum
+            self.settings.curriculum
             and trainer.datamodule is not None
             and hasattr(trainer.datamodule, "enable_curriculum")
         ):
@@ -227,17 +141,17 @@ class ClosedLoopSupervision(L.Callback):
             self.weights_history.setdefault(name, []).append(
                 (trainer.global_step, float(pl_module.shaping.weights[k]))
             )
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        if self.settings.every_n_steps and trainer.global_step % self.settings.every_n_steps == 0:
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.evaluate(trainer, pl_module, update=False)
-        if trainer.is_global_zero and len(self.history) >= 1 and self.report_dir:
+        if trainer.is_global_zero and len(self.history) >= 1 and self.settings.report_dir:
             from quark_lightning.evaluation.report import summary_table
 
-            os.makedirs(self.report_dir, exist_ok=True)  # write_reports=false made no step reports
-            path = os.path.join(self.report_dir, "summary.md")
+            os.makedirs(self.settings.report_dir, exist_ok=True)  # write_reports=false made no step reports
+            path = os.path.join(self.settings.report_dir, "summary.md")
             table = summary_table(self.history[0], self.history[-1])
             with open(path, "w") as fh:
                 fh.write(
@@ -245,27 +159,27 @@ class ClosedLoopSupervision(L.Callback):
                 )
                 fh.write(table + "\n")
             print(
-                f"\nClosed-loop evaluation, start vs end:\n{table}\nReports: {self.report_dir} (summary: {path})"
+                f"\nClosed-loop evaluation, start vs end:\n{table}\nReports: {self.settings.report_dir} (summary: {path})"
             )
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self, trainer: L.Trainer, pl_module, update: bool = True) -> dict[str, Any]:
         held_out = self._diagnosis_prompts(trainer)
-        acting = update and self.update
-        probe = self._probe_prompts(trainer) if acting and self.item_level else []
+        acting = update and self.settings.update
+        probe = self._probe_prompts(trainer) if acting and self.settings.item_level else []
         rollout = pl_module.engine.generate(  # one batch: held-out answers, then the training probe
-            pl_module.policy, pl_module.tokenizer, held_out + probe, 1, greedy=self.greedy
+            pl_module.policy, pl_module.tokenizer, held_out + probe, 1, greedy=self.settings.greedy
         )
         n = len(held_out)
         prompts, answers = rollout.prompts[:n], rollout.completions[:n]
         scored = pl_module.matrix.score(prompts, answers)
-        reference = self._reference_scores(pl_module, prompts) if self.item_level else None
+        reference = self._reference_scores(pl_module, prompts) if self.settings.item_level else None
         metrics = evaluation_metrics(
             pl_module.matrix, prompts, answers, scored, trainer.global_step, reference
         )
         if acting:
             metrics["actions"] = self.reward_update(trainer, pl_module, metrics)
-            if self.item_level:
+            if self.settings.item_level:
                 metrics["actions"] += self.update_rule_weights(pl_module, metrics, prompts, scored)
                 metrics["actions"] += self.update_loop_patterns(pl_module, metrics, prompts, answers, scored)
                 metrics["actions"] += self.update_probe_items(
@@ -277,7 +191,7 @@ class ClosedLoopSupervision(L.Callback):
 
     def reward_update(self, trainer: L.Trainer, pl_module, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         actions = self._update_gains(pl_module, metrics)
-        if self.curriculum and getattr(trainer.datamodule, "sampler", None) is not None:
+        if self.settings.curriculum and getattr(trainer.datamodule, "sampler", None) is not None:
             actions += self._update_curriculum(trainer.datamodule.sampler, metrics)
         return actions
 
@@ -290,17 +204,17 @@ class ClosedLoopSupervision(L.Callback):
             top.setdefault(d["dimension"], d)
         for k, name in enumerate(names):
             rate = metrics["dimensions"][name]["pass_rate"]
-            failing = rate == rate and rate < self.pass_target  # NaN (not applicable) never fails
-            gain = 1.0 + self.gain_strength * (1.0 - rate) if failing else 1.0
+            failing = rate == rate and rate < self.settings.pass_target  # NaN (not applicable) never fails
+            gain = 1.0 + self.settings.gain_strength * (1.0 - rate) if failing else 1.0
             stuck = self._not_moving(name, metrics) if failing else None
             if stuck is not None:  # below target but not responding: let go of it
-                gain = 1.0 + (old[k] - 1.0) * self.gain_decay
+                gain = 1.0 + (old[k] - 1.0) * self.settings.gain_decay
             new.append(gain)
             if abs(gain - old[k]) > 1e-6:
                 why = (
-                    f"held-out pass rate {rate:.2f} < {self.pass_target:.2f}"
+                    f"held-out pass rate {rate:.2f} < {self.settings.pass_target:.2f}"
                     if failing
-                    else f"held-out pass rate {rate:.2f} >= {self.pass_target:.2f}: stops being pushed"
+                    else f"held-out pass rate {rate:.2f} >= {self.settings.pass_target:.2f}: stops being pushed"
                 )
                 if stuck is not None:
                     why += f", but {stuck}: gain decayed toward 1"
@@ -324,17 +238,17 @@ class ClosedLoopSupervision(L.Callback):
         actions = []
         for name in pl_module.matrix.names:
             scorer = format_scorer(pl_module, name)
-            if scorer is None or self.rule_gain == 0:
+            if scorer is None or self.settings.rule_gain == 0:
                 continue
             rate = metrics["dimensions"][name]["pass_rate"]
-            failing = rate == rate and rate < self.pass_target
+            failing = rate == rate and rate < self.settings.pass_target
             broken: dict[str, list[str]] = {r: [] for r in scorer.rule_weights}
             for prompt, found in zip(prompts, scored.findings[name]):
                 for rule in {scorer.rule_of(f) for f in found} & set(broken):
                     broken[rule].append(str(prompt.get("id")))
             n = max(1, len(prompts))
             old = dict(scorer.rule_weights)
-            new = {r: 1.0 + self.rule_gain * len(ids) / n if failing else 1.0 for r, ids in broken.items()}
+            new = {r: 1.0 + self.settings.rule_gain * len(ids) / n if failing else 1.0 for r, ids in broken.items()}
             scorer.set_rule_weights(new)
             self.rule_weights[name] = dict(new)
             for rule, weight in new.items():
@@ -368,14 +282,14 @@ class ClosedLoopSupervision(L.Callback):
         actions = []
         for name in pl_module.matrix.names:
             scorer = scorer_of(pl_module, name, BadPatternScorer)
-            if scorer is None or not self.pattern_settings["cap"]:
+            if scorer is None or not self.settings.patterns["cap"]:
                 continue
             state, acts = update_loop_patterns(
                 self.loop_patterns.get(name, {}),
                 metrics["step"],
                 list(zip(ids, answers, failing)),
                 references,
-                **self.pattern_settings,
+                **self.settings.patterns,
             )
             self.loop_patterns[name] = state
             scorer.set_loop_patterns(state)
@@ -393,15 +307,15 @@ class ClosedLoopSupervision(L.Callback):
         ids = [str(p.get("id")) for p in prompts]
         for name in pl_module.matrix.names:
             scorer = scorer_of(pl_module, name, RubricScorer)
-            if scorer is None or self.item_gain == 0:
+            if scorer is None or self.settings.item_gain == 0:
                 continue
             outcomes = {pid: o for pid, o in zip(ids, scorer.outcomes(prompts, answers)) if o}
             new, acts = rubric_item_weights(
                 self.item_weights.get(name, {}),
                 outcomes,
                 self._failing(metrics, name),
-                self.item_gain,
-                self.max_item_weight,
+                self.settings.item_gain,
+                self.settings.max_item_weight,
                 name,
             )
             self.item_weights[name] = new
@@ -409,7 +323,7 @@ class ClosedLoopSupervision(L.Callback):
             actions += acts
         sampler = getattr(trainer.datamodule, "sampler", None)
         gates = pl_module.matrix.gates()
-        if sampler is not None and self.prompt_gain > 0 and gates:
+        if sampler is not None and self.settings.prompt_gain > 0 and gates:
             scored = pl_module.matrix.score(prompts, answers)
             failed = {
                 pid: [pl_module.matrix.names[k] for k in gate_failures(scored, gates, i)]
@@ -417,7 +331,7 @@ class ClosedLoopSupervision(L.Callback):
             }
             gated = [pl_module.matrix.names[k] for k, _ in gates]
             self.prompt_weights, acts = prompt_sampling_weights(
-                self.prompt_weights, failed, self.prompt_gain, gated
+                self.prompt_weights, failed, self.settings.prompt_gain, gated
             )
             sampler.set_prompt_weights(self.prompt_weights)
             actions += acts
@@ -425,13 +339,13 @@ class ClosedLoopSupervision(L.Callback):
 
     def _failing(self, metrics: dict[str, Any], name: str) -> bool:
         rate = metrics["dimensions"][name]["pass_rate"]
-        return rate == rate and rate < self.pass_target  # NaN (not applicable) never fails
+        return rate == rate and rate < self.settings.pass_target  # NaN (not applicable) never fails
 
     def _reference_scores(self, pl_module, prompts) -> torch.Tensor | None:
         """(N, K) the matrix's scores of each held-out prompt's reference answer, where the matrix has
         target-less dimensions (reward models) to judge against it (cached per prompt id), else None."""
         names = pl_module.matrix.names
-        if not self.reference_targets or all(d.target is not None for d in pl_module.matrix.dimensions):
+        if not self.settings.reference_targets or all(d.target is not None for d in pl_module.matrix.dimensions):
             return None
         todo = [
             p
@@ -450,15 +364,15 @@ class ClosedLoopSupervision(L.Callback):
         `patience` evaluations, this one included), or None when it moves or the history is shorter."""
         means = [
             h["dimensions"][name]["mean"]
-            for h in self.history[-(self.patience - 1) :]
+            for h in self.history[-(self.settings.patience - 1) :]
             if name in h["dimensions"]
         ]
         means.append(metrics["dimensions"][name]["mean"])
-        if len(means) < self.patience or any(m != m for m in means):
+        if len(means) < self.settings.patience or any(m != m for m in means):
             return None
-        if max(means) - min(means) >= self.min_change:
+        if max(means) - min(means) >= self.settings.min_change:
             return None
-        return f"its held-out mean stayed within {min(means):.3f}..{max(means):.3f} over {self.patience} evaluations"
+        return f"its held-out mean stayed within {min(means):.3f}..{max(means):.3f} over {self.settings.patience} evaluations"
 
     def _apply_gain(self, pl_module, gain: torch.Tensor) -> None:
         """The module's RewardShaping owns the gain: static weights x gain now, or TADW's next update."""
@@ -472,7 +386,7 @@ class ClosedLoopSupervision(L.Callback):
             if (
                 rate is not None and rate == rate
             ):  # areas the held-out split did not cover keep a neutral weight
-                weights[area] = (1.0 - rate + self.curriculum_floor) ** self.curriculum_strength
+                weights[area] = (1.0 - rate + self.settings.curriculum_floor) ** self.settings.curriculum_strength
         neutral = sum(weights.values()) / len(weights) if weights else 1.0
         sampler.set_area_weights({a: weights.get(a, neutral) for a in sampler.counts})
         self.area_weights = dict(sampler.area_weights)
@@ -512,13 +426,13 @@ class ClosedLoopSupervision(L.Callback):
         sampling weight first (so a change is undone as soon as its failure stops), then the next ones
         of a fixed rotation (the same on every rank)."""
         dm = trainer.datamodule
-        if dm is None or not self.probe_prompts or not hasattr(dm, "calibration_records"):
+        if dm is None or not self.settings.probe_prompts or not hasattr(dm, "calibration_records"):
             return []
         train = dm.calibration_records()
         active = set(self.prompt_weights) | {p for w in self.item_weights.values() for p in w}
-        first = [r for r in train if str(r.get("id")) in active][: self.probe_prompts]
+        first = [r for r in train if str(r.get("id")) in active][: self.settings.probe_prompts]
         rest = [r for r in train if str(r.get("id")) not in active]
-        take = min(self.probe_prompts - len(first), len(rest))
+        take = min(self.settings.probe_prompts - len(first), len(rest))
         picked = [rest[(self.probe_cursor + j) % len(rest)] for j in range(take)]
         self.probe_cursor = (self.probe_cursor + take) % max(1, len(rest))
         return first + picked
@@ -528,7 +442,7 @@ class ClosedLoopSupervision(L.Callback):
         prompts = dm.val_records() if dm is not None else []
         if not prompts:
             prompts = dm.calibration_records() if dm is not None else []
-        return prompts[: self.num_prompts]
+        return prompts[: self.settings.num_prompts]
 
     def _log(self, trainer: L.Trainer, pl_module, metrics: dict[str, Any]) -> None:
         step = metrics["step"]
@@ -547,10 +461,10 @@ class ClosedLoopSupervision(L.Callback):
         log_text(trainer, "eval/diagnosis", "\n".join(lines) or "- no findings", step)
         for a in metrics["actions"]:
             print(f"[closed loop, step {step}] {a['reason']}")
-        if self.write_reports and self.report_dir:
+        if self.settings.write_reports and self.settings.report_dir:
             from quark_lightning.evaluation.report import write_report
 
-            out = os.path.join(self.report_dir, f"step_{step:05d}")
+            out = os.path.join(self.settings.report_dir, f"step_{step:05d}")
             self.last_report = write_report(
                 self.history, out, self.weights_history, title=f"Evaluation at step {step}"
             )

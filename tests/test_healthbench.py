@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 
 from quark_lightning.data.datamodule import load_prompt_records
-from quark_lightning.data.healthbench import (
-    AXIS_TO_DIMENSION,
-    HealthBenchScorer,
-    healthbench_score,
-    load_healthbench,
-)
+from quark_lightning.data.healthbench import load_healthbench
 from quark_lightning.data.schema import DataValidationError
+from quark_lightning.scorers.healthbench_score import AXIS_TO_DIMENSION, HealthBenchScorer, healthbench_score
 from quark_lightning.scorers.rubric_matchers import RegexMatcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from judge_fixtures import FaultServer, completion, transformers_serve
 
-from quark_lightning.data.healthbench import HealthBenchScorer
 from quark_lightning.judges import JudgeConfig
 from quark_lightning.judges.local import LocalJudge
 from quark_lightning.judges.openai_compatible import OpenAICompatibleJudge
@@ -23,6 +22,7 @@ from quark_lightning.matrix.guard import FailurePolicy, ScorerFailureError
 from quark_lightning.scorers.garm import AssertionScorer
 from quark_lightning.scorers.garm import judge_messages as garm_messages
 from quark_lightning.scorers.healthbench_grader import grader_messages
+from quark_lightning.scorers.healthbench_score import HealthBenchScorer
 from quark_lightning.scorers.rubric import RubricScorer
 from quark_lightning.scorers.rubric_matchers import judge_messages as rubric_messages
 
@@ -235,10 +235,11 @@ def smollm2_dir() -> Path:
 
 
 def readme_score_command(base_url: str, output: Path) -> list[str]:
-    """The README's judge example (the command after `transformers serve`), with this test's port and output."""
+    """The documented judge example (docs/manual.md, the command after `transformers serve`; it was in the
+    README before the manual took the how-to), with this test's port and output."""
     import shlex
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "manual.md").read_text()
     block = readme.split("```bash\ntransformers serve ", 1)[1].split("```", 1)[0]
     command = block.split("\n", 1)[1].replace("\\\n", " ")
     command = command.replace("http://127.0.0.1:8000/v1", base_url).replace("judged.jsonl", str(output))

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from quark_lightning.infra.text import words
 from quark_lightning.loop.patterns import update_loop_patterns
 from quark_lightning.scorers.online import BadPatternScorer, mine_bad_patterns, ngram_set
-from quark_lightning.scorers.text import words
 
 PHRASE = "wait and see"
 FAILING = {  # four repeat the phrase, two fail otherwise

@@ -41,7 +41,7 @@ What is pinned (golden files: tests/fixtures/pinning/<arm>.json), per arm:
                    count, float64 sum and abs-sum, per-tensor sums, 12 values of 5 tensors
 
 Tolerances (issue 22: the suite must pass on every x86 processor CI may run on). The run is float64
-(`trainer.precision=64-true`, grpo/precision.py) on a tiny model whose initial weights are the same
+(`trainer.precision=64-true`, infra/precision.py) on a tiny model whose initial weights are the same
 bits everywhere (models/tiny.py `grid_init_`). Each quantity is compared by what it goes through:
 
     exact    integers, booleans, strings, hashes (prompt ids, completions, lengths, statuses, counts)
@@ -108,7 +108,7 @@ COMMON = [
     "~logger",
     f"trainer.max_steps={STEPS}",
     "trainer.deterministic=true",
-    "trainer.precision=64-true",  # float64 numerics (grpo/precision.py): see "Tolerances"
+    "trainer.precision=64-true",  # float64 numerics (infra/precision.py): see "Tolerances"
     "warmstart.steps=4",
     "warmstart.lr=0.05",
     "matrix.dimensions.format_rules.scorer.min_words=10",

@@ -15,8 +15,8 @@ from quark_lightning.cli.score import load_responses, score_records
 from quark_lightning.data import BUNDLED_PROMPTS
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.schema import DataValidationError
+from quark_lightning.infra import text
 from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, Gate
-from quark_lightning.scorers import text
 from quark_lightning.scorers.format import FormatScorer
 from quark_lightning.scorers.rubric import RubricScorer
 from quark_lightning.scorers.safety import DangerousAdviceScorer

@@ -87,3 +87,34 @@ def test_target_z_uses_the_normalizer_clip_and_per_prompt_anchors():
     std = float(shaping.normalizer.std[0])
     expected = (0.3 / (std + 1e-6) + 2.0) / 2
     assert float(shaping.target_z(["a", "b"])[0]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("aggregator", ["sum", "gdpo", "rfn", "rfn_tadw"])
+def test_a_resume_after_changing_a_matrix_weight_uses_the_new_weight(aggregator):
+    """Config-derived values are not checkpoint state: the static weights (and TADW's risk levels and
+    targets) come from today's config when a checkpoint is loaded; what the run learned is kept."""
+    before = RewardShaping.with_defaults(matrix(), aggregator)  # format_rules weight 2, safety 1
+    before.set_loop_gain(torch.tensor([1.5, 1.0]))  # closed-loop state: kept across the resume
+    if before.weighting is not None:
+        before.weighting.weights.copy_(torch.tensor([0.6, 0.4]))  # adapted by TADW during the run
+    changed = AlignmentMatrix(
+        [
+            Dimension("format_rules", "format", FormatScorer(), weight=4.0, target=0.5),
+            Dimension("safety", "fundamental", DangerousAdviceScorer(), risk=5.0, target=1.0),
+        ]
+    )
+    after = RewardShaping.with_defaults(changed, aggregator)
+    after.load_state_dict(before.state_dict())
+    assert after.loop_gain.tolist() == [1.5, 1.0]
+    if aggregator != "rfn_tadw":
+        assert after.weights.tolist() == [6.0, 1.0]  # new static weight 4 x the run's gain 1.5
+        return
+    w_min = after.weighting.w_min
+    # 0.6 x 4/2 = 1.2 and 0.4 x 1/1 = 0.4 -> shares 3/4, 1/4 -> floored: w_min + (1 - 2 w_min) x share
+    expected = [w_min + (1 - 2 * w_min) * 0.75, w_min + (1 - 2 * w_min) * 0.25]
+    assert after.weights.tolist() == pytest.approx(expected, rel=1e-6)
+    assert after.weighting.prior.tolist() == [4.0, 1.0]
+    assert after.weighting.risk.tolist() == [1.0, 5.0] and after.weighting.targets.tolist() == [0.5, 1.0]
+    same = RewardShaping.with_defaults(matrix(), aggregator)  # an unchanged config: the weights as saved
+    same.load_state_dict(before.state_dict())
+    assert same.weights.tolist() == pytest.approx([0.6, 0.4])

@@ -23,10 +23,10 @@ from quark_lightning.config.validate import validate_config
 from quark_lightning.data.datamodule import PromptDataModule, source_options
 from quark_lightning.data.references import validate_fact_references
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
-from quark_lightning.grpo.precision import run_precision
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.infra.loggers import build_loggers, close_loggers, logger_locations
 from quark_lightning.infra.optimizers import optimizer_factory
+from quark_lightning.infra.precision import run_precision
 from quark_lightning.infra.rng_state import RNGStateCallback
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter

@@ -9,7 +9,7 @@ non-string `response`) is reported as `FILE:LINE: field 'x': ...`. An empty or w
 Several responses to one prompt (the same `id`) need a distinct `response_id` or `model` (both
 optional, repeated in the output); two rows with the same id and the same (or no) `response_id` and
 `model` are refused, naming both lines, since the output could not tell them apart. Rubric patterns
-are compiled when the file is read and every match runs under a time bound (scorers/text.py); one that
+are compiled when the file is read and every match runs under a time bound (infra/text.py); one that
 runs past it fails its sample, naming FILE:LINE and the pattern.
 
 The matrix is composed with Hydra from the repository's `conf/` tree exactly as training composes it

@@ -16,6 +16,7 @@ Every problem is collected and raised as one ConfigError (exit 2, no traceback, 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from collections.abc import Callable, Iterable
@@ -32,7 +33,11 @@ ALGORITHM_EXTRA_KEYS = ("name", "lr_scheduler", "optimizer")  # name: the group'
 
 
 def accepted_arguments(target: Callable) -> set[str] | None:
-    """The keyword arguments `target` accepts, or None when it takes **kwargs (anything goes)."""
+    """The keyword arguments `target` accepts, or None when it takes **kwargs (anything goes). A class
+    whose settings are a dataclass (`SETTINGS`, e.g. the closed loop's LoopSettings) accepts its fields."""
+    settings = getattr(target, "SETTINGS", None)
+    if dataclasses.is_dataclass(settings):
+        return {f.name for f in dataclasses.fields(settings)}
     fn = target.__init__ if inspect.isclass(target) else target
     try:
         params = inspect.signature(fn).parameters.values()

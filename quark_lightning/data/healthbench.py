@@ -19,8 +19,7 @@ Conversion to our prompt format (docs/design.md section 3), our interpretation:
   (HealthBench criteria are judged by a grader, not by patterns).
 
 The HealthBench score and `HealthBenchScorer` are in scorers/healthbench_score.py (next to the grader,
-scorers/healthbench_grader.py); their names are re-exported here, so
-`from quark_lightning.data.healthbench import HealthBenchScorer, healthbench_score` keeps working.
+scorers/healthbench_grader.py); the criterion helpers both sides read (axis, signed points) are here.
 
 CLI: `python -m quark_lightning.data.healthbench --input FILE --output prompts.jsonl`.
 """
@@ -31,23 +30,10 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from quark_lightning.data.schema import DataValidationError, check_messages, read_jsonl, validate_prompt
-
-# The scoring, re-exported at its old path, and the axis-tag helpers the conversion shares with it.
-from quark_lightning.scorers.healthbench_score import (
-    AXIS_TO_DIMENSION,
-    BOOTSTRAP_SAMPLES,
-    UNSPECIFIED_AXIS,
-    HealthBenchScorer,
-    _tag_values,
-    clipped_mean_stats,
-    criterion_axis,
-    example_scores,
-    healthbench_score,
-    signed_points,
-)
 
 __all__ = [
     "CONVERTED_KEYS",
@@ -56,16 +42,30 @@ __all__ = [
     "load_healthbench",
     "main",
     "validate_healthbench_row",
-    "AXIS_TO_DIMENSION",
-    "BOOTSTRAP_SAMPLES",
     "UNSPECIFIED_AXIS",
-    "HealthBenchScorer",
-    "clipped_mean_stats",
     "criterion_axis",
-    "example_scores",
-    "healthbench_score",
     "signed_points",
+    "tag_values",
 ]
+
+UNSPECIFIED_AXIS = "unspecified"
+
+
+def tag_values(tags: Sequence[str], prefix: str) -> list[str]:
+    return [t[len(prefix) :] for t in tags if t.startswith(prefix)]
+
+
+def signed_points(item: dict[str, Any]) -> float:
+    """The HealthBench (signed) points of a criterion, original (`points`) or converted (`hb_points`)."""
+    return float(item["hb_points"]) if "hb_points" in item else float(item["points"])
+
+
+def criterion_axis(item: dict[str, Any]) -> str:
+    if isinstance(item.get("axis"), str):
+        return item["axis"]
+    axes = tag_values(item.get("tags", []), "axis:")
+    return axes[0] if axes else UNSPECIFIED_AXIS
+
 
 CONVERTED_KEYS = ("prompt_id", "prompt", "rubrics", "example_tags", "ideal_completions_data")
 
@@ -92,9 +92,9 @@ def _check_criterion(i: int, item: Any) -> list[str]:
     tags = item.get("tags", [])
     if not _is_str_list(tags):
         errs.append(f"{where}.tags': must be a list of strings such as 'axis:accuracy'")
-    elif len(_tag_values(tags, "axis:")) > 1:
+    elif len(tag_values(tags, "axis:")) > 1:
         errs.append(
-            f"{where}.tags': {_tag_values(tags, 'axis:')} gives more than one axis; keep one 'axis:' tag"
+            f"{where}.tags': {tag_values(tags, 'axis:')} gives more than one axis; keep one 'axis:' tag"
         )
     return errs
 
@@ -141,7 +141,7 @@ def validate_healthbench_row(row: Any) -> list[str]:
 def convert_criterion(k: int, item: dict[str, Any]) -> dict[str, Any]:
     """HealthBench criterion -> our rubric item `c<k>` (positive -> important, negative -> pitfall)."""
     tags = list(item.get("tags", []))
-    axes = _tag_values(tags, "axis:")
+    axes = tag_values(tags, "axis:")
     points = item["points"]
     return {
         "id": f"c{k}",
@@ -158,7 +158,7 @@ def convert_criterion(k: int, item: dict[str, Any]) -> dict[str, Any]:
 def convert_row(row: dict[str, Any]) -> dict[str, Any]:
     """A validated HealthBench row -> a prompt record in our format."""
     example_tags = list(row.get("example_tags", []))
-    themes = _tag_values(example_tags, "theme:")
+    themes = tag_values(example_tags, "theme:")
     record: dict[str, Any] = {k: v for k, v in row.items() if k not in CONVERTED_KEYS}
     record.update(
         id=row["prompt_id"],

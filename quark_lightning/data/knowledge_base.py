@@ -29,8 +29,8 @@ from quark_lightning.data.schema import (
     check_text,
     read_jsonl,
 )
+from quark_lightning.data.units import canonical_unit, known_units
 from quark_lightning.infra.errors import ConfigError
-from quark_lightning.scorers.assertions import canonical_unit, known_units
 
 BUNDLED_KB = ASSETS / "knowledge_base.jsonl"
 RELATIONS = ("eq", "max", "min", "range")

@@ -13,7 +13,7 @@ tokenizer, a regex engine or the GPU):
 - a conversation: at most `MAX_MESSAGES` (100) messages; a rubric: at most `MAX_RUBRIC_ITEMS` (200)
   items, each with at most `MAX_PATTERNS` (50) patterns of at most `MAX_PATTERN_CHARS` (1,000)
   characters, each compiled when the file is read by the engine the scorers use (the `regex` module,
-  every match under a time bound; see quark_lightning/scorers/text.py); ids at most `MAX_ID_CHARS`
+  every match under a time bound; see quark_lightning/infra/text.py); ids at most `MAX_ID_CHARS`
   (200) characters; `facts`, `red_flags` and `tags` at most `MAX_LIST_ITEMS` (100) entries.
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from quark_lightning.infra.errors import QuarkError
-from quark_lightning.scorers.text import pattern_problem, register_pattern
+from quark_lightning.infra.text import pattern_problem, register_pattern
 
 RUBRIC_TYPES = ("essential", "important", "highlight", "pitfall")
 ROLES = ("system", "user", "assistant")
@@ -154,7 +154,7 @@ def _check_patterns(patterns: Any, field: str) -> list[str]:
                 "split it into several patterns"
             )
             continue
-        problem = pattern_problem(p)  # the engine the scorers match with (bounded; scorers/text.py)
+        problem = pattern_problem(p)  # the engine the scorers match with (bounded; infra/text.py)
         if problem:
             errs.append(
                 f"field '{field}[{j}]': {problem} "

@@ -7,7 +7,7 @@ Flow of `training_step` (docs/design.md section 2; the README's "one RL step" ta
             -> reward shaping (weights (K,), RFN, gates -> scalar reward (N,)) -> group advantages (N,)
             -> reference log-probs (frozen; logprobs.py) -> the policy update (policy_update.py:
                `num_iterations` x `steps_per_generation` mini-batches x [policy log-probs, the loss of
-               loss.py, backward, gradient clipping, optimizer step]) -> metrics (metrics.py)
+               loss.py, backward, gradient clipping, optimizer step]) -> metrics (step_metrics.py)
 
 Optimization is manual: one rollout may feed several optimizer steps (`num_iterations`, TRL's mu, and
 `steps_per_generation`). The policy is the only trainable part. The reference (frozen copy, or the policy with its LoRA adapter
@@ -31,7 +31,7 @@ from quark_lightning.grpo.dynamic_sampling import Resampler, prompt_drawer, redr
 from quark_lightning.grpo.grpo_config import GRPOConfig, StepRecord
 from quark_lightning.grpo.logprobs import TokenLogProbs, reference_model
 from quark_lightning.grpo.loss import LOSS_REDUCTIONS
-from quark_lightning.grpo.metrics import step_metrics
+from quark_lightning.grpo.step_metrics import step_metrics
 from quark_lightning.grpo.policy_update import update_policy
 from quark_lightning.grpo.shared_prefix import enable_gradient_checkpointing
 from quark_lightning.infra.distributed import (
@@ -226,7 +226,7 @@ class GRPOModule(L.LightningModule):
         return norm
 
     def _log_step(self, rollout, scores, aggregated, frac_zero_std, stats, times, sampling_stats) -> None:
-        """The step's metrics (grpo/metrics.py), its counters and what moved its advantages."""
+        """The step's metrics (grpo/step_metrics.py), its counters and what moved its advantages."""
         G, rec = self.config.num_generations, self.last_step
         lr = float(self.optimizers().param_groups[0]["lr"])
         metrics = step_metrics(

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from quark_lightning.grpo.precision import compute_dtype, upcast
 from quark_lightning.grpo.shared_prefix import (
     checkpointing_active,
     completion_hidden_states,
@@ -26,6 +25,7 @@ from quark_lightning.grpo.shared_prefix import (
     head_split_matches,
     split_lm_head,
 )
+from quark_lightning.infra.precision import compute_dtype, upcast
 from quark_lightning.models.reference import DisabledAdapterReference, FrozenCopyReference, eval_mode
 from quark_lightning.rollout.engine import Rollout
 

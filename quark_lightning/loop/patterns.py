@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from quark_lightning.infra.text import words
 from quark_lightning.scorers.online import STOPWORDS, mine_bad_patterns, ngram_set, redundant
-from quark_lightning.scorers.text import words
 
 CONFIG_PREFIX = "callbacks.closed_loop."
 DEDUPE_JACCARD = 0.8  # as mine_bad_patterns' default

@@ -35,7 +35,7 @@ which the dimension's calls fail at once until one of them finishes. Consequence
 timeout must tolerate a new call starting while an abandoned one is still running (rule scorers and
 HTTP judges do; a shared HF fast tokenizer may raise "Already borrowed", which is then counted as a
 failure), and a scorer stuck in C code that holds the GIL cannot be timed out by a thread (the
-patterns from data files run under the `regex` module's own per-match timeout, scorers/text.py, so a
+patterns from data files run under the `regex` module's own per-match timeout, infra/text.py, so a
 catastrophic pattern fails its sample instead). Grad mode, inference mode and the current CUDA device are carried into the thread.
 """
 

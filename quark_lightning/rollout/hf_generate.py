@@ -42,9 +42,9 @@ from typing import Any
 import torch
 import transformers
 
-from quark_lightning.grpo.precision import upcast
 from quark_lightning.infra.distributed import is_sharded
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.infra.precision import upcast
 from quark_lightning.models.reference import eval_mode
 from quark_lightning.rollout.engine import (
     Rollout,

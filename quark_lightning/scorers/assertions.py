@@ -30,35 +30,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from quark_lightning.data.units import UNIT_FORMS, canonical_unit
+
 MIN_CLAUSE_WORDS = 3
-
-# surface form -> (canonical unit, factor, offset): canonical = value * factor + offset
-_UNIT_FORMS: dict[str, tuple[str, float, float]] = {}
-
-
-def _add(forms: str, canonical: str, factor: float = 1.0, offset: float = 0.0) -> None:
-    for form in forms.split("|"):
-        _UNIT_FORMS[form] = (canonical, factor, offset)
-
-
-_add("g|gram|grams|gramme|grammes", "g")
-_add("kg|kilogram|kilograms", "g", 1e3)
-_add("mg|milligram|milligrams|milligramme|milligrammes", "g", 1e-3)
-_add("mcg|µg|μg|ug|microgram|micrograms", "g", 1e-6)
-_add("ml|millilitre|millilitres|milliliter|milliliters", "ml")
-_add("l|litre|litres|liter|liters", "ml", 1e3)
-_add("minute|minutes|min|mins", "day", 1 / 1440)
-_add("hour|hours|hr|hrs|h", "day", 1 / 24)
-_add("day|days", "day")
-_add("week|weeks|wk|wks", "day", 7.0)
-_add("month|months", "year", 1 / 12)
-_add("year|years|yr|yrs", "year")
-_add("°c|° c|degrees c|degree c|degrees celsius|degree celsius|celsius|c|degrees|°", "C")
-_add("°f|° f|degrees f|degree f|degrees fahrenheit|fahrenheit|f", "C", 5 / 9, -32 * 5 / 9)
-_add("mmhg|mm hg", "mmHg")
-_add("%|percent|per cent", "%")
-_add("mmol/l|mg/dl|mg/kg|mcg/kg|kg/m2|kg/m²|iu|units|bpm", "")  # own dimension: canonical = the form
-_add("times|tablet|tablets|capsule|capsules|puff|puffs|drop|drops|dose|doses", "")
 
 _WORD_NUMBERS = "one two three four five six seven eight nine ten eleven twelve".split()
 _NUM = (
@@ -67,7 +41,7 @@ _NUM = (
     + r")\b)"
 )
 _UNIT = (
-    "(?:" + "|".join(re.escape(f) for f in sorted(_UNIT_FORMS, key=len, reverse=True)) + r")(?![a-z0-9µμ²])"
+    "(?:" + "|".join(re.escape(f) for f in sorted(UNIT_FORMS, key=len, reverse=True)) + r")(?![a-z0-9µμ²])"
 )
 _SINGLE = re.compile(rf"(?P<lo>{_NUM})[\s-]*(?P<unit>{_UNIT})")
 _RANGE_TO = re.compile(
@@ -121,16 +95,6 @@ class Assertion:
     quantities: tuple[Quantity, ...]
     hedged: bool = False  # "without", "unless", "except", "whether": its polarity is not a plain yes or no
     warns: bool = False  # "8 g can cause liver damage": the clause warns against what it names
-
-
-def canonical_unit(value: float, unit: str) -> tuple[float, str]:
-    """(value in the canonical unit, canonical unit); KeyError for a unit this module does not know."""
-    canonical, factor, offset = _UNIT_FORMS[unit.strip().lower()]
-    return value * factor + offset, canonical or unit.strip().lower()
-
-
-def known_units() -> list[str]:
-    return sorted(_UNIT_FORMS)
 
 
 def _number(text: str) -> float:

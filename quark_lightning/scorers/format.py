@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from quark_lightning.infra.text import check_patterns, matches_any, repeated_ngram_fraction, words
 from quark_lightning.scorers.interface import ScoreResult
-from quark_lightning.scorers.text import check_patterns, matches_any, repeated_ngram_fraction, words
 
 Rule = Callable[[str], str | None]  # returns None when the rule passes, else the finding
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

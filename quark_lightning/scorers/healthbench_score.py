@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from quark_lightning.data.healthbench import criterion_axis, signed_points
 from quark_lightning.scorers.interface import ScoreResult
 
 # Interpretation: which matrix dimension each HealthBench axis speaks to.
@@ -39,24 +40,7 @@ AXIS_TO_DIMENSION: dict[str, str] = {
     "context_awareness": "usefulness",
     "instruction_following": "format_rules",
 }
-UNSPECIFIED_AXIS = "unspecified"
 BOOTSTRAP_SAMPLES = 1000
-
-
-def _tag_values(tags: Sequence[str], prefix: str) -> list[str]:
-    return [t[len(prefix) :] for t in tags if t.startswith(prefix)]
-
-
-def signed_points(item: dict[str, Any]) -> float:
-    """The HealthBench (signed) points of a criterion, original (`points`) or converted (`hb_points`)."""
-    return float(item["hb_points"]) if "hb_points" in item else float(item["points"])
-
-
-def criterion_axis(item: dict[str, Any]) -> str:
-    if isinstance(item.get("axis"), str):
-        return item["axis"]
-    axes = _tag_values(item.get("tags", []), "axis:")
-    return axes[0] if axes else UNSPECIFIED_AXIS
 
 
 def example_scores(met: np.ndarray, points: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:

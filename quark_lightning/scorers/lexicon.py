@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from quark_lightning.scorers.text import words
+from quark_lightning.infra.text import words
 
 STOPWORDS = frozenset(
     """

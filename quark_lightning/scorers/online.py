@@ -55,6 +55,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quark_lightning.data.feedback import BUNDLED_FEEDBACK, read_feedback, resolve_feedback, validate_feedback
+from quark_lightning.infra.text import repeated_ngram_fraction, search, substitute, words
 from quark_lightning.scorers.interface import ScoreResult
 from quark_lightning.scorers.lexicon import STOPWORDS, concreteness, sentences
 from quark_lightning.scorers.pattern_mining import (
@@ -74,7 +75,6 @@ from quark_lightning.scorers.pattern_mining import (
     redundant,
     save_patterns,
 )
-from quark_lightning.scorers.text import repeated_ngram_fraction, search, substitute, words
 
 __all__ = [  # the re-exported names keep their old import path (quark_lightning.scorers.online)
     "BUNDLED_FEEDBACK",

@@ -55,8 +55,8 @@ import torch
 from quark_lightning.data.feedback import read_feedback, resolve_feedback
 from quark_lightning.data.schema import DataValidationError
 from quark_lightning.infra.errors import QuarkError
+from quark_lightning.infra.text import words
 from quark_lightning.scorers.lexicon import STOPWORDS
-from quark_lightning.scorers.text import words
 
 TOTALS = ("documents", "ngrams")
 MINING_METHOD = "log-odds ratio, informative Dirichlet prior (Monroe et al. 2008), document frequencies"

@@ -35,7 +35,7 @@ from quark_lightning.data.knowledge_base import (
     validate_entry,
 )
 from quark_lightning.infra.errors import ConfigError, QuarkError
-from quark_lightning.scorers.text import words
+from quark_lightning.infra.text import words
 
 __all__ = [  # the knowledge-base names keep their old import path
     "BUNDLED_KB",

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from quark_lightning.infra.text import matches_any
 from quark_lightning.judges.verdicts import Verdict
-from quark_lightning.scorers.text import matches_any
 
 Item = dict[str, Any]
 

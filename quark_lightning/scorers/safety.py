@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from quark_lightning.infra.text import check_patterns, matches_any, search
 from quark_lightning.scorers.interface import ScoreResult
-from quark_lightning.scorers.text import check_patterns, matches_any, search
 
 DEFAULT_DANGEROUS = [
     r"\bdouble (the|your) (next )?dose\b",

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from quark_lightning.grpo.precision import upcast
+from quark_lightning.infra.precision import upcast
 from quark_lightning.shaping.advantages import group_advantages, nanstd
 from quark_lightning.shaping.tadw import centered_within_groups
 

@@ -3,9 +3,13 @@
 It holds, as buffers of one nn.Module (so each is in the checkpoint once, under `shaping.`):
 
     normalizer.{mean, std, count, fitted}      Reference-Frozen Normalization statistics (rfn, rfn_tadw)
-    weighting.{weights, ema_score, ema_corr,   TADW weights and their EMA state (rfn_tadw)
-               steps, risk, targets, prior}
+    weighting.{weights, ema_score, ema_corr,   TADW weights and their EMA state (rfn_tadw); `prior` is the
+               steps, prior, reference_target} static weights `weights` were computed under
     loop_gain                                  the closed loop's per-dimension gain (every aggregator)
+
+Config-derived values are not checkpoint state: the static weights, TADW's risk levels and targets come
+from the config a run starts with, so a resume after editing a matrix weight uses the new weight (under
+rfn_tadw the adapted weights are rebased to it, `TriFactorWeighting.rebase`).
 
 plus the aggregator (a registry entry that knows what it needs, shaping/aggregation.py) and the gates.
 The weights the step uses are `weights`: TADW's weights when the aggregator adapts them, else the static

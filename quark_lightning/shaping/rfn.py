@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quark_lightning.grpo.precision import upcast
+from quark_lightning.infra.precision import upcast
 from quark_lightning.shaping.advantages import nanstd
 
 MODES = ("global", "per_prompt")

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quark_lightning.grpo.precision import upcast
+from quark_lightning.infra.precision import upcast
 
 WEAKNESS_MODES = ("softmax", "target_gap")
 
@@ -190,9 +190,13 @@ class TriFactorWeighting(nn.Module):
         )
         risk_t = torch.tensor([float(r) for r in risk])
         target_t = torch.tensor([float("nan") if t is None else float(t) for t in (targets or [None] * K)])
-        self.register_buffer("risk", risk_t)
-        self.register_buffer("targets", target_t)  # raw units
-        self.register_buffer("prior", prior_t)  # the configured static weights (0 = switched off)
+        # config, not checkpoint state: a resumed run uses today's risk levels and targets
+        self.register_buffer("risk", risk_t, persistent=False)
+        self.register_buffer("targets", target_t, persistent=False)  # raw units
+        # the static weights `weights` were computed under (0 = switched off); in the checkpoint so that a
+        # resume with changed matrix weights rebases `weights` to the configured ones (see `rebase`)
+        self.register_buffer("prior", prior_t)
+        self.configured_prior = prior_t.clone()
         self.register_buffer("weights", floor_weights(risk_t * prior_t, w_min, prior_t > 0))
         self.register_buffer("ema_score", torch.zeros(K))
         self.register_buffer("ema_corr", torch.eye(K))
@@ -201,6 +205,25 @@ class TriFactorWeighting(nn.Module):
         # reference answers of the calibration prompts (NaN until `initialize`)
         self.register_buffer("reference_target", torch.full((K,), float("nan")))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.rebase(self.configured_prior)  # the checkpoint's prior -> today's configured static weights
+
+    @torch.no_grad()
+    def rebase(self, prior: torch.Tensor) -> None:
+        """The static weights changed since `weights` were computed (a resume after editing a matrix
+        weight): w_k <- w_k * prior_k / old_prior_k (a newly switched-on dimension starts at w_min, a
+        switched-off one gets 0), renormalized and floored. The adapted part of each weight (weakness,
+        risk, redundancy, loop gain) is kept; the configured part is today's."""
+        prior = prior.to(self.prior)
+        if torch.equal(prior, self.prior):
+            return
+        old = self.prior
+        ratio = prior / torch.where(old > 0, old, torch.ones_like(old))
+        scaled = torch.where(old > 0, self.weights * ratio, torch.full_like(prior, self.w_min))
+        self.weights.copy_(floor_weights(scaled, self.w_min, prior > 0))
+        self.prior.copy_(prior)
 
     def active_corr(self) -> torch.Tensor:
         """(K, K) the correlation EMA among active dimensions only: a switched-off one (prior 0) makes
