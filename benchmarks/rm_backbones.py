@@ -49,7 +49,7 @@ EXPERIMENTS = {"rm_orm": "correctness_macro (preference pairs)", "rm_online": "o
 
 
 def smollm2_model_config():
-    from quark_lightning.reward_model.training import compose_experiment
+    from quark_lightning.reward_model.rm_settings import compose_experiment
 
     return compose_experiment("rm_orm", ["model=smollm2"]).model
 
@@ -150,9 +150,11 @@ def run_one(experiment: str, backbone: str, cache: str, args) -> dict:
 def lora_probe(steps: int, pairs_per_step: int) -> dict:
     """Time `steps` LoRA optimizer steps on SmolLM2 (rm_orm settings) and extrapolate the default schedule."""
     from quark_lightning.data.preferences import pair_texts
-    from quark_lightning.reward_model.scalar_rm import PairDataset, pair_rewards
+    from quark_lightning.reward_model.pair_datasets import PairDataset, pair_rewards
+    from quark_lightning.reward_model.rm_backbone import build_reward_model
+    from quark_lightning.reward_model.rm_settings import compose_experiment
     from quark_lightning.reward_model.ties_loss import ties_objective
-    from quark_lightning.reward_model.training import build_reward_model, compose_experiment, load_pairs
+    from quark_lightning.reward_model.training import load_pairs
 
     cfg = compose_experiment("rm_orm", ["model=smollm2", "reward_model.train_backbone=lora"])
     rm = cfg.reward_model

@@ -317,7 +317,7 @@ def test_healthbench_score_is_reported_beside_ours(tmp_path):
     from omegaconf import OmegaConf
 
     from quark_lightning.data.healthbench import load_healthbench
-    from quark_lightning.evaluation.evaluate_models import healthbench_beside
+    from quark_lightning.evaluation.healthbench_section import healthbench_beside
 
     prompts = load_healthbench(str(FIXTURE))
     cfg = OmegaConf.create({"seed": 0, "healthbench": {"grader": "regex", "grader_kwargs": {}}})

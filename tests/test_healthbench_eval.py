@@ -32,7 +32,7 @@ from quark_lightning.evaluation.healthbench_report import (
     judge_check,
     markdown,
 )
-from quark_lightning.models.weight_sources import ModelSourceError
+from quark_lightning.models.fetch import ModelSourceError
 from quark_lightning.scorers.healthbench_score import HealthBenchScorer
 from quark_lightning.scorers.triage import directs_to_emergency_care
 from tests.conftest import REPO
@@ -368,7 +368,7 @@ def test_reward_model_pairs_and_feedback_refuse_the_canary(tmp_path):
 
 
 def test_the_published_grader_gets_replies_long_enough_for_its_verdict(capsys):
-    from quark_lightning.evaluation.evaluate_models import HB_REPLY_TOKENS, grading_judge
+    from quark_lightning.evaluation.healthbench_section import HB_REPLY_TOKENS, grading_judge
 
     assert (
         grading_judge(OmegaConf.create({"kind": "local", "max_tokens": 64}), "published")["max_tokens"] == 256

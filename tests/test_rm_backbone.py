@@ -28,7 +28,7 @@ def pairs_file(tmp_path):
 
 
 def compose(*overrides):
-    from quark_lightning.reward_model.training import compose_experiment
+    from quark_lightning.reward_model.rm_settings import compose_experiment
 
     return compose_experiment("rm_orm", list(overrides))
 
@@ -39,7 +39,7 @@ def model_group(*overrides):
 
 
 def train_loss(model, dataset) -> float:
-    from quark_lightning.reward_model.scalar_rm import pair_rewards
+    from quark_lightning.reward_model.pair_datasets import pair_rewards
     from quark_lightning.reward_model.ties_loss import ties_objective
 
     with torch.no_grad():
@@ -53,13 +53,9 @@ def train_loss(model, dataset) -> float:
 def test_frozen_backbone_trains_only_the_head_on_cached_features(tiny_model_dir):
     import lightning as L
 
-    from quark_lightning.reward_model.scalar_rm import (
-        FeaturePairDataset,
-        RewardModelModule,
-        ScalarRewardModel,
-        evaluate_pairs,
-        pad_right,
-    )
+    from quark_lightning.reward_model.pair_datasets import FeaturePairDataset, evaluate_pairs
+    from quark_lightning.reward_model.rm_training_module import RewardModelModule
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel, pad_right
 
     torch.manual_seed(0)
     model = ScalarRewardModel.from_backbone(tiny_model_dir).freeze_backbone()
@@ -102,7 +98,8 @@ def test_frozen_backbone_trains_only_the_head_on_cached_features(tiny_model_dir)
 
 
 def test_feature_dataset_needs_a_frozen_backbone(tiny_model_dir):
-    from quark_lightning.reward_model.scalar_rm import FeaturePairDataset, ScalarRewardModel
+    from quark_lightning.reward_model.pair_datasets import FeaturePairDataset
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
     with pytest.raises(ValueError, match="frozen backbone"):
         FeaturePairDataset(ScalarRewardModel.from_backbone(tiny_model_dir), fixture_pairs()[:2])
@@ -110,7 +107,8 @@ def test_feature_dataset_needs_a_frozen_backbone(tiny_model_dir):
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_head_on_features_equals_text_scores_and_saved_model_round_trips(tiny_model_dir, tmp_path, pooling):
-    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel, extract_features
+    from quark_lightning.reward_model.pair_datasets import extract_features
+    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
     torch.manual_seed(1)
     model = ScalarRewardModel.from_backbone(tiny_model_dir, pooling=pooling).freeze_backbone().eval()
@@ -134,11 +132,8 @@ def test_head_on_features_equals_text_scores_and_saved_model_round_trips(tiny_mo
 
 # ------------------------------------------------------------------ backbone choice and cache key
 def test_backbone_choice_and_cache_key_per_backbone(tmp_path, tiny_model_dir):
-    from quark_lightning.reward_model.training import (
-        backbone_model_config,
-        reward_model_run_dir,
-        train_backbone_mode,
-    )
+    from quark_lightning.reward_model.rm_backbone import backbone_model_config, train_backbone_mode
+    from quark_lightning.reward_model.rm_cache import reward_model_run_dir
 
     cache = str(tmp_path / "cache")
     smollm2 = model_group("model=smollm2")
@@ -270,7 +265,7 @@ def test_medical_matrix_scorer_trains_on_the_runs_model_with_backbone_policy(tmp
 # ------------------------------------------------------------------ validation
 def test_bad_backbone_values_are_config_errors_naming_the_key(tmp_path):
     from quark_lightning.infra.errors import ConfigError
-    from quark_lightning.reward_model.training import validate_reward_model_config
+    from quark_lightning.reward_model.rm_settings import validate_reward_model_config
     from quark_lightning.scorers.orm import ORMScorer
 
     with pytest.raises(ConfigError) as err:
@@ -325,7 +320,7 @@ def test_training_a_reward_model_on_demand_leaves_the_callers_random_streams(mon
     the same answers: training on demand may not advance the run's random streams."""
     import random
 
-    import quark_lightning.reward_model.training as rmt
+    import quark_lightning.reward_model.rm_cache as rmt
 
     def training_that_draws(cfg):
         torch.rand(7), random.random()

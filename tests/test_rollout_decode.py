@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from quark_lightning.rollout import hf_generate
-from quark_lightning.rollout.hf_generate import HFGenerateEngine, draw, preallocate_cache, prepacked_linears
+from quark_lightning.rollout.decode import draw, preallocate_cache, prepacked_linears
+from quark_lightning.rollout.hf_generate import HFGenerateEngine
 
 
 def test_draw_follows_the_probabilities_and_never_draws_zero():

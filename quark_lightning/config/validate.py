@@ -164,7 +164,7 @@ def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
 
 def _data_problems(p: list[str], cfg: DictConfig) -> None:
     """data.subset, data.split (and its old name data.hub_split), data.columns (data/prompt_sources.py)."""
-    from quark_lightning.data.prompt_sources import column_problems
+    from quark_lightning.data.column_mapping import column_problems
 
     _require(
         p, cfg, "data.subset", lambda v: v is None or is_name(v), "null or a subset (configuration) name"

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from quark_lightning.data import BUNDLED_PROMPTS
 from quark_lightning.data.canary import refuse_evaluation_data
-from quark_lightning.data.prompt_sources import map_columns, read_source, validate_parts
+from quark_lightning.data.column_mapping import map_columns
+from quark_lightning.data.prompt_sources import read_source, validate_parts
 from quark_lightning.data.resumable import ResumableDataLoader, ResumableSampler, ShuffleSampler
 
 

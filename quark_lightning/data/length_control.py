@@ -7,7 +7,7 @@ length. Two things here keep that in check, and both use the sentences below, ke
   bundled data: among them, poor answers padded with `TRAIN_BOILERPLATE` until they are longer than the
   good answer they lose to.
 - the reward-model stage's held-out evaluation (`length_controlled_accuracy`,
-  quark_lightning/reward_model/scalar_rm.py) pads each held-out pair's rejected answer with
+  quark_lightning/reward_model/heldout.py) pads each held-out pair's rejected answer with
   `EVAL_BOILERPLATE` to at least the preferred answer's length + 50 words and counts how often the
   padded answer still scores below the preferred one. `EVAL_BOILERPLATE` never appears in the training
   data, so the check measures whether the model ignores empty filler, not whether it memorised

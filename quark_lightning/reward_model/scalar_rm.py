@@ -1,4 +1,4 @@
-"""Scalar reward model (transformer backbone + 2-layer MLP head) and its Lightning training module.
+"""Scalar reward model (transformer backbone + 2-layer MLP head): text -> reward, and its saved format.
 
 `ScalarRewardModel` = `AutoModel.from_pretrained(name_or_path)` (the base transformer, no LM head;
 LoRA optional through peft) + a 2-layer MLP head (hidden -> hidden -> 1, the "2-layer head" of the
@@ -15,17 +15,16 @@ Saved format (`save_pretrained(dir)`), a plain Hugging Face directory plus two f
     reward_head.safetensors          the head's weights (head.0 = hidden->hidden, head.2 = hidden->1)
     reward_model.json                head sizes, base model type, training summary (metrics, λ, m, ...)
 
-`ScalarRewardModel.from_pretrained(dir)` loads it back through `AutoModel` / `AutoTokenizer`.
+`ScalarRewardModel.from_pretrained(dir)` loads it back through `AutoModel` / `AutoTokenizer`; a missing,
+incomplete or damaged directory raises `RewardModelLoadError` saying how to fix it.
 
 Frozen backbone (`freeze_backbone()`, `reward_model.train_backbone: frozen`): the backbone gets no gradient
-and stays in eval mode, so its pooled hidden state of a text never changes. `FeaturePairDataset` computes
-it once per distinct text (no grad, length-sorted batches) and training runs the head alone on those
-cached features: `head_scores(features(ids, mask)) == forward(ids, mask)`, so the saved model scores
-text exactly as the head was trained.
+and stays in eval mode, so its pooled hidden state of a text never changes, and
+`head_scores(features(ids, mask)) == forward(ids, mask)`: the head can train on features computed once
+per text (`pair_datasets.FeaturePairDataset`) and the saved model scores text exactly as it was trained.
 
-`RewardModelModule` trains it on pairs with the ties loss (`quark_lightning.reward_model.ties_loss`),
-AdamW, logging `rm/loss`, `rm/loss_diff`, `rm/loss_same`, `rm/loss_center`, `rm/accuracy` and, on the
-held-out split, `val/pair_accuracy`, `val/tie_accuracy`, `val/tie_abs_delta`, `val/pair_margin`.
+The preference-pair datasets are in `pair_datasets`, the Lightning module that trains the model on them
+in `rm_training_module`.
 """
 
 from __future__ import annotations
@@ -36,14 +35,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from quark_lightning.infra.errors import QuarkError
-from quark_lightning.infra.optimizers import OptimizerFactory, SchedulerFactory, configure_optimizer
-from quark_lightning.reward_model.ties_loss import PREFERENCE_CODES, preference_metrics, ties_objective
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
@@ -379,238 +374,3 @@ class ScalarRewardModel(nn.Module):
             ids, mask = pad_right(encoded[start : start + batch_size], self.tokenizer.pad_token_id)
             out.append(self(ids.to(device), mask.to(device)).cpu())
         return torch.cat(out) if out else torch.zeros(0)
-
-
-# -------------------------------------------------------------------- pair data
-class PairDataset(Dataset):
-    """Tokenized preference pairs: each item is (ids of a, ids of b, preference code +1 / −1 / 0)."""
-
-    def __init__(self, model: ScalarRewardModel, pairs: Sequence[dict[str, Any]], max_length: int = 512):
-        self.items = [
-            (
-                model.encode(p["messages"], p["response_a"], max_length),
-                model.encode(p["messages"], p["response_b"], max_length),
-                PREFERENCE_CODES[p["preference"]],
-            )
-            for p in pairs
-        ]
-        self.pad_id = model.tokenizer.pad_token_id
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
-
-    def collate(self, rows) -> dict[str, torch.Tensor]:
-        """One forward for both sides: input_ids (2B, T) = [a_1..a_B, b_1..b_B], pref (B,)."""
-        ids, mask = pad_right([r[0] for r in rows] + [r[1] for r in rows], self.pad_id)
-        return {"input_ids": ids, "attention_mask": mask, "pref": torch.tensor([r[2] for r in rows])}
-
-    def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        """Batches in order, or (shuffle) in a new seeded order each pass from a loader whose position
-        inside the pass is saved in the checkpoint, so a resumed run takes exactly the batches the
-        uninterrupted one would have (quark_lightning/data/resumable.py)."""
-        if not shuffle:
-            return DataLoader(self, batch_size=batch_size, collate_fn=self.collate)
-        from quark_lightning.data.resumable import ResumableDataLoader, ShuffleSampler
-
-        return ResumableDataLoader(
-            self,
-            batch_size=batch_size,
-            sampler=ShuffleSampler(self, seed=seed),
-            collate_fn=self.collate,
-            generator=torch.Generator().manual_seed(seed),
-        )
-
-
-@torch.no_grad()
-def extract_features(
-    model: ScalarRewardModel, encoded: Sequence[Sequence[int]], batch_size: int = 16
-) -> torch.Tensor:
-    """Pooled backbone features (N, H) of token lists, in eval mode without grad, batched by length
-    (sorted, so a batch pads to about its own length); row i belongs to encoded[i]."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = torch.zeros(len(encoded), model.head[0].in_features, dtype=model.head[0].weight.dtype)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        ids, mask = pad_right([encoded[i] for i in rows], model.tokenizer.pad_token_id)
-        out[rows] = model.features(ids.to(device), mask.to(device)).cpu()
-    model.train(was_training)
-    return out
-
-
-class FeaturePairDataset(Dataset):
-    """Preference pairs over a frozen backbone's cached features: each distinct (question, answer) text
-    goes through the backbone once; an item is (row of a, row of b, preference code +1 / −1 / 0)."""
-
-    def __init__(
-        self,
-        model: ScalarRewardModel,
-        pairs: Sequence[dict[str, Any]],
-        max_length: int = 512,
-        batch_size: int = 16,
-    ):
-        import time
-
-        if not model.backbone_frozen:
-            raise ValueError(
-                "FeaturePairDataset needs a frozen backbone (call model.freeze_backbone() first)"
-            )
-        rows: dict[tuple[int, ...], int] = {}
-        self.items = []
-        for p in pairs:
-            a = tuple(model.encode(p["messages"], p["response_a"], max_length))
-            b = tuple(model.encode(p["messages"], p["response_b"], max_length))
-            self.items.append(
-                (
-                    rows.setdefault(a, len(rows)),
-                    rows.setdefault(b, len(rows)),
-                    PREFERENCE_CODES[p["preference"]],
-                )
-            )
-        started = time.perf_counter()
-        self.features = extract_features(model, list(rows), batch_size)  # (U, H)
-        self.seconds = time.perf_counter() - started
-        self.num_texts = len(rows)
-        self.num_tokens = sum(len(t) for t in rows)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
-
-    def collate(self, rows) -> dict[str, torch.Tensor]:
-        """features (2B, H) = [a_1..a_B, b_1..b_B], pref (B,)."""
-        index = torch.tensor([r[0] for r in rows] + [r[1] for r in rows], dtype=torch.long)
-        return {"features": self.features[index], "pref": torch.tensor([r[2] for r in rows])}
-
-    def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        return PairDataset.loader(self, batch_size, shuffle, seed)
-
-
-def pair_rewards(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_a (B,), r_b (B,)) of a collated pair batch (token ids, or a frozen backbone's cached features)."""
-    if "features" in batch:
-        rewards = model.head_scores(batch["features"])  # (2B,)
-    else:
-        rewards = model(batch["input_ids"], batch["attention_mask"])  # (2B,)
-    b = batch["pref"].size(0)
-    return rewards[:b], rewards[b:]
-
-
-@torch.no_grad()
-def evaluate_pairs(
-    model: ScalarRewardModel,
-    dataset: PairDataset | FeaturePairDataset,
-    batch_size: int = 16,
-    tie_threshold: float = 0.5,
-) -> dict[str, float]:
-    """preference_metrics over a whole dataset (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    r_a, r_b, pref = [], [], []
-    for batch in dataset.loader(batch_size):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        a, b = pair_rewards(model, batch)
-        r_a.append(a.cpu())
-        r_b.append(b.cpu())
-        pref.append(batch["pref"].cpu())
-    model.train(was_training)
-    if not r_a:
-        return preference_metrics(
-            torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), tie_threshold
-        )
-    return preference_metrics(torch.cat(r_a), torch.cat(r_b), torch.cat(pref), tie_threshold)
-
-
-# -------------------------------------------------------------------- Lightning module
-class RewardModelModule(L.LightningModule):
-    """Trains a ScalarRewardModel on pairs with J = L_diff + λ·L_same (+ c·L_center), AdamW."""
-
-    def __init__(
-        self,
-        model: ScalarRewardModel,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        ties_lambda: float = 1.0,
-        ties_margin: float = 0.0,
-        literal_paper_form: bool = False,
-        center_rewards_coefficient: float = 0.0,
-        tie_threshold: float = 0.5,
-        head_lr: float | None = None,
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-    ):
-        """optimizer / lr_scheduler: the built `reward_model.optimizer` / `.lr_scheduler` nodes
-        (infra/optimizers.py); None: AdamW(lr, weight_decay) and linear_warmup(warmup_steps), what the
-        nodes ship with. The optimizer gets two parameter groups: backbone at `lr`, head at `head_lr`."""
-        super().__init__()
-        self.model = model
-        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
-        self.head_lr = head_lr
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.loss_kwargs = dict(
-            ties_lambda=ties_lambda,
-            ties_margin=ties_margin,
-            literal_paper_form=literal_paper_form,
-            center_rewards_coefficient=center_rewards_coefficient,
-        )
-        self.tie_threshold = tie_threshold
-        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def on_train_start(self) -> None:
-        self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes (a frozen
-        # backbone stays in eval: ScalarRewardModel.train)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        r_a, r_b = pair_rewards(self.model, batch)  # (B,), (B,)
-        out = ties_objective(r_a, r_b, batch["pref"], **self.loss_kwargs)
-        n = batch["pref"].size(0)
-        diff = batch["pref"] != 0
-        signed = ((r_a - r_b) * batch["pref"].float())[diff]
-        metrics = {
-            "rm/loss_diff": out.loss_diff,
-            "rm/loss_same": out.loss_same,
-            "rm/loss_center": out.loss_center,
-        }
-        if diff.any():
-            metrics["rm/accuracy"] = (signed > 0).float().mean()
-        self.log_dict(metrics, on_step=True, batch_size=n)
-        self.log("rm/loss", out.loss, prog_bar=True, on_step=True, batch_size=n)
-        return out.loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        r_a, r_b = pair_rewards(self.model, batch)
-        out = ties_objective(r_a, r_b, batch["pref"], **self.loss_kwargs)
-        self.log("val/loss", out.loss, batch_size=batch["pref"].size(0))
-        self._val.append((r_a.detach().cpu(), r_b.detach().cpu(), batch["pref"].cpu()))
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val:
-            return
-        r_a, r_b, pref = (torch.cat(x) for x in zip(*self._val))
-        self._val.clear()
-        metrics = preference_metrics(r_a, r_b, pref, self.tie_threshold)
-        for name in ("pair_accuracy", "tie_accuracy", "tie_abs_delta", "pair_margin", "reward_std"):
-            if not math.isnan(metrics[name]):
-                self.log(f"val/{name}", metrics[name], prog_bar=name == "pair_accuracy")
-
-    def configure_optimizers(self):
-        head = [p for p in self.model.head.parameters() if p.requires_grad]
-        body = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        groups = [{"params": body, "lr": self.lr}, {"params": head, "lr": self.head_lr or self.lr}]
-        return configure_optimizer(
-            [g for g in groups if g["params"]],
-            self.optimizer_factory,
-            self.lr_scheduler_factory,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_steps,
-        )

@@ -8,7 +8,7 @@ reward model's own chat template, exactly as in its training.
 
 Backbone of a reward model trained on demand (`train_experiment`): `backbone: tiny` (the tiny model
 built in code; the demo's default) or `backbone: policy` (`policy_model`, the run's `model` group, e.g.
-model=smollm2: by default a frozen backbone with a trained head, see reward_model/training.py). The cache
+model=smollm2: by default a frozen backbone with a trained head, see reward_model/rm_backbone.py). The cache
 key includes the backbone, so tiny and policy reward models never collide. A policy-backbone reward model
 costs a forward of that model per scored answer (benchmarks/results/rm_backbones.md).
 
@@ -49,7 +49,7 @@ class ORMScorer:
                     "ORMScorer needs `path` (a directory saved by `python train.py +experiment=rm_orm`) "
                     "or `train_experiment` (e.g. rm_orm) to train and cache one"
                 )
-            from quark_lightning.reward_model.training import ensure_reward_model
+            from quark_lightning.reward_model.rm_cache import ensure_reward_model
 
             path = ensure_reward_model(
                 train_experiment,

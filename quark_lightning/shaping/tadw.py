@@ -182,12 +182,8 @@ class TriFactorWeighting(nn.Module):
         self.use_weakness, self.use_risk, self.use_redundancy = weakness, risk_priority, redundancy
         self.weakness_mode, self.tau, self.score_momentum = weakness_mode, tau, score_momentum
         self.alpha, self.gamma, self.high_risk = alpha, gamma, high_risk
-        self.corr_momentum, self.corr_threshold, self.eta, self.w_min = (
-            corr_momentum,
-            corr_threshold,
-            eta,
-            w_min,
-        )
+        self.corr_momentum, self.corr_threshold = corr_momentum, corr_threshold
+        self.eta, self.w_min = eta, w_min
         risk_t = torch.tensor([float(r) for r in risk])
         target_t = torch.tensor([float("nan") if t is None else float(t) for t in (targets or [None] * K)])
         # config, not checkpoint state: a resumed run uses today's risk levels and targets

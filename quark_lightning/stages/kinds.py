@@ -241,7 +241,8 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
 
 # ---------------------------------------------------------------------------------------- reward models
 def run_reward_model_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from quark_lightning.reward_model.training import compose_experiment, run_reward_model
+    from quark_lightning.reward_model.rm_settings import compose_experiment
+    from quark_lightning.reward_model.training import run_reward_model
 
     overrides = list(spec.options.get("overrides") or [])
     rm_cfg = compose_experiment(spec.options.experiment, overrides)
