@@ -398,7 +398,7 @@ def write(args, out: Path, results: dict, cfg, wall_s: float) -> None:
         "max_new_tokens": cfg.rollout.max_new_tokens,
         "lr": cfg.algorithm.lr,
         "beta": cfg.algorithm.beta,
-        "every_n_steps": loop.settings.every_n_steps,
+        "every_n_steps": loop.every_n_steps,
         "num_prompts": loop.num_prompts,
         "probe_prompts": loop.get("probe_prompts"),
         "overrides": args.overrides,
