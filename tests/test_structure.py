@@ -39,7 +39,6 @@ MAX_MODULE_LINES = 400
 # only shrink; under the limit it must leave the list; a module not listed over the limit fails.
 MODULES_LEFT_TO_SPLIT: dict[str, int] = {
     "callbacks/closed_loop.py": 497,
-    "quark_lightning/data/calculators/definitions.py": 463,
 }
 APPLICATION = ("cli", "stages", "evaluation")  # the layer that wires everything; nothing below imports cli
 

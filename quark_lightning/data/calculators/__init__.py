@@ -34,7 +34,8 @@ Modules (one responsibility each; everything is re-exported here, so
 
 - `spec.py`: `CalculatorSpec`, `CalculatorError`, the medcalc-bench function lookup, number formatting;
 - `vignettes.py`: sampling and wording helpers;
-- `definitions.py`: the 20 calculators' case samplers and vignettes, and the registry `CALCULATORS`;
+- `definitions.py`: the registry `CALCULATORS`, and the anthropometric and cardiology case samplers and
+  vignettes; `lab_cases.py`: those of the laboratory-based calculators;
 - `answers.py`: running a calculator for the exact answer, the answer tolerance;
 - `explanations.py`: the worked explanation cleaned up as the expert reference;
 - `prompts.py`: questions and the deterministic prompt generator;
@@ -49,16 +50,9 @@ from quark_lightning.data.calculators.answers import (
     run_calculator,
 )
 from quark_lightning.data.calculators.command import main
-from quark_lightning.data.calculators.definitions import (
-    ASCITES,
-    CALCULATORS,
-    CHA2DS2_ITEMS,
-    ENCEPHALOPATHY,
-    GCS_EYE,
-    GCS_MOTOR,
-    GCS_VERBAL,
-)
+from quark_lightning.data.calculators.definitions import CALCULATORS, CHA2DS2_ITEMS
 from quark_lightning.data.calculators.explanations import GLOBAL_FIXES, clean_explanation
+from quark_lightning.data.calculators.lab_cases import ASCITES, ENCEPHALOPATHY, GCS_EYE, GCS_MOTOR, GCS_VERBAL
 from quark_lightning.data.calculators.prompts import (
     QUESTION_SUFFIX,
     generate_calculator_prompts,
