@@ -21,6 +21,7 @@ weights, set a gain), and its buffers are in the checkpoint once, under `shaping
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -59,6 +60,11 @@ from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer
 __all__ = ["GRPOConfig", "GRPOModule", "StepRecord"]
 
 
+def engine_temperature(module: GRPOModule) -> float:
+    """The sampling temperature of the module's rollout engine as it is now (picklable, unlike a lambda)."""
+    return sampling_temperature(module.engine)
+
+
 class GRPOModule(L.LightningModule):
     def __init__(
         self,
@@ -88,8 +94,8 @@ class GRPOModule(L.LightningModule):
         self.reference = build_reference(policy) if config.beta != 0.0 else None
         if config.gradient_checkpointing:  # after the reference copy, which stays plain (it never trains)
             enable_gradient_checkpointing(policy)
-        # the one log-prob function, for the policy and the reference
-        self.logps = TokenLogProbs(config, temperature=lambda: sampling_temperature(self.engine))
+        # the one log-prob function, for the policy and the reference (at the engine's temperature)
+        self.logps = TokenLogProbs(config, temperature=partial(engine_temperature, self))
         self.reward_models = nn.ModuleDict({k: FrozenModule(m) for k, m in matrix.torch_modules().items()})
         self.automatic_optimization = False
         self.last_step: StepRecord | None = None
