@@ -63,8 +63,8 @@ import torch
 
 from quark_lightning.infra.precision import upcast
 from quark_lightning.loop.item_actions import prompt_sampling_weights, rubric_item_weights
-from quark_lightning.loop.metrics import evaluation_metrics, pass_mask
 from quark_lightning.loop.loop_settings import LoopSettings
+from quark_lightning.loop.metrics import evaluation_metrics, pass_mask
 
 
 def scorer_of(pl_module, name: str, kind: type):
