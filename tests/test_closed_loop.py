@@ -7,6 +7,7 @@ import torch
 from callbacks.closed_loop import ClosedLoopSupervision
 from quark_lightning.data.datamodule import AreaWeightedSampler, PromptDataModule
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
+from quark_lightning.loop.loop_state import LoopState
 from quark_lightning.loop.metrics import evaluation_metrics, finding_pattern
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm
@@ -132,10 +133,11 @@ def test_weak_dimension_is_diagnosed_and_its_weight_and_area_share_rise(tiny_mod
 
     restored = ClosedLoopSupervision()
     restored.load_state_dict(loop.state_dict())
-    assert restored.area_weights == loop.area_weights
-    assert "gain" not in loop.state_dict()  # the gain is RewardShaping's buffer, in the module's checkpoint
-    assert "shaping.loop_gain" in module.state_dict()
     assert len(restored.history) == len(loop.history)
+    # the reward state is the module's (RewardShaping), never the callback's: gain and area weights
+    assert set(loop.state_dict()) == {"history", "weights_history"}
+    saved = module.state_dict()
+    assert "shaping.loop_gain" in saved and saved["shaping._extra_state"]["loop"]["area_weights"] == dm.sampler.area_weights
 
 
 def test_tadw_receives_the_loop_gain():
@@ -186,13 +188,14 @@ def test_a_dimension_that_cannot_move_has_its_gain_decayed_and_gets_it_back_when
     names = ["stuck", "moving"]
     matrix = SimpleNamespace(names=names, weights=lambda: torch.ones(2))
     module = SimpleNamespace(matrix=matrix, shaping=_static_shaping(2))
+    no_sampler = SimpleNamespace(datamodule=None)
     loop = ClosedLoopSupervision(write_reports=False, patience=3, min_change=0.02, gain_decay=0.5)
     gains, reasons = [], []
     means = [(0.10, 0.1), (0.105, 0.3), (0.11, 0.5), (0.10, 0.6), (0.30, 0.7)]
     for stuck_mean, moving_mean in means:
         metrics = _evaluation({"stuck": stuck_mean, "moving": moving_mean}, {"stuck": 0.0, "moving": 0.5})
-        actions = loop._update_gains(module, metrics)
-        loop.history.append(metrics)
+        module.shaping.loop.record_means(metrics)  # as ClosedLoopSupervision.evaluate does
+        actions = loop.reward_update(no_sampler, module, metrics)
         gains.append(module.shaping.loop_gain.tolist())
         reasons += [a["reason"] for a in actions if a["target"] == "stuck"]
     # both fail (pass rates 0.0 and 0.5): full gains first; `stuck` moved < 0.02 over 3 evaluations -> decays
@@ -211,7 +214,9 @@ def test_a_format_rule_always_broken_weighs_more_until_it_stops_being_broken():
 
     fmt = FormatScorer(min_words=3, max_words=50, rules=["length", "clean_ending"])
     dim = SimpleNamespace(scorer=fmt)
-    module = SimpleNamespace(matrix=SimpleNamespace(names=["format_rules"], dimensions=[dim]))
+    module = SimpleNamespace(
+        matrix=SimpleNamespace(names=["format_rules"], dimensions=[dim]), shaping=SimpleNamespace(loop=LoopState())
+    )
     loop = ClosedLoopSupervision(write_reports=False, rule_gain=1.0)
     prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": "?"}]} for i in range(4)]
     short = [
@@ -241,7 +246,7 @@ def test_a_format_rule_always_broken_weighs_more_until_it_stops_being_broken():
     assert fmt.score(prompts[:1], ["Rest."]).scores.item() == pytest.approx(1.5 / 3.5)
     # an answer failing the other rule gains relative weight on the part it passes
     assert fmt.score(prompts[:1], [cut]).scores.item() > before
-    assert loop.state_dict()["rule_weights"] == {"format_rules": dict(fmt.rule_weights)}
+    assert module.shaping.loop.rule_weights == {"format_rules": dict(fmt.rule_weights)}  # the one owner
     actions = evaluate([cut + "."] * 4)  # the failure stops: the dimension passes, weights are undone
     assert fmt.rule_weights == {"length": 1.0, "clean_ending": 1.0}
     assert any("passes its target" in a["reason"] for a in actions)

@@ -5,9 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from callbacks.closed_loop import ClosedLoopSupervision, failing_answers
+from callbacks.closed_loop import ClosedLoopSupervision
 from quark_lightning.data.datamodule import AreaWeightedSampler
-from quark_lightning.loop.metrics import evaluation_metrics
+from quark_lightning.loop.loop_state import LoopState
+from quark_lightning.loop.metrics import evaluation_metrics, failing_answers
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.scorers.interface import ScoreResult
 from quark_lightning.scorers.online import BadPatternScorer
@@ -36,7 +37,8 @@ MISSES_E2 = "This could be a heart attack."
 
 def _module(dimensions, sampler=None):
     matrix = AlignmentMatrix(dimensions)
-    return SimpleNamespace(matrix=matrix), SimpleNamespace(datamodule=SimpleNamespace(sampler=sampler))
+    module = SimpleNamespace(matrix=matrix, shaping=SimpleNamespace(loop=LoopState()))  # the state's owner
+    return module, SimpleNamespace(datamodule=SimpleNamespace(sampler=sampler))
 
 
 def _metrics(**rates):
@@ -69,7 +71,8 @@ def test_a_rubric_essential_never_met_weighs_more_and_the_answer_missing_it_scor
     actions = loop.update_probe_items(trainer, module, _metrics(expert_rubric=0.0), [PROMPT], [both])
     assert rubric.item_weights == {"card-001": {"i1": 1.5}}  # e2 met -> back to 1
     assert {a["target"] for a in actions} == {"expert_rubric.card-001.e2", "expert_rubric.card-001.i1"}
-    assert loop.state_dict()["item_weights"] == {"expert_rubric": {"card-001": {"i1": 1.5}}}
+    assert module.shaping.loop.item_weights == {"expert_rubric": {"card-001": {"i1": 1.5}}}  # one owner
+    assert "item_weights" not in loop.state_dict()  # the callback keeps no copy
 
     # the dimension passes its target on the held-out split: every item weight is undone
     actions = loop.update_probe_items(trainer, module, _metrics(expert_rubric=0.95), [PROMPT], [both])
@@ -111,7 +114,7 @@ def test_a_failed_red_flag_prompt_is_drawn_more_often_until_its_answer_clears_th
     assert TriageScorer().score([red], [ignored]).scores.item() < 1.0  # the red flag is ignored
 
     actions = loop.update_probe_items(trainer, module, _metrics(triage=0.5), [red], [ignored])
-    assert sampler.prompt_weights == {"card-001": 3.0} and loop.prompt_weights == {"card-001": 3.0}
+    assert sampler.prompt_weights == {"card-001": 3.0} and module.shaping.loop.prompt_weights == {"card-001": 3.0}
     (a,) = actions
     assert a["kind"] == "prompt_sampling" and a["dimension"] == "triage" and a["evidence"] == ["card-001"]
     assert "failed the triage gate" in a["reason"] and "drawn 3.00x" in a["reason"]
@@ -128,9 +131,11 @@ def test_the_probe_re_asks_prompts_with_an_active_weight_then_rotates():
     records = [{"id": f"t{i}"} for i in range(10)]
     trainer = SimpleNamespace(datamodule=SimpleNamespace(calibration_records=lambda: records))
     loop = ClosedLoopSupervision(write_reports=False, probe_prompts=3)
-    assert [r["id"] for r in loop._probe_prompts(trainer)] == ["t0", "t1", "t2"]
-    loop.prompt_weights = {"t7": 3.0}
-    assert [r["id"] for r in loop._probe_prompts(trainer)] == ["t7", "t3", "t4"]
+    state = LoopState()
+    assert [r["id"] for r in loop._probe_prompts(trainer, state)] == ["t0", "t1", "t2"]
+    state.prompt_weights = {"t7": 3.0}
+    assert [r["id"] for r in loop._probe_prompts(trainer, state)] == ["t7", "t3", "t4"]
+    assert state.probe_cursor == 5  # the rotation goes on where it stopped (saved with the state)
 
 
 class _Fixed:
@@ -167,7 +172,7 @@ def test_a_reward_model_dimension_is_judged_against_the_reference_and_gets_a_gai
     assert row["pass_rate"] == 0.5 and row["target"] == "reference" and row["reference_mean"] == 0.5
     assert m["categories"]["online"]["pass_rate"] == 0.5
     m["diagnosis"] = []
-    actions = loop._update_gains(module, m)
+    actions = loop.reward_update(SimpleNamespace(datamodule=None), module, m)
     assert module.shaping.loop_gain.tolist() == [1.5] and "loop gain 1.00 -> 1.50" in actions[0]["reason"]
 
 
@@ -196,7 +201,7 @@ def test_a_repeated_bad_phrase_of_failing_answers_joins_the_patterns_and_expires
     before = bad.score(prompts[:1], [clean]).scores.item()
 
     actions = loop.update_loop_patterns(module, {"step": 3}, prompts, answers, scored)
-    mined = loop.loop_patterns["bad_patterns"]
+    mined = module.shaping.loop.loop_patterns["bad_patterns"]
     assert any("wait and see" in p for p in mined) and all(p in bad.loop_patterns for p in mined)
     added = [a for a in actions if a["kind"] == "mined_pattern" and "wait and see" in a["target"]]
     assert (
@@ -210,7 +215,7 @@ def test_a_repeated_bad_phrase_of_failing_answers_joins_the_patterns_and_expires
         actions = loop.update_loop_patterns(
             module, {"step": step}, prompts, ok, module.matrix.score(prompts, ok)
         )
-    assert loop.loop_patterns["bad_patterns"] == {} and bad.loop_patterns == {}
+    assert module.shaping.loop.loop_patterns["bad_patterns"] == {} and bad.loop_patterns == {}
     assert any("expired" in a["reason"] for a in actions)
     assert bad.score(prompts[:1], [clean]).scores.item() == before
 

@@ -230,22 +230,23 @@ def normalizer_state(norm) -> dict[str, Any] | None:
 
 
 def closed_loop_state(loop, pl_module) -> dict[str, Any]:
-    # the loop gain: the callback's own list before issue 14, RewardShaping's buffer since
-    gain = getattr(loop, "gain", None)
-    gain = gain if gain is not None else pl_module.shaping.loop_gain.tolist()
+    # RewardShaping owns the loop's reward state (issue 25): its loop_gain buffer and its LoopState; the
+    # callback keeps only its report record (`history`)
+    gain = pl_module.shaping.loop_gain.tolist()
+    state = pl_module.shaping.loop
     return {
         "gain": floats(list(gain)),
         "rule_weights": {
             d: {r: floats(float(w)) for r, w in sorted(v.items())}
-            for d, v in sorted(loop.rule_weights.items())
+            for d, v in sorted(state.rule_weights.items())
         },
-        "area_weights": {a: floats(float(w)) for a, w in sorted(loop.area_weights.items())},
+        "area_weights": {a: floats(float(w)) for a, w in sorted(state.area_weights.items())},
         "item_weights": {
             d: {p: {i: floats(float(w)) for i, w in sorted(items.items())} for p, items in sorted(v.items())}
-            for d, v in sorted(loop.item_weights.items())
+            for d, v in sorted(state.item_weights.items())
         },
-        "prompt_weights": {p: floats(float(w)) for p, w in sorted(loop.prompt_weights.items())},
-        "loop_patterns": {d: sorted(p) for d, p in sorted(loop.loop_patterns.items())},
+        "prompt_weights": {p: floats(float(w)) for p, w in sorted(state.prompt_weights.items())},
+        "loop_patterns": {d: sorted(p) for d, p in sorted(state.loop_patterns.items())},
         "evaluations": [
             {
                 "step": int(h["step"]),

@@ -37,9 +37,7 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 # Known modules over MAX_MODULE_LINES (issue 25, still to split): path -> lines when listed. A module may
 # only shrink; under the limit it must leave the list; a module not listed over the limit fails.
-MODULES_LEFT_TO_SPLIT: dict[str, int] = {
-    "callbacks/closed_loop.py": 497,
-}
+MODULES_LEFT_TO_SPLIT: dict[str, int] = {}  # empty: every module is under the limit
 APPLICATION = ("cli", "stages", "evaluation")  # the layer that wires everything; nothing below imports cli
 
 

@@ -2,8 +2,8 @@
 
 Each function takes the current weights and what one evaluation observed, and returns the new weights and
 the actions (dicts with `kind`, `target`, `value`, `evidence` = the ids of the answers that triggered it,
-and a human `reason`). The callback (callbacks/closed_loop.py) owns the state, applies it to the scorers
-and the sampler, and saves it in the checkpoint. Every weight is bounded by `cap` and goes back to 1 (and
+and a human `reason`). The callback (callbacks/closed_loop.py) stores the result in RewardShaping's
+`LoopState` (loop/loop_state.py), which hands it to the scorers and the sampler and is saved with the module. Every weight is bounded by `cap` and goes back to 1 (and
 out of the dictionaries) as soon as the failure behind it stops, so the loop undoes what no longer helps.
 
 Interpretation (the paper names the loop "observable metric -> attributable diagnosis -> optimizable
@@ -19,6 +19,9 @@ reward", not its rules):
     met (pitfall: not hit)        w <- 1
   The rubric score counts an item's points times w (scorers/rubric.py), so an answer that keeps missing
   the item scores lower, one that meets it relatively higher.
+- format rules: for a failing format dimension, each rule's weight inside the format score becomes
+  1 + `gain` * (share of held-out answers breaking it); back to 1 once it is no longer broken, or when the
+  dimension passes.
 - prompt sampling: a probed training prompt whose answer fails a gate (for example triage: a red flag
   ignored) is drawn 1 + `gain` times as often as its area peers (data/datamodule.py AreaWeightedSampler),
   back to 1 once its answer clears every gate.
@@ -133,4 +136,36 @@ def prompt_sampling_weights(
                     f"peers (was {old:.2f}x)",
                 }
             )
+    return new, actions
+
+
+def format_rule_weights(
+    current: dict[str, float],  # rule -> weight in use (every rule of the scorer)
+    broken: dict[str, list[str]],  # rule -> ids of the held-out answers that broke it
+    n_answers: int,
+    failing: bool,
+    gain: float,
+    dimension: str = "format_rules",
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """New {rule: weight} for one format dimension from one held-out evaluation, and an action per change."""
+    n = max(1, n_answers)
+    new = {r: 1.0 + gain * len(broken.get(r, [])) / n if failing else 1.0 for r in current}
+    actions = []
+    for rule, weight in new.items():
+        if abs(weight - current[rule]) <= 1e-6:
+            continue
+        ids = broken.get(rule, [])
+        if ids and failing:
+            why = f"broken by {len(ids)} of {n} held-out answers ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+        else:
+            why = "no longer broken" if failing else f"{dimension} passes its target"
+        actions.append(
+            {
+                "kind": "format_rule_weight",
+                "target": f"{dimension}.{rule}",
+                "value": weight,
+                "evidence": ids,
+                "reason": f"{dimension} rule '{rule}': {why}; rule weight {current[rule]:.2f} -> {weight:.2f}",
+            }
+        )
     return new, actions

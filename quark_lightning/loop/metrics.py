@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
+from quark_lightning.infra.precision import upcast
 from quark_lightning.matrix import AlignmentMatrix, MatrixScores
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])\d+(\.\d+)?%?")  # not item ids such as e2 or c13
@@ -233,3 +234,24 @@ def evaluation_metrics(
         "diagnosis": diagnose(prompts, completions, scored.findings, passed, matrix.names),
         "actions": [],
     }
+
+
+def gate_failures(scored: MatrixScores, gates, i: int) -> list[int]:
+    """Indices k of the gated dimensions whose gate answer i fails (a failed scorer counts as failing)."""
+    out = []
+    for k, gate in gates:
+        score = float(scored.scores[i, k])
+        if bool(scored.failed[i, k]) or (score == score and score < gate.below):  # NaN: not applicable
+            out.append(k)
+    return out
+
+
+def failing_answers(matrix: AlignmentMatrix, scored: MatrixScores) -> list[bool]:
+    """Per answer: it fails a gate, or meets fewer than half of its applicable targeted dimensions (an
+    answer no targeted dimension applies to fails only through a gate)."""
+    passed = pass_mask(upcast(scored.scores), [d.target for d in matrix.dimensions])  # (N, K)
+    targeted = torch.tensor([d.target is not None for d in matrix.dimensions])
+    applicable = (~torch.isnan(scored.scores) & targeted).sum(1)  # (N,)
+    low = (passed.sum(1) < 0.5 * applicable) & (applicable > 0)  # (N,)
+    gates = matrix.gates()
+    return [bool(low[i]) or bool(gate_failures(scored, gates, i)) for i in range(len(low))]

@@ -6,6 +6,8 @@ It holds, as buffers of one nn.Module (so each is in the checkpoint once, under 
     weighting.{weights, ema_score, ema_corr,   TADW weights and their EMA state (rfn_tadw); `prior` is the
                steps, prior, reference_target} static weights `weights` were computed under
     loop_gain                                  the closed loop's per-dimension gain (every aggregator)
+    _extra_state = {loop: LoopState}           the closed loop's item-level state: format-rule, rubric-item,
+                                               area and prompt weights, mined phrases (loop/loop_state.py)
 
 Config-derived values are not checkpoint state: the static weights, TADW's risk levels and targets come
 from the config a run starts with, so a resume after editing a matrix weight uses the new weight (under
@@ -18,7 +20,8 @@ this interface and keep no copies:
 
     reward-rescaling callback   calibrate(scores, prompt_ids) / load_statistics(path)   (before RL)
     weighting callback          update_weights(z, raw, prompt_ids)                      (after each step)
-    closed-loop callback        set_loop_gain(gain)                                     (after an evaluation)
+    closed-loop callback        set_loop_gain(gain), loop (a LoopState it updates and    (after an evaluation)
+                                applies to the scorers and the sampler)
 
 A combination that cannot work is refused when the object is built: an aggregator that needs RFN without
 normalization settings, or rfn_tadw without weighting settings (see `RewardShaping.__init__`). A driver
@@ -36,6 +39,7 @@ import torch
 from torch import nn
 
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.loop.loop_state import LoopState
 from quark_lightning.shaping.aggregation import (
     AggregatedReward,
     AggregationContext,
@@ -115,7 +119,15 @@ class RewardShaping(nn.Module):
         )
         self.register_buffer("base_weights", torch.tensor([float(w) for w in weights]), persistent=False)
         self.register_buffer("loop_gain", torch.ones(K))  # closed loop: > 1 for dimensions failing held-out
+        self.loop = LoopState()  # the closed loop's item-level state (saved as this module's extra state)
         self.drivers: set[str] = set()  # callbacks that attached themselves (check_drivers)
+
+    # the loop state travels in the state dict (and so in checkpoints) with the dimensions it is for
+    def get_extra_state(self) -> dict:
+        return {"dimensions": list(self.names), "loop": self.loop.to_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.loop = LoopState.from_dict(state.get("loop", {}), where="checkpoint shaping._extra_state")
 
     @classmethod
     def from_matrix(
