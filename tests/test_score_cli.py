@@ -193,3 +193,32 @@ def test_bad_matrix_is_reported_without_traceback(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "matrix dimension 'format_rules'" in proc.stderr
+
+
+def test_reward_state_scores_with_the_runs_trained_format_rule_weights(tmp_path):
+    from quark_lightning.loop.loop_state import REWARD_STATE_FORMAT
+    from quark_lightning.scorers.format import FormatScorer
+
+    responses = write_jsonl(tmp_path / "responses.jsonl", [ROWS[1]])  # the refusal: too short (length)
+    names = ["format_rules", "expert_rubric", "safety", "triage", "over_triage"]  # conf/matrix/demo.yaml
+    loop = {"rule_weights": {"format_rules": {"length": 3.0}}}
+    state = tmp_path / "reward_state.json"
+    state.write_text(json.dumps({"format": REWARD_STATE_FORMAT, "dimensions": names, "loop": loop}))
+
+    plain = run_cli("--input", responses, "--matrix", "demo")
+    trained = run_cli("--input", responses, "--matrix", "demo", "--reward-state", str(state))
+    assert plain.returncode == 0 and trained.returncode == 0, plain.stderr + trained.stderr
+    before = json.loads(plain.stdout)["scores"]["format_rules"]
+    after = json.loads(trained.stdout)["scores"]["format_rules"]
+    fmt = FormatScorer(min_words=15, max_words=150)  # demo's format_rules, with the run's rule weight
+    fmt.set_rule_weights({"length": 3.0})
+    assert after == pytest.approx(fmt.score([ROWS[1]], [ROWS[1]["response"]]).scores.item(), abs=1e-6)
+    assert after < before  # the broken rule counts three times: the same answer scores lower
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": REWARD_STATE_FORMAT, "dimensions": ["x"], "loop": loop}))
+    proc = run_cli("--input", responses, "--matrix", "demo", "--reward-state", str(other))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "was trained with dimensions ['x']" in proc.stderr and "Fix:" in proc.stderr
+    proc = run_cli("--input", responses, "--matrix", "demo", "--reward-state", str(responses))
+    assert proc.returncode == 2 and "is not a reward state file" in proc.stderr

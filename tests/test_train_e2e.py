@@ -77,6 +77,42 @@ def test_resume_from_checkpoint_continues_the_step_count(smoke_run, tmp_path):
     assert summary["metrics"]["reward"]["steps"] == 5  # the reward history of steps 1-3 came back too
 
 
+def held_out_table(history_entry: dict) -> dict[str, tuple[float, float]]:
+    """dimension -> (held-out mean, pass rate) of one evaluation (NaN as None, so tables compare)."""
+    def num(x):
+        return None if x is None or x != x else round(float(x), 9)
+
+    return {n: (num(r["mean"]), num(r["pass_rate"])) for n, r in history_entry["dimensions"].items()}
+
+
+def test_the_policy_evaluated_with_its_runs_reward_state_reproduces_the_last_held_out_table(smoke_run, tmp_path):
+    tmp, _ = smoke_run
+    run = tmp / "run"
+    last_report = sorted((run / "eval").glob("step_*/metrics.json"))[-1]
+    last = json.loads(last_report.read_text())["history"][-1]  # the summary's "end" column
+    state = json.loads((run / "reward_state.json").read_text())
+    assert state["step"] == last["step"] == 3 and state["dimensions"] == list(last["dimensions"])
+    # the loop changed the reward during the run (format-rule weights at step 2): the state matters
+    assert any(w != 1.0 for rules in state["loop"]["rule_weights"].values() for w in rules.values())
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"]["shaping._extra_state"]["loop"] == state["loop"]  # one state, two files
+
+    def evaluate(name, *extra):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", QUARK_CACHE=str(tmp / "cache"))
+        cmd = [sys.executable, "evaluate.py", f"hydra.run.dir={tmp_path / name}", "matrix=demo", "heldout=true"]
+        cmd += ["limit=4", "rollout.max_new_tokens=24", f"models={{rl: '{run / 'policy'}'}}", *extra]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads((tmp_path / name / "rl" / "metrics.json").read_text())["history"][-1]
+
+    with_state = evaluate("with_state", f"reward_state={run / 'reward_state.json'}")
+    assert held_out_table(with_state) == held_out_table(last)
+    from_ckpt = evaluate("from_ckpt", f"reward_state={run / 'checkpoints' / 'last.ckpt'}")
+    assert held_out_table(from_ckpt) == held_out_table(last)
+    as_configured = evaluate("as_configured")  # the same answers under the untrained reward differ
+    assert held_out_table(as_configured)["format_rules"] != held_out_table(last)["format_rules"]
+
+
 def test_model_hf_loads_a_directory_saved_by_other_code(tmp_path):
     """A Qwen2-architecture model saved by plain transformers code, used via model=hf."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

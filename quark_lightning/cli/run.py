@@ -28,6 +28,7 @@ from quark_lightning.infra.loggers import build_loggers, close_loggers, logger_l
 from quark_lightning.infra.optimizers import optimizer_factory
 from quark_lightning.infra.precision import run_precision
 from quark_lightning.infra.rng_state import RNGStateCallback
+from quark_lightning.loop.loop_state import write_reward_state
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
 from quark_lightning.models.saving import save_policy
@@ -188,7 +189,8 @@ def starts_from_sft(cfg: DictConfig) -> bool:
 def save_outputs(
     cfg: DictConfig, trainer: L.Trainer, module: GRPOModule, tokenizer, logger
 ) -> dict[str, Any]:
-    """Final checkpoint (every rank enters), the policy as an HF directory, and where everything is."""
+    """Final checkpoint (every rank enters), the policy as an HF directory, its reward state, and where
+    everything is."""
     result: dict[str, Any] = {"run_dir": cfg.run_dir}
     # ModelCheckpoint only saves every N steps; the final state always goes to checkpoints/last.ckpt.
     final_ckpt = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
@@ -203,6 +205,9 @@ def save_outputs(
         policy_dir = os.path.join(cfg.run_dir, "policy")  # LoRA after an SFT start: + policy/base/
         save_policy(module.policy, tokenizer, policy_dir, full_policy, save_base=starts_from_sft(cfg))
         result["policy_dir"] = policy_dir
+    # the reward the policy was trained against (evaluate.py reward_state=..., score.py --reward-state ...)
+    reward_state = os.path.join(cfg.run_dir, "reward_state.json")
+    result["reward_state"] = write_reward_state(reward_state, module.shaping, trainer.global_step)
     result.update(logger_locations(logger or []))  # `logger`: the list of build_loggers
     print("\nDone.")
     for key, value in result.items():

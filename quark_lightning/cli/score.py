@@ -1,6 +1,7 @@
 """Score responses against an alignment matrix, outside training.
 
-    python -m quark_lightning.cli.score --input responses.jsonl [--output FILE] [--matrix NAME] [override ...]
+    python -m quark_lightning.cli.score --input responses.jsonl [--output FILE] [--matrix NAME]
+        [--reward-state RUN/reward_state.json] [override ...]
 
 Input: one JSON object a line, a prompt object (docs/design.md section 3) plus `"response"`, the answer to
 score. Every row is checked with the prompt schema before any scoring; a bad row (including a missing or
@@ -15,7 +16,9 @@ runs past it fails its sample, naming FILE:LINE and the pattern.
 The matrix is composed with Hydra from the repository's `conf/` tree exactly as training composes it
 (`config_name="train"`, `matrix=NAME` plus any further overrides such as
 `matrix.dimensions.safety.weight=3`), then built with `build_matrix`. Without `--matrix`, the matrix
-selected by `conf/train.yaml` is used.
+selected by `conf/train.yaml` is used. `--reward-state` (a training run's `reward_state.json`, or its
+`.ckpt`) scores with the reward that run ended with: its closed loop's format-rule and rubric-item weights
+and mined bad phrases go into the matrix's scorers (loop/loop_state.py); the matrix must be the run's.
 
 Output: one JSON object a line, to stdout or `--output FILE`:
 
@@ -58,6 +61,7 @@ from quark_lightning.data.schema import (
     validate_prompt,
 )
 from quark_lightning.infra.errors import ConfigError, QuarkError
+from quark_lightning.loop.loop_state import load_reward_state
 from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, MatrixScores
 from quark_lightning.shaping.aggregation import apply_gates, weighted_sum
 
@@ -78,6 +82,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--config-dir", default=str(CONF_DIR), help="the Hydra config tree (default: the package's conf/)"
     )
     ap.add_argument("--batch-size", type=int, default=64, help="responses scored per matrix call")
+    ap.add_argument(
+        "--reward-state", default=None, help="a run's reward_state.json or .ckpt: score with its trained reward"
+    )
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. matrix.dimensions.safety.weight=3")
     return ap.parse_args(argv)
 
@@ -247,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
         records = load_responses(args.input)
         matrix = build(args.config_dir, args.matrix, args.overrides)
+        if args.reward_state:
+            load_reward_state(args.reward_state, matrix)  # the run's item-level weights and mined phrases
         sink = open(args.output, "w", encoding="utf-8") if args.output else nullcontext(sys.stdout)
         with sink as out:
             count = write_rows(score_records(matrix, records, args.batch_size), out)

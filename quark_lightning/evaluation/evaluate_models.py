@@ -15,6 +15,11 @@ A model is given as (`models: {name: path}`):
   LoRA policy is rebuilt with `model.lora` and merged).
 
 With no `models`, the configured model is evaluated as is.
+
+`reward_state=<run>/reward_state.json` (or the run's `.ckpt`) scores with the reward the run ended with:
+its closed loop's format-rule and rubric-item weights and mined phrases go into the matrix's scorers.
+With `heldout=true` the prompts are the run's held-out split (the first `limit`), so a policy evaluated
+with its run's reward state reproduces the run's last held-out table (`<run>/eval/summary.md`, end).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from quark_lightning.evaluation.healthbench_section import (
 )
 from quark_lightning.evaluation.report import comparison_table, write_report
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.loop.loop_state import load_reward_state
 from quark_lightning.loop.metrics import evaluation_metrics
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import (
@@ -183,11 +189,40 @@ def _dir_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
+def heldout_records(data: DictConfig) -> list[dict[str, Any]]:
+    """A training run's held-out split of `data.path` (`data.val_fraction`, `data.split_seed`, with its
+    calculator prompts and system prompt), in the order its closed loop answers them."""
+    from quark_lightning.data.datamodule import PromptDataModule, source_options
+
+    dm = PromptDataModule(
+        path=data.path,
+        val_fraction=data.val_fraction,
+        split_seed=data.split_seed,
+        calculator_prompts=data.get("calculator_prompts", 0),
+        calculator_seed=data.get("calculator_seed", 0),
+        system_prompt=data.get("system_prompt"),
+        **source_options(data),
+    )
+    dm.setup("fit")
+    records = dm.val_records()
+    if not records:
+        raise ConfigError(
+            f"heldout=true: data.path={data.path} has no held-out split (data.val_fraction={data.val_fraction}; "
+            "a split needs >= 10 prompts). Fix: heldout=false to evaluate every prompt, or the run's data settings"
+        )
+    return records
+
+
 def load_eval_records(cfg: DictConfig, hb: dict[str, Any]) -> list[dict[str, Any]]:
     """The prompts to evaluate on, presented as training presents them (`data.system_prompt`):
-    HealthBench from the wheel (`healthbench.source=wheel`, with its selection) or `data.path`."""
+    HealthBench from the wheel (`healthbench.source=wheel`, with its selection), the held-out split of
+    `data.path` (`heldout=true`), or `data.path`."""
     from quark_lightning.data.datamodule import source_options, with_system_prompt
 
+    if cfg.get("heldout"):
+        if hb.get("source") == "wheel":
+            raise ConfigError("heldout=true and healthbench.source=wheel: choose one set of prompts")
+        return heldout_records(cfg.data)
     if hb.get("source") == "wheel":
         from quark_lightning.data.healthbench_source import (
             HealthBenchSelection,
@@ -326,8 +361,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     specs = _model_specs(cfg)
     hb = healthbench_settings(cfg)  # checked before anything is loaded
     records = load_eval_records(cfg, hb)
-    prompts = select_prompts(records, limit, int(cfg.seed))
+    # the held-out split is already a random draw: its first `limit`, as the closed loop takes them
+    prompts = records[:limit] if cfg.get("heldout") else select_prompts(records, limit, int(cfg.seed))
     matrix = build_matrix(cfg.matrix)
+    if cfg.get("reward_state"):  # score with the reward a training run ended with (loop/loop_state.py)
+        load_reward_state(str(cfg.reward_state), matrix)
     engine = instantiate(cfg.rollout)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = str(cfg.run_dir)
