@@ -69,8 +69,10 @@ def select_rollout(parts: Sequence[tuple[Rollout, list[int]]], pad_token_id: int
                 prompts=[rollout.prompts[i] for i in rows],
                 truncated=rollout.truncated[idx],
                 prompt_truncated=rollout.prompt_truncated[idx],
+                sampling_logp=rollout.sampling_logp[idx] if rollout.sampling_logp is not None else None,
             )
         )
+    sampled = [r.sampling_logp for r in picked]
     return Rollout(
         prompt_ids=_pad_cat([r.prompt_ids for r in picked], "left", pad_token_id),
         prompt_mask=_pad_cat([r.prompt_mask for r in picked], "left"),
@@ -80,6 +82,7 @@ def select_rollout(parts: Sequence[tuple[Rollout, list[int]]], pad_token_id: int
         prompts=[p for r in picked for p in r.prompts],
         truncated=torch.cat([r.truncated for r in picked]),
         prompt_truncated=torch.cat([r.prompt_truncated for r in picked]),
+        sampling_logp=_pad_cat(sampled, "right", 0.0) if all(t is not None for t in sampled) else None,
     )
 
 

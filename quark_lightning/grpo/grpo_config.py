@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from quark_lightning.grpo.rollout_correction import ROLLOUT_CORRECTION_MODES
 from quark_lightning.infra.errors import ConfigError
 
 
@@ -36,6 +37,10 @@ class GRPOConfig:
     mask_truncated_completions: bool = False  # completions cut at max_new_tokens contribute nothing
     steps_per_generation: int = 1  # optimizer steps (mini-batches of whole groups) per rollout
     entropy_coef: float = 0.0  # entropy bonus -c * H in the per-token loss (verl's entropy_coeff)
+    # rollout correction (TRL's names; every engine that returns sampling log-probs, not only vLLM)
+    vllm_importance_sampling_correction: bool = False
+    vllm_importance_sampling_mode: str = "token_truncate"  # token_truncate | token_mask | sequence_*
+    vllm_importance_sampling_cap: float = 2.0
     # DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and draw more
     # prompts until the batch is full, at most `dynamic_sampling_max_draws` extra draws per step
     dynamic_sampling: bool = False
@@ -87,6 +92,21 @@ class GRPOConfig:
                 "an integer >= 1",
             ),
             ("entropy_coef", is_num(self.entropy_coef) and self.entropy_coef >= 0, "a number >= 0"),
+            (
+                "vllm_importance_sampling_correction",
+                isinstance(self.vllm_importance_sampling_correction, bool),
+                "true or false",
+            ),
+            (
+                "vllm_importance_sampling_mode",
+                self.vllm_importance_sampling_mode in ROLLOUT_CORRECTION_MODES,
+                " | ".join(ROLLOUT_CORRECTION_MODES),
+            ),
+            (
+                "vllm_importance_sampling_cap",
+                is_num(self.vllm_importance_sampling_cap) and self.vllm_importance_sampling_cap >= 1.0,
+                "a number >= 1",
+            ),
             ("dynamic_sampling", isinstance(self.dynamic_sampling, bool), "true or false"),
             (
                 "dynamic_sampling_max_draws",

@@ -147,11 +147,13 @@ def grpo_policy_loss(
     delta: float | None = None,
     entropy: torch.Tensor | None = None,  # (B, T) differentiable, with entropy_coef != 0
     entropy_coef: float = 0.0,
+    is_weight: torch.Tensor | None = None,  # (B, T) detached rollout-correction weights (rollout_correction.py)
 ) -> PolicyLossOutput:
     """The full GRPO loss of one batch of completions, plus the statistics TRL logs.
 
     With `entropy_coef` c the per-token loss gains -c * H_t (an entropy bonus, verl's entropy_coeff):
-    minimizing the loss then raises the policy's entropy. TRL has no such term.
+    minimizing the loss then raises the policy's entropy. TRL has no such term. `is_weight` multiplies the
+    policy-gradient term only (the sampler-vs-trainer correction, TRL's order: before the KL is added).
     """
     if loss_type not in LOSS_REDUCTIONS:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(LOSS_REDUCTIONS)}")
@@ -161,6 +163,8 @@ def grpo_policy_loss(
         logp, old_logp, advantages, eps_low, eps_high, level=importance_sampling_level, delta=delta, mask=mask
     )
     per_token = -surrogate  # (B, T)
+    if is_weight is not None:
+        per_token = per_token * is_weight
     if entropy_coef != 0.0:
         if entropy is None:
             raise ValueError("entropy_coef != 0 needs the per-token entropies")

@@ -12,6 +12,7 @@ import torch
 from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.grpo.logprobs import TokenLogProbs, micro_batches
 from quark_lightning.grpo.loss import LOSS_REDUCTIONS, chunk_weight, grpo_policy_loss, masked_mean
+from quark_lightning.grpo.rollout_correction import correction_stats, importance_weights
 from quark_lightning.infra.distributed import token_level_rank_scale
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.rollout.engine import Rollout
@@ -55,6 +56,12 @@ def update_policy(
 ) -> dict[str, float]:
     """Returns the first pass's statistics, token-weighted over its mini-batches (TRL logs the same)."""
     mask = loss_mask(rollout, cfg.mask_truncated_completions)  # (N, C)
+    if cfg.vllm_importance_sampling_correction and rollout.sampling_logp is None:
+        raise ConfigError(
+            "algorithm.vllm_importance_sampling_correction=true needs the sampler's log-probs, and this rollout "
+            "engine returned none (rollout.decode=generate keeps none). Fix: rollout.decode=fast, or "
+            "algorithm.vllm_importance_sampling_correction=false"
+        )
     entropy_grad = cfg.entropy_coef != 0.0
     token_level = LOSS_REDUCTIONS[cfg.loss_type].token_level
     stats = dict.fromkeys(STAT_KEYS, 0.0)
@@ -76,9 +83,11 @@ def update_policy(
                     with_entropy=iteration == 0 or entropy_grad,
                     entropy_grad=entropy_grad,
                 )
+                generating = old_logp[sl] if old_logp is not None else logp.detach()  # (n, C)
+                is_weight = correction(cfg, generating, rollout, sl, mask[sl], stats if iteration == 0 else None)
                 out = grpo_policy_loss(
                     logp,
-                    old_logp[sl] if old_logp is not None else logp.detach(),
+                    generating,
                     ref_logp[sl] if ref_logp is not None else None,
                     advantages[sl],
                     mask[sl],
@@ -91,6 +100,7 @@ def update_policy(
                     delta=cfg.delta,
                     entropy=entropy,
                     entropy_coef=cfg.entropy_coef,
+                    is_weight=is_weight,
                 )
                 w = chunk_weight(cfg.loss_type, mask[sl], mb_mask) * rank_scale
                 backward(out.loss * w)
@@ -99,7 +109,30 @@ def update_policy(
             norms.append(step())
     n_first = len(norms) // cfg.num_iterations
     stats["grad_norm"] = sum(norms[:n_first]) / max(1, n_first)
+    tokens = stats.pop("sampling/tokens", None)
+    for key in ("sampling/kl", "sampling/capped_share"):  # token-weighted sums -> means
+        if key in stats:
+            stats[key] /= max(tokens, 1.0)
     return stats
+
+
+def correction(cfg: GRPOConfig, generating, rollout: Rollout, sl: slice, mask, stats) -> torch.Tensor | None:
+    """The micro-batch's rollout-correction weights (n, C), or None when off; with `stats`, add the
+    sampler-trainer mismatch to them, token-weighted (whenever the engine returned sampling log-probs)."""
+    if rollout.sampling_logp is None:
+        return None
+    sampler = rollout.sampling_logp[sl].to(generating)
+    if stats is not None:
+        seen = correction_stats(generating, sampler, mask, cfg.vllm_importance_sampling_cap)
+        for key, value in (("sampling/kl", seen.kl), ("sampling/capped_share", seen.capped_share)):
+            stats[key] = stats.get(key, 0.0) + value * seen.tokens
+        stats["sampling/tokens"] = stats.get("sampling/tokens", 0.0) + seen.tokens
+    if not cfg.vllm_importance_sampling_correction:
+        return None
+    weights, _ = importance_weights(
+        generating, sampler, mask, cfg.vllm_importance_sampling_cap, cfg.vllm_importance_sampling_mode
+    )
+    return weights
 
 
 def _accumulate(stats: dict[str, float], out, entropy, chunk_mask, mask, w: float, mb_share: float) -> None:

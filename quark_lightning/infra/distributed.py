@@ -158,17 +158,19 @@ def global_step_view(rollout, scores: torch.Tensor, aggregated, frac_zero_std, s
     import dataclasses
 
     tokens = rollout.completion_mask.sum().float()
+    token_means = [k for k in (*TOKEN_MEAN_STATS, "sampling/kl", "sampling/capped_share") if k in stats]
     summed = all_reduce_sum(
         torch.stack(
             [torch.tensor(float(stats["loss"])), torch.tensor(float(frac_zero_std)), tokens.cpu()]
-            + [torch.tensor(float(stats[k])) * tokens.cpu() for k in TOKEN_MEAN_STATS]
+            + [torch.tensor(float(stats[k])) * tokens.cpu() for k in token_means]
         ).to(scores.device)
-    )  # (3 + len(TOKEN_MEAN_STATS),)
+    )  # (3 + len(token_means),): every rank has the same keys (the same engine)
     world, total_tokens = world_size(), summed[2].clamp(min=1.0)
     stats = dict(stats, loss=float(summed[0] / world))
-    stats.update({k: float(summed[3 + i] / total_tokens) for i, k in enumerate(TOKEN_MEAN_STATS)})
+    stats.update({k: float(summed[3 + i] / total_tokens) for i, k in enumerate(token_means)})
     rollout = dataclasses.replace(
         rollout,
+        sampling_logp=None,  # per-token sampler log-probs stay on their rank (not logged)
         prompt_ids=gather_rows_padded(rollout.prompt_ids, 0, side="left"),  # pad ids sit under mask 0
         prompt_mask=gather_rows_padded(rollout.prompt_mask, 0, side="left"),
         completion_ids=gather_rows_padded(rollout.completion_ids, 0),

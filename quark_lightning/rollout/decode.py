@@ -88,6 +88,13 @@ def sample_next(
     return draw(probs)
 
 
+def token_logprobs(logits: torch.Tensor, token: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The sampler's log-prob of each drawn token: log-softmax(logits / T) at it, before top-k / top-p /
+    min-p (the distribution the trainer's token log-probs are of).  (n, V), (n,) -> (n,)"""
+    scores = upcast(logits) / (temperature or 1.0)
+    return (scores.gather(1, token.unsqueeze(1)) - torch.logsumexp(scores, dim=-1, keepdim=True)).squeeze(1)
+
+
 def draw(probs: torch.Tensor) -> torch.Tensor:
     """One index per row with probability proportional to `probs` (n, V), by inverse CDF.  -> (n,)
 

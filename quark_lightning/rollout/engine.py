@@ -11,7 +11,9 @@ Contract of `generate(policy, tokenizer, prompts, num_generations, greedy=False)
 - a prompt longer than the engine's `max_prompt_length` keeps its last tokens (left truncation, as TRL:
   the generation header and the latest turn survive); `prompt_truncated` marks its rows;
 - tensors are ordinary tensors (not inference tensors) on the policy's device, so they can enter autograd;
-- the engine samples from the policy's current weights (an engine with its own copy syncs them first).
+- the engine samples from the policy's current weights (an engine with its own copy syncs them first);
+- `sampling_logp`, when the engine returns it, is what the sampler computed for the drawn tokens, so the
+  trainer can measure and correct the mismatch (grpo/rollout_correction.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Rollout:
     prompts: list[dict[str, Any]]  # (N,) the prompt object of each completion (repeated G times)
     truncated: torch.Tensor  # (N,) bool, no EOS within max_new_tokens
     prompt_truncated: torch.Tensor  # (N,) bool, the prompt was longer than max_prompt_length (left-cut)
+    # (N, C) the sampler's log-prob of each drawn token at its temperature, before top-k / top-p / min-p
+    # (0 off the mask); None when the engine keeps none (grpo/rollout_correction.py compares it to the trainer's)
+    sampling_logp: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:

@@ -43,8 +43,9 @@ import transformers
 
 from quark_lightning.infra.distributed import is_sharded
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.infra.precision import upcast
 from quark_lightning.models.reference import eval_mode
-from quark_lightning.rollout.decode import preallocate_cache, prepacked_linears, sample_next
+from quark_lightning.rollout.decode import preallocate_cache, prepacked_linears, sample_next, token_logprobs
 from quark_lightning.rollout.engine import (
     Rollout,
     completion_mask_from_ids,
@@ -153,15 +154,16 @@ class HFGenerateEngine:
 
     # ------------------------------------------------------------------ decoding
     def _sample(self, policy, tokenizer, enc: dict[str, torch.Tensor], num_generations: int, greedy: bool):
-        """Prompt + completion ids, (B * G, P + C); the path is chosen by `use_fast_path`."""
+        """Prompt + completion ids (B * G, P + C), and the sampler's token log-probs (B * G, C) (the fast
+        path when sampling; else None); the path is chosen by `use_fast_path`."""
         sharded = is_sharded(policy)
         grad_off = torch.no_grad() if sharded else torch.inference_mode()
         with grad_off, eval_mode(policy):
             if self.use_fast_path(policy):
-                completion = self._decode_fast(policy, tokenizer, enc, num_generations, greedy)
+                completion, logps = self._decode_fast(policy, tokenizer, enc, num_generations, greedy)
                 prompt = enc["input_ids"].repeat_interleave(num_generations, dim=0)
-                return torch.cat([prompt, completion], dim=1)
-            return self._decode_generate(policy, tokenizer, enc, num_generations, greedy, sharded)
+                return torch.cat([prompt, completion], dim=1), logps
+            return self._decode_generate(policy, tokenizer, enc, num_generations, greedy, sharded), None
 
     def _decode_generate(self, policy, tokenizer, enc, num_generations: int, greedy: bool, synced: bool):
         sampling = dict(self.sampling)
@@ -194,8 +196,9 @@ class HFGenerateEngine:
         texts = tokenizer.batch_decode(ids, skip_special_tokens=False)
         return torch.tensor([any(s in t for s in self.stop_strings) for t in texts], device=ids.device)
 
-    def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool) -> torch.Tensor:
-        """Shared prefill, then a KV-cache decode loop over the unfinished rows.  -> (B * G, C)"""
+    def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool):
+        """Shared prefill, then a KV-cache decode loop over the unfinished rows.
+        -> completion ids (B * G, C), the sampler's token log-probs (B * G, C) or None when greedy"""
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, P)
         G, pad = num_generations, tokenizer.pad_token_id
         eos = torch.tensor(self.stop_ids(tokenizer), device=ids.device)
@@ -224,11 +227,14 @@ class HFGenerateEngine:
         sync_every = self.sync_every or (1 if ids.device.type == "cpu" else 8)
         warp = {k: self.sampling[k] for k in ("temperature", "top_k", "top_p")}
         min_p, steps = self.sampling.get("min_p"), 0
+        logps = None if greedy else torch.zeros(N, C, dtype=upcast(logits[:1]).dtype, device=ids.device)
         packing = prepacked_linears(policy, N) if self.prepack_weights else contextlib.nullcontext(False)
         with packing as packed:
             for step in range(C):
                 token = sample_next(logits, **warp, min_p=min_p, greedy=greedy)  # (n,)
                 result[rows, step] = token  # tokens after a row's EOS are masked to pad by `to_rollout`
+                if logps is not None:  # what the sampler saw (rollout correction, grpo/rollout_correction.py)
+                    logps[rows, step] = token_logprobs(logits, token, warp["temperature"])
                 done |= torch.isin(token, eos)
                 steps = step + 1
                 if steps == C:
@@ -252,7 +258,7 @@ class HFGenerateEngine:
                     **{CACHE_KWARG: cache},
                 )
                 logits = out.logits[:, -1]
-        return result[:, :steps]
+        return result[:, :steps], (logps[:, :steps] if logps is not None else None)
 
     # ------------------------------------------------------------------ the interface
     @property
@@ -266,10 +272,13 @@ class HFGenerateEngine:
         device = next(policy.parameters()).device
         enc = self.encode_prompts(tokenizer, prompts, device)
         # Tensors made under inference_mode cannot enter autograd; clone them out of it.
-        out = self._sample(policy, tokenizer, enc, num_generations, greedy).clone()
-        return self.to_rollout(
-            tokenizer, prompts, enc, out, num_generations, self.stop_ids(tokenizer), self.stop_strings
+        out, logps = self._sample(policy, tokenizer, enc, num_generations, greedy)
+        rollout = self.to_rollout(
+            tokenizer, prompts, enc, out.clone(), num_generations, self.stop_ids(tokenizer), self.stop_strings
         )
+        if logps is not None and logps.size(1) == rollout.completion_ids.size(1):
+            rollout.sampling_logp = logps.clone() * rollout.completion_mask  # 0 after the stop
+        return rollout
 
     @staticmethod
     def to_rollout(
