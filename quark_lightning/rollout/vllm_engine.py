@@ -33,8 +33,13 @@ adapter was disabled (the reference forward) would also have leaked the adapter 
 With the adapter disabled, the base weights are what vLLM gets. DoRA and LoRA on embeddings are refused.
 
 The engine is imported lazily: building it without vLLM raises an ImportError that says how to install
-it. Log-probs for the loss are recomputed by the trainer's own forward (vLLM's sampling log-probs differ
-slightly from the training forward, and no importance-sampling correction is applied here).
+it. Log-probs for the loss are recomputed by the trainer's own forward. vLLM's own log-probs of the drawn
+tokens (`logprobs_mode="processed_logprobs"`: after temperature, before top-k / top-p) come back as
+`Rollout.sampling_logp`, so the trainer logs the mismatch (`sampling/kl`) and, with
+`algorithm.vllm_importance_sampling_correction=true`, corrects it (grpo/rollout_correction.py).
+
+Several ranks: vLLM's `external_launcher` joins the running job and reads RANK, WORLD_SIZE and LOCAL_RANK;
+`set_launcher_env` exports them from the process group (Lightning's launcher never sets RANK).
 """
 
 from __future__ import annotations
@@ -132,6 +137,34 @@ def vllm_model(llm) -> torch.nn.Module:
     return runner.get_model() if hasattr(runner, "get_model") else runner.model
 
 
+def launcher_env(rank: int, world: int, local_rank: int) -> dict[str, str]:
+    """What vLLM's `external_launcher` reads from the environment to join a running job as one rank."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank)}
+
+
+def set_launcher_env() -> dict[str, str]:
+    """Export this process's rank, world size and local rank from the running process group.
+
+    torchrun exports all three; Lightning's own launcher (`trainer=ddp`, `python train.py`) exports
+    LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT but never RANK, so vLLM's external launcher would
+    fail with KeyError: 'RANK'. A value already set that disagrees with the process group is refused.
+    """
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
+    env = launcher_env(rank, world, local)
+    for key, value in env.items():
+        if os.environ.get(key, value) != value:
+            raise RuntimeError(
+                f"rollout=vllm: {key}={os.environ[key]} in the environment, but this process is {key.lower()} "
+                f"{value} of the training job's process group. Fix: launch with torchrun or with Lightning's "
+                "launcher alone, not a mix"
+            )
+        os.environ[key] = value
+    return env
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -191,9 +224,10 @@ class VLLMEngine:
             from vllm import LLM
 
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-            kwargs = dict(self.llm_kwargs)
+            kwargs = dict(self.llm_kwargs, logprobs_mode="processed_logprobs")  # tempered, unwarped
             if world_size() > 1:  # colocated: this process is one rank of the training job
                 kwargs["distributed_executor_backend"] = "external_launcher"
+                set_launcher_env()  # Lightning's launcher never sets RANK, which vLLM reads
             self._llm = LLM(model=base.config._name_or_path, **kwargs)
         return self._llm
 
@@ -224,19 +258,24 @@ class VLLMEngine:
             {"prompt_token_ids": ids[mask.bool()].tolist()}
             for ids, mask in zip(enc["input_ids"], enc["attention_mask"])
         ]
-        kwargs = dict(self.sampling_kwargs, n=num_generations)
+        kwargs = dict(self.sampling_kwargs, n=num_generations, logprobs=0)  # + the drawn token's log-prob
         if greedy:
             kwargs.update(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0)
         outputs = llm.generate(token_prompts, SamplingParams(**kwargs), use_tqdm=False)
         stop_ids = [tokenizer.eos_token_id, *self.eos_token_ids]
-        rows = [self._completion(o, stop_ids) for out in outputs for o in out.outputs]
+        samples = [o for out in outputs for o in out.outputs]
+        rows = [self._completion(o, stop_ids) for o in samples]
         C = max(1, max(len(r) for r in rows))
         completion = torch.tensor([r + [tokenizer.pad_token_id] * (C - len(r)) for r in rows])  # (N, C)
         full = torch.cat([enc["input_ids"].repeat_interleave(num_generations, 0), completion], dim=1)
         enc = {k: v.to(device) for k, v in enc.items()}
-        return HFGenerateEngine.to_rollout(
+        rollout = HFGenerateEngine.to_rollout(
             tokenizer, prompts, enc, full.to(device), num_generations, stop_ids, self.stop_strings
         )
+        logps = None if greedy else sampled_logprobs(samples, rollout.completion_ids.size(1))
+        if logps is not None:
+            rollout.sampling_logp = logps.to(device) * rollout.completion_mask
+        return rollout
 
     @staticmethod
     def _completion(output, stop_ids: Sequence[int]) -> list[int]:
@@ -247,3 +286,15 @@ class VLLMEngine:
         if output.finish_reason == "stop" and (not ids or ids[-1] not in stop_ids):
             ids.append(stop_ids[0])
         return ids
+
+
+def sampled_logprobs(samples, width: int) -> torch.Tensor | None:
+    """(N, width) vLLM's log-prob of each sampled token (`SamplingParams(logprobs=0)` returns the drawn
+    token's), 0 after the completion; None when vLLM returned none."""
+    out = torch.zeros(len(samples), width)
+    for i, o in enumerate(samples):
+        if not getattr(o, "logprobs", None):
+            return None
+        for t, (token, table) in enumerate(zip(o.token_ids[:width], o.logprobs)):
+            out[i, t] = float(table[token].logprob)
+    return out
