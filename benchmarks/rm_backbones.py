@@ -4,7 +4,7 @@
     taskset -c 1 env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/rm_backbones.py   # one core
 
 Both of the matrix's reward models, each trained through the path a matrix takes
-(`ORMScorer(train_experiment=..., backbone=..., policy_model=...)` -> `ensure_reward_model` ->
+(`resolved_scorer_config(train_experiment=..., backbone=..., policy_model=...)` -> `ensure_reward_model` ->
 `run_reward_model`), in a fresh cache so every one is trained here, on the bundled data and its held-out
 split by question, with the experiments' default settings (150 / 100 steps, ties loss λ=0.5, one seed):
 
@@ -90,20 +90,24 @@ def time_scoring(scorer, prompts, answers, repeats: int) -> dict[str, float]:
 
 
 def run_one(experiment: str, backbone: str, cache: str, args) -> dict:
+    from quark_lightning.reward_model.rm_cache import resolved_scorer_config
     from quark_lightning.scorers.orm import ORMScorer
 
     policy = smollm2_model_config() if backbone == "smollm2" else None
     overrides = ["~logger", *(args.override or [])]
     started, cpu_started = time.perf_counter(), time.process_time()
-    scorer = ORMScorer(
-        train_experiment=experiment,
-        cache_dir=cache,
-        backbone="policy" if backbone == "smollm2" else "tiny",
-        policy_model=policy,
-        train_overrides=overrides,
-        batch_size=16,
-        max_length=384,  # as conf/matrix/medical.yaml
+    config = resolved_scorer_config(  # what the matrix builder does: train once, cache, set `path`
+        dict(
+            train_experiment=experiment,
+            cache_dir=cache,
+            backbone="policy" if backbone == "smollm2" else "tiny",
+            policy_model=policy,
+            train_overrides=overrides,
+            batch_size=16,
+            max_length=384,  # as conf/matrix/medical.yaml
+        )
     )
+    scorer = ORMScorer(**config)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     with open(os.path.join(scorer.path, "reward_model.json"), encoding="utf-8") as fh:
         meta = json.load(fh)

@@ -197,6 +197,7 @@ def test_orm_scorer_trains_a_frozen_policy_backbone_once_and_caches_it(
 ):
     from transformers import AutoModel
 
+    from quark_lightning.reward_model.rm_cache import resolved_scorer_config
     from quark_lightning.scorers.orm import ORMScorer
 
     # the policy's base model: a local HF directory (what model=hf, or a converted smollm2, resolves to)
@@ -211,7 +212,7 @@ def test_orm_scorer_trains_a_frozen_policy_backbone_once_and_caches_it(
             "reward_model.val_fraction=0.25", "reward_model.lr=3e-3", "~logger",
         ],
     )  # fmt: skip
-    scorer = ORMScorer(**kwargs)
+    scorer = ORMScorer(**resolved_scorer_config(kwargs))  # as the matrix builder does
     out = capsys.readouterr().out
     assert "Training the reward model of +experiment=rm_orm once" in out
     assert "train_backbone=frozen" in out  # auto: a pretrained backbone is frozen
@@ -235,7 +236,7 @@ def test_orm_scorer_trains_a_frozen_policy_backbone_once_and_caches_it(
     scores = scorer.score(prompts, [GOOD, BAD]).scores
     assert scores[0] > scores[1]
 
-    again = ORMScorer(**kwargs)  # cached: same directory, nothing trained
+    again = ORMScorer(**resolved_scorer_config(kwargs))  # cached: same directory, nothing trained
     assert again.path == scorer.path and "Training the reward model" not in capsys.readouterr().out
     assert torch.equal(again.score(prompts, [GOOD, BAD]).scores, scores)
 
@@ -247,6 +248,8 @@ def test_medical_matrix_scorer_trains_on_the_runs_model_with_backbone_policy(tmp
     from hydra.utils import instantiate
     from omegaconf import OmegaConf, open_dict
 
+    from quark_lightning.matrix.build import scorer_config
+
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = hydra_compose("train", ["matrix=medical", *TINY, f"model.cache_dir={tmp_path / 'cache'}"])
     scorer_cfg = cfg.matrix.dimensions.correctness_macro.scorer
@@ -254,7 +257,7 @@ def test_medical_matrix_scorer_trains_on_the_runs_model_with_backbone_policy(tmp
     with open_dict(cfg):
         scorer_cfg.backbone = "policy"
         scorer_cfg.train_overrides = OmegaConf.create(["reward_model.steps=2", "~logger"])
-    scorer = instantiate(scorer_cfg)  # what build_matrix does
+    scorer = instantiate(scorer_config(scorer_cfg))  # what build_matrix does: train, cache, then load
     assert os.path.basename(os.path.dirname(scorer.path)).startswith("rm_orm-tiny-")
     summary = json.load(open(os.path.join(scorer.path, "reward_model.json")))["summary"]
     assert summary["backbone"] == "policy" and summary["train_backbone"] == "full" and summary["steps"] == 2
@@ -265,8 +268,8 @@ def test_medical_matrix_scorer_trains_on_the_runs_model_with_backbone_policy(tmp
 # ------------------------------------------------------------------ validation
 def test_bad_backbone_values_are_config_errors_naming_the_key(tmp_path):
     from quark_lightning.infra.errors import ConfigError
+    from quark_lightning.reward_model.rm_cache import resolved_scorer_config
     from quark_lightning.reward_model.rm_settings import validate_reward_model_config
-    from quark_lightning.scorers.orm import ORMScorer
 
     with pytest.raises(ConfigError) as err:
         validate_reward_model_config(
@@ -295,7 +298,7 @@ def test_bad_backbone_values_are_config_errors_naming_the_key(tmp_path):
         validate_reward_model_config(compose("model=hf", "reward_model.backbone=policy"))
     # a matrix scorer with a bad backbone stops before anything is hashed, built or trained
     with pytest.raises(ConfigError, match="reward_model.backbone: got 'big', expected 'tiny' or 'policy'"):
-        ORMScorer(train_experiment="rm_orm", cache_dir=str(tmp_path / "cache"), backbone="big")
+        resolved_scorer_config({"train_experiment": "rm_orm", "cache_dir": str(tmp_path / "cache"), "backbone": "big"})
     assert not (tmp_path / "cache").exists()
 
 

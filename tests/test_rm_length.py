@@ -9,7 +9,7 @@ scripts/make_length_balanced_pairs.py appends pairs where the rejected answer is
 - Data (fast): the preferred answer is the longer one in 40-60% of the bundled pairs with a winner and
   both sides have mean lengths within 10%; the same share for the liked-vs-disliked pairs of the online
   feedback; the files are exactly what the generator script writes; the filler matches no rubric pattern.
-- Reward models (the shipped recipe: `ORMScorer(train_experiment=..., backbone="tiny")`, what
+- Reward models (the shipped recipe: `train_experiment=..., backbone="tiny"`, what
   conf/matrix/medical.yaml does, trained once into a temporary cache): on the 150 bundled prompts, the
   question's hand-written wrong answer padded with held-out filler (`EVAL_BOILERPLATE`, never in any
   training file) to the reference's length + 50 words scores below the unpadded reference, and so does
@@ -180,13 +180,15 @@ def rm_cache(tmp_path_factory):
 
 
 def shipped_reward_model(experiment: str, cache: str):
-    """The reward model conf/matrix/medical.yaml trains (ORMScorer with train_experiment, backbone tiny)."""
+    """The reward model conf/matrix/medical.yaml trains (train_experiment, backbone tiny), as the matrix
+    builder resolves it before building the ORMScorer."""
+    from quark_lightning.reward_model.rm_cache import resolved_scorer_config
     from quark_lightning.scorers.orm import ORMScorer
 
-    return ORMScorer(
+    return ORMScorer(**resolved_scorer_config(dict(
         train_experiment=experiment, cache_dir=cache, backbone="tiny", batch_size=16, max_length=384,
         train_overrides=["~logger"],
-    )  # fmt: skip
+    )))  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", ["rm_orm", "rm_online"])

@@ -67,36 +67,23 @@ class GRPOConfig:
         def is_num(v) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
+        def is_int(v, low: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
         eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
-        checks = [
-            (
-                "importance_sampling_level",
-                self.importance_sampling_level in ("token", "sequence"),
-                "token or sequence",
-            ),
+        flags = ("mask_truncated_completions", "dynamic_sampling", "vllm_importance_sampling_correction")
+        checks = [(key, isinstance(getattr(self, key), bool), "true or false") for key in flags]
+        checks += [
+            ("importance_sampling_level", self.importance_sampling_level in ("token", "sequence"), "token or sequence"),
             (
                 "delta",
                 self.delta is None or (is_num(self.delta) and self.delta > 1.0 + eps_high),
                 f"null or a number > 1 + epsilon_high ({1.0 + eps_high:g})",
             ),
-            (
-                "mask_truncated_completions",
-                isinstance(self.mask_truncated_completions, bool),
-                "true or false",
-            ),
-            (
-                "steps_per_generation",
-                isinstance(self.steps_per_generation, int)
-                and not isinstance(self.steps_per_generation, bool)
-                and self.steps_per_generation >= 1,
-                "an integer >= 1",
-            ),
+            ("steps_per_generation", is_int(self.steps_per_generation, 1), "an integer >= 1"),
             ("entropy_coef", is_num(self.entropy_coef) and self.entropy_coef >= 0, "a number >= 0"),
-            (
-                "vllm_importance_sampling_correction",
-                isinstance(self.vllm_importance_sampling_correction, bool),
-                "true or false",
-            ),
+            ("dynamic_sampling_max_draws", is_int(self.dynamic_sampling_max_draws, 0), "an integer >= 0"),
+            ("redraw_gated_groups", is_int(self.redraw_gated_groups, 0), "an integer >= 0"),
             (
                 "vllm_importance_sampling_mode",
                 self.vllm_importance_sampling_mode in ROLLOUT_CORRECTION_MODES,
@@ -106,21 +93,6 @@ class GRPOConfig:
                 "vllm_importance_sampling_cap",
                 is_num(self.vllm_importance_sampling_cap) and self.vllm_importance_sampling_cap >= 1.0,
                 "a number >= 1",
-            ),
-            ("dynamic_sampling", isinstance(self.dynamic_sampling, bool), "true or false"),
-            (
-                "dynamic_sampling_max_draws",
-                isinstance(self.dynamic_sampling_max_draws, int)
-                and not isinstance(self.dynamic_sampling_max_draws, bool)
-                and self.dynamic_sampling_max_draws >= 0,
-                "an integer >= 0",
-            ),
-            (
-                "redraw_gated_groups",
-                isinstance(self.redraw_gated_groups, int)
-                and not isinstance(self.redraw_gated_groups, bool)
-                and self.redraw_gated_groups >= 0,
-                "an integer >= 0",
             ),
         ]
         for key, ok, expected in checks:

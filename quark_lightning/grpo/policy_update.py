@@ -74,37 +74,14 @@ def update_policy(
             mb_share = float(mb_mask.sum() / mask.sum().clamp(min=1))
             optimizer.zero_grad(set_to_none=True)
             for sl in micro_batches(mb.stop - mb.start, cfg.micro_batch_size, offset=mb.start):
-                logp, entropy = logps(  # (n, C) and, when needed, the entropies (n, C)
-                    policy,
-                    rollout.input_ids[sl],
-                    rollout.attention_mask[sl],
-                    rollout.completion_ids[sl],
-                    mask[sl],
-                    with_entropy=iteration == 0 or entropy_grad,
-                    entropy_grad=entropy_grad,
-                )
-                generating = old_logp[sl] if old_logp is not None else logp.detach()  # (n, C)
-                is_weight = correction(cfg, generating, rollout, sl, mask[sl], stats if iteration == 0 else None)
-                out = grpo_policy_loss(
-                    logp,
-                    generating,
-                    ref_logp[sl] if ref_logp is not None else None,
-                    advantages[sl],
-                    mask[sl],
-                    loss_type=cfg.loss_type,
-                    beta=cfg.beta,
-                    eps_low=cfg.epsilon,
-                    eps_high=cfg.epsilon_high,
-                    max_completion_length=max_completion_length,
-                    importance_sampling_level=cfg.importance_sampling_level,
-                    delta=cfg.delta,
-                    entropy=entropy,
-                    entropy_coef=cfg.entropy_coef,
-                    is_weight=is_weight,
-                )
+                first = iteration == 0  # statistics of the first pass only, as TRL logs
+                out, entropy = micro_batch_loss(
+                    cfg, logps, policy, rollout, sl, mask, advantages, ref_logp, old_logp, max_completion_length,
+                    with_entropy=first or entropy_grad, stats=stats if first else None,
+                )  # fmt: skip
                 w = chunk_weight(cfg.loss_type, mask[sl], mb_mask) * rank_scale
                 backward(out.loss * w)
-                if iteration == 0:
+                if first:
                     _accumulate(stats, out, entropy, mask[sl], mask, w, mb_share)
             norms.append(step())
     n_first = len(norms) // cfg.num_iterations
@@ -114,6 +91,52 @@ def update_policy(
         if key in stats:
             stats[key] /= max(tokens, 1.0)
     return stats
+
+
+def micro_batch_loss(
+    cfg: GRPOConfig,
+    logps: TokenLogProbs,
+    policy,
+    rollout: Rollout,
+    sl: slice,
+    mask: torch.Tensor,  # (N, C)
+    advantages: torch.Tensor,  # (N,)
+    ref_logp: torch.Tensor | None,
+    old_logp: torch.Tensor | None,
+    max_completion_length: int,
+    with_entropy: bool,
+    stats: dict[str, float] | None,
+):
+    """One micro-batch's policy log-probs and GRPO loss (and its entropies, when asked)."""
+    entropy_grad = cfg.entropy_coef != 0.0
+    logp, entropy = logps(  # (n, C) and, when needed, the entropies (n, C)
+        policy,
+        rollout.input_ids[sl],
+        rollout.attention_mask[sl],
+        rollout.completion_ids[sl],
+        mask[sl],
+        with_entropy=with_entropy,
+        entropy_grad=entropy_grad,
+    )
+    generating = old_logp[sl] if old_logp is not None else logp.detach()  # (n, C)
+    out = grpo_policy_loss(
+        logp,
+        generating,
+        ref_logp[sl] if ref_logp is not None else None,
+        advantages[sl],
+        mask[sl],
+        loss_type=cfg.loss_type,
+        beta=cfg.beta,
+        eps_low=cfg.epsilon,
+        eps_high=cfg.epsilon_high,
+        max_completion_length=max_completion_length,
+        importance_sampling_level=cfg.importance_sampling_level,
+        delta=cfg.delta,
+        entropy=entropy,
+        entropy_coef=cfg.entropy_coef,
+        is_weight=correction(cfg, generating, rollout, sl, mask[sl], stats),
+    )
+    return out, entropy
 
 
 def correction(cfg: GRPOConfig, generating, rollout: Rollout, sl: slice, mask, stats) -> torch.Tensor | None:

@@ -17,18 +17,28 @@ def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+def scorer_config(node: DictConfig) -> DictConfig:
+    """The scorer's config, where it names a reward model to train (`train_experiment`) with that model
+    trained once and cached and its `path` set (reward_model/rm_cache.py): the scorer only loads."""
+    if "train_experiment" not in node:
+        return node
+    from quark_lightning.reward_model.rm_cache import resolved_scorer_config
+
+    return OmegaConf.create(resolved_scorer_config(_plain(node)))
+
+
 def build_matrix(matrix_cfg: DictConfig) -> AlignmentMatrix:
     default_on_failure = _plain(matrix_cfg.get("on_failure"))
     dimensions = []
     for name, dim in (matrix_cfg.get("dimensions") or {}).items():
         if dim is None:
             continue
-        # validated before the scorer is built (building one may train a reward model)
+        # validated before the scorer is built (building one may first train a reward model)
         on_failure = merged_policy(
             default_on_failure, _plain(dim.get("on_failure")), f"matrix.dimensions.{name}"
         )
         try:
-            scorer = instantiate(dim.scorer)
+            scorer = instantiate(scorer_config(dim.scorer))
         except Exception as err:  # noqa: BLE001 - any failure here is a config problem to report
             cause = err.__cause__ or err
             target = OmegaConf.select(dim, "scorer._target_")

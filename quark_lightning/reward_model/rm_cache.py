@@ -111,8 +111,8 @@ def ensure_reward_model(
     The run directory is `cache_dir/reward_models/<experiment>-<backbone>-<key>`, where the key hashes the
     composed reward-model config (backbone, train_backbone, pooling included), the backbone's identity
     (`backbone_fingerprint`) and the training data, so a changed config, backbone or data file trains anew
-    and an unchanged one is reused. Used by `ORMScorer(train_experiment=..., backbone=..., policy_model=...)`
-    so a matrix can name a reward model that does not exist yet (the embedded demo does this).
+    and an unchanged one is reused. Used when a matrix is built (`resolved_scorer_config`), so a matrix can
+    name a reward model that does not exist yet (the embedded demo does this).
     """
     from omegaconf import open_dict
 
@@ -130,3 +130,29 @@ def ensure_reward_model(
         return run_reward_model(cfg)["reward_model_dir"]
     finally:
         restore_rng_state(streams)
+
+
+# A matrix dimension's scorer config may name a reward model to train instead of a saved one: these keys
+# say which (conf/matrix/medical.yaml); `resolved_scorer_config` trains it once and leaves only `path`.
+TRAIN_KEYS = ("train_experiment", "cache_dir", "backbone", "policy_model", "train_overrides")
+
+
+def resolved_scorer_config(scorer: dict[str, Any]) -> dict[str, Any]:
+    """A reward-model scorer config with `path` set: a saved directory as given, else the reward model of
+    `train_experiment`, trained once and cached (`ensure_reward_model`). The training keys are dropped."""
+    scorer = dict(scorer)
+    train = {key: scorer.pop(key, None) for key in TRAIN_KEYS}
+    if scorer.get("path") is None:
+        if not train["train_experiment"]:
+            raise ValueError(
+                "a reward-model scorer needs `path` (a directory saved by `python train.py +experiment=rm_orm`) "
+                "or `train_experiment` (e.g. rm_orm) to train and cache one"
+            )
+        scorer["path"] = ensure_reward_model(
+            train["train_experiment"],
+            train["cache_dir"],
+            [str(o) for o in train["train_overrides"] or []],
+            backbone=train["backbone"],
+            model=train["policy_model"],
+        )
+    return scorer

@@ -196,6 +196,14 @@ class HFGenerateEngine:
         texts = tokenizer.batch_decode(ids, skip_special_tokens=False)
         return torch.tensor([any(s in t for s in self.stop_strings) for t in texts], device=ids.device)
 
+    @staticmethod
+    def _prefill(policy, ids, mask, positions, G: int, capacity: int):
+        """One prefill per prompt; its KV cache repeated G times into buffers that hold the whole rollout,
+        and the last position's logits (B * G, V)."""
+        out = policy(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return preallocate_cache(cache, G, capacity), out.logits[:, -1].repeat_interleave(G, dim=0)
+
     def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool):
         """Shared prefill, then a KV-cache decode loop over the unfinished rows.
         -> completion ids (B * G, C), the sampler's token log-probs (B * G, C) or None when greedy"""
@@ -205,19 +213,9 @@ class HFGenerateEngine:
         if not self.share_prefill:  # prefill every completion's copy of the prompt, as `generate` does
             ids, mask, G = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0), 1
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P) skips left padding
-        out = policy(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
         B, P = ids.shape
         N, C = B * G, self.max_new_tokens  # N = B * num_generations either way
-        # one prefill per prompt: (B, ...) -> (N, ...), into buffers that hold the whole rollout
-        cache = preallocate_cache(cache, G, P + C)
-        logits = out.logits[:, -1].repeat_interleave(G, dim=0)  # (N, V)
+        cache, logits = self._prefill(policy, ids, mask, positions, G, P + C)  # (N, V)
         attn = mask.new_ones(N, P + C)  # (N, P + C): the step's mask is a prefix view, never re-concatenated
         attn[:, :P] = mask.repeat_interleave(G, dim=0)
         last_pos = positions[:, -1:].repeat_interleave(G, dim=0)  # (N, 1)
