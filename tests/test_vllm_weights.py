@@ -1,6 +1,6 @@
 """The weights rollout=vllm copies into vLLM, computed on CPU without vLLM (the engine itself never ran).
 
-`policy_weights_for_vllm` must give, under the base model's parameter names, exactly the weights the
+`merged_policy_weights` must give, under the base model's parameter names, exactly the weights the
 policy computes with: for a LoRA policy `base + scaling * B @ A` (compared with PEFT's own
 `merge_and_unload` of a copy), the base weights while the adapter is disabled (the reference's forward),
 and it must never modify the policy (an in-place merge/unmerge would drift the frozen base weights, which
@@ -14,7 +14,7 @@ import copy
 import torch
 
 from quark_lightning.models.loading import apply_lora, load_causal_lm
-from quark_lightning.rollout.vllm_engine import policy_weights_for_vllm
+from quark_lightning.rollout.policy_weights import merged_policy_weights
 
 
 def clean(name: str) -> str:
@@ -35,7 +35,7 @@ def lora_policy(model_dir):
 
 def test_full_model_weights_pass_through_unchanged(tiny_model_dir):
     model = load_causal_lm(tiny_model_dir).model
-    got = dict(policy_weights_for_vllm(model))
+    got = dict(merged_policy_weights(model))
     assert got.keys() == dict(model.named_parameters()).keys()
     for name, p in model.named_parameters():
         assert torch.equal(got[name], p)
@@ -44,7 +44,7 @@ def test_full_model_weights_pass_through_unchanged(tiny_model_dir):
 def test_lora_weights_are_the_merged_model_and_the_policy_is_untouched(tiny_model_dir):
     policy = lora_policy(tiny_model_dir)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    got = dict(policy_weights_for_vllm(policy))
+    got = dict(merged_policy_weights(policy))
 
     merged = copy.deepcopy(policy).merge_and_unload()
     want = dict(merged.named_parameters())
@@ -59,7 +59,7 @@ def test_lora_weights_are_the_merged_model_and_the_policy_is_untouched(tiny_mode
         assert torch.equal(p, before[name]), f"{name} was modified"
 
     with policy.disable_adapter():  # the reference's forward: vLLM would get the bare base weights
-        base = dict(policy_weights_for_vllm(policy))
+        base = dict(merged_policy_weights(policy))
     for name, p in policy.named_parameters():
         if "lora_" not in name:
             assert torch.equal(base[clean(name)], p.detach()), name

@@ -52,6 +52,7 @@ from quark_lightning.rollout.engine import (
     render_prompts,
     stop_string_positions,
 )
+from quark_lightning.rollout.low_precision import PRECISIONS, RolloutCopy, base_model, pick_precision
 
 __all__ = [
     "HFGenerateEngine",
@@ -83,6 +84,7 @@ class HFGenerateEngine:
         prepack_weights: bool = False,
         eos_token_ids: Sequence[int] | None = None,
         stop_strings: Sequence[str] | None = None,
+        precision: str = "fp32",
     ):
         if decode not in DECODE_MODES:
             raise ValueError(f"rollout.decode: {decode!r} is not one of {DECODE_MODES}")
@@ -120,6 +122,10 @@ class HFGenerateEngine:
         # a read costs nothing; every 8 on an accelerator, where it stalls the queue)
         self.sync_every = sync_every
         self.prepack_weights = prepack_weights  # CPU fp32 decode on MKL-packed weights (`prepacked_linears`)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"rollout.precision: got {precision!r}, expected one of {PRECISIONS}")
+        self.precision = precision  # the sampling copy's format (rollout/low_precision.py); fp32 = the policy
+        self.rollout_copy: RolloutCopy | None = None
 
     def encode_prompts(self, tokenizer, prompts: Sequence[dict[str, Any]], device) -> dict[str, torch.Tensor]:
         """Chat-rendered prompts, left-padded: input_ids, attention_mask (B, P); prompt_truncated (B,) bool.
@@ -159,11 +165,32 @@ class HFGenerateEngine:
         sharded = is_sharded(policy)
         grad_off = torch.no_grad() if sharded else torch.inference_mode()
         with grad_off, eval_mode(policy):
+            sampler = policy if greedy else self.sampling_model(policy)  # greedy answers: the policy itself
             if self.use_fast_path(policy):
-                completion, logps = self._decode_fast(policy, tokenizer, enc, num_generations, greedy)
+                completion, logps = self._decode_fast(sampler, tokenizer, enc, num_generations, greedy)
                 prompt = enc["input_ids"].repeat_interleave(num_generations, dim=0)
                 return torch.cat([prompt, completion], dim=1), logps
             return self._decode_generate(policy, tokenizer, enc, num_generations, greedy, sharded), None
+
+    def sampling_model(self, policy):
+        """What samples: the policy (fp32), or its low-precision copy refreshed from its current weights."""
+        if self.precision == "fp32":
+            return policy
+        if not self.use_fast_path(policy) or next(policy.parameters()).device.type != "cpu":
+            raise ConfigError(
+                f"rollout.precision={self.precision} is a CPU rollout copy for the fast decode loop; this policy "
+                "is sharded, on an accelerator, or decoded with `generate`. Fix: rollout.precision=fp32 (on GPU: "
+                "rollout=vllm rollout.dtype=bfloat16)"
+            )
+        if self.rollout_copy is None:
+            precision = self.precision
+            if precision == "auto":
+                cfg = getattr(base_model(policy), "config", None)
+                hidden = getattr(cfg, "hidden_size", 576)
+                precision = pick_precision(hidden, getattr(cfg, "intermediate_size", 4 * hidden), rows=8)
+                print(f"rollout.precision=auto: {precision} is the fastest here (timed on this machine)")
+            self.rollout_copy = RolloutCopy(precision)
+        return self.rollout_copy.refresh(policy)
 
     def _decode_generate(self, policy, tokenizer, enc, num_generations: int, greedy: bool, synced: bool):
         sampling = dict(self.sampling)

@@ -2,7 +2,7 @@
 
 EXPERIMENTAL, UNVERIFIED: written against vLLM V1's API (the only engine since vLLM 0.10) from its source
 and TRL's colocate mode, but it has never run (no GPU with vLLM in this project's CI or tests). Only the
-weight-merge function `policy_weights_for_vllm` is tested, on CPU.
+weight-merge function `merged_policy_weights` is tested, on CPU.
 
 Colocated mode: every rank owns one `vllm.LLM` on its own GPU (tensor-parallel size 1 by default) and
 samples the completions of its own prompts, as TRL's `vllm_mode="colocate"`. Before each `generate` the
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -54,6 +54,7 @@ import torch
 from quark_lightning.infra.distributed import world_size
 from quark_lightning.rollout.engine import Rollout
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.rollout.policy_weights import merged_policy_weights
 
 VLLM_MISSING = (
     "rollout=vllm needs the `vllm` package (CUDA GPUs). Fix: pip install -e '.[vllm]', or use rollout=hf"
@@ -63,61 +64,6 @@ VLLM_MISSING = (
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ImportError(VLLM_MISSING)
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """A DTensor (FSDP2) gathered to the full tensor (a collective: every rank must call); else as is."""
-    tensor = tensor.detach()
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def lora_delta(layer: torch.nn.Module) -> torch.Tensor | None:
-    """The active adapters' `scaling * B @ A` of one PEFT LoRA Linear layer, in the base weight's layout
-    (None when the adapter is disabled, already merged into the base, or absent)."""
-    if getattr(layer, "disable_adapters", False):
-        return None  # the module computes the base model now: so does vLLM
-    if getattr(layer, "lora_magnitude_vector", None):
-        raise NotImplementedError("rollout=vllm: DoRA adapters are not merged for vLLM. Fix: use_dora=false")
-    merged = set(getattr(layer, "merged_adapters", []))
-    delta = None
-    for name in layer.active_adapters:
-        if name not in layer.lora_A or name in merged:
-            continue
-        a, b = _full(layer.lora_A[name].weight), _full(layer.lora_B[name].weight)
-        d = (b.float() @ a.float()) * layer.scaling[name]
-        d = d.T if getattr(layer, "fan_in_fan_out", False) else d
-        delta = d if delta is None else delta + d
-    return delta
-
-
-def policy_weights_for_vllm(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) pairs under the base model's parameter names, the policy left untouched.
-
-    A PEFT LoRA policy: each adapted Linear's weight is `base + scaling * B @ A`, computed out of place in
-    fp32 and cast to the base weight's dtype; LoRA tensors are skipped and `base_model.model.` and
-    `.base_layer` removed from the names. DTensors (FSDP2) are gathered: every rank must iterate.
-    """
-    lora_layers = {
-        name: module
-        for name, module in policy.named_modules()
-        if hasattr(module, "lora_A") and hasattr(module, "base_layer")
-    }
-    for name, param in policy.named_parameters():
-        if "lora_" in name or "modules_to_save" in name:
-            continue
-        tensor = _full(param)
-        owner = name.rsplit(".base_layer.", 1)[0] if ".base_layer." in name else None
-        if owner in lora_layers and name.endswith(".base_layer.weight"):
-            layer = lora_layers[owner]
-            if not isinstance(layer.base_layer, torch.nn.Linear):
-                raise NotImplementedError(
-                    f"rollout=vllm: LoRA on {type(layer.base_layer).__name__} ({owner}) is not merged for "
-                    "vLLM. Fix: target Linear modules only (model.lora.target_modules)"
-                )
-            delta = lora_delta(layer)
-            if delta is not None:
-                tensor = (tensor.float() + delta.to(tensor.device)).to(tensor.dtype)
-        yield name.removeprefix("base_model.model.").replace(".base_layer", ""), tensor
 
 
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
@@ -235,7 +181,7 @@ class VLLMEngine:
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """Copy the policy's current weights into vLLM (every rank calls: FSDP2 gathers). The policy's own
         parameters are never modified (no in-place LoRA merge)."""
-        weights = list(policy_weights_for_vllm(policy))
+        weights = list(merged_policy_weights(policy))
         vllm_model(self._llm).load_weights(weights)
         self._llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 

@@ -1,0 +1,126 @@
+"""A low-precision rollout copy of the policy (CPU): decode reads fewer bytes per token.
+
+Generation is memory-bound: every decode step reads every weight once. `rollout.precision` picks the format
+of the copy the HF engine samples with (training and reference log-probs stay in the trainer's precision):
+
+    fp32   no copy: the policy itself (greedy output equals `generate` on the policy)
+    bf16   a bfloat16 copy (2 bytes a weight; fast where the CPU has AVX-512 BF16 or AMX)
+    int8   every nn.Linear dynamically quantized to int8 (1 byte a weight, per-tensor symmetric, as
+           `torch.ao.quantization.quantize_dynamic`; activations quantized per call); the embeddings and
+           norms stay fp32
+    auto   the fastest of the three on this machine, timed once at start-up on a linear layer shaped like
+           the policy's, at the rollout's row count (`pick_precision`)
+
+The copy is refreshed from the policy's current weights before every sampled rollout (`refresh`): a LoRA
+policy's adapters are merged into the copy out of place (the policy and its frozen base, the reference,
+are never modified). The copy's weights differ from the policy's by rounding, so its sampling
+distribution does too: the step logs `sampling/kl`, and `algorithm.vllm_importance_sampling_correction`
+corrects it (grpo/rollout_correction.py). Greedy answers (the closed loop, evaluation) use the policy
+itself, so what is measured is the trained policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import torch
+
+from quark_lightning.rollout.policy_weights import merged_policy_weights
+
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+
+
+def _quantize_dynamic(module: torch.nn.Module) -> torch.nn.Module:
+    with warnings.catch_warnings():  # torch.ao.quantization's eager API is deprecated but present (2.13)
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def _int8_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Per-tensor symmetric int8, the scale of quantize_dynamic's default weight observer (min/max)."""
+    scale = max(float(weight.abs().max()) / 127.5, 1e-8)
+    return torch.quantize_per_tensor(weight.detach().float().contiguous(), scale, 0, torch.qint8)
+
+
+def pick_precision(in_features: int, out_features: int, rows: int, repeats: int = 20) -> str:
+    """The fastest of fp32, bf16 and int8 for a (rows, in) x (in, out) linear on this machine."""
+    x = torch.randn(rows, in_features)
+    fp32 = torch.nn.Linear(in_features, out_features, bias=False).eval()
+    variants = {
+        "fp32": (fp32, x),
+        "bf16": (copy.deepcopy(fp32).to(torch.bfloat16), x.to(torch.bfloat16)),
+        "int8": (_quantize_dynamic(torch.nn.Sequential(copy.deepcopy(fp32))), x),
+    }
+    times = {}
+    with torch.inference_mode():
+        for name, (layer, inp) in variants.items():
+            layer(inp)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                layer(inp)
+            times[name] = time.perf_counter() - start
+    return min(times, key=times.get)
+
+
+def merged_weights(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's current weights under its base model's names, LoRA merged out of place; a tied weight
+    under each of its names (SmolLM2's lm_head is its embedding)."""
+    return dict(merged_policy_weights(policy, remove_duplicate=False))
+
+
+def base_model(policy: torch.nn.Module) -> torch.nn.Module:
+    """The architecture the copy is made of: a PEFT policy's base model (with its adapters' layers inside)."""
+    return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+
+
+class RolloutCopy:
+    """The copy of the policy the engine samples with, in `precision`, and its refresh."""
+
+    def __init__(self, precision: str):
+        if precision not in PRECISIONS or precision == "auto":
+            raise ValueError(f"rollout.precision: got {precision!r}, expected fp32, bf16 or int8")
+        self.precision = precision
+        self.model: torch.nn.Module | None = None
+        self.refresh_seconds = 0.0  # the last refresh's wall time
+
+    def _build(self, policy: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A fresh module of the base architecture holding `weights` (no adapters), in the copy's format."""
+        base = base_model(policy)
+        skeleton = copy.deepcopy(base)
+        if hasattr(policy, "get_base_model"):  # PEFT wraps the base's layers: rebuild plain ones
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for name, module in list(skeleton.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    parent, _, child = name.rpartition(".")
+                    setattr(skeleton.get_submodule(parent) if parent else skeleton, child, module.get_base_layer())
+        skeleton.load_state_dict(weights, strict=False)
+        skeleton.requires_grad_(False).eval()
+        if self.precision == "bf16":
+            return skeleton.to(torch.bfloat16)
+        return _quantize_dynamic(skeleton)
+
+    @torch.no_grad()
+    def refresh(self, policy: torch.nn.Module) -> torch.nn.Module:
+        """The copy, holding the policy's current weights (built on first use)."""
+        start = time.perf_counter()
+        weights = merged_weights(policy)
+        if self.model is None:
+            self.model = self._build(policy, weights)
+        else:
+            self._load(weights)
+        self.refresh_seconds = time.perf_counter() - start
+        return self.model
+
+    def _load(self, weights: dict[str, torch.Tensor]) -> None:
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        params = dict(self.model.named_parameters())
+        for name, module in self.model.named_modules():
+            if isinstance(module, DynamicLinear) and f"{name}.weight" in weights:
+                module.set_weight_bias(_int8_weight(weights[f"{name}.weight"]), weights.get(f"{name}.bias"))
+        for name, tensor in weights.items():
+            if name in params:
+                params[name].copy_(tensor)  # embeddings and norms (and every weight of a bf16 copy)

@@ -1,0 +1,80 @@
+"""The low-precision rollout copy (rollout/low_precision.py): it holds the policy's weights in its format,
+follows them after an optimizer step, merges LoRA without touching the policy, and is refused where it
+cannot serve."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.models.loading import apply_lora, load_causal_lm
+from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.rollout.low_precision import RolloutCopy, merged_weights, pick_precision
+
+
+def _dequantized(copy_model) -> dict[str, torch.Tensor]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return {f"{n}.weight": m.weight().dequantize() for n, m in copy_model.named_modules() if isinstance(m, DynamicLinear)}
+
+
+def test_the_int8_copy_holds_the_policys_weights_and_follows_an_optimizer_step(tiny_model_dir, bundled_records):
+    policy = load_causal_lm(tiny_model_dir).model
+    copy = RolloutCopy("int8")
+    model = copy.refresh(policy)
+    weights = merged_weights(policy)
+    linears = _dequantized(model)
+    assert linears and all(  # int8 per tensor: within half a quantization step of the fp32 weight
+        (linears[n] - weights[n]).abs().max() <= weights[n].abs().max() / 127.5 / 2 + 1e-7 for n in linears
+    )
+    assert any("lm_head" in n for n in linears)  # the tied head is quantized from the embedding it shares
+
+    x = torch.tensor([[1, 2, 3, 4]])
+    before = model(input_ids=x).logits.clone()
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    policy(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    again = copy.refresh(policy)
+    assert again is model  # refreshed in place, not rebuilt
+    assert not torch.allclose(again(input_ids=x).logits, before)  # its output moved with the weights
+    fresh = RolloutCopy("int8").refresh(policy)  # the same as a copy built from the stepped policy
+    assert torch.allclose(again(input_ids=x).logits, fresh(input_ids=x).logits, atol=1e-5)
+    assert copy.refresh_seconds > 0
+
+
+def test_a_lora_policy_is_merged_into_the_copy_and_left_untouched(tiny_model_dir):
+    policy = apply_lora(load_causal_lm(tiny_model_dir).model, 4, 8, 0.0, "all-linear")
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a trained-looking adapter (B starts at 0)
+    state = {k: v.clone() for k, v in policy.state_dict().items()}
+    copy = RolloutCopy("bf16").refresh(policy)
+    x = torch.tensor([[1, 2, 3, 4]])
+    expected = policy(input_ids=x).logits
+    assert torch.allclose(copy(input_ids=x).logits.float(), expected, atol=0.05 * float(expected.abs().max()))
+    with policy.disable_adapter():  # the base (the reference) differs: the adapter is in the copy
+        assert not torch.allclose(copy(input_ids=x).logits.float(), policy(input_ids=x).logits, atol=1e-3)
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in state.items())  # policy untouched
+    assert not any("lora" in n for n, _ in copy.named_parameters())
+
+
+def test_the_engine_samples_from_the_copy_and_answers_greedy_with_the_policy(tiny_model_dir, bundled_records):
+    loaded = load_causal_lm(tiny_model_dir)
+    engine = HFGenerateEngine(max_new_tokens=6, precision="int8")
+    torch.manual_seed(0)
+    rollout = engine.generate(loaded.model, loaded.tokenizer, bundled_records[:2], 2)
+    assert engine.rollout_copy is not None and rollout.sampling_logp is not None
+    greedy = engine.generate(loaded.model, loaded.tokenizer, bundled_records[:2], 1, greedy=True)
+    plain = HFGenerateEngine(max_new_tokens=6).generate(loaded.model, loaded.tokenizer, bundled_records[:2], 1, greedy=True)
+    assert greedy.completions == plain.completions  # evaluation measures the policy, not its copy
+
+
+def test_auto_picks_one_of_the_formats_and_bad_settings_are_refused(tiny_model_dir, bundled_records):
+    assert pick_precision(64, 128, rows=8, repeats=2) in ("fp32", "bf16", "int8")
+    with pytest.raises(ConfigError, match="rollout.precision: got 'int4'"):
+        HFGenerateEngine(precision="int4")
+    loaded = load_causal_lm(tiny_model_dir)
+    engine = HFGenerateEngine(max_new_tokens=4, precision="int8", decode="generate")
+    with pytest.raises(ConfigError, match="rollout.precision=int8 is a CPU rollout copy.*Fix: rollout.precision=fp32"):
+        engine.generate(loaded.model, loaded.tokenizer, bundled_records[:1], 2)
