@@ -34,10 +34,12 @@ ALGORITHM_EXTRA_KEYS = ("name", "lr_scheduler", "optimizer")  # name: the group'
 
 def accepted_arguments(target: Callable) -> set[str] | None:
     """The keyword arguments `target` accepts, or None when it takes **kwargs (anything goes). A class
-    whose settings are a dataclass (`SETTINGS`, e.g. the closed loop's LoopSettings) accepts its fields."""
+    whose settings are a dataclass (`SETTINGS`, e.g. the closed loop's LoopSettings) accepts its fields;
+    `BUILD_KEYS` are keys its builder consumes first (e.g. ORMScorer's reward model to train)."""
     settings = getattr(target, "SETTINGS", None)
     if dataclasses.is_dataclass(settings):
         return {f.name for f in dataclasses.fields(settings)}
+    build_keys = set(getattr(target, "BUILD_KEYS", ()))
     fn = target.__init__ if inspect.isclass(target) else target
     try:
         params = inspect.signature(fn).parameters.values()
@@ -45,7 +47,7 @@ def accepted_arguments(target: Callable) -> set[str] | None:
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return {p.name for p in params if p.name != "self"}
+    return {p.name for p in params if p.name != "self"} | build_keys
 
 
 def unknown_keys(keys: Iterable[str], allowed: Iterable[str], where: str, fix: str = "") -> list[str]:

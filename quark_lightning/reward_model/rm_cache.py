@@ -132,16 +132,14 @@ def ensure_reward_model(
         restore_rng_state(streams)
 
 
-# A matrix dimension's scorer config may name a reward model to train instead of a saved one: these keys
-# say which (conf/matrix/medical.yaml); `resolved_scorer_config` trains it once and leaves only `path`.
-TRAIN_KEYS = ("train_experiment", "cache_dir", "backbone", "policy_model", "train_overrides")
-
-
 def resolved_scorer_config(scorer: dict[str, Any]) -> dict[str, Any]:
     """A reward-model scorer config with `path` set: a saved directory as given, else the reward model of
-    `train_experiment`, trained once and cached (`ensure_reward_model`). The training keys are dropped."""
+    `train_experiment`, trained once and cached (`ensure_reward_model`). The training keys
+    (`ORMScorer.BUILD_KEYS`, conf/matrix/medical.yaml) are dropped."""
+    from quark_lightning.scorers.orm import ORMScorer
+
     scorer = dict(scorer)
-    train = {key: scorer.pop(key, None) for key in TRAIN_KEYS}
+    train = {key: scorer.pop(key, None) for key in ORMScorer.BUILD_KEYS}
     if scorer.get("path") is None:
         if not train["train_experiment"]:
             raise ValueError(

@@ -28,6 +28,10 @@ from quark_lightning.scorers.interface import ScoreResult
 
 
 class ORMScorer:
+    # config keys the matrix builder consumes before building this scorer (reward_model/rm_cache.py
+    # `resolved_scorer_config`): they name a reward model to train once instead of a saved `path`
+    BUILD_KEYS = ("train_experiment", "cache_dir", "backbone", "policy_model", "train_overrides")
+
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 512, dtype: str = "float32"):
         """`path`: a saved reward-model directory (`<run_dir>/reward_model`)."""
         self.path = path
