@@ -25,7 +25,10 @@ preallocated mask, inverse-CDF draws); `fast, prefill xG` = the same without the
 `fast + prepack` = `rollout.prepack_weights: true` (the decode's fp32 CPU linear layers on weights packed
 once per rollout by MKL, `prepacked_linears`); `fast + compile` (only with `--compile`: inductor needs
 minutes on one thread, reported apart as the first rollout's extra wall time) = the decode step under
-`torch.compile` with a StaticCache, the record of a try that did not pay. Each repeat runs every variant
+`torch.compile` with a StaticCache, the record of a try that did not pay; `fast, bf16 copy` and `fast, int8
+copy` = `rollout.precision: bf16 | int8` (rollout/low_precision.py: the rollout samples with a copy of the
+policy in that format, refreshed once per rollout, so the refresh cancels out of the per-step figure; its
+"own floor" counts the copy's bytes: 1 byte a weight for the int8 linears). Each repeat runs every variant
 once, in rotating order, on the same prompts. Also checked: each variant's greedy completions equal
 `generate`'s token for token (4 prompts x G=2, `--step-tokens` tokens). The random-init `tiny`/`small`
 models seldom stop early; `--eos-bias` raises the EOS logit to measure the early-stop path too.
@@ -81,7 +84,10 @@ def sample_next_before(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=None, 
 class BeforeEngine(HFGenerateEngine):
     """The engine with the decode loop of the previous commit (45f6bd8), for the before/after rows."""
 
-    def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool) -> torch.Tensor:
+    def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool):
+        return self._decode_before(policy, tokenizer, enc, num_generations, greedy), None
+
+    def _decode_before(self, policy, tokenizer, enc, num_generations: int, greedy: bool) -> torch.Tensor:
         ids, mask = enc["input_ids"], enc["attention_mask"]
         G, eos, pad = num_generations, tokenizer.eos_token_id, tokenizer.pad_token_id
         if not self.share_prefill:
@@ -133,7 +139,10 @@ class CompiledEngine(HFGenerateEngine):
     caches: dict = {}
     steps: dict = {}
 
-    def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool) -> torch.Tensor:
+    def _decode_fast(self, policy, tokenizer, enc, num_generations: int, greedy: bool):
+        return self._decode_compiled(policy, tokenizer, enc, num_generations, greedy), None
+
+    def _decode_compiled(self, policy, tokenizer, enc, num_generations: int, greedy: bool) -> torch.Tensor:
         from transformers import StaticCache
 
         G, eos, pad, C = num_generations, tokenizer.eos_token_id, tokenizer.pad_token_id, self.max_new_tokens
@@ -185,7 +194,25 @@ def make_engine(name: str, **kwargs) -> HFGenerateEngine:
         "fast": lambda: HFGenerateEngine(decode="fast", **kwargs),
         "fast + prepack": lambda: HFGenerateEngine(decode="fast", prepack_weights=True, **kwargs),
         "fast + compile": lambda: CompiledEngine(decode="fast", **kwargs),
+        "fast, bf16 copy": lambda: HFGenerateEngine(decode="fast", precision="bf16", **kwargs),
+        "fast, int8 copy": lambda: HFGenerateEngine(decode="fast", precision="int8", **kwargs),
     }[name]()
+
+
+def copy_weight_bytes(engine, model) -> int:
+    """Bytes one decode step reads from the weights of what samples: the policy, or its rollout copy
+    (int8 linears 1 byte a weight, bf16 2, the rest as stored; tied weights once)."""
+    copy = getattr(engine, "rollout_copy", None)
+    if copy is None or copy.model is None:
+        return weight_bytes_per_step(model)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    total = sum(p.numel() * p.element_size() for p in copy.model.parameters())
+    total += sum(m.weight().numel() for m in copy.model.modules() if isinstance(m, DynamicLinear))
+    emb, head = copy.model.get_input_embeddings(), copy.model.get_output_embeddings()
+    if head is not None and isinstance(head, DynamicLinear):  # the head reads its int8 copy, not the embedding
+        total -= emb.weight.numel() * emb.weight.element_size()
+    return total
 
 
 class NoEOS:
@@ -286,10 +313,13 @@ def bench_steps(model, tok, names: list[str], args, buf) -> dict:
     floor_bw = max(bw_median[f"sum@{threads}t"], bw_median[f"matvec@{threads}t"])
     weights = weight_bytes_per_step(model)
     floor_ms = weights / floor_bw / 1e6
+    own_floor = {n: copy_weight_bytes(engines[n][1], model) / floor_bw / 1e6 for n in names}
     rows = {
         n: {
             "ms_per_step": statistics.median(v),
             "floor_ratio": statistics.median(v) / floor_ms,
+            "own_floor_ms": own_floor[n],  # the floor of the format that samples (a copy's bytes)
+            "own_floor_ratio": statistics.median(v) / own_floor[n],
             "ms_per_step_repeats": v,
             **({"compile_s": compile_s[n]} if n in compile_s else {}),
         }
@@ -313,7 +343,8 @@ def greedy_equal(model, tok, names: list[str], args) -> dict[str, bool]:
         model, tok, prompts, 2, greedy=True
     )
     ref = run("generate").completion_ids
-    return {n: torch.equal(run(n).completion_ids, ref) for n in names if n != "generate"}
+    # a rollout copy samples only: greedy answers are the policy's own, so the check says nothing about it
+    return {n: torch.equal(run(n).completion_ids, ref) for n in names if n != "generate" and "copy" not in n}
 
 
 def bench_rollouts(model, tok, names: list[str], args) -> dict:
@@ -363,7 +394,7 @@ def main() -> None:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     t_start = time.perf_counter()
-    step_names = ["generate", "fast (before)", "fast", "fast + prepack"]
+    step_names = ["generate", "fast (before)", "fast", "fast + prepack", "fast, bf16 copy", "fast, int8 copy"]
     step_names += ["fast + compile"] if args.compile else []
     rollout_names = ["generate", "fast (before)", "fast, prefill xG", "fast"]
     buf = torch.ones(BANDWIDTH_BYTES // 4)
@@ -385,7 +416,8 @@ def main() -> None:
     label = lambda size, r: f"{size} ({r['params'] / 1e6:.1f}M)"  # noqa: E731
     steps = [(s, r) for s, r in results.items() if "steps" in r]
     step_table = md_table(
-        ["model", "variant", "ms / decode step", "floor ms", "x floor", "compile s", "greedy = generate"],
+        ["model", "variant", "ms / decode step", "fp32 floor ms", "x fp32 floor", "own floor ms", "x own floor",
+         "compile s", "greedy = generate"],
         [
             [
                 label(size, r),
@@ -393,6 +425,8 @@ def main() -> None:
                 f"{v['ms_per_step']:.1f}",
                 f"{r['steps']['floor_ms']:.1f}",
                 f"{v['floor_ratio']:.2f}x",
+                f"{v['own_floor_ms']:.1f}",
+                f"{v['own_floor_ratio']:.2f}x",
                 f"{v['compile_s']:.0f}" if "compile_s" in v else "",
                 {True: "yes", False: "NO", None: ""}[r["greedy_equals_generate"].get(name)],
             ]
