@@ -415,7 +415,37 @@ def render(table: dict, meta: dict, steps: dict[str, dict[str, float]]) -> str:
         rows = [[k.split("/")[-1], *[f"{100 * steps[a].get(k, math.nan):.0f}%" for a in steps]] for k in share_keys]
         lines += ["Share of the within-group advantage variance per dimension (mean over steps and seeds):", "",
                   md_table(["dimension", *steps], rows), ""]  # fmt: skip
+    lines += verdicts(table)
+    lines += [READING] if READING else []
     return "\n".join(lines) + "\n"
+
+
+def verdicts(table: dict) -> list[str]:
+    """Each pre-registered success criterion, with the figure it is judged on and whether it holds."""
+    arms, pairs = table["arms"], table["pairs"]
+    if "rfn_tadw" not in arms or "base" not in arms:
+        return []
+    method, base = arms["rfn_tadw"], arms["base"]
+
+    def held(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    lines = ["## Pre-registered criteria, as judged by the figures above", ""]
+    lines.append(f"- Primary, triage (sampled) of `rfn_tadw` >= 75%: {ci(method['triage'])}. {held(method['triage'][0] >= 0.75)}.")
+    lines.append(f"- Over-triage of `rfn_tadw` <= 10%: {ci(method['over_triage'])}. {held(method['over_triage'][0] <= 0.10)}.")
+    cut = pairs.get("base", {}).get("truncated")
+    if cut is not None:
+        lines.append(f"- Cut at the cap no higher than the base's: `rfn_tadw` {ci(method['truncated'])} against the base's "
+                     f"{ci(base['truncated'])}, paired difference {ci(cut, signed=True)}. {held(cut[0] <= 0)}.")
+    for other in ("sum", "gdpo"):
+        worst = pairs.get(other, {}).get("worst")
+        if worst is not None:
+            lines.append(f"- Worst-dimension change above `{other}`'s, interval excluding 0: difference "
+                         f"{ci(worst, pct=False, signed=True)}. {held(worst[1] > 0)}.")
+    return [*lines, ""]
+
+
+READING = ""  # written after the last seed: what the figures show and why, read from the step logs
 
 
 # ---------------------------------------------------------------------------------------------- main

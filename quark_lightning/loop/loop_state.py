@@ -13,7 +13,7 @@ from this one place, to the scorers and the sampler that use it:
 
 The per-dimension loop gain is RewardShaping's `loop_gain` buffer. RewardShaping saves this object as its
 extra state, so the module's checkpoint defines the reward completely; at the end of training
-`reward_state.json` beside the policy holds the same (`reward_state_file`), for `evaluate.py
+`reward_state.json` beside the policy holds the same (`write_reward_state`), for `evaluate.py
 reward_state=...` and `score.py --reward-state ...`.
 """
 
