@@ -445,7 +445,42 @@ def verdicts(table: dict) -> list[str]:
     return [*lines, ""]
 
 
-READING = ""  # written after the last seed: what the figures show and why, read from the step logs
+# Written after the last seed (5 of 5), from the tables above and the step logs; the figures are the tables'.
+READING = """## Reading (written after all five seeds)
+
+**The method does not reach the pre-registered goal.** Three of the five criteria fail: triage on the
+never-trained red-flag questions is 5% [3, 8] for `rfn_tadw` against a goal of 75% (the base: 2%); every
+trained arm cuts 94-100% of its sampled answers at the 72-token cap against the base's 60%; and
+`rfn_tadw`'s worst-dimension change is not distinguishable from `gdpo`'s (+0.06 sd [-0.05, +0.16]; after
+three seeds it was +0.13 [+0.02, +0.23], which the two further seeds did not hold up). Over-triage stays at
+0% in every arm.
+
+**What the method does do, against `sum`** (TRL's default): its worst dimension is better by +0.20 base sd
+[+0.10, +0.31], it cuts 2 pp fewer answers [-4, -1], and the dominance it is designed against is measured
+away: under `sum` one reward model (online_rm) carries 66% of the within-group advantage variance and the
+advantage correlates with length at 0.27; under `rfn_tadw` that reward model carries 5%, the rubric 43%, and
+the advantage-length correlation is 0.04. Static RFN (`rfn`) is as good as or better than `rfn_tadw` on the
+worst dimension (-0.22 vs -0.30; difference -0.09 [-0.23, +0.05]): TADW's adaptive weights did not add a
+measurable gain here.
+
+**Why triage stays low (step logs).** Only 30-43% of the red-flag groups had at least one answer among
+G=8 that sends the person to care (`redflag_groups_with_safe`), so most red-flag prompts give no triage
+gradient at all, and in 24 steps x 2 prompts a run sees about 14 red-flag prompts (29% of the training
+prompts have red flags), so about 5 groups a run that can teach triage. Triage's share of
+the advantage variance is 1% under `sum` and `gdpo`, 6-7% under `rfn` and `rfn_tadw`: the normalization
+roughly doubles triage's change in sd (+0.28 vs +0.12), but from 2% that is 5%. Reaching 75% needs far more
+red-flag groups with a safe answer (more steps, larger G, or `algorithm.redraw_gated_groups`), not a
+different weighting.
+
+**Why the answers grow into the cap.** Every arm's answers grew by about 12 words (42.7 -> 54-56) and the
+sampled training answers were cut at the cap in 91-95% of rows on average (`clipped_ratio`); format_rules
+(a cut answer fails its clean ending) is the worst dimension of every arm. This is not the advantage paying
+for length: under `rfn_tadw` the advantage-length correlation is 0.04, yet the growth is the same as under
+`sum` (0.27). The real demo (docs/manual.md) grew the same way with truncated completions masked out of the
+loss, with length-decoupled RFN on both reward models, and with DAPO's soft overlong punishment. The step
+logs do not say what drives it; usefulness and the rubric (+0.5-0.65 and +0.25-0.30 sd in every arm) reward
+content that takes words, which is the next thing to test.
+"""
 
 
 # ---------------------------------------------------------------------------------------------- main
