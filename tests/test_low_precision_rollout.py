@@ -65,6 +65,8 @@ def test_the_engine_samples_from_the_copy_and_answers_greedy_with_the_policy(tin
     torch.manual_seed(0)
     rollout = engine.generate(loaded.model, loaded.tokenizer, bundled_records[:2], 2)
     assert engine.rollout_copy is not None and rollout.sampling_logp is not None
+    assert engine.step_metrics()["time/rollout_refresh"] == engine.rollout_copy.refresh_seconds > 0
+    assert HFGenerateEngine().step_metrics() == {}  # fp32: no copy, nothing to log
     greedy = engine.generate(loaded.model, loaded.tokenizer, bundled_records[:2], 1, greedy=True)
     plain = HFGenerateEngine(max_new_tokens=6).generate(loaded.model, loaded.tokenizer, bundled_records[:2], 1, greedy=True)
     assert greedy.completions == plain.completions  # evaluation measures the policy, not its copy

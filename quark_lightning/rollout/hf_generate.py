@@ -286,6 +286,12 @@ class HFGenerateEngine:
         return result[:, :steps], (logps[:, :steps] if logps is not None else None)
 
     # ------------------------------------------------------------------ the interface
+    def step_metrics(self) -> dict[str, float]:
+        """What the step logs about the engine: the rollout copy's last refresh time (rollout.precision)."""
+        if self.rollout_copy is None:
+            return {}
+        return {"time/rollout_refresh": self.rollout_copy.refresh_seconds}
+
     @property
     def temperature(self) -> float | None:
         """The sampling temperature (the policy's token log-probs divide the logits by it)."""
