@@ -25,10 +25,10 @@ preallocated mask, inverse-CDF draws); `fast, prefill xG` = the same without the
 `fast + prepack` = `rollout.prepack_weights: true` (the decode's fp32 CPU linear layers on weights packed
 once per rollout by MKL, `prepacked_linears`); `fast + compile` (only with `--compile`: inductor needs
 minutes on one thread, reported apart as the first rollout's extra wall time) = the decode step under
-`torch.compile` with a StaticCache, the record of a try that did not pay; `fast, bf16 copy` and `fast, int8
-copy` = `rollout.precision: bf16 | int8` (rollout/low_precision.py: the rollout samples with a copy of the
-policy in that format, refreshed once per rollout, so the refresh cancels out of the per-step figure; its
-"own floor" counts the copy's bytes: 1 byte a weight for the int8 linears). Each repeat runs every variant
+`torch.compile` with a StaticCache, the record of a try that did not pay; `fast, bf16 copy`, `fast, int8
+copy` and `fast, w8 copy` = `rollout.precision: bf16 | int8 | w8` (rollout/low_precision.py: the rollout
+samples with a copy of the policy in that format, refreshed once per rollout, so the refresh cancels out of
+the per-step figure; its "own floor" counts the copy's bytes: 1 byte a weight for int8 and w8 linears). Each repeat runs every variant
 once, in rotating order, on the same prompts. Also checked: each variant's greedy completions equal
 `generate`'s token for token (4 prompts x G=2, `--step-tokens` tokens). The random-init `tiny`/`small`
 models seldom stop early; `--eos-bias` raises the EOS logit to measure the early-stop path too.
@@ -196,6 +196,7 @@ def make_engine(name: str, **kwargs) -> HFGenerateEngine:
         "fast + compile": lambda: CompiledEngine(decode="fast", **kwargs),
         "fast, bf16 copy": lambda: HFGenerateEngine(decode="fast", precision="bf16", **kwargs),
         "fast, int8 copy": lambda: HFGenerateEngine(decode="fast", precision="int8", **kwargs),
+        "fast, w8 copy": lambda: HFGenerateEngine(decode="fast", precision="w8", **kwargs),
     }[name]()
 
 
@@ -207,10 +208,13 @@ def copy_weight_bytes(engine, model) -> int:
         return weight_bytes_per_step(model)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
+    from quark_lightning.rollout.low_precision import Int8WeightLinear
+
     total = sum(p.numel() * p.element_size() for p in copy.model.parameters())
     total += sum(m.weight().numel() for m in copy.model.modules() if isinstance(m, DynamicLinear))
+    total += sum(m.weight_int8.numel() for m in copy.model.modules() if isinstance(m, Int8WeightLinear))
     emb, head = copy.model.get_input_embeddings(), copy.model.get_output_embeddings()
-    if head is not None and isinstance(head, DynamicLinear):  # the head reads its int8 copy, not the embedding
+    if isinstance(head, (DynamicLinear, Int8WeightLinear)):  # the head reads its int8 copy, not the embedding
         total -= emb.weight.numel() * emb.weight.element_size()
     return total
 
@@ -395,6 +399,7 @@ def main() -> None:
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     t_start = time.perf_counter()
     step_names = ["generate", "fast (before)", "fast", "fast + prepack", "fast, bf16 copy", "fast, int8 copy"]
+    step_names += ["fast, w8 copy"]
     step_names += ["fast + compile"] if args.compile else []
     rollout_names = ["generate", "fast (before)", "fast, prefill xG", "fast"]
     buf = torch.ones(BANDWIDTH_BYTES // 4)

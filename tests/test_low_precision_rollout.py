@@ -43,6 +43,34 @@ def test_the_int8_copy_holds_the_policys_weights_and_follows_an_optimizer_step(t
     assert copy.refresh_seconds > 0
 
 
+def test_the_weight_only_int8_copy_keeps_the_distribution_and_follows_an_optimizer_step(tiny_model_dir):
+    from quark_lightning.rollout.low_precision import Int8WeightLinear
+
+    policy = load_causal_lm(tiny_model_dir).model
+    copy = RolloutCopy("w8")
+    model = copy.refresh(policy)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Int8WeightLinear)}
+    weights = merged_weights(policy)
+    assert "lm_head" in layers  # the tied head too
+    for name, layer in layers.items():  # per output row: half a step, plus the bf16 rounding of its scale
+        w = weights[f"{name}.weight"]
+        step = w.abs().amax(1, keepdim=True) / 127  # (out, 1) the row's quantization step
+        restored = layer.weight_int8.float() * layer.scales.float()[:, None]
+        assert ((restored - w).abs() <= step * (0.5 + 127 / 256) + 1e-6).all()
+    x = torch.tensor([[1, 2, 3, 4]])
+    ref = torch.log_softmax(policy(input_ids=x).logits, -1)
+    got = torch.log_softmax(model(input_ids=x).logits.float(), -1)
+    assert float((ref.exp() * (ref - got)).sum(-1).max()) < 0.05  # the activations are never quantized
+    before = model(input_ids=x).logits.clone()
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    policy(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    again = copy.refresh(policy)
+    assert again is model and not torch.allclose(again(input_ids=x).logits, before)  # it followed the step
+    fresh = RolloutCopy("w8").refresh(policy)  # ... to exactly what a copy of the stepped policy holds
+    assert torch.equal(again(input_ids=x).logits, fresh(input_ids=x).logits)
+
+
 def test_a_lora_policy_is_merged_into_the_copy_and_left_untouched(tiny_model_dir):
     policy = apply_lora(load_causal_lm(tiny_model_dir).model, 4, 8, 0.0, "all-linear")
     for name, p in policy.named_parameters():

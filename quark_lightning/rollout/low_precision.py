@@ -11,6 +11,9 @@ of the copy the HF engine samples with (training and reference log-probs stay in
            the activations changes a small model's distribution a lot: on SmolLM2, KL(fp32 || int8) of the
            next token was 1.4-1.6 nats on a probe sentence (top-1 agreement 41-56%), against 0.002 for bf16.
            Opt-in only; measure `sampling/kl` before training with it.
+    w8     weight-only int8: every nn.Linear's weight int8 with one scale per output row, bf16 activations
+           (`torch._weight_int8pack_mm`), the rest of the model bf16: 1 byte a weight read, the activations
+           never quantized
     auto   the faster of fp32 and bf16 on this machine (the formats that keep the distribution), timed once
            at start-up on a linear layer shaped like the policy's, at the rollout's row count
 
@@ -32,7 +35,7 @@ import torch
 
 from quark_lightning.rollout.policy_weights import merged_policy_weights
 
-PRECISIONS = ("fp32", "bf16", "int8", "auto")
+PRECISIONS = ("fp32", "bf16", "int8", "w8", "auto")
 
 
 def _quantize_dynamic(module: torch.nn.Module) -> torch.nn.Module:
@@ -45,6 +48,49 @@ def _int8_weight(weight: torch.Tensor) -> torch.Tensor:
     """Per-tensor symmetric int8, the scale of quantize_dynamic's default weight observer (min/max)."""
     scale = max(float(weight.abs().max()) / 127.5, 1e-8)
     return torch.quantize_per_tensor(weight.detach().float().contiguous(), scale, 0, torch.qint8)
+
+
+def _row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) -> int8 weight (out, in) and one symmetric scale per output row (out,)."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+    return torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8), scales
+
+
+class Int8WeightLinear(torch.nn.Module):
+    """A linear layer with an int8 weight (per-row scales) and bf16 activations: y = x W^T s + b."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_int8", torch.empty(weight.shape, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(weight.size(0), dtype=torch.bfloat16))
+        self.register_buffer("bias", None if bias is None else torch.empty(bias.shape, dtype=torch.bfloat16))
+        self.set_weight(weight, bias)
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        q, scales = _row_int8(weight)
+        self.weight_int8.copy_(q)
+        self.scales.copy_(scales)
+        if bias is not None and self.bias is not None:
+            self.bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        shape = x.shape[:-1]
+        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight_int8, self.scales)
+        y = y.reshape(*shape, self.out_features)
+        return y + self.bias if self.bias is not None else y
+
+
+def _weight_only_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """Every nn.Linear of `module` replaced by an Int8WeightLinear (quantized from its fp32 weight); the rest
+    cast to bf16 (int8 tensors are left as they are)."""
+    for name, child in list(module.named_modules()):
+        if type(child) is torch.nn.Linear:
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, attr, Int8WeightLinear(child.weight, child.bias))
+    return module.to(torch.bfloat16)
 
 
 def pick_precision(
@@ -86,7 +132,7 @@ class RolloutCopy:
 
     def __init__(self, precision: str):
         if precision not in PRECISIONS or precision == "auto":
-            raise ValueError(f"rollout.precision: got {precision!r}, expected fp32, bf16 or int8")
+            raise ValueError(f"rollout.precision: got {precision!r}, expected fp32, bf16, int8 or w8")
         self.precision = precision
         self.model: torch.nn.Module | None = None
         self.refresh_seconds = 0.0  # the last refresh's wall time
@@ -106,6 +152,8 @@ class RolloutCopy:
         skeleton.requires_grad_(False).eval()
         if self.precision == "bf16":
             return skeleton.to(torch.bfloat16)
+        if self.precision == "w8":
+            return _weight_only_int8(skeleton)
         return _quantize_dynamic(skeleton)
 
     @torch.no_grad()
@@ -127,6 +175,8 @@ class RolloutCopy:
         for name, module in self.model.named_modules():
             if isinstance(module, DynamicLinear) and f"{name}.weight" in weights:
                 module.set_weight_bias(_int8_weight(weights[f"{name}.weight"]), weights.get(f"{name}.bias"))
+            if isinstance(module, Int8WeightLinear) and f"{name}.weight" in weights:
+                module.set_weight(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
         for name, tensor in weights.items():
             if name in params:
                 params[name].copy_(tensor)  # embeddings and norms (and every weight of a bf16 copy)
