@@ -152,7 +152,7 @@ class ClosedLoopSupervision(L.Callback):
         from quark_lightning.scorers.online import BadPatternScorer
 
         loop, actions = pl_module.shaping.loop, []
-        failing_ = failing_answers(pl_module.matrix, scored)
+        fails = failing_answers(pl_module.matrix, scored)
         ids = [str(p.get("id")) for p in prompts]
         references = [p["reference"] for p in prompts if isinstance(p.get("reference"), str)]
         for name in pl_module.matrix.names:
@@ -161,7 +161,7 @@ class ClosedLoopSupervision(L.Callback):
             loop.loop_patterns[name], acts = update_loop_patterns(
                 loop.loop_patterns.get(name, {}),
                 metrics["step"],
-                list(zip(ids, answers, failing_)),
+                list(zip(ids, answers, fails)),
                 references,
                 **self.settings.patterns,
             )
