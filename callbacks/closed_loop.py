@@ -39,7 +39,7 @@ from quark_lightning.loop.item_actions import (
 )
 from quark_lightning.loop.loop_settings import LoopSettings
 from quark_lightning.loop.loop_state import scorer_of
-from quark_lightning.loop.metrics import evaluation_metrics, failing_answers, gate_failures
+from quark_lightning.loop.metrics import answer_lengths, evaluation_metrics, failing_answers, gate_failures
 from quark_lightning.loop.patterns import update_loop_patterns
 
 
@@ -97,6 +97,7 @@ class ClosedLoopSupervision(L.Callback):
         scored = pl_module.matrix.score(prompts, answers)
         reference = self._reference_scores(pl_module, prompts) if self.settings.item_level else None
         metrics = evaluation_metrics(pl_module.matrix, prompts, answers, scored, trainer.global_step, reference)
+        metrics["answers"] = answer_lengths(rollout.completion_mask[:n], rollout.truncated[:n])
         pl_module.shaping.loop.record_means(metrics)
         if acting:
             metrics["actions"] = self.reward_update(trainer, pl_module, metrics)
@@ -255,6 +256,7 @@ class ClosedLoopSupervision(L.Callback):
         scalars = {f"eval/{n}/pass_rate": r["pass_rate"] for n, r in dims.items() if r["count"]}
         scalars |= {f"eval/{n}/mean": r["mean"] for n, r in dims.items() if r["count"]}
         scalars |= {f"eval/category/{c}/pass_rate": r["pass_rate"] for c, r in metrics["categories"].items()}
+        scalars |= {f"eval/answers/{k}": v for k, v in metrics.get("answers", {}).items()}
         lines = [f"- {d['dimension']}: {d['finding']} ({d['share']:.0%})" for d in metrics["diagnosis"][:10]]
         lines += [f"- action: {a['reason']}" for a in metrics["actions"]]
         log_scalars(trainer, scalars, step)  # every logger (TensorBoard, CSV, W&B, MLflow)

@@ -203,3 +203,22 @@ def test_evaluate_reports_a_missing_model_path_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "models.rl" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_summary_table_puts_answer_length_beside_quality(history):
+    import torch
+
+    from quark_lightning.loop.metrics import answer_lengths
+
+    # 3 answers of 2, 4 and 4 tokens (EOS included); the last two cut at a 4-token cap
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    start = answer_lengths(mask, torch.tensor([False, True, True]))
+    assert start == pytest.approx({"mean_tokens": 10 / 3, "cut_share": 2 / 3})
+    first, last = dict(history[0], answers=start), dict(history[1], answers={"mean_tokens": 4.0, "cut_share": 1.0})
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in summary_table(first, last).splitlines()[2:]
+    }
+    assert rows["*answer length (tokens)*"] == ["(answers)", "–", "–", "–", "3.333", "4.000", "+0.667"]
+    assert rows["*cut at the cap*"] == ["(answers)", "66.7%", "100.0%", "+33.3 pp", "–", "–", "–"]
+    assert "*cut at the cap*" not in summary_table(history[0], history[1])  # older histories: no length rows

@@ -100,7 +100,20 @@ def summary_table(first: dict, last: dict) -> str:
     for cat, end in last["categories"].items():
         a, b = first["categories"].get(cat, {}).get("pass_rate"), end.get("pass_rate")
         rows.append([f"**{_cell(cat)}**", "(category)", _pct(a), _pct(b), _pp(a, b), "–", "–", "–"])
+    rows += _answer_rows(first.get("answers", {}), last.get("answers", {}))
     return _table(header, rows)
+
+
+def _answer_rows(first: dict, last: dict) -> list[list[str]]:
+    """Length beside quality: the answers' mean length (tokens) and share cut at the cap, when recorded."""
+    if not first or not last:
+        return []
+    a, b = first.get("cut_share"), last.get("cut_share")
+    ta, tb = first.get("mean_tokens"), last.get("mean_tokens")
+    return [
+        ["*answer length (tokens)*", "(answers)", "–", "–", "–", _num(ta), _num(tb), _diff(ta, tb)],
+        ["*cut at the cap*", "(answers)", _pct(a), _pct(b), _pp(a, b), "–", "–", "–"],
+    ]
 
 
 def comparison_table(results: dict[str, dict]) -> str:

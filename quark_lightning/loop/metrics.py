@@ -236,6 +236,15 @@ def evaluation_metrics(
     }
 
 
+def answer_lengths(completion_mask: torch.Tensor, truncated: torch.Tensor) -> dict[str, float]:
+    """How long the evaluated answers are, beside how good: their mean length in tokens (EOS included) and
+    the share cut at the completion cap. completion_mask: (N, C); truncated: (N,) bool."""
+    return {
+        "mean_tokens": float(completion_mask.sum(dim=1).float().mean()),
+        "cut_share": float(truncated.float().mean()),
+    }
+
+
 def gate_failures(scored: MatrixScores, gates, i: int) -> list[int]:
     """Indices k of the gated dimensions whose gate answer i fails (a failed scorer counts as failing)."""
     out = []
