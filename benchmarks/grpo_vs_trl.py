@@ -115,7 +115,7 @@ def run_ours(args) -> dict:
         loaded.tokenizer,
         AlignmentMatrix(make_dimensions()),
         cfg,
-        HFGenerateEngine(max_new_tokens=args.max_new_tokens),
+        HFGenerateEngine(max_new_tokens=args.max_new_tokens, precision=args.rollout_precision),
         aggregator="sum",
     )
 
@@ -255,7 +255,9 @@ def run_trl(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------- orchestration
-SETTINGS = ("steps", "prompts", "G", "max_new_tokens", "beta", "threads", "seed", "logprob_chunk_size")
+SETTINGS = (
+    "steps", "prompts", "G", "max_new_tokens", "beta", "threads", "seed", "logprob_chunk_size", "rollout_precision"
+)  # fmt: skip
 
 
 def worker_cmd(args, arm: str, size: str, mode: str, out: str) -> list[str]:
@@ -264,7 +266,7 @@ def worker_cmd(args, arm: str, size: str, mode: str, out: str) -> list[str]:
         "--steps", str(args.steps), "--prompts", str(args.prompts), "--G", str(args.G),
         "--max-new-tokens", str(args.max_new_tokens), "--beta", str(args.beta),
         "--threads", str(args.threads), "--seed", str(args.seed),
-        "--logprob-chunk-size", str(args.logprob_chunk_size),
+        "--logprob-chunk-size", str(args.logprob_chunk_size), "--rollout-precision", args.rollout_precision,
         *(["--smollm2-dir", args.smollm2_dir] if args.smollm2_dir else []),
     ]  # fmt: skip
 
@@ -272,6 +274,8 @@ def worker_cmd(args, arm: str, size: str, mode: str, out: str) -> list[str]:
 def run_dir(args, trl_version: str) -> Path:
     """Cache folder of this benchmark's subprocess results, keyed by every setting that changes them."""
     key = {k: getattr(args, k) for k in SETTINGS} | {"trl": trl_version, "smollm2": args.smollm2_dir}
+    if key["rollout_precision"] == "fp32":
+        del key["rollout_precision"]  # the default: the fp32 runs cached before the option keep their folder
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(args.cache_dir, f"grpo_vs_trl-{digest}")
 
@@ -390,6 +394,11 @@ def render(results: dict, meta: dict) -> str:
         f"max_new_tokens={meta['max_new_tokens']}, beta={meta['beta']}, loss grpo, fp32 CPU, "
         f"{_runs_text(results, meta)} x {meta['steps'] - 1} measured steps. Machine: {meta['machine']}."
     )
+    if meta.get("rollout_precision", "fp32") != "fp32":
+        head += (
+            f" Ours: rollout.precision={meta['rollout_precision']} (a {meta['rollout_precision']} copy of the"
+            " policy generates; training and reference log-probs stay fp32)."
+        )
     if meta.get("logprob_chunk_size"):
         head += (
             f" Ours: chunked LM-head log-probs ({meta['logprob_chunk_size']} tokens per chunk); 'full logits' ="
@@ -436,6 +445,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logprob-chunk-size", type=int, default=256, help="ours: tokens per LM-head chunk")
     parser.add_argument(
+        "--rollout-precision",
+        default="fp32",
+        choices=["fp32", "bf16", "w8", "int8"],
+        help="ours: rollout.precision, the generation copy's format (training stays fp32)",
+    )
+    parser.add_argument(
         "--smollm2-dir", default=None, help="SmolLM2-135M-Instruct HF directory (default: model=smollm2's)"
     )
     parser.add_argument("--budget-min", type=float, default=None, help="stop launching runs after this")
@@ -476,7 +491,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(out / "grpo_vs_trl.json")
-    runs[" ".join(args.sizes)] = {"meta": meta, "results": results}
+    section = " ".join(args.sizes) + (
+        "" if args.rollout_precision == "fp32" else f", rollout {args.rollout_precision}"
+    )
+    runs[section] = {"meta": meta, "results": results}
     (out / "grpo_vs_trl.json").write_text(json.dumps({"runs": runs}, indent=2))
     sections = [f"## {name}\n\n{render(r['results'], r['meta'])}" for name, r in runs.items()]
     (out / "grpo_vs_trl.md").write_text("\n".join(sections))
