@@ -36,6 +36,24 @@ def test_each_rank_starts_vllm_with_its_rank_from_the_process_group(tmp_path):
         assert seen["kwargs"]["distributed_executor_backend"] == "external_launcher"
         assert seen["kwargs"]["logprobs_mode"] == "processed_logprobs"
         assert seen["model"] == "/models/policy"
+        assert seen["kwargs"]["seed"] == rank  # seed 0 + rank: the ranks draw different answers
+        assert seen["trainer_rng_kept"]  # vLLM's reseed at start-up did not change the trainer's streams
+
+
+def test_tensor_parallel_engines_across_training_ranks_are_refused(monkeypatch):
+    import sys
+    import types
+
+    from quark_lightning.rollout import vllm_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=None))
+    monkeypatch.setattr(vllm_engine, "require_vllm", lambda: None)
+    monkeypatch.setattr(vllm_engine, "world_size", lambda: 2)
+    monkeypatch.setenv(vllm_engine.IN_PROCESS_ENV, "0")  # llm() sets it: recorded, so it is put back
+    engine = vllm_engine.VLLMEngine(tensor_parallel_size=2)
+    policy = types.SimpleNamespace(config=types.SimpleNamespace(_name_or_path="/models/policy"))
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 would make ranks share one engine"):
+        engine.llm(policy)
 
 
 def test_a_rank_that_disagrees_with_the_environment_is_refused(monkeypatch):

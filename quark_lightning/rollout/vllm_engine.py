@@ -34,16 +34,25 @@ With the adapter disabled, the base weights are what vLLM gets. DoRA and LoRA on
 
 The engine is imported lazily: building it without vLLM raises an ImportError that says how to install
 it. Log-probs for the loss are recomputed by the trainer's own forward. vLLM's own log-probs of the drawn
-tokens (`logprobs_mode="processed_logprobs"`: after temperature, before top-k / top-p) come back as
-`Rollout.sampling_logp`, so the trainer logs the mismatch (`sampling/kl`) and, with
-`algorithm.vllm_importance_sampling_correction=true`, corrects it (grpo/rollout_correction.py).
+tokens (`logprobs_mode="processed_logprobs"`: under the distribution the token was drawn from, i.e. after
+repetition penalty, temperature, min-p and top-k / top-p, renormalized over the kept tokens; vLLM has no
+mode between that and the raw logits) come back as `Rollout.sampling_logp`, so the trainer logs the
+mismatch (`sampling/kl`) and, with `algorithm.vllm_importance_sampling_correction=true`, corrects it
+(grpo/rollout_correction.py). The trainer's log-probs are of softmax(logits / T) alone, so with top-p < 1,
+top-k > 0, min-p > 0 or a repetition penalty, `sampling/kl` includes that gap even when the weights agree.
 
 Several ranks: vLLM's `external_launcher` joins the running job and reads RANK, WORLD_SIZE and LOCAL_RANK;
-`set_launcher_env` exports them from the process group (Lightning's launcher never sets RANK).
+`set_launcher_env` exports them from the process group (Lightning's launcher never sets RANK). Each rank
+runs its own engine on its own prompts, so tensor parallelism across ranks is refused, and each rank's
+engine is seeded with `seed + rank` (as TRL's colocate mode does). vLLM reseeds Python's, NumPy's and
+torch's global generators with its seed when it starts; the trainer's generator states are put back
+afterwards (`keeping_trainer_rng`), so starting the engine does not change the run's random stream.
+(Checked against vLLM 0.32.0's source, the version pip resolves the extra to; never run: no GPU here.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -111,6 +120,29 @@ def set_launcher_env() -> dict[str, str]:
     return env
 
 
+TENSOR_PARALLEL_REFUSED = (
+    "rollout=vllm with several training ranks: each rank samples its own prompts with its own engine, but "
+    "tensor_parallel_size={tp} would make ranks share one engine, which needs the same prompts on each. "
+    "Fix: rollout.tensor_parallel_size=1"
+)
+
+
+@contextlib.contextmanager
+def keeping_trainer_rng():
+    """Python's, NumPy's and torch's (CPU and CUDA) global generator states, put back on exit: vLLM
+    reseeds them all when its engine starts."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -170,11 +202,15 @@ class VLLMEngine:
             from vllm import LLM
 
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-            kwargs = dict(self.llm_kwargs, logprobs_mode="processed_logprobs")  # tempered, unwarped
+            kwargs = dict(self.llm_kwargs, logprobs_mode="processed_logprobs")  # the sampling distribution
             if world_size() > 1:  # colocated: this process is one rank of the training job
+                if kwargs["tensor_parallel_size"] != 1:
+                    raise ValueError(TENSOR_PARALLEL_REFUSED.format(tp=kwargs["tensor_parallel_size"]))
                 kwargs["distributed_executor_backend"] = "external_launcher"
-                set_launcher_env()  # Lightning's launcher never sets RANK, which vLLM reads
-            self._llm = LLM(model=base.config._name_or_path, **kwargs)
+                env = set_launcher_env()  # Lightning's launcher never sets RANK, which vLLM reads
+                kwargs["seed"] = kwargs["seed"] + int(env["RANK"])  # ranks sample different answers
+            with keeping_trainer_rng():
+                self._llm = LLM(model=base.config._name_or_path, **kwargs)
         return self._llm
 
     @torch.no_grad()

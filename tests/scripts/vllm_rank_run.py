@@ -11,15 +11,24 @@ from __future__ import annotations
 import importlib.machinery
 import json
 import os
+import random
 import sys
 import types
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 OUT = Path(sys.argv[1])
-SEEN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "VLLM_ENABLE_V1_MULTIPROCESSING")
+SEEN_KEYS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+)
 
 
 class RecordingLLM:
@@ -29,6 +38,9 @@ class RecordingLLM:
         env = {k: os.environ.get(k) for k in SEEN_KEYS}
         rank = torch.distributed.get_rank()
         (OUT / f"rank{rank}.json").write_text(json.dumps({"env": env, "kwargs": kwargs, "model": model}))
+        random.seed(kwargs["seed"])  # as vLLM's set_random_seed does when its worker starts
+        np.random.seed(kwargs["seed"])
+        torch.manual_seed(kwargs["seed"])
 
 
 fake = types.ModuleType("vllm")
@@ -53,7 +65,15 @@ class Module(L.LightningModule):
         self.engine = VLLMEngine(max_new_tokens=4)
 
     def training_step(self, batch, batch_idx):
+        before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
         self.engine.llm(self.policy)  # where GRPOModule's first rollout builds it
+        after = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+        kept = (
+            bool(torch.equal(before[0], after[0])) and before[1] == after[1] and (before[2] == after[2]).all()
+        )
+        rank = torch.distributed.get_rank()
+        seen = json.loads((OUT / f"rank{rank}.json").read_text())
+        (OUT / f"rank{rank}.json").write_text(json.dumps(dict(seen, trainer_rng_kept=bool(kept))))
         return self.policy.linear(batch[0]).sum()
 
     def configure_optimizers(self):
