@@ -30,7 +30,8 @@ What is pinned (golden files: tests/fixtures/pinning/<arm>.json), per arm:
                      reward (N,) and advantages (N,); the first RL step's advantages are steps[0].advantages
                      logged: every metric the step logged (loss, kl, entropy, grad_norm, clip ratios, reward
                      stats, weights/*, normalized/*, failures, and for TADW its factors tadw/*), but times
-                     and sampling/* (the sampler-trainer rounding mismatch)
+                     and sampling/* (the sampler-trainer rounding mismatch) and diagnostics/length_corr/*
+                     (added after the goldens; a function of pinned values: scores, weights, lengths)
     normalizer_*   rfn, rfn_tadw: the Reference-Frozen normalizer's buffers (mean, std, count, fitted) and
                    status, after calibration (first batch start) and at the end
     weighting_*    rfn_tadw: the TADW buffers (weights, prior, risk, targets, ema_score, ema_corr, steps,
@@ -208,8 +209,9 @@ class PinningRecorder(L.Callback):
 def logged_metrics(trainer) -> dict[str, Any]:
     """What the module and the TADW callback logged this step, but wall times, the progress bar and the
     sampler-trainer mismatch (`sampling/*`: rounding noise between the decode loop and the full forward,
-    about 1e-8 here, which another processor's kernels change by more than any tolerance of its size)."""
-    skip = ("time/", "step_time", "reward_pbar", "sampling/")
+    about 1e-8 here, which another processor's kernels change by more than any tolerance of its size), and
+    `diagnostics/length_corr/*`, logged since the goldens were recorded and computed from pinned values."""
+    skip = ("time/", "step_time", "reward_pbar", "sampling/", "diagnostics/length_corr/")
     return {
         k: floats(float(v)) for k, v in sorted(trainer.callback_metrics.items()) if not k.startswith(skip)
     }

@@ -15,7 +15,12 @@ import torch
 
 from quark_lightning.matrix.alignment_matrix import Gate
 from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages, apply_gates
-from quark_lightning.shaping.diagnostics import advantage_shares, pearson, redflag_groups_with_safe
+from quark_lightning.shaping.diagnostics import (
+    advantage_shares,
+    length_correlations,
+    pearson,
+    redflag_groups_with_safe,
+)
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, fallback_sigma, reference_stats
 from quark_lightning.shaping.tadw import TriFactorWeighting, active_weights, varies_within_groups
 
@@ -139,6 +144,24 @@ def test_advantage_shares_and_length_correlation_by_hand():
     assert math.isnan(pearson(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 2.0])))
 
 
+def test_each_dimensions_length_correlation_is_within_groups_by_hand():
+    # 2 groups of 2. Group lengths (10, 30) and (100, 60): centred -10, +10, +20, -20.
+    lengths = torch.tensor([10.0, 30.0, 100.0, 60.0])
+    contrib = torch.tensor(
+        [
+            [0.0, 1.0, 7.0],  # dim 0 rises with length in both groups (centred -1, +1, +2, -2): +1
+            [2.0, 0.0, 7.0],  # dim 1 falls with it (+0.5, -0.5, -1, +1): -1
+            [9.0, -1.0, 7.0],  # dim 2 is constant: NaN
+            [5.0, 1.0, 7.0],
+        ]
+    )
+    corr = length_correlations(contrib, lengths, 2)
+    assert corr[:2] == pytest.approx([1.0, -1.0]) and math.isnan(corr[2])
+    mixed = torch.tensor([[0.0], [1.0], [10.0], [10.0]])  # rises in group 1, constant in group 2
+    # centred (-0.5, 0.5, 0, 0) against (-10, 10, 20, -20): 10 / (sqrt(0.5) * sqrt(1000)) = 0.4472
+    assert length_correlations(mixed, lengths, 2) == pytest.approx([10 / (0.5**0.5 * 1000**0.5)])
+
+
 def test_share_of_red_flag_groups_with_a_safe_answer():
     prompts = [{"red_flags": ["x"]}] * 2 + [{"red_flags": []}] * 2 + [{"red_flags": ["y"]}] * 2
     triage = torch.tensor([0.0, 1.0, NAN, NAN, 0.0, 0.0])
@@ -156,13 +179,18 @@ def test_length_decoupled_rfn_removes_a_within_prompt_length_slope():
     norm.fit(scores, ids, lengths)
     # the slope of (0.1 l + q) on l within prompt: 0.1 + cov(q, l) / var(l) = 0.1 + (-0.02, +0.02) -> 0.1
     assert float(norm.length_slope[0]) == pytest.approx(0.1, abs=1e-6) and float(norm.length_slope[1]) == 0.0
-    short, long_ = torch.tensor([[3.0, 1.0]]), torch.tensor([[3.0 + 0.1 * 30, 1.0]])  # same answer + 30 tokens
+    short, long_ = (
+        torch.tensor([[3.0, 1.0]]),
+        torch.tensor([[3.0 + 0.1 * 30, 1.0]]),
+    )  # same answer + 30 tokens
     z_short = norm(short, ["a"], torch.tensor([10.0]))
     z_long = norm(long_, ["a"], torch.tensor([40.0]))
     torch.testing.assert_close(z_short, z_long)  # the padding bought nothing
     plain = ReferenceFrozenNormalizer(2, min_count=2)
     plain.fit(scores, ids)
     gain = float(plain(long_, ["a"])[0, 0] - plain(short, ["a"])[0, 0])
-    assert gain == pytest.approx(3.0 / float(plain.std[0]), rel=1e-5) and gain > 0.9  # without: ~1 z for length
+    assert (
+        gain == pytest.approx(3.0 / float(plain.std[0]), rel=1e-5) and gain > 0.9
+    )  # without: ~1 z for length
     with pytest.raises(ValueError, match="lengths"):
         ReferenceFrozenNormalizer(2, length_decoupled=[True, False]).fit(scores, ids)

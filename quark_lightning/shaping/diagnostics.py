@@ -11,6 +11,9 @@ groups (G contiguous completions per prompt; under DDP, this rank's groups):
                               the weights the step used), w_k A_k (gdpo: its per-dimension advantage)
   advantage_length_corr       Pearson correlation of the advantages with completion length (tokens); a
                               large positive value means the rewards mostly pay for length
+  length_corr/<dim>           Pearson correlation, within groups, of the dimension's contribution c_k
+                              with completion length (both group-centred): which dimension pays for
+                              length (NaN where it or the length is constant in every group)
   redflag_groups_with_safe    share of red-flag prompts' groups with at least one completion passing
                               `triage` (NaN without red-flag prompts or without a `triage` dimension):
                               a group with none has no triage signal to learn from
@@ -53,6 +56,13 @@ def advantage_shares(contrib: torch.Tensor, group_size: int) -> torch.Tensor:
     var = centered_within_groups(contrib, group_size).pow(2).sum(0)  # (K,)
     total = var.sum()
     return var / total if bool(total > 0) else torch.zeros_like(var)
+
+
+def length_correlations(contrib: torch.Tensor, lengths: torch.Tensor, group_size: int) -> list[float]:
+    """(N, K) contributions, (N,) lengths -> each dimension's within-group correlation with length (K,)."""
+    c = centered_within_groups(contrib, group_size)  # (N, K)
+    length = centered_within_groups(upcast(lengths).view(-1, 1), group_size)[:, 0]  # (N,)
+    return [pearson(c[:, k], length) for k in range(c.size(1))]
 
 
 def within_group_spread(scores: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,13 +110,16 @@ def step_diagnostics(
     lengths: torch.Tensor,  # (N,) completion tokens
     group_size: int,
 ) -> dict[str, float]:
-    shares = advantage_shares(contributions(aggregator, scores, normalized, weights, group_size), group_size)
+    contrib = contributions(aggregator, scores, normalized, weights, group_size)
+    shares = advantage_shares(contrib, group_size)
+    by_length = length_correlations(contrib, lengths, group_size)
     spread, zero = within_group_spread(scores, group_size)
     out: dict[str, float] = {}
     for k, name in enumerate(names):
         out[f"diagnostics/within_group_std/{name}"] = float(spread[k])
         out[f"diagnostics/zero_variance_groups/{name}"] = float(zero[k])
         out[f"diagnostics/advantage_share/{name}"] = float(shares[k])
+        out[f"diagnostics/length_corr/{name}"] = by_length[k]
     out["diagnostics/advantage_length_corr"] = pearson(advantages, lengths)
     triage = scores[:, list(names).index("triage")] if "triage" in names else None
     out["diagnostics/redflag_groups_with_safe"] = redflag_groups_with_safe(prompts, triage, group_size)
