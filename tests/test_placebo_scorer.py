@@ -40,7 +40,7 @@ def test_the_control_experiment_trains_on_the_placebo_alone():
     dims = cfg.matrix.dimensions
     assert dims.placebo.weight == 1.0 and cfg.optimization.aggregator == "sum"
     others = [name for name in dims if name != "placebo"]
-    assert len(others) == 11 and all(
+    assert len(others) == 12 and all(
         dims[name].weight == 0.0 and not dims[name].get("gate") for name in others
     )
     assert cfg.rollout.max_new_tokens == 72 and cfg.algorithm.lr == 3.0e-4  # the real demo's, unchanged

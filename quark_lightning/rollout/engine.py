@@ -13,7 +13,9 @@ Contract of `generate(policy, tokenizer, prompts, num_generations, greedy=False)
 - tensors are ordinary tensors (not inference tensors) on the policy's device, so they can enter autograd;
 - the engine samples from the policy's current weights (an engine with its own copy syncs them first);
 - `sampling_logp`, when the engine returns it, is what the sampler computed for the drawn tokens, so the
-  trainer can measure and correct the mismatch (grpo/rollout_correction.py).
+  trainer can measure and correct the mismatch (grpo/rollout_correction.py);
+- each of `completions` is a `Completion`: the decoded text (a `str` to every scorer) that also says whether
+  the engine cut it at `max_new_tokens`, which the text alone cannot tell (a cut can land on a full stop).
 """
 
 from __future__ import annotations
@@ -25,13 +27,30 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 
+class Completion(str):
+    """A completion's text that remembers whether the engine cut it at the completion cap (no EOS).
+
+    It is a `str` wherever text is read (scorers, judges, reports); `scorers/completion.py` reads
+    `truncated`. Plain strings (a reference answer, a response read from a file) have no such flag."""
+
+    __slots__ = ("truncated",)
+
+    def __new__(cls, text: str, truncated: bool) -> Completion:
+        obj = super().__new__(cls, text)
+        obj.truncated = bool(truncated)
+        return obj
+
+    def __reduce__(self):  # pickles (and copies) with its flag
+        return (Completion, (str(self), self.truncated))
+
+
 @dataclass
 class Rollout:
     prompt_ids: torch.Tensor  # (N, P) left-padded, N = num_prompts * G
     prompt_mask: torch.Tensor  # (N, P)
     completion_ids: torch.Tensor  # (N, C)
     completion_mask: torch.Tensor  # (N, C) 1 up to and including the first EOS
-    completions: list[str]  # (N,) decoded text without special tokens
+    completions: list[str]  # (N,) decoded text without special tokens, each a `Completion`
     prompts: list[dict[str, Any]]  # (N,) the prompt object of each completion (repeated G times)
     truncated: torch.Tensor  # (N,) bool, no EOS within max_new_tokens
     prompt_truncated: torch.Tensor  # (N,) bool, the prompt was longer than max_prompt_length (left-cut)

@@ -47,6 +47,7 @@ from quark_lightning.infra.precision import upcast
 from quark_lightning.models.reference import eval_mode
 from quark_lightning.rollout.decode import preallocate_cache, prepacked_linears, sample_next, token_logprobs
 from quark_lightning.rollout.engine import (
+    Completion,
     Rollout,
     completion_mask_from_ids,
     render_prompts,
@@ -344,7 +345,7 @@ class HFGenerateEngine:
             prompt_mask=repeat(enc["attention_mask"]),
             completion_ids=completion_ids,
             completion_mask=mask,
-            completions=[t.strip() for t in texts],
+            completions=[Completion(t.strip(), cut) for t, cut in zip(texts, truncated.tolist())],
             prompts=[p for p in prompts for _ in range(G)],
             truncated=truncated,
             prompt_truncated=repeat(prompt_truncated),
