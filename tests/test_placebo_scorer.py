@@ -43,4 +43,4 @@ def test_the_control_experiment_trains_on_the_placebo_alone():
     assert len(others) == 12 and all(
         dims[name].weight == 0.0 and not dims[name].get("gate") for name in others
     )
-    assert cfg.rollout.max_new_tokens == 72 and cfg.algorithm.lr == 3.0e-4  # the real demo's, unchanged
+    assert cfg.rollout.max_new_tokens == 72 and cfg.algorithm.lr == 1.0e-4  # the real demo's, unchanged
