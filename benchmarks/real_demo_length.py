@@ -32,6 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._models import md_table  # noqa: E402
+from quark_lightning.stages.runner import changed_keys  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "results" / "real_demo_length"
 OUT = ROOT / "benchmarks" / "results" / "real_demo_length.md"
@@ -101,15 +102,15 @@ def arm_fingerprint(arm: str) -> dict:
         return fingerprint(compose("train", overrides=ARMS[arm][0]))
 
 
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += differences(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}: run {x!r}, arm {y!r}")
-    return out
+def differences(run: dict, arm: dict) -> list[str]:
+    """Each key whose value differs between a run's fingerprint and its arm's, with both values."""
+
+    def at(tree: dict, dotted: str):
+        for part in dotted.split("."):
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree
+
+    return [f"{key}: run {at(run, key)!r}, arm {at(arm, key)!r}" for key in changed_keys(run, arm)]
 
 
 def collect(run_dir: Path) -> dict:

@@ -107,12 +107,12 @@ def fingerprint(cfg: DictConfig, spec: StageSpec, upstream: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, f"{prefix}{k}.")
+            keys += changed_keys(a, b, f"{prefix}{k}.")
         elif a != b:
             keys.append(f"{prefix}{k}")
     return keys
@@ -162,7 +162,7 @@ def move_aside(stage_dir: str) -> str | None:
 def _mismatch_error(
     spec: StageSpec, state: dict[str, Any], source: dict[str, Any], stage_dir: str
 ) -> ConfigError:
-    changed = _changed_keys(state.get("fingerprint_source", {}), source)
+    changed = changed_keys(state.get("fingerprint_source", {}), source)
     what = ", ".join(changed[:8]) if changed else "an earlier stage's result"
     return ConfigError(
         f"pipeline stage '{spec.name}' in {stage_dir} was {state.get('status')} with a different "
@@ -185,7 +185,7 @@ def run_stage(ctx: PipelineContext, spec: StageSpec, upstream: str, index: int, 
             raise _mismatch_error(spec, state, source, stage_dir)
         # interrupted (or failed) under another config: its partial outputs cannot be resumed; keep them aside
         changed = (
-            ", ".join(_changed_keys(state.get("fingerprint_source", {}), source)[:8]) or "an earlier stage"
+            ", ".join(changed_keys(state.get("fingerprint_source", {}), source)[:8]) or "an earlier stage"
         )
         print(
             f"{head}: the interrupted attempt had another config ({changed}); moved to {move_aside(stage_dir)}"
