@@ -31,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._models import md_table  # noqa: E402
+from benchmarks._models import machine, md_table  # noqa: E402
 from quark_lightning.stages.runner import changed_keys  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "results" / "real_demo_length"
@@ -174,6 +174,16 @@ def cell(values: list[float | None], fmt: str) -> str:
     return f"{mean:{fmt}}" if len(got) == 1 else f"{mean:{fmt}} ({', '.join(f'{v:{fmt}}' for v in got)})"
 
 
+def headline(by_seed: dict[int, dict]) -> str:
+    runs = list(by_seed.values())
+    mean = lambda xs: statistics.fmean(xs)  # noqa: E731
+    start = mean([r["start"]["answers"]["mean_tokens"] for r in runs])
+    end = mean([r["end"]["answers"]["mean_tokens"] for r in runs])
+    cut = mean([100 * r["end"]["answers"]["cut_share"] for r in runs])
+    fmt = mean([change(r, "format_rules") for r in runs])
+    return f"{start:.0f} -> {end:.0f} tokens, {cut:.0f}% cut at the end, format mean {fmt:+.3f} ({len(runs)} seeds)"
+
+
 def report() -> str:
     records: dict[str, dict[int, dict]] = {}
     for path in sorted(CACHE.glob("*-s*.json")):
@@ -202,8 +212,10 @@ def report() -> str:
         for seed, r in sorted(by_seed.items())
         if r.get("differences_from_arm")
     ]
+    summary = "; ".join(f"`{arm}` {headline(records[arm])}" for arm in MAIN if arm in records)
     return (
-        f"# The real demo's answer length\n\n{__doc__.split(chr(10) + chr(10), 1)[1].split('Every (arm')[0]}"
+        f"# The real demo's answer length\n\nHeld-out answers to 16 questions (greedy), start -> end of 12 steps, "
+        f"mean over seeds: {summary}. Machine: {machine()}.\n\n{__doc__.split(chr(10) + chr(10), 1)[1].split('Every (arm')[0]}"
         f"Arms (overrides of `python train.py`):\n\n{arms}\n\n"
         "Held-out change, start (step 0) to end (step 12), mean over seeds (each seed's value in brackets); "
         "the dimensions' means are in their own units (reward models: logits):\n\n"
@@ -223,13 +235,14 @@ def main() -> None:
     parser.add_argument(
         "--allow-diff", action="store_true", help="ingest: record how the run differs from the arm"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="seeds of the main arms")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="seeds to run")
+    parser.add_argument("--arms", nargs="+", default=list(MAIN), choices=list(ARMS), help="arms to run")
     args = parser.parse_args()
     if args.ingest:
         arm, seed, run_dir = args.ingest
         save(arm, int(seed), Path(run_dir), allow=args.allow_diff)
     elif not args.report:
-        for arm in MAIN:
+        for arm in args.arms:
             for seed in args.seeds:
                 if not (CACHE / f"{arm}-s{seed}.json").exists():
                     run(arm, seed)
