@@ -121,6 +121,8 @@ def collect(run_dir: Path) -> dict:
     history = json.loads(reports[-1].read_text())["history"]
     hydra_dir = run_dir / ".hydra"
     config = yaml.safe_load((hydra_dir / "config.yaml").read_text())
+    if history[-1]["step"] != config["trainer"]["max_steps"] or not (run_dir / "eval" / "summary.md").exists():
+        raise SystemExit(f"{run_dir}: its last evaluation is at step {history[-1]['step']}; is it still running?")
 
     def view(entry: dict) -> dict:
         dims = {d: entry["dimensions"][d] for d in DIMS if d in entry["dimensions"]}
