@@ -11,10 +11,13 @@ the 72-token cap beside the format and content dimensions. `before` is the real 
 `complete` dimension, lr 3e-4); `adopted` is `+experiment=real_demo` now (the `complete` gate, lr 1e-4);
 `placebo` trains on a score unrelated to the answer (+experiment=placebo_control), so its change is what the
 update does on its own. The other arms were single-seed probes on the way. 16 greedy questions move in
-steps of 6.25 pp, and three seeds are few: read the per-seed values, not only the means.
+steps of 6.25 pp, and a handful of seeds is few: read the per-seed values, not only the means.
 
-Every (arm, seed) is cached in benchmarks/results/real_demo_length/<arm>-s<seed>.json with the overrides the
-run recorded (.hydra/overrides.yaml), so a run is never re-attributed. Writes benchmarks/results/real_demo_length.md.
+Every (arm, seed) is cached in benchmarks/results/real_demo_length/<arm>-s<seed>.json once its last
+evaluation is written, with what it trained with (a fingerprint of its .hydra/config.yaml: lr, loss, KL,
+aggregator, each dimension's weight, gate and scorer); a run whose fingerprint differs from its arm's is
+refused, or, with --allow-diff, cached with the differences listed in the report. Writes
+benchmarks/results/real_demo_length.md.
 """
 
 from __future__ import annotations
@@ -121,8 +124,13 @@ def collect(run_dir: Path) -> dict:
     history = json.loads(reports[-1].read_text())["history"]
     hydra_dir = run_dir / ".hydra"
     config = yaml.safe_load((hydra_dir / "config.yaml").read_text())
-    if history[-1]["step"] != config["trainer"]["max_steps"] or not (run_dir / "eval" / "summary.md").exists():
-        raise SystemExit(f"{run_dir}: its last evaluation is at step {history[-1]['step']}; is it still running?")
+    if (
+        history[-1]["step"] != config["trainer"]["max_steps"]
+        or not (run_dir / "eval" / "summary.md").exists()
+    ):
+        raise SystemExit(
+            f"{run_dir}: its last evaluation is at step {history[-1]['step']}; is it still running?"
+        )
 
     def view(entry: dict) -> dict:
         dims = {d: entry["dimensions"][d] for d in DIMS if d in entry["dimensions"]}
