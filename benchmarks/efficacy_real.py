@@ -109,9 +109,7 @@ def commit(path: Path, message: str) -> None:
     """Commit this one file (the cache survives the session); a busy index is retried, never fatal."""
     for _ in range(5):
         subprocess.run(["git", "add", str(path)], cwd=REPO, capture_output=True)
-        done = subprocess.run(
-            ["git", "commit", "-q", "-m", message, "--", str(path)], cwd=REPO, capture_output=True
-        )
+        done = subprocess.run(["git", "commit", "-q", "-m", message, "--", str(path)], cwd=REPO, capture_output=True)
         if done.returncode == 0 or b"nothing to commit" in done.stdout + done.stderr:
             return
         time.sleep(3)
@@ -127,13 +125,7 @@ def reward_models(work: Path) -> dict[str, dict[str, str]]:
         model = run_dir / "reward_model"
         if not model.exists():
             print(f"[rm] training {experiment}", flush=True)
-            cmd = [
-                sys.executable,
-                "train.py",
-                f"+experiment={experiment}",
-                f"run_dir={run_dir}",
-                f"hydra.run.dir={run_dir}",
-            ]
+            cmd = [sys.executable, "train.py", f"+experiment={experiment}", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}"]
             if run_logged(cmd, run_dir / "train.log", one_thread_env()) != 0 or not model.exists():
                 raise SystemExit(f"training {experiment} failed; see {run_dir / 'train.log'}")
         out[key] = {"path": str(model), "sha256": sha256(model)}
@@ -177,12 +169,7 @@ def step_logs(run_dir: Path) -> dict[str, float]:
     if not files:
         return {}
     rows = list(csv.DictReader(open(files[-1])))
-    keys = [
-        k
-        for k in rows[0]
-        if k.startswith("diagnostics/")
-        or k in ("completions/clipped_ratio", "completions/mean_length", "kl", "step_time")
-    ]
+    keys = [k for k in rows[0] if k.startswith("diagnostics/") or k in ("completions/clipped_ratio", "completions/mean_length", "kl", "step_time")]
     out = {}
     for k in keys:
         vals = [float(r[k]) for r in rows if r.get(k) not in (None, "", "nan")]
@@ -351,9 +338,7 @@ def analyse(results: dict[str, dict[int, dict]], B: int = 2000) -> dict[str, Any
                                  shared, n_q, B) if scale[d] > 0 else (math.nan,) * 3
                 for d in dims
             }  # fmt: skip
-            row["worst"] = bootstrap(
-                lambda dr, dv=dvals, a=arm: worst_change(dv, "base", a, scale, dr), shared, n_q, B
-            )
+            row["worst"] = bootstrap(lambda dr, dv=dvals, a=arm: worst_change(dv, "base", a, scale, dr), shared, n_q, B)
             row["steps"] = {}
         table["arms"][arm] = row
     if "rfn_tadw" in results:
@@ -381,11 +366,7 @@ def ci(t, pct: bool = True, signed: bool = False) -> str:
     point, lo, hi = t
     if math.isnan(point):
         return "–"
-    f = (
-        (lambda x: f"{100 * x:+.0f}" if signed else f"{100 * x:.0f}")
-        if pct
-        else (lambda x: f"{x:+.2f}" if signed else f"{x:.2f}")
-    )
+    f = (lambda x: f"{100 * x:+.0f}" if signed else f"{100 * x:.0f}") if pct else (lambda x: f"{x:+.2f}" if signed else f"{x:.2f}")
     unit = ("pp" if signed else "%") if pct else ""
     return f"{f(point)}{unit} [{f(lo)}, {f(hi)}]" if not math.isnan(lo) else f"{f(point)}{unit}"
 
@@ -427,22 +408,11 @@ def render(table: dict, meta: dict, steps: dict[str, dict[str, float]]) -> str:
               "non-emergent, physician-labelled; sampled answers, mean over seeds):", "",
               md_table(["arm", "under-triage (emergent)", "over-triage (non-emergent)"], rows), ""]  # fmt: skip
     if steps:
-        keys = [
-            "diagnostics/advantage_length_corr",
-            "diagnostics/redflag_groups_with_safe",
-            "completions/clipped_ratio",
-            "kl",
-            "step_time",
-        ]
+        keys = ["diagnostics/advantage_length_corr", "diagnostics/redflag_groups_with_safe", "completions/clipped_ratio", "kl", "step_time"]
         rows = [[a, *[f"{steps[a].get(k, math.nan):.3f}" for k in keys]] for a in steps]
         lines += ["Step logs (mean over steps and seeds):", "", md_table(["arm", *[k.split('/')[-1] for k in keys]], rows), ""]  # fmt: skip
-        share_keys = sorted(
-            {k for s in steps.values() for k in s if k.startswith("diagnostics/advantage_share/")}
-        )
-        rows = [
-            [k.split("/")[-1], *[f"{100 * steps[a].get(k, math.nan):.0f}%" for a in steps]]
-            for k in share_keys
-        ]
+        share_keys = sorted({k for s in steps.values() for k in s if k.startswith("diagnostics/advantage_share/")})
+        rows = [[k.split("/")[-1], *[f"{100 * steps[a].get(k, math.nan):.0f}%" for a in steps]] for k in share_keys]
         lines += ["Share of the within-group advantage variance per dimension (mean over steps and seeds):", "",
                   md_table(["dimension", *steps], rows), ""]  # fmt: skip
     lines += verdicts(table)
@@ -462,25 +432,17 @@ def verdicts(table: dict) -> list[str]:
         return "**met**" if ok else "**not met**"
 
     lines = ["## Pre-registered criteria, as judged by the figures above", ""]
-    lines.append(
-        f"- Primary, triage (sampled) of `rfn_tadw` >= 75%: {ci(method['triage'])}. {held(method['triage'][0] >= 0.75)}."
-    )
-    lines.append(
-        f"- Over-triage of `rfn_tadw` <= 10%: {ci(method['over_triage'])}. {held(method['over_triage'][0] <= 0.10)}."
-    )
+    lines.append(f"- Primary, triage (sampled) of `rfn_tadw` >= 75%: {ci(method['triage'])}. {held(method['triage'][0] >= 0.75)}.")
+    lines.append(f"- Over-triage of `rfn_tadw` <= 10%: {ci(method['over_triage'])}. {held(method['over_triage'][0] <= 0.10)}.")
     cut = pairs.get("base", {}).get("truncated")
     if cut is not None:
-        lines.append(
-            f"- Cut at the cap no higher than the base's: `rfn_tadw` {ci(method['truncated'])} against the base's "
-            f"{ci(base['truncated'])}, paired difference {ci(cut, signed=True)}. {held(cut[0] <= 0)}."
-        )
+        lines.append(f"- Cut at the cap no higher than the base's: `rfn_tadw` {ci(method['truncated'])} against the base's "
+                     f"{ci(base['truncated'])}, paired difference {ci(cut, signed=True)}. {held(cut[0] <= 0)}.")
     for other in ("sum", "gdpo"):
         worst = pairs.get(other, {}).get("worst")
         if worst is not None:
-            lines.append(
-                f"- Worst-dimension change above `{other}`'s, interval excluding 0: difference "
-                f"{ci(worst, pct=False, signed=True)}. {held(worst[1] > 0)}."
-            )
+            lines.append(f"- Worst-dimension change above `{other}`'s, interval excluding 0: difference "
+                         f"{ci(worst, pct=False, signed=True)}. {held(worst[1] > 0)}.")
     return [*lines, ""]
 
 
@@ -528,10 +490,10 @@ steps of 2 prompts x 4, `benchmarks/results/real_demo_length.md`), a step log ad
 `diagnostics/length_corr/<dim>` (each dimension's within-group correlation with completion length), shows
 which dimensions pay for words: the macro reward model +0.5 to +1.0 at every step, usefulness and online_rm
 about +0.5, the rubric positive, and only the format rules negative, with about a tenth of the weight. The
-reading above ("not the advantage paying for length") was wrong: the advantage's overall correlation with
-length is low under `rfn_tadw` because the format rules pull the other way and most late groups are cut
-entirely, and a group whose answers are all cut has no answer that ends, so nothing in it teaches the policy
-to stop. The same update on a placebo score (`+experiment=placebo_control`) did not grow the answers. A gate
+reading above ("not the advantage paying for length") drew too much from one number: the advantage's
+overall correlation with length sums dimensions that pull both ways (the format rules against length),
+and it says nothing about groups whose answers are all cut, in which no answer ends, so nothing teaches the
+policy to stop. The same update on a placebo score (`+experiment=placebo_control`) did not grow the answers. A gate
 on the rollout's own cut flag (`complete`) stops the growth, and overshoots into short answers; see that file.
 """
 
@@ -564,28 +526,20 @@ def write_report(args, meta: dict) -> None:
         logs = [r.get("step_logs", {}) for r in results.get(arm, {}).values() if r.get("step_logs")]
         if logs:
             steps[arm] = {k: float(np.mean([log[k] for log in logs if k in log])) for k in logs[0]}
-    (RESULTS / "efficacy_real.json").write_text(
-        json.dumps({"meta": meta, "analysis": table, "steps": steps}, indent=1, default=str)
-    )
+    (RESULTS / "efficacy_real.json").write_text(json.dumps({"meta": meta, "analysis": table, "steps": steps}, indent=1, default=str))
     (RESULTS / "efficacy_real.md").write_text(render(table, meta, steps))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument(
-        "--tokens", type=int, default=72, help="rollout.max_new_tokens of training and evaluation"
-    )
+    parser.add_argument("--tokens", type=int, default=72, help="rollout.max_new_tokens of training and evaluation")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--work", default=str(REPO / "outputs" / "efficacy_real2"))
     parser.add_argument("--report", action="store_true", help="only rewrite the tables from the cache")
-    parser.add_argument(
-        "--preflight", action="store_true", help="base greedy truncation on the questions, then stop"
-    )
+    parser.add_argument("--preflight", action="store_true", help="base greedy truncation on the questions, then stop")
     parser.add_argument("--evaluate", nargs=3, metavar=("KEY", "POLICY", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -594,15 +548,11 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(args.work)
     if args.preflight:
-        r = evaluate_policy(
-            compose(["+experiment=efficacy_real", f"rollout.max_new_tokens={args.tokens}"]), None, 0
-        )
+        r = evaluate_policy(compose(["+experiment=efficacy_real", f"rollout.max_new_tokens={args.tokens}"]), None, 0)
         for name in ("questions", "healthbench"):
             cut = np.mean([q["truncated"][0] for q in r[name]])
             words = np.mean([len(q["answers"][0].split()) for q in r[name]])
-            print(
-                f"[preflight] base greedy on {name}: {100 * cut:.0f}% cut at {args.tokens} tokens, {words:.0f} words"
-            )
+            print(f"[preflight] base greedy on {name}: {100 * cut:.0f}% cut at {args.tokens} tokens, {words:.0f} words")
         return
     saved = CACHE / "meta.json"
     use_saved = (args.report or args.evaluate) and saved.exists()
@@ -638,10 +588,7 @@ def main() -> None:
             return
         run_dir = train_arm(work, arm, seed, common)
         check_common_prompts(work, seed)
-        extra = {
-            "step_logs": step_logs(run_dir),
-            "train_seconds": float((run_dir / "train.done").read_text()),
-        }
+        extra = {"step_logs": step_logs(run_dir), "train_seconds": float((run_dir / "train.done").read_text())}
         cached_eval(f"{arm}-s{seed}", str(run_dir / "policy"), seed, extra, args)
         write_report(args, meta)
 

@@ -16,12 +16,20 @@ from quark_lightning.scorers.completion import CUT, CompletionScorer
 from tests.conftest import REPO
 
 
-def test_a_completion_is_text_that_keeps_its_cut_flag():
+def test_a_completion_is_text_with_the_rollouts_cut_flag_and_is_saved_as_plain_text(tmp_path):
     cut = Completion("Rest, drink water and see a doctor.", truncated=True)
-    assert cut == "Rest, drink water and see a doctor." and isinstance(cut, str)
-    for kept in (pickle.loads(pickle.dumps(cut)), copy.deepcopy(cut), copy.copy(cut)):
-        assert kept == cut and kept.truncated is True
+    assert cut == "Rest, drink water and see a doctor." and isinstance(cut, str) and cut.truncated
     assert not hasattr(cut.strip(), "truncated")  # a new string is plain text: the flag is not guessed
+    for saved in (pickle.loads(pickle.dumps(cut)), copy.deepcopy(cut), copy.copy(cut)):
+        assert saved == cut and type(saved) is str  # the flag belongs to the rollout, not to saved state
+    # the closed loop's report history, which checkpoints hold, quotes answers: saved as plain text
+    from quark_lightning.loop.metrics import diagnose
+
+    prompts = [{"id": "p1", "messages": [{"role": "user", "content": "Chest pain?"}]}]
+    found = diagnose(prompts, [cut], {"complete": [[CUT]]}, torch.tensor([[False]]), ["complete"])
+    assert found[0]["examples"][0]["answer"] == cut
+    torch.save({"history": [{"diagnosis": found}]}, tmp_path / "state.ckpt")
+    assert torch.load(tmp_path / "state.ckpt", weights_only=True)["history"][0]["diagnosis"] == found
 
 
 def test_finished_cut_and_unknown_answers():

@@ -144,7 +144,7 @@ def _example(prompts, completions, i: int, finding: str) -> dict[str, Any]:
         "id": prompts[i]["id"],
         "area": prompts[i].get("area", "general"),
         "question": prompts[i]["messages"][-1]["content"],
-        "answer": completions[i],
+        "answer": str(completions[i]),  # plain text: a rollout's Completion must not reach saved state
         "finding": finding,  # what this answer shows of the group
     }
 

@@ -31,7 +31,10 @@ class Completion(str):
     """A completion's text that remembers whether the engine cut it at the completion cap (no EOS).
 
     It is a `str` wherever text is read (scorers, judges, reports); `scorers/completion.py` reads
-    `truncated`. Plain strings (a reference answer, a response read from a file) have no such flag."""
+    `truncated`. Plain strings (a reference answer, a response read from a file) have no such flag. The flag
+    belongs to the rollout, not to saved state: pickled or copied, a Completion becomes its plain text, and
+    state that is saved keeps `str(completion)` (`torch.load(weights_only=True)` refuses any str subclass,
+    so a checkpoint holding one could not be read back; loop/metrics.py's examples are converted)."""
 
     __slots__ = ("truncated",)
 
@@ -40,8 +43,8 @@ class Completion(str):
         obj.truncated = bool(truncated)
         return obj
 
-    def __reduce__(self):  # pickles (and copies) with its flag
-        return (Completion, (str(self), self.truncated))
+    def __reduce__(self):  # saved and copied as plain text
+        return (str, (str(self),))
 
 
 @dataclass
