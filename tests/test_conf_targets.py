@@ -140,8 +140,9 @@ def group_overrides(rel: str) -> list[str]:
 
 
 def composed_path(rel: str, path: str) -> str:
-    """Where a node of file `rel` sits in the composed config (each group's package is its own name)."""
-    if rel == "train.yaml":
+    """Where a node of file `rel` sits in the composed config (each group's package is its own name; a
+    file that declares `# @package _global_`, as every experiment does, sits at the root)."""
+    if rel == "train.yaml" or "@package _global_" in (CONF / rel).read_text().splitlines()[0]:
         return path
     group = rel.rsplit("/", 1)[0].replace("/", ".")
     return f"{group}.{path}" if path else group
