@@ -184,6 +184,55 @@ def cell(values: list[float | None], fmt: str) -> str:
     return f"{mean:{fmt}}" if len(got) == 1 else f"{mean:{fmt}} ({', '.join(f'{v:{fmt}}' for v in got)})"
 
 
+def seed_interval(
+    a: list[float], b: list[float] | None = None, draws: int = 2000
+) -> tuple[float, float, float]:
+    """Mean of `a` (or of mean(a) - mean(b)) with a 95% percentile bootstrap over seeds, each arm's seeds
+    resampled on their own (the arms are not paired: they train differently). Per-question answers are not
+    cached, so this is the seed level only."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = np.asarray(a, dtype=float)
+
+    def mean_of(v: np.ndarray) -> np.ndarray:
+        return v[rng.integers(0, len(v), (draws, len(v)))].mean(1)
+
+    boot = mean_of(x) - (mean_of(np.asarray(b, dtype=float)) if b is not None else 0.0)
+    point = x.mean() - (float(np.mean(b)) if b is not None else 0.0)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(point), float(lo), float(hi)
+
+
+INTERVAL_KEYS = (("mean_tokens", 1.0, ".1f"), ("cut_share", 100.0, "+.0f")) + tuple(
+    (d, 1.0, "+.3f") for d in DIMS
+)
+
+
+def interval_table(records: dict[str, dict[int, dict]]) -> str:
+    """The main arms' changes, and adopted minus placebo, with seed-bootstrap intervals."""
+    cols = [("adopted", None), ("placebo", None), ("before", None), ("adopted", "placebo")]
+    cols = [(a, b) for a, b in cols if a in records and (b is None or b in records) and len(records[a]) >= 3]
+    rows = []
+    for key, scale, fmt in INTERVAL_KEYS:
+        row = [f"{key} change" + (" (pp)" if key == "cut_share" else "")]
+        for a, b in cols:
+            va = [scale * v for r in records[a].values() if (v := change(r, key)) is not None]
+            vb = (
+                None
+                if b is None
+                else [scale * v for r in records[b].values() if (v := change(r, key)) is not None]
+            )
+            if len(va) < 3 or (vb is not None and len(vb) < 3):
+                row.append("–")
+                continue
+            point, lo, hi = seed_interval(va, vb)
+            row.append(f"{point:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]")
+        rows.append(row)
+    header = ["held-out change"] + [f"`{a}`" if b is None else f"`{a}` - `{b}`" for a, b in cols]
+    return md_table(header, rows)
+
+
 def headline(by_seed: dict[int, dict]) -> str:
     runs = list(by_seed.values())
     mean = lambda xs: statistics.fmean(xs)  # noqa: E731
@@ -229,7 +278,11 @@ def report() -> str:
         f"Arms (overrides of `python train.py`):\n\n{arms}\n\n"
         "Held-out change, start (step 0) to end (step 12), mean over seeds (each seed's value in brackets); "
         "the dimensions' means are in their own units (reward models: logits):\n\n"
-        f"{md_table(header, rows)}\n"
+        f"{md_table(header, rows)}\n\n"
+        "Arms with at least three seeds: mean change with a 95% percentile bootstrap interval over seeds "
+        "(2000 draws; the arms are not paired, so each arm's seeds are resampled on their own; per-question "
+        "answers are not cached, so there is no question level):\n\n"
+        f"{interval_table(records)}\n"
         + (
             "\nRuns that trained otherwise than their arm now composes:\n\n" + "\n".join(notes) + "\n"
             if notes
