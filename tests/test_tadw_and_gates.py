@@ -179,18 +179,13 @@ def test_length_decoupled_rfn_removes_a_within_prompt_length_slope():
     norm.fit(scores, ids, lengths)
     # the slope of (0.1 l + q) on l within prompt: 0.1 + cov(q, l) / var(l) = 0.1 + (-0.02, +0.02) -> 0.1
     assert float(norm.length_slope[0]) == pytest.approx(0.1, abs=1e-6) and float(norm.length_slope[1]) == 0.0
-    short, long_ = (
-        torch.tensor([[3.0, 1.0]]),
-        torch.tensor([[3.0 + 0.1 * 30, 1.0]]),
-    )  # same answer + 30 tokens
+    short, long_ = torch.tensor([[3.0, 1.0]]), torch.tensor([[3.0 + 0.1 * 30, 1.0]])  # same answer + 30 tokens
     z_short = norm(short, ["a"], torch.tensor([10.0]))
     z_long = norm(long_, ["a"], torch.tensor([40.0]))
     torch.testing.assert_close(z_short, z_long)  # the padding bought nothing
     plain = ReferenceFrozenNormalizer(2, min_count=2)
     plain.fit(scores, ids)
     gain = float(plain(long_, ["a"])[0, 0] - plain(short, ["a"])[0, 0])
-    assert (
-        gain == pytest.approx(3.0 / float(plain.std[0]), rel=1e-5) and gain > 0.9
-    )  # without: ~1 z for length
+    assert gain == pytest.approx(3.0 / float(plain.std[0]), rel=1e-5) and gain > 0.9  # without: ~1 z for length
     with pytest.raises(ValueError, match="lengths"):
         ReferenceFrozenNormalizer(2, length_decoupled=[True, False]).fit(scores, ids)

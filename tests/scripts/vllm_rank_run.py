@@ -21,14 +21,7 @@ import numpy as np
 import torch
 
 OUT = Path(sys.argv[1])
-SEEN_KEYS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "VLLM_ENABLE_V1_MULTIPROCESSING",
-)
+SEEN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "VLLM_ENABLE_V1_MULTIPROCESSING")
 
 
 class RecordingLLM:
