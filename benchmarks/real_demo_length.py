@@ -68,6 +68,14 @@ ARMS: dict[str, tuple[list[str], str]] = {
         LR3 + ["matrix.dimensions.complete.gate=null", "matrix.dimensions.complete.weight=4.0"],
         "`complete` as a plain dimension, prior weight 4",
     ),
+    "control": (
+        ["+experiment=real_demo", "optimization.length_control=all", "matrix.dimensions.complete=null"],
+        "every dimension length-controlled within the step's groups (shaping/length_control.py), no gate",
+    ),
+    "control+gate": (
+        ["+experiment=real_demo", "optimization.length_control=all"],
+        "length control and the `complete` gate",
+    ),
 }
 MAIN = ("before", "adopted", "placebo")
 DIMS = ("format_rules", "complete", "usefulness", "expert_rubric", "correctness_macro", "online_rm")
@@ -91,7 +99,7 @@ def fingerprint(cfg) -> dict:
     }
     return {
         "lr": algorithm["lr"], "loss_type": algorithm["loss_type"], "beta": algorithm["beta"],
-        "aggregator": optimization["aggregator"],
+        "aggregator": optimization["aggregator"], "length_control": optimization.get("length_control"),
         "length_decoupled": (optimization.get("normalization") or {}).get("length_decoupled"),
         "max_new_tokens": cfg["rollout"]["max_new_tokens"], "system_prompt": cfg["data"].get("system_prompt"),
         "dimensions": dims,
@@ -305,8 +313,8 @@ def main() -> None:
         arm, seed, run_dir = args.ingest
         save(arm, int(seed), Path(run_dir), allow=args.allow_diff)
     elif not args.report:
-        for arm in args.arms:
-            for seed in args.seeds:
+        for seed in args.seeds:  # seed-major: a partial run leaves every arm with the same seeds
+            for arm in args.arms:
                 if not (CACHE / f"{arm}-s{seed}.json").exists():
                     run(arm, seed)
     OUT.write_text(report())

@@ -39,6 +39,7 @@ BAD = [
     ("optimization.weighting.weakness_mode=fast", "optimization.weighting.weakness_mode", "target_gap"),
     ("+optimization.weighting.tau2=1", "optimization.weighting.tau2", "did you mean tau"),
     ("optimization.weighting=null", "optimization.weighting", "optimization=rfn_tadw"),
+    ("optimization.length_control=5", "optimization.length_control", "expected null, all, or a list"),
     ("callbacks.closed_loop.pass_target=2", "callbacks.closed_loop.pass_target", "[0, 1]"),
     ("callbacks.closed_loop.gain_decay=1.5", "callbacks.closed_loop.gain_decay", "[0, 1)"),
     ("callbacks.closed_loop.pattern_expiry=0", "callbacks.closed_loop.pattern_expiry", ">= 1"),

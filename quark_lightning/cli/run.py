@@ -108,19 +108,23 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def build_shaping(cfg: DictConfig, matrix) -> RewardShaping:
-    """The `optimization` group's RewardShaping: aggregator, normalizer and TADW settings (shaping/reward_shaping.py)."""
+    """The `optimization` group's RewardShaping: aggregator, normalizer and TADW settings, length control
+    (shaping/reward_shaping.py)."""
     opt = cfg.optimization
     spec = aggregator_spec(opt.aggregator)
 
     def settings(key: str, used: bool):
         node = opt.get(key)
-        return OmegaConf.to_container(node, resolve=True) if used and node is not None else None
+        if not used or node is None:
+            return None
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
     return RewardShaping.from_matrix(
         matrix,
         opt.aggregator,
         normalization=settings("normalization", spec.needs_normalizer),
         weighting=settings("weighting", spec.adaptive_weights),
+        length_control=settings("length_control", True),
     )
 
 

@@ -125,6 +125,12 @@ def shaping_problems(optimization: DictConfig) -> list[str]:
         )
     from quark_lightning.shaping.reward_shaping import DRIVERS
 
+    control = optimization.get("length_control")
+    if not (control is None or control == "all" or OmegaConf.is_list(control)):
+        p.append(
+            f"optimization.length_control: got {control!r}, expected null, all, or a list of the matrix's "
+            "dimension names. Fix: e.g. optimization.length_control=all or '[correctness_macro,online_rm]'"
+        )
     drivers = optimization.get("callbacks") or {}
     for prop, driver in DRIVERS.items():
         if getattr(spec, prop) and drivers.get(driver) is None:

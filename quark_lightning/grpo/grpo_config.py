@@ -117,6 +117,7 @@ class StepRecord:
     findings: dict[str, list[list[str]]] = field(default_factory=dict)
     weights: torch.Tensor | None = None  # (K,) the weights this step aggregated with
     lengths: torch.Tensor | None = None  # (N,) completion tokens
+    inputs: torch.Tensor | None = None  # (N, K) the scores aggregated, when adjusted (length control)
 
     @classmethod
     def of(cls, step: int, rollout, scores, aggregated, advantages, weights, findings) -> StepRecord:
@@ -133,4 +134,5 @@ class StepRecord:
             weights=weights.detach().cpu(),
             lengths=rollout.completion_mask.sum(1).detach().cpu().float(),
             findings=findings,
+            inputs=aggregated.inputs.detach().cpu() if aggregated.inputs is not None else None,
         )

@@ -261,6 +261,7 @@ class GRPOModule(L.LightningModule):
             rec.advantages,
             rec.lengths,
             G,
+            inputs=rec.inputs,
         )
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout.prompts) // G)
         self.log("reward_pbar", metrics["reward"], prog_bar=True, logger=False, batch_size=1)

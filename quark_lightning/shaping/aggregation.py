@@ -48,11 +48,14 @@ class AggregatedReward:
     advantages: torch.Tensor | None = None  # (N,) when the aggregator computes advantages itself
     normalized: torch.Tensor | None = None  # (N, K) normalized scores (RFN units), when it has them
     weights: torch.Tensor | None = None  # (K,) the weights this step used, when they differ from the given
+    inputs: torch.Tensor | None = None  # (N, K) the scores combined, when not the raw ones (length control)
 
     def rows(self, rows: slice) -> AggregatedReward:
         """These rows of a gathered batch (the weights are the batch's)."""
         pick = lambda t: t[rows] if t is not None else None  # noqa: E731
-        return AggregatedReward(pick(self.reward), pick(self.advantages), pick(self.normalized), self.weights)
+        return AggregatedReward(
+            pick(self.reward), pick(self.advantages), pick(self.normalized), self.weights, pick(self.inputs)
+        )
 
 
 def weighted_sum(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -243,6 +246,7 @@ def aggregate_and_advantages(
     scale: str = "group",
     gates: Sequence = (),
     failed: torch.Tensor | None = None,
+    gate_scores: torch.Tensor | None = None,
 ) -> tuple[AggregatedReward, torch.Tensor, torch.Tensor]:
     """Aggregate, apply gates, then group advantages unless the aggregator made its own.
 
@@ -251,9 +255,12 @@ def aggregate_and_advantages(
     made per dimension) the same shift acts on the advantages, which are then whitened again; a group
     whose completions are all vetoed keeps its per-dimension advantages (no uniform push-down), and a
     completion excluded by a failed gate gets 0.
-    `failed` (N, K) bool marks scores whose scorer failed (MatrixScores.failed).
+    `failed` (N, K) bool marks scores whose scorer failed (MatrixScores.failed). `gate_scores` (N, K): the
+    raw scores the gates read when `scores` were adjusted (length control); default `scores`.
     """
     agg = get_aggregator(name)(scores, weights, ctx)
+    if gate_scores is not None:
+        agg.inputs, scores = scores, gate_scores
     if agg.advantages is None:
         agg.reward, vetoed = apply_gates(agg.reward, scores, gates, failed, ctx.group_size)
         grouped = group_advantages(agg.reward, ctx.group_size, scale, ctx.eps)

@@ -13,7 +13,10 @@ groups (G contiguous completions per prompt; under DDP, this rank's groups):
                               large positive value means the rewards mostly pay for length
   length_corr/<dim>           Pearson correlation, within groups, of the dimension's contribution c_k
                               with completion length (both group-centred): which dimension pays for
-                              length (NaN where it or the length is constant in every group)
+                              length (NaN where it or the length is constant in every group). The
+                              contributions are of the scores aggregated, so a length-controlled
+                              dimension reads ~0 (shaping/length_control.py); within_group_std and
+                              zero_variance_groups stay on the raw scores
   redflag_groups_with_safe    share of red-flag prompts' groups with at least one completion passing
                               `triage` (NaN without red-flag prompts or without a `triage` dimension):
                               a group with none has no triage signal to learn from
@@ -35,7 +38,7 @@ from quark_lightning.shaping.tadw import centered_within_groups
 
 def contributions(
     aggregator: str,
-    scores: torch.Tensor,  # (N, K) raw
+    scores: torch.Tensor,  # (N, K) the scores aggregated (raw, or length-controlled)
     normalized: torch.Tensor | None,  # (N, K) RFN z, for rfn*
     weights: torch.Tensor,  # (K,) the weights the step used
     group_size: int,
@@ -109,8 +112,10 @@ def step_diagnostics(
     advantages: torch.Tensor,  # (N,)
     lengths: torch.Tensor,  # (N,) completion tokens
     group_size: int,
+    inputs: torch.Tensor | None = None,  # (N, K) the scores aggregated when not the raw ones (length control)
 ) -> dict[str, float]:
-    contrib = contributions(aggregator, scores, normalized, weights, group_size)
+    aggregated = inputs if inputs is not None else scores
+    contrib = contributions(aggregator, aggregated, normalized, weights, group_size)
     shares = advantage_shares(contrib, group_size)
     by_length = length_correlations(contrib, lengths, group_size)
     spread, zero = within_group_spread(scores, group_size)

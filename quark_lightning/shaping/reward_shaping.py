@@ -13,7 +13,8 @@ Config-derived values are not checkpoint state: the static weights, TADW's risk 
 from the config a run starts with, so a resume after editing a matrix weight uses the new weight (under
 rfn_tadw the adapted weights are rebased to it, `TriFactorWeighting.rebase`).
 
-plus the aggregator (a registry entry that knows what it needs, shaping/aggregation.py) and the gates.
+plus the aggregator (a registry entry that knows what it needs, shaping/aggregation.py), the gates, and
+which dimensions are length-controlled (shaping/length_control.py; a config value, not state).
 The weights the step uses are `weights`: TADW's weights when the aggregator adapts them, else the static
 weights times the loop gain. The module applies `shape` in its step; the callbacks only drive it through
 this interface and keep no copies:
@@ -46,6 +47,7 @@ from quark_lightning.shaping.aggregation import (
     aggregate_and_advantages,
     aggregator_spec,
 )
+from quark_lightning.shaping.length_control import length_controlled
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, ReferenceStats, load_statistics
 from quark_lightning.shaping.tadw import TADWFactors, TriFactorWeighting
 
@@ -55,17 +57,21 @@ NORMALIZER_KEYS = ("mode", "clip", "eps", "min_count", "min_std", "fallback_std"
 DRIVERS = {"needs_normalizer": "reward_rescaling", "adaptive_weights": "weighting"}
 
 
-def decoupled_flags(setting: Any, names: Sequence[str]) -> list[bool]:
-    """`optimization.normalization.length_decoupled` (null, `all`, or dimension names) -> (K,) flags."""
+def dimension_flags(
+    setting: Any, names: Sequence[str], key: str = "optimization.normalization.length_decoupled"
+) -> list[bool]:
+    """A per-dimension option (`length_decoupled`, `length_control`): null, `all`, or dimension names ->
+    (K,) flags."""
     if setting in (None, False, [], ()):
         return [False] * len(names)
     if setting == "all" or setting is True:
         return [True] * len(names)
-    unknown = sorted(set(setting) - set(names))
+    unknown = sorted(set(setting) - set(names)) if not isinstance(setting, str) else []
     if isinstance(setting, str) or unknown:
+        short = key.rsplit(".", 1)[-1]
         raise ConfigError(
-            f"optimization.normalization.length_decoupled: {unknown or setting!r} is not a list of the matrix's "
-            f"dimensions {list(names)}. Fix: e.g. length_decoupled='[correctness_macro, online_rm]', all, or null"
+            f"{key}: {unknown or setting!r} is not a list of the matrix's dimensions {list(names)}. "
+            f"Fix: e.g. {short}='[correctness_macro, online_rm]', all, or null"
         )
     return [n in set(setting) for n in names]
 
@@ -90,6 +96,7 @@ class RewardShaping(nn.Module):
         aggregator: str = "sum",
         normalization: Mapping[str, Any] | None = None,
         weighting: Mapping[str, Any] | None = None,
+        length_control: Any = None,  # null, `all` or dimension names (shaping/length_control.py)
     ):
         super().__init__()
         try:
@@ -110,7 +117,7 @@ class RewardShaping(nn.Module):
                 "is null. Fix: use optimization=rfn_tadw as a whole, or optimization=rfn for static weights"
             )
         norm = {k: v for k, v in (normalization or {}).items() if k in NORMALIZER_KEYS}
-        norm["length_decoupled"] = decoupled_flags((normalization or {}).get("length_decoupled"), self.names)
+        norm["length_decoupled"] = dimension_flags((normalization or {}).get("length_decoupled"), self.names)
         self.normalizer = ReferenceFrozenNormalizer(K, **norm) if self.spec.needs_normalizer else None
         self.weighting = (
             TriFactorWeighting(risk=risk, targets=targets, prior=weights, **dict(weighting))
@@ -118,6 +125,8 @@ class RewardShaping(nn.Module):
             else None
         )
         self.register_buffer("base_weights", torch.tensor([float(w) for w in weights]), persistent=False)
+        controlled = dimension_flags(length_control, self.names, "optimization.length_control")
+        self.register_buffer("length_control", torch.tensor(controlled, dtype=torch.bool), persistent=False)
         self.register_buffer("loop_gain", torch.ones(K))  # closed loop: > 1 for dimensions failing held-out
         self.loop = LoopState()  # the closed loop's item-level state (saved as this module's extra state)
         self.drivers: set[str] = set()  # callbacks that attached themselves (check_drivers)
@@ -131,7 +140,7 @@ class RewardShaping(nn.Module):
 
     @classmethod
     def from_matrix(
-        cls, matrix, aggregator: str = "sum", normalization=None, weighting=None
+        cls, matrix, aggregator: str = "sum", normalization=None, weighting=None, length_control=None
     ) -> RewardShaping:
         dims = matrix.dimensions
         return cls(
@@ -143,6 +152,7 @@ class RewardShaping(nn.Module):
             aggregator=aggregator,
             normalization=normalization,
             weighting=weighting,
+            length_control=length_control,
         )
 
     @classmethod
@@ -177,20 +187,26 @@ class RewardShaping(nn.Module):
         prompt_ids: Sequence[str],  # (N,)
         group_size: int,
         scale: str = "group",
-        lengths: torch.Tensor | None = None,  # (N,) completion tokens (length-decoupled RFN)
+        lengths: torch.Tensor | None = None,  # (N,) completion tokens (length control, length-decoupled RFN)
     ) -> ShapedReward:
-        """Aggregate with the current weights, apply the gates, then group advantages."""
+        """Aggregate with the current weights (the controlled dimensions' length slope removed first),
+        apply the gates on the raw scores, then group advantages."""
         ctx = AggregationContext(
             group_size=group_size, prompt_ids=prompt_ids, normalizer=self.normalizer, lengths=lengths
         )
+        inputs, raw = scores, None
+        if bool(self.length_control.any()):
+            if lengths is None:
+                raise ValueError("optimization.length_control needs the completions' lengths")
+            inputs, raw = length_controlled(scores, lengths, group_size, self.length_control), scores
         agg, adv, frac = aggregate_and_advantages(
-            self.aggregator, scores, self.weights, ctx, scale, self.gates, failed=failed
+            self.aggregator, inputs, self.weights, ctx, scale, self.gates, failed=failed, gate_scores=raw
         )
         return ShapedReward(agg, adv, frac)
 
     def needs_global_batch(self, scale: str) -> bool:
         """Whether the statistics are over the whole (all-rank) batch: gather the scores first."""
-        return scale == "batch" or self.spec.batch_statistics
+        return scale == "batch" or self.spec.batch_statistics or bool(self.length_control.any())
 
     # ---------------------------------------------------------------- driven by the callbacks
     def attach(self, driver: str) -> None:
