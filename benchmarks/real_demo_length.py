@@ -1,23 +1,28 @@
-"""Why the real demo's answers grew into the completion cap, and what stops it, on the demo's own held-out table.
+"""What stops the real demo's answers growing into the completion cap, on the demo's own held-out table.
 
     python benchmarks/real_demo_length.py                 # runs every (arm, seed) not cached yet, then the report
     python benchmarks/real_demo_length.py --report        # the report from the cache only
     python benchmarks/real_demo_length.py --ingest ARM SEED RUN_DIR   # cache a run made by hand with ARM's overrides
 
 Each arm is `python train.py` with its overrides (below), 12 LoRA GRPO steps of 2 prompts x 4 answers on
-SmolLM2-135M-Instruct; its closed loop answers the same 16 held-out questions greedily at step 0 and 12.
-What is compared is that table's start-to-end change: the answers' mean length (tokens) and share cut at
-the 72-token cap beside the format and content dimensions. `before` is the real demo as it was (no
-`complete` dimension, lr 3e-4); `adopted` is `+experiment=real_demo` now (the `complete` gate, lr 1e-4);
-`placebo` trains on a score unrelated to the answer (+experiment=placebo_control), so its change is what the
-update does on its own. The other arms were single-seed probes on the way. 16 greedy questions move in
-steps of 6.25 pp, and a handful of seeds is few: read the per-seed values, not only the means.
+SmolLM2-135M-Instruct; its closed loop answers the same 16 held-out questions greedily at step 0 and 12,
+scored with the matrix as configured (the loop's trained weights play no part in the table). What is
+compared is that table's start-to-end change: the answers' mean length (tokens) and share cut at the
+72-token cap beside the format and content dimensions. `before` is the real demo before the length work
+(lr 3e-4, nothing against length); `gate` vetoes an answer the rollout cut (the `complete` gate, lr
+1e-4); `control` removes every dimension's within-group length slope each step (shaping/length_control.py,
+lr 1e-4, no gate); `placebo` trains on a score unrelated to the answer (+experiment=placebo_control), so
+its change is what the update does on its own. Every arm keeps the `complete` dimension as a column
+(weight 0 where it is not used). The arms of a seed start from the same model, prompts and sampling seed,
+so differences between arms are paired by seed. 16 greedy questions move in steps of 6.25 pp, and five
+seeds are few: read the per-seed values, not only the means.
 
 Every (arm, seed) is cached in benchmarks/results/real_demo_length/<arm>-s<seed>.json once its last
 evaluation is written, with what it trained with (a fingerprint of its .hydra/config.yaml: lr, loss, KL,
-aggregator, each dimension's weight, gate and scorer); a run whose fingerprint differs from its arm's is
-refused, or, with --allow-diff, cached with the differences listed in the report. Writes
-benchmarks/results/real_demo_length.md.
+aggregator, length control, each dimension's weight, gate and scorer); a run whose fingerprint differs from
+its arm's, or whose tables were not scored as configured, is refused, or, with --allow-diff, cached with the
+differences listed in the report. Writes benchmarks/results/real_demo_length.md. The first measurement
+(tables scored with the trained reward) is kept, frozen, in benchmarks/results/real_demo_length/trained_reward/.
 """
 
 from __future__ import annotations
@@ -39,45 +44,40 @@ from quark_lightning.stages.runner import changed_keys  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "results" / "real_demo_length"
 OUT = ROOT / "benchmarks" / "results" / "real_demo_length.md"
-BEFORE = ["+experiment=real_demo", "matrix.dimensions.complete=null", "algorithm.lr=3.0e-4"]
-LR3 = ["+experiment=real_demo", "algorithm.lr=3.0e-4"]
+GATE_SPEC = "{below: 1.0, mode: cap, value: -1.0, on_failure: veto}"
+COMPLETE_OFF = ["matrix.dimensions.complete.weight=0.0", "matrix.dimensions.complete.gate=null"]
 ARMS: dict[str, tuple[list[str], str]] = {
-    "before": (BEFORE, "the real demo before this change"),
-    "adopted": (["+experiment=real_demo"], "the real demo now: the `complete` gate, lr 1e-4"),
-    "placebo": (["+experiment=placebo_control"], "trained on a placebo score, lr 1e-4"),
-    "placebo_lr3e-4": (["+experiment=placebo_control", "algorithm.lr=3.0e-4"], "placebo at the old lr"),
-    "before+dr_grpo": (BEFORE + ["algorithm.loss_type=dr_grpo"], "no per-sequence length normalization"),
-    "before+lr1e-4": (BEFORE[:2] + ["algorithm.lr=1.0e-4"], "a smaller step, no gate"),
-    "before+decoupled_all": (
-        BEFORE + ["optimization.normalization.length_decoupled=all"],
-        "every dimension normalized on its length residual",
+    "before": (
+        ["+experiment=real_demo", "optimization.length_control=null", "algorithm.lr=3.0e-4", *COMPLETE_OFF],
+        "the real demo before the length work: lr 3e-4, nothing against length",
     ),
-    "text_gate_lr3e-4": (
-        LR3
-        + [
-            "matrix.dimensions.complete.scorer._target_=quark_lightning.scorers.format.FormatScorer",
-            "+matrix.dimensions.complete.scorer.rules=[clean_ending]",
-            "matrix.dimensions.complete.on_failure={nan_is_failure: true}",
+    "gate": (
+        [
+            "+experiment=real_demo",
+            "optimization.length_control=null",
+            "algorithm.lr=1.0e-4",
+            "matrix.dimensions.complete.weight=1.0",
+            f"matrix.dimensions.complete.gate={GATE_SPEC}",
         ],
-        "gate on the text's clean ending instead of the rollout's flag",
-    ),
-    "gate_lr3e-4": (LR3, "the `complete` gate at the old lr"),
-    "gate_lr3e-4_beta0.05": (LR3 + ["algorithm.beta=0.05"], "the gate, old lr, 5x the KL coefficient"),
-    "additive_lr3e-4": (LR3 + ["matrix.dimensions.complete.gate=null"], "`complete` as a plain dimension"),
-    "additive_w4_lr3e-4": (
-        LR3 + ["matrix.dimensions.complete.gate=null", "matrix.dimensions.complete.weight=4.0"],
-        "`complete` as a plain dimension, prior weight 4",
+        "a cut answer ranks below every answer of its group that ended (the `complete` gate), lr 1e-4",
     ),
     "control": (
-        ["+experiment=real_demo", "optimization.length_control=all", "matrix.dimensions.complete=null"],
-        "every dimension length-controlled within the step's groups (shaping/length_control.py), no gate",
+        ["+experiment=real_demo", "optimization.length_control=all", "algorithm.lr=1.0e-4", *COMPLETE_OFF],
+        "every dimension's within-group length slope removed each step (shaping/length_control.py), lr 1e-4",
     ),
+    "placebo": (["+experiment=placebo_control"], "trained on a placebo score alone, lr 1e-4"),
     "control+gate": (
-        ["+experiment=real_demo", "optimization.length_control=all"],
+        [
+            "+experiment=real_demo",
+            "optimization.length_control=all",
+            "algorithm.lr=1.0e-4",
+            "matrix.dimensions.complete.weight=1.0",
+            f"matrix.dimensions.complete.gate={GATE_SPEC}",
+        ],
         "length control and the `complete` gate",
     ),
 }
-MAIN = ("before", "adopted", "placebo")
+MAIN = ("before", "gate", "control", "placebo")
 DIMS = ("format_rules", "complete", "usefulness", "expert_rubric", "correctness_macro", "online_rm")
 
 
@@ -145,6 +145,7 @@ def collect(run_dir: Path) -> dict:
         return {"step": entry["step"], "answers": entry["answers"], "dimensions": dims}
 
     return {
+        "scorers": history[-1].get("scorers", "trained reward"),  # "as configured" since the yardstick fix
         "overrides": yaml.safe_load((hydra_dir / "overrides.yaml").read_text()),
         "seed": config["seed"],
         "fingerprint": fingerprint(config),
@@ -154,7 +155,7 @@ def collect(run_dir: Path) -> dict:
 
 
 def run(arm: str, seed: int) -> None:
-    run_dir = ROOT / "outputs" / "real_demo_length" / f"{arm}-s{seed}"
+    run_dir = ROOT / "outputs" / "real_demo_length" / "as_configured" / f"{arm}-s{seed}"
     cmd = [sys.executable, "train.py", *ARMS[arm][0], f"seed={seed}", f"hydra.run.dir={run_dir}"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -167,6 +168,8 @@ def save(arm: str, seed: int, run_dir: Path, allow: bool = False) -> None:
     diff = differences(record["fingerprint"], arm_fingerprint(arm))
     if record["seed"] != seed:
         diff.append(f"seed: run {record['seed']}, arm {seed}")
+    if record["scorers"] != "as configured":
+        diff.append(f"held-out tables scored with the {record['scorers']}, not the matrix as configured")
     if diff and not allow:
         raise SystemExit(
             f"{run_dir} did not train as arm {arm}: " + "; ".join(diff) + " (--allow-diff records them)"
@@ -192,49 +195,43 @@ def cell(values: list[float | None], fmt: str) -> str:
     return f"{mean:{fmt}}" if len(got) == 1 else f"{mean:{fmt}} ({', '.join(f'{v:{fmt}}' for v in got)})"
 
 
-def seed_interval(
-    a: list[float], b: list[float] | None = None, draws: int = 2000
-) -> tuple[float, float, float]:
-    """Mean of `a` (or of mean(a) - mean(b)) with a 95% percentile bootstrap over seeds, each arm's seeds
-    resampled on their own (the arms are not paired: they train differently). Per-question answers are not
-    cached, so this is the seed level only."""
+def seed_interval(a: dict[int, float], b: dict[int, float] | None = None, draws: int = 2000):
+    """Mean of `a`, or of the paired difference a - b over the seeds both have, with a 95% percentile
+    bootstrap over seeds (the arms of a seed share the model, prompts and sampling seed). Per-question
+    answers are not cached, so this is the seed level only.  -> (point, low, high, seeds)"""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    x = np.asarray(a, dtype=float)
-
-    def mean_of(v: np.ndarray) -> np.ndarray:
-        return v[rng.integers(0, len(v), (draws, len(v)))].mean(1)
-
-    boot = mean_of(x) - (mean_of(np.asarray(b, dtype=float)) if b is not None else 0.0)
-    point = x.mean() - (float(np.mean(b)) if b is not None else 0.0)
+    seeds = sorted(set(a) & set(b)) if b is not None else sorted(a)
+    x = np.asarray([a[s] - (b[s] if b is not None else 0.0) for s in seeds], dtype=float)
+    boot = x[np.random.default_rng(0).integers(0, len(x), (draws, len(x)))].mean(1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(point), float(lo), float(hi)
+    return float(x.mean()), float(lo), float(hi), len(seeds)
 
 
 INTERVAL_KEYS = (("mean_tokens", 1.0, ".1f"), ("cut_share", 100.0, "+.0f")) + tuple(
     (d, 1.0, "+.3f") for d in DIMS
 )
+COLUMNS = (("before", None), ("gate", None), ("control", None), ("placebo", None))
+COLUMNS += (("gate", "placebo"), ("control", "placebo"), ("control", "gate"))
 
 
 def interval_table(records: dict[str, dict[int, dict]]) -> str:
-    """The main arms' changes, and adopted minus placebo, with seed-bootstrap intervals."""
-    cols = [("adopted", None), ("placebo", None), ("before", None), ("adopted", "placebo")]
-    cols = [(a, b) for a, b in cols if a in records and (b is None or b in records) and len(records[a]) >= 3]
+    """Each main arm's change, and paired differences between arms, with seed-bootstrap intervals."""
+
+    def values(arm: str, key: str, scale: float) -> dict[int, float]:
+        return {s: scale * v for s, r in records[arm].items() if (v := change(r, key)) is not None}
+
+    cols = [(a, b) for a, b in COLUMNS if a in records and (b is None or b in records)]
     rows = []
     for key, scale, fmt in INTERVAL_KEYS:
         row = [f"{key} change" + (" (pp)" if key == "cut_share" else "")]
         for a, b in cols:
-            va = [scale * v for r in records[a].values() if (v := change(r, key)) is not None]
-            vb = (
-                None
-                if b is None
-                else [scale * v for r in records[b].values() if (v := change(r, key)) is not None]
-            )
-            if len(va) < 3 or (vb is not None and len(vb) < 3):
+            va, vb = values(a, key, scale), (values(b, key, scale) if b is not None else None)
+            n = len(set(va) & set(vb)) if vb is not None else len(va)
+            if n < 3:
                 row.append("–")
                 continue
-            point, lo, hi = seed_interval(va, vb)
+            point, lo, hi, _ = seed_interval(va, vb)
             row.append(f"{point:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]")
         rows.append(row)
     header = ["held-out change"] + [f"`{a}`" if b is None else f"`{a}` - `{b}`" for a, b in cols]
@@ -287,9 +284,9 @@ def report() -> str:
         "Held-out change, start (step 0) to end (step 12), mean over seeds (each seed's value in brackets); "
         "the dimensions' means are in their own units (reward models: logits):\n\n"
         f"{md_table(header, rows)}\n\n"
-        "Arms with at least three seeds: mean change with a 95% percentile bootstrap interval over seeds "
-        "(2000 draws; the arms are not paired, so each arm's seeds are resampled on their own; per-question "
-        "answers are not cached, so there is no question level):\n\n"
+        "Mean change with a 95% percentile bootstrap interval over seeds (2000 draws; at least three seeds), "
+        "and paired differences between arms over the seeds both ran (the arms of a seed share model, prompts "
+        "and sampling seed); per-question answers are not cached, so there is no question level:\n\n"
         f"{interval_table(records)}\n"
         + (
             "\nRuns that trained otherwise than their arm now composes:\n\n" + "\n".join(notes) + "\n"
@@ -306,7 +303,7 @@ def main() -> None:
     parser.add_argument(
         "--allow-diff", action="store_true", help="ingest: record how the run differs from the arm"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="seeds to run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4], help="seeds to run")
     parser.add_argument("--arms", nargs="+", default=list(MAIN), choices=list(ARMS), help="arms to run")
     args = parser.parse_args()
     if args.ingest:
@@ -317,6 +314,7 @@ def main() -> None:
             for arm in args.arms:
                 if not (CACHE / f"{arm}-s{seed}.json").exists():
                     run(arm, seed)
+                    OUT.write_text(report())  # a partial report after every run
     OUT.write_text(report())
     print(OUT.read_text())
 

@@ -12,8 +12,14 @@ everything else is RewardShaping's `LoopState` (`pl_module.shaping.loop`, loop/l
 its weights to the scorers and the sampler (each update ends by handing out what it changed) and is saved
 with the module. What the callback keeps is its
 report record (`history`, `weights_history`, in its checkpoint state) and a cache of the reference answers'
-scores. No acting evaluation happens at the last step (nothing would train on it), so the last held-out
-table is scored with the reward state the run ends with (`reward_state.json`).
+scores. No acting evaluation happens at the last step (nothing would train on it).
+
+The held-out answers are scored with the matrix as configured (`LoopState.suspended`), not with the
+item-level weights and mined phrases the loop has set: those are the reward the policy trains against.
+Scored with them, a table could fall only because the loop raised the weight of the rules it found broken
+(the real demo's format mean fell by 0.04-0.08 in every run, a placebo's included), and the loop would read
+its own reweighting as a failure. `evaluate.py` without `reward_state` reproduces these
+tables; with it, it scores with the trained reward.
 
 Every change is recorded as an action with its reason (logged to TensorBoard text, printed, written to the
 report), e.g. `format_rules: held-out pass rate 0.12 < 0.90 (top finding 'length: # words, below the
@@ -94,10 +100,12 @@ class ClosedLoopSupervision(L.Callback):
         )
         n = len(held_out)
         prompts, answers = rollout.prompts[:n], rollout.completions[:n]
-        scored = pl_module.matrix.score(prompts, answers)
-        reference = self._reference_scores(pl_module, prompts) if self.settings.item_level else None
+        with pl_module.shaping.loop.suspended(pl_module.matrix):  # the yardstick: the matrix as configured
+            scored = pl_module.matrix.score(prompts, answers)
+            reference = self._reference_scores(pl_module, prompts) if self.settings.item_level else None
         metrics = evaluation_metrics(pl_module.matrix, prompts, answers, scored, trainer.global_step, reference)
         metrics["answers"] = answer_lengths(rollout.completion_mask[:n], rollout.truncated[:n])
+        metrics["scorers"] = "as configured"  # the yardstick (not the loop's trained reward): module doc
         pl_module.shaping.loop.record_means(metrics)
         if acting:
             metrics["actions"] = self.reward_update(trainer, pl_module, metrics)

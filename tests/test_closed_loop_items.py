@@ -80,6 +80,28 @@ def test_a_rubric_essential_never_met_weighs_more_and_the_answer_missing_it_scor
     assert rubric.score([PROMPT], [MISSES_E2]).scores.item() == pytest.approx(0.4)
 
 
+def test_the_held_out_yardstick_is_the_matrix_as_configured_and_the_trained_reward_comes_back():
+    from quark_lightning.scorers.format import FormatScorer
+
+    rubric, fmt = RubricScorer(), FormatScorer(rules=["clean_ending", "no_repetition"])
+    module, _ = _module(
+        [Dimension("expert_rubric", "expert", rubric, target=0.6), Dimension("format_rules", "format", fmt)]
+    )
+    loop = module.shaping.loop
+    loop.item_weights = {"expert_rubric": {"card-001": {"e2": 3.0}}}
+    loop.rule_weights = {"format_rules": {"clean_ending": 3.0}}
+    loop.apply_to_scorers(module.matrix)
+    cut = "This could be a heart attack and"  # fails clean_ending, passes no_repetition
+    trained = module.matrix.score([PROMPT, PROMPT], [MISSES_E2, cut]).scores  # (2, 2)
+    # by hand: rubric 2 / (2 x (1 + 3) + 1) = 2/9; format 1 of weight 1 passed out of 1 + 3 = 1/4
+    assert trained[0, 0].item() == pytest.approx(2 / 9) and trained[1, 1].item() == pytest.approx(0.25)
+    with loop.suspended(module.matrix):
+        configured = module.matrix.score([PROMPT, PROMPT], [MISSES_E2, cut]).scores
+    assert configured[0, 0].item() == pytest.approx(0.4) and configured[1, 1].item() == pytest.approx(0.5)
+    assert rubric.item_weights == {"card-001": {"e2": 3.0}} and fmt.rule_weights["clean_ending"] == 3.0
+    assert loop.item_weights == {"expert_rubric": {"card-001": {"e2": 3.0}}}  # the state never changed
+
+
 def test_a_pitfall_that_keeps_firing_weighs_more_until_it_stops():
     rubric = RubricScorer()
     module, trainer = _module([Dimension("expert_rubric", "expert", rubric, target=0.6)])

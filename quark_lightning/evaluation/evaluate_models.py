@@ -16,10 +16,11 @@ A model is given as (`models: {name: path}`):
 
 With no `models`, the configured model is evaluated as is.
 
-`reward_state=<run>/reward_state.json` (or the run's `.ckpt`) scores with the reward the run ended with:
-its closed loop's format-rule and rubric-item weights and mined phrases go into the matrix's scorers.
-With `heldout=true` the prompts are the run's held-out split (the first `limit`), so a policy evaluated
-with its run's reward state reproduces the run's last held-out table (`<run>/eval/summary.md`, end).
+With `heldout=true` the prompts are the run's held-out split (the first `limit`), and the matrix as
+configured scores them, as the run's closed loop scores its held-out tables: a policy evaluated this way
+reproduces the run's last held-out table (`<run>/eval/summary.md`, end). `reward_state=<run>/reward_state.json`
+(or the run's `.ckpt`) scores with the reward the run ended with instead: its closed loop's format-rule
+and rubric-item weights and mined phrases go into the matrix's scorers.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from this one place, to the scorers and the sampler that use it:
     to the loop      means           dimension -> held-out mean of each evaluation ("letting go", `patience`)
                      probe_cursor    where the rotation of probed training prompts continues
 
-The per-dimension loop gain is RewardShaping's `loop_gain` buffer. RewardShaping saves this object as its
+The held-out evaluation itself scores with the scorers as configured (`suspended`): this state is the
+reward the policy trains against, not the yardstick it is measured with. The per-dimension loop gain is
+RewardShaping's `loop_gain` buffer. RewardShaping saves this object as its
 extra state, so the module's checkpoint defines the reward completely; at the end of training
 `reward_state.json` beside the policy holds the same (`write_reward_state`), for `evaluate.py
 reward_state=...` and `score.py --reward-state ...`.
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,6 +74,21 @@ class LoopState:
                         f"(dimensions: {matrix.names}). Fix: use the matrix the run was trained with"
                     )
                 getattr(scorer, setter)(value)
+
+    @contextmanager
+    def suspended(self, matrix) -> Iterator[None]:
+        """The scorers as configured for the duration (every format rule weighs 1, no rubric-item weights,
+        no mined phrases), then this state handed back: the closed loop's held-out yardstick, the same at
+        every evaluation, so its start and end tables compare answers, not two versions of the reward."""
+        LoopState(
+            rule_weights={d: dict.fromkeys(w, 1.0) for d, w in self.rule_weights.items()},
+            item_weights={d: {} for d in self.item_weights},
+            loop_patterns={d: {} for d in self.loop_patterns},
+        ).apply_to_scorers(matrix)
+        try:
+            yield
+        finally:
+            self.apply_to_scorers(matrix)
 
     def apply_to_sampler(self, sampler) -> None:
         if sampler is None:
