@@ -63,3 +63,23 @@ def test_lora_weights_are_the_merged_model_and_the_policy_is_untouched(tiny_mode
     for name, p in policy.named_parameters():
         if "lora_" not in name:
             assert torch.equal(base[clean(name)], p.detach()), name
+
+
+def test_fsdp1_shards_and_zero3_partitions_are_refused_with_the_fix(tiny_model_dir):
+    """FSDP1 (trainer=fsdp) holds flat shards and ZeRO-3 partitions; reading them parameter by parameter
+    would copy shards into the rollout engine. FSDP1 runs here for real (one process, gloo, CPU)."""
+    import pytest
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = load_causal_lm(tiny_model_dir).model
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        wrapped = FSDP(copy.deepcopy(model), device_id=torch.device("cpu"), use_orig_params=True)
+        with pytest.raises(NotImplementedError, match=r"FSDP1 shards \(trainer=fsdp\).*Fix: trainer=fsdp2"):
+            list(merged_policy_weights(wrapped))
+    finally:
+        dist.destroy_process_group()
+    next(model.parameters()).ds_id = 0  # what DeepSpeed ZeRO-3 puts on each partitioned parameter
+    with pytest.raises(NotImplementedError, match="ZeRO-3 partitions.*Fix: trainer=fsdp2"):
+        list(merged_policy_weights(model))

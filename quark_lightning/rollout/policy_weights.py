@@ -35,6 +35,27 @@ def lora_delta(layer: torch.nn.Module) -> torch.Tensor | None:
     return delta
 
 
+SHARDED_REFUSED = (
+    "rollout=vllm / rollout.precision other than fp32: the policy's weights are {how}, and the rollout "
+    "copy reads them parameter by parameter, so it would get shards, not weights. Fix: trainer=fsdp2 (its "
+    "DTensors are gathered) or trainer=ddp; or rollout=hf with rollout.precision=fp32, which samples from "
+    "the training model itself"
+)
+
+
+def check_full_weights(policy: torch.nn.Module) -> None:
+    """Refuse parameters this module cannot gather: FSDP1's flat shards (its wrappers insert
+    `_fsdp_wrapped_module` into every name) and DeepSpeed ZeRO-3's partitions (`ds_id` on each parameter).
+    FSDP2's DTensors and plain (DDP, single-device) tensors pass."""
+    for name, param in policy.named_parameters():
+        if "_fsdp_wrapped_module" in name:
+            raise NotImplementedError(SHARDED_REFUSED.format(how="FSDP1 shards (trainer=fsdp)"))
+        if hasattr(param, "ds_id"):
+            raise NotImplementedError(
+                SHARDED_REFUSED.format(how="DeepSpeed ZeRO-3 partitions (trainer=deepspeed with stage 3)")
+            )
+
+
 def merged_policy_weights(
     policy: torch.nn.Module, remove_duplicate: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -43,8 +64,10 @@ def merged_policy_weights(
     A PEFT LoRA policy: each adapted Linear's weight is `base + scaling * B @ A`, computed out of place in
     fp32 and cast to the base weight's dtype; LoRA tensors are skipped and `base_model.model.` and
     `.base_layer` removed from the names. DTensors (FSDP2) are gathered: every rank must iterate. With
-    `remove_duplicate=False` a tied weight comes once under each name.
+    `remove_duplicate=False` a tied weight comes once under each name. FSDP1 and ZeRO-3 shards are
+    refused (`check_full_weights`).
     """
+    check_full_weights(policy)
     lora_layers = {
         name: module
         for name, module in policy.named_modules()

@@ -9,7 +9,8 @@ samples the completions of its own prompts, as TRL's `vllm_mode="colocate"`. Bef
 policy's current weights are copied into vLLM's model, so vLLM samples from the policy being trained,
 not from the checkpoint it was started from:
 
-    policy weights -> (LoRA: base + scaling * B @ A, computed out of place; FSDP2: gathered full tensors)
+    policy weights -> (LoRA: base + scaling * B @ A, computed out of place; FSDP2: gathered full tensors;
+                       FSDP1 shards and ZeRO-3 partitions: refused with the fix, policy_weights.py)
                    -> <vLLM's nn.Module in this process>.load_weights([(name, tensor), ...])
                    -> llm.reset_prefix_cache()
                    -> llm.generate(prompt_token_ids, SamplingParams(n=G, ...))
