@@ -17,6 +17,12 @@ its change is what the update does on its own. Every arm keeps the `complete` di
 so differences between arms are paired by seed. 16 greedy questions move in steps of 6.25 pp, and five
 seeds are few: read the per-seed values, not only the means.
 
+Decision rule, written before seeds 1-4 ran (seed 42 of every arm had): `+experiment=real_demo` adopts
+the arm among `gate` and `control` whose five-seed means show (a) a held-out length change of at most +5
+tokens, (b) a change in the share cut at the cap of at most +12.5 pp (two answers of 16), and (c) a format
+mean change of at least -0.05; if both do, the one with the larger usefulness change; if neither does,
+neither is adopted and the issue stays open.
+
 Every (arm, seed) is cached in benchmarks/results/real_demo_length/<arm>-s<seed>.json once its last
 evaluation is written, with what it trained with (a fingerprint of its .hydra/config.yaml: lr, loss, KL,
 aggregator, length control, each dimension's weight, gate and scorer); a run whose fingerprint differs from
