@@ -10,7 +10,7 @@ scored with the matrix as configured (the loop's trained weights play no part in
 compared is that table's start-to-end change: the answers' mean length (tokens) and share cut at the
 72-token cap beside the format and content dimensions. `before` is the real demo before the length work
 (lr 3e-4, nothing against length); `gate` vetoes an answer the rollout cut (the `complete` gate, lr
-1e-4); `control` removes every dimension's within-group length slope each step (shaping/length_control.py,
+1e-4); `control` removes every dimension's within-group length slope each step (shaping/length_neutral.py,
 lr 1e-4, no gate); `placebo` trains on a score unrelated to the answer (+experiment=placebo_control), so
 its change is what the update does on its own. Every arm keeps the `complete` dimension as a column
 (weight 0 where it is not used). The arms of a seed start from the same model, prompts and sampling seed,
@@ -69,7 +69,7 @@ ARMS: dict[str, tuple[list[str], str]] = {
     ),
     "control": (
         ["+experiment=real_demo", "optimization.length_control=all", "algorithm.lr=1.0e-4", *COMPLETE_OFF],
-        "every dimension's within-group length slope removed each step (shaping/length_control.py), lr 1e-4",
+        "every dimension's within-group length slope removed each step (shaping/length_neutral.py), lr 1e-4",
     ),
     "placebo": (["+experiment=placebo_control"], "trained on a placebo score alone, lr 1e-4"),
     "control+gate": (

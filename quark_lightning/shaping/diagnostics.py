@@ -15,7 +15,7 @@ groups (G contiguous completions per prompt; under DDP, this rank's groups):
                               with completion length (both group-centred): which dimension pays for
                               length (NaN where it or the length is constant in every group). The
                               contributions are of the scores aggregated, so a length-controlled
-                              dimension reads ~0 (shaping/length_control.py); within_group_std and
+                              dimension reads ~0 (shaping/length_neutral.py); within_group_std and
                               zero_variance_groups stay on the raw scores
   redflag_groups_with_safe    share of red-flag prompts' groups with at least one completion passing
                               `triage` (NaN without red-flag prompts or without a `triage` dimension):

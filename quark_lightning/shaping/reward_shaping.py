@@ -14,7 +14,7 @@ from the config a run starts with, so a resume after editing a matrix weight use
 rfn_tadw the adapted weights are rebased to it, `TriFactorWeighting.rebase`).
 
 plus the aggregator (a registry entry that knows what it needs, shaping/aggregation.py), the gates, and
-which dimensions are length-controlled (shaping/length_control.py; a config value, not state).
+which dimensions are length-controlled (shaping/length_neutral.py; a config value, not state).
 The weights the step uses are `weights`: TADW's weights when the aggregator adapts them, else the static
 weights times the loop gain. The module applies `shape` in its step; the callbacks only drive it through
 this interface and keep no copies:
@@ -47,7 +47,7 @@ from quark_lightning.shaping.aggregation import (
     aggregate_and_advantages,
     aggregator_spec,
 )
-from quark_lightning.shaping.length_control import length_controlled
+from quark_lightning.shaping.length_neutral import length_controlled
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, ReferenceStats, load_statistics
 from quark_lightning.shaping.tadw import TADWFactors, TriFactorWeighting
 
@@ -96,7 +96,7 @@ class RewardShaping(nn.Module):
         aggregator: str = "sum",
         normalization: Mapping[str, Any] | None = None,
         weighting: Mapping[str, Any] | None = None,
-        length_control: Any = None,  # null, `all` or dimension names (shaping/length_control.py)
+        length_control: Any = None,  # null, `all` or dimension names (shaping/length_neutral.py)
     ):
         super().__init__()
         try:

@@ -1,4 +1,4 @@
-"""Length control (shaping/length_control.py): a dimension may not pay for words inside the step's groups.
+"""Length control (shaping/length_neutral.py): a dimension may not pay for words inside the step's groups.
 
 The slope by hand, the properties the module doc claims (group means kept, no within-group correlation
 with length left, affine equivariance, NaN kept), and in RewardShaping: the advantage no longer follows
@@ -15,7 +15,7 @@ import torch
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix.alignment_matrix import Gate
 from quark_lightning.shaping.diagnostics import length_correlations, pearson, step_diagnostics
-from quark_lightning.shaping.length_control import length_controlled, length_slopes
+from quark_lightning.shaping.length_neutral import length_controlled, length_slopes
 from quark_lightning.shaping.reward_shaping import RewardShaping
 from quark_lightning.shaping.tadw import centered_within_groups
 
