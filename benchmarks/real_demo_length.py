@@ -17,7 +17,7 @@ its change is what the update does on its own. Every arm keeps the `complete` di
 so differences between arms are paired by seed. 16 greedy questions move in steps of 6.25 pp, and five
 seeds are few: read the per-seed values, not only the means.
 
-Decision rule, written before seeds 1-4 ran (seed 42 of every arm had): `+experiment=real_demo` adopts
+Decision rule, written when seed 42 of every arm had finished and no other seed had: `+experiment=real_demo` adopts
 the arm among `gate` and `control` whose five-seed means show (a) a held-out length change of at most +5
 tokens, (b) a change in the share cut at the cap of at most +12.5 pp (two answers of 16), and (c) a format
 mean change of at least -0.05; if both do, the one with the larger usefulness change; if neither does,
@@ -244,6 +244,28 @@ def interval_table(records: dict[str, dict[int, dict]]) -> str:
     return md_table(header, rows)
 
 
+def decision(records: dict[str, dict[int, dict]]) -> str:
+    """The decision rule of the module doc, judged on the cached five-seed means."""
+    lines, passing = [], {}
+    for arm in ("gate", "control"):
+        runs = list(records.get(arm, {}).values())
+        if len(runs) < 5:
+            return f"Decision: not yet judged ({arm} has {len(runs)} of 5 seeds)."
+        tokens, cut, fmt = (
+            statistics.fmean(scale * change(r, key) for r in runs)
+            for key, scale in (("mean_tokens", 1.0), ("cut_share", 100.0), ("format_rules", 1.0))
+        )
+        checks = (tokens <= 5.0, cut <= 12.5, fmt >= -0.05)
+        passing[arm] = all(checks)
+        marks = " ".join(f"({c}) {'yes' if ok else 'no'}" for c, ok in zip("abc", checks))
+        lines.append(f"- `{arm}`: length {tokens:+.1f} tokens, cut {cut:+.1f} pp, format {fmt:+.3f}: {marks}")
+    chosen = [a for a, ok in passing.items() if ok]
+    if len(chosen) == 2:
+        chosen = [max(chosen, key=lambda a: statistics.fmean(change(r, "usefulness") for r in records[a].values()))]
+    verdict = f"`{chosen[0]}` is adopted" if chosen else "neither is adopted"
+    return "Decision, by the rule above:\n\n" + "\n".join(lines) + f"\n\n{verdict}.\n"
+
+
 def headline(by_seed: dict[int, dict]) -> str:
     runs = list(by_seed.values())
     mean = lambda xs: statistics.fmean(xs)  # noqa: E731
@@ -293,7 +315,7 @@ def report() -> str:
         "Mean change with a 95% percentile bootstrap interval over seeds (2000 draws; at least three seeds), "
         "and paired differences between arms over the seeds both ran (the arms of a seed share model, prompts "
         "and sampling seed); per-question answers are not cached, so there is no question level:\n\n"
-        f"{interval_table(records)}\n"
+        f"{interval_table(records)}\n\n{decision(records)}"
         + (
             "\nRuns that trained otherwise than their arm now composes:\n\n" + "\n".join(notes) + "\n"
             if notes
