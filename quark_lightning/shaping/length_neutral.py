@@ -38,27 +38,40 @@ from quark_lightning.infra.precision import upcast
 
 
 def centred_in_groups(values: torch.Tensor, applies: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(N,) values minus their group's mean over the rows that apply; 0 on the rows that do not.
-    (N,), (N,) bool -> (N,)"""
-    v = torch.where(applies, values, torch.zeros_like(values)).view(-1, group_size)  # (P, G)
-    m = applies.view(-1, group_size).to(v.dtype)  # (P, G)
-    mean = v.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)  # (P, 1)
-    return ((v - mean) * m).reshape(-1)
+    """Each column minus its group's mean over the rows that apply; 0 on the rows that do not.
+    (N, K), (N, K) bool -> (N, K)"""
+    K = values.size(1)
+    v = torch.where(applies, values, torch.zeros_like(values)).view(-1, group_size, K)  # (P, G, K)
+    m = applies.view(-1, group_size, K).to(v.dtype)  # (P, G, K)
+    mean = v.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)  # (P, 1, K)
+    return ((v - mean) * m).reshape(-1, K)
+
+
+def centred_scores_and_lengths(
+    scores: torch.Tensor, lengths: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) raw scores, (N,) lengths -> (c, d, applies), each (N, K): the scores and the lengths centred
+    within their group over the rows where the dimension applies (module doc)."""
+    x = upcast(scores)
+    applies = ~torch.isnan(x)  # (N, K)
+    length = upcast(lengths).to(x.dtype).unsqueeze(1).expand_as(x)  # (N, K)
+    return (
+        centred_in_groups(torch.nan_to_num(x), applies, group_size),
+        centred_in_groups(length, applies, group_size),
+        applies,
+    )
+
+
+def pooled_slopes(c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """(N, K) centred scores and lengths -> (K,) b_k = sum c d / sum d^2 (0 where no length varies)."""
+    denom = (d * d).sum(0)  # (K,)
+    return torch.where(denom > 0, (c * d).sum(0) / denom.clamp(min=1e-12), torch.zeros_like(denom))
 
 
 def length_slopes(scores: torch.Tensor, lengths: torch.Tensor, group_size: int) -> torch.Tensor:
     """(N, K) raw scores, (N,) lengths -> (K,) each dimension's pooled within-group slope on length."""
-    x = upcast(scores)
-    length = upcast(lengths).to(x.dtype)
-    slopes = torch.zeros(x.size(1), dtype=x.dtype, device=x.device)
-    for k in range(x.size(1)):
-        applies = ~torch.isnan(x[:, k])
-        c = centred_in_groups(torch.nan_to_num(x[:, k]), applies, group_size)  # (N,)
-        d = centred_in_groups(length, applies, group_size)  # (N,)
-        denom = (d * d).sum()
-        if bool(denom > 0):
-            slopes[k] = (c * d).sum() / denom
-    return slopes
+    c, d, _ = centred_scores_and_lengths(scores, lengths, group_size)
+    return pooled_slopes(c, d)
 
 
 def length_controlled(
@@ -70,10 +83,7 @@ def length_controlled(
     """(N, K) the scores with each controlled dimension's within-group length slope removed (module doc);
     NaN stays NaN, the other dimensions are returned as they are."""
     x = upcast(scores)
-    slopes = torch.where(controlled.to(x.device), length_slopes(x, lengths, group_size), 0.0)  # (K,)
-    out = x.clone()
-    for k in torch.nonzero(slopes).flatten().tolist():
-        applies = ~torch.isnan(x[:, k])
-        d = centred_in_groups(upcast(lengths).to(x.dtype), applies, group_size)  # (N,)
-        out[:, k] = torch.where(applies, x[:, k] - slopes[k] * d, x[:, k])
+    c, d, applies = centred_scores_and_lengths(x, lengths, group_size)
+    slopes = torch.where(controlled.to(x.device), pooled_slopes(c, d), 0.0)  # (K,)
+    out = torch.where(applies, x - slopes * d, x)  # (N, K)
     return out.to(scores.dtype)
