@@ -16,7 +16,8 @@ the base with the adapter disabled on both sides).
 
 Arms: `ours` (the default chunked LM-head log-probs), `trl`, and `ours_full_logits` (ours with
 `logprob_chunk_size: null`, the previous path that upcasts the whole (N, C, V) logits to fp32: the
-"before" of the peak-RSS comparison). Each measurement is one fresh subprocess that runs `--steps`
+"before" of the peak-RSS comparison), `ours_fp32_rollout` (ours generating with the fp32 policy whatever
+`--rollout-precision` says: the low-precision copy's before/after in the same run). Each measurement is one fresh subprocess that runs `--steps`
 optimizer steps (the first is a warm-up and is dropped) of one arm; subprocesses alternate the arms
 (order rotating per repeat), so all see the same machine load: on a shared machine read the ratios, not
 the absolute times. Peak RSS is the subprocess's `ru_maxrss` (includes each library's import footprint
@@ -52,7 +53,7 @@ from benchmarks._models import CACHE, bench_prompts, machine, md_table, model_di
 from benchmarks._models import smollm2_dir as smollm2_default  # noqa: E402
 
 SPLIT_KEYS = ("time/generation", "time/reference", "time/policy", "time/scoring")
-ARMS = ("ours", "trl", "ours_full_logits")
+ARMS = ("ours", "trl", "ours_full_logits", "ours_fp32_rollout")
 
 
 def resolve_model_dir(size: str, smollm2_dir: str | None = None) -> str:
@@ -115,7 +116,10 @@ def run_ours(args) -> dict:
         loaded.tokenizer,
         AlignmentMatrix(make_dimensions()),
         cfg,
-        HFGenerateEngine(max_new_tokens=args.max_new_tokens, precision=args.rollout_precision),
+        HFGenerateEngine(
+            max_new_tokens=args.max_new_tokens,
+            precision="fp32" if args.worker == "ours_fp32_rollout" else args.rollout_precision,
+        ),
         aggregator="sum",
     )
 
@@ -367,7 +371,7 @@ def _runs_text(results: dict, meta: dict) -> str:
 
 
 def render(results: dict, meta: dict) -> str:
-    rows, split_rows = [], []
+    rows, split_rows, fp32_rows = [], [], []
     for cell, r in results.items():
         ours, trl, old = r.get("ours"), r.get("trl"), r.get("ours_full_logits")
         rows.append([
@@ -379,7 +383,14 @@ def render(results: dict, meta: dict) -> str:
             _num(old, "peak_rss_mb", ".0f"), _ratio(ours, old, "peak_rss_mb"),
             _ratio(old, trl, "median_step_s"),
         ])  # fmt: skip
-        for label, arm in ((cell, ours), (f"{cell} (full logits)", old)):
+        fp32 = r.get("ours_fp32_rollout")
+        if fp32:
+            fp32_rows.append([
+                cell, _num(fp32, "median_step_s", ".2f"), _ratio(fp32, trl, "median_step_s"),
+                _ratio(ours, fp32, "median_step_s", bold=True), _num(fp32, "peak_rss_mb", ".0f"),
+                _ratio(fp32, trl, "peak_rss_mb"), _ratio(ours, fp32, "peak_rss_mb"),
+            ])  # fmt: skip
+        for label, arm in ((cell, ours), (f"{cell} (full logits)", old), (f"{cell} (fp32 rollout)", fp32)):
             if not arm or "split_s" not in arm:
                 continue
             sp, step = arm["split_s"], arm["median_step_s"]
@@ -415,6 +426,11 @@ def render(results: dict, meta: dict) -> str:
     split = md_table(
         ["model / tuning", "ours step s", "generation", "reference fwd", "policy fwd/bwd+opt", "scoring",
          "overhead", "lower bound (gen + fwd/bwd)", "step / bound"], split_rows)  # fmt: skip
+    if fp32_rows:
+        precision = meta.get("rollout_precision", "fp32")
+        table += "\n\nOurs generating with the fp32 policy (arm `ours_fp32_rollout`, same run):\n\n" + md_table(
+            ["model / tuning", "fp32-rollout s/step", "step ratio (/TRL)", f"{precision} / fp32 step",
+             "fp32-rollout peak RSS MB", "RSS ratio (/TRL)", f"{precision} / fp32 RSS"], fp32_rows)  # fmt: skip
     return f"{head}\n\n{table}\n\nOur step split (medians):\n\n{split}\n"
 
 

@@ -25,7 +25,9 @@ preallocated mask, inverse-CDF draws); `fast, prefill xG` = the same without the
 `fast + prepack` = `rollout.prepack_weights: true` (the decode's fp32 CPU linear layers on weights packed
 once per rollout by MKL, `prepacked_linears`); `fast + compile` (only with `--compile`: inductor needs
 minutes on one thread, reported apart as the first rollout's extra wall time) = the decode step under
-`torch.compile` with a StaticCache, the record of a try that did not pay; `fast, bf16 copy`, `fast, int8
+`torch.compile` with a StaticCache, the record of a try that did not pay; `fast, bf16 copy (plain)` = the
+bf16 copy before its linears were packed and its attention upcast (`F.linear` on bf16 weights, bf16 SDPA);
+`fast, bf16 copy`, `fast, int8
 copy` and `fast, w8 copy` = `rollout.precision: bf16 | int8 | w8` (rollout/low_precision.py: the rollout
 samples with a copy of the policy in that format, refreshed once per rollout, so the refresh cancels out of
 the per-step figure; its "own floor" counts the copy's bytes: 1 byte a weight for int8 and w8 linears). Each repeat runs every variant
@@ -53,6 +55,7 @@ import torch  # noqa: E402
 from benchmarks._models import bench_prompts, machine, md_table, model_dir, num_params, smollm2_dir  # noqa: E402
 from quark_lightning.models.loading import load_causal_lm  # noqa: E402
 from quark_lightning.rollout.hf_generate import CACHE_KWARG, HFGenerateEngine, sample_next  # noqa: E402
+from quark_lightning.rollout.low_precision import RolloutCopy  # noqa: E402
 
 BANDWIDTH_BYTES = 1 << 30
 # The decode step and the bandwidth are timed in CPU seconds of this process (one torch thread): on a
@@ -194,10 +197,18 @@ def make_engine(name: str, **kwargs) -> HFGenerateEngine:
         "fast": lambda: HFGenerateEngine(decode="fast", **kwargs),
         "fast + prepack": lambda: HFGenerateEngine(decode="fast", prepack_weights=True, **kwargs),
         "fast + compile": lambda: CompiledEngine(decode="fast", **kwargs),
+        "fast, bf16 copy (plain)": lambda: plain_bf16_engine(**kwargs),
         "fast, bf16 copy": lambda: HFGenerateEngine(decode="fast", precision="bf16", **kwargs),
         "fast, int8 copy": lambda: HFGenerateEngine(decode="fast", precision="int8", **kwargs),
         "fast, w8 copy": lambda: HFGenerateEngine(decode="fast", precision="w8", **kwargs),
     }[name]()
+
+
+def plain_bf16_engine(**kwargs) -> HFGenerateEngine:
+    """The bf16 copy as it was before issue 26's packing: `F.linear` on plain bf16 weights, bf16 attention."""
+    engine = HFGenerateEngine(decode="fast", precision="bf16", **kwargs)
+    engine.rollout_copy = RolloutCopy("bf16", pack=False, attention_fp32=False)
+    return engine
 
 
 def copy_weight_bytes(engine, model) -> int:
@@ -208,13 +219,14 @@ def copy_weight_bytes(engine, model) -> int:
         return weight_bytes_per_step(model)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    from quark_lightning.rollout.low_precision import Int8WeightLinear
+    from quark_lightning.rollout.low_precision import Int8WeightLinear, PackedBf16Linear
 
     total = sum(p.numel() * p.element_size() for p in copy.model.parameters())
+    total += sum(2 * m.out_features * m.in_features for m in copy.model.modules() if isinstance(m, PackedBf16Linear))
     total += sum(m.weight().numel() for m in copy.model.modules() if isinstance(m, DynamicLinear))
     total += sum(m.weight_int8.numel() for m in copy.model.modules() if isinstance(m, Int8WeightLinear))
     emb, head = copy.model.get_input_embeddings(), copy.model.get_output_embeddings()
-    if isinstance(head, (DynamicLinear, Int8WeightLinear)):  # the head reads its int8 copy, not the embedding
+    if isinstance(head, (DynamicLinear, Int8WeightLinear, PackedBf16Linear)):  # the head reads its own copy
         total -= emb.weight.numel() * emb.weight.element_size()
     return total
 
@@ -398,7 +410,8 @@ def main() -> None:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     t_start = time.perf_counter()
-    step_names = ["generate", "fast (before)", "fast", "fast + prepack", "fast, bf16 copy", "fast, int8 copy"]
+    step_names = ["generate", "fast (before)", "fast", "fast + prepack", "fast, bf16 copy (plain)", "fast, bf16 copy"]
+    step_names += ["fast, int8 copy"]
     step_names += ["fast, w8 copy"]
     step_names += ["fast + compile"] if args.compile else []
     rollout_names = ["generate", "fast (before)", "fast, prefill xG", "fast"]

@@ -109,3 +109,61 @@ def test_auto_picks_one_of_the_formats_and_bad_settings_are_refused(tiny_model_d
     engine = HFGenerateEngine(max_new_tokens=4, precision="int8", decode="generate")
     with pytest.raises(ConfigError, match="rollout.precision=int8 is a CPU rollout copy.*Fix: rollout.precision=fp32"):
         engine.generate(loaded.model, loaded.tokenizer, bundled_records[:1], 2)
+
+
+def test_the_packed_bf16_linear_equals_f_linear_for_any_row_count():
+    from quark_lightning.rollout.low_precision import PackedBf16Linear, onednn_bf16
+
+    if not onednn_bf16():
+        pytest.skip("this CPU build has no oneDNN bf16")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    layer = PackedBf16Linear(weight, bias, rows=8)
+    for shape in [(8, 32), (8, 1, 32), (3, 7, 32), (1, 32)]:  # the decode's rows, the prefill's, others
+        x = torch.randn(*shape)
+        expected = torch.nn.functional.linear(x.bfloat16(), weight.bfloat16(), bias.bfloat16())
+        assert torch.equal(layer(x), expected)
+    layer.set_weight(2 * weight, bias)  # a refresh repacks
+    assert torch.equal(layer(x), torch.nn.functional.linear(x.bfloat16(), (2 * weight).bfloat16(), bias.bfloat16()))
+
+
+def test_the_bf16_copy_packs_its_linears_attends_in_fp32_and_follows_an_optimizer_step(tiny_model_dir):
+    from quark_lightning.rollout.low_precision import FP32_ATTENTION, PackedBf16Linear, onednn_bf16
+
+    if not onednn_bf16():
+        pytest.skip("this CPU build has no oneDNN bf16")
+    policy = load_causal_lm(tiny_model_dir).model
+    attention = policy.config._attn_implementation
+    copy = RolloutCopy("bf16")
+    model = copy.refresh(policy)
+    packed = {n for n, m in model.named_modules() if isinstance(m, PackedBf16Linear)}
+    assert "lm_head" in packed and len(packed) == sum(type(m) is torch.nn.Linear for m in policy.modules())
+    assert model.config._attn_implementation == FP32_ATTENTION
+    assert policy.config._attn_implementation == attention  # the policy (the trainer) is untouched
+    plain = RolloutCopy("bf16", pack=False, attention_fp32=False).refresh(policy)
+    x = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    expected = policy(input_ids=x).logits
+    for logits in (model(input_ids=x).logits, plain(input_ids=x).logits):  # both the policy up to bf16
+        assert torch.allclose(logits.float(), expected, atol=0.05 * float(expected.abs().max()))
+
+    before = model(input_ids=x).logits.clone()
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    policy(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    again = copy.refresh(policy)
+    assert again is model and not torch.equal(again(input_ids=x).logits, before)  # repacked from the step
+    fresh = RolloutCopy("bf16").refresh(policy)
+    assert torch.equal(again(input_ids=x).logits, fresh(input_ids=x).logits)
+
+
+def test_attention_in_fp32_is_sdpa_on_upcast_inputs():
+    from quark_lightning.rollout.low_precision import _sdpa_in_fp32
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 8).bfloat16() for n in (1, 5, 5))  # (B, heads, T, D), one query token
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = False, 1
+    out, _ = _sdpa_in_fp32(module, q, k, v, None, scaling=8**-0.5)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=8**-0.5)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 1, 4, 8)  # transformers' (B, T, heads, D)
+    assert torch.equal(out, expected.transpose(1, 2).bfloat16())
