@@ -58,6 +58,7 @@ def run_arm(work: Path, seed: int, precision: str) -> dict:
         "start": {n: r["mean"] for n, r in history[0]["dimensions"].items()},
         "end": {n: r["mean"] for n, r in history[-1]["dimensions"].items()},
         "end_pass": {n: r["pass_rate"] for n, r in history[-1]["dimensions"].items()},
+        "answers": {"start": history[0].get("answers", {}), "end": history[-1].get("answers", {})},
         "steps": step_means(run_dir),
     }
     result.write_text(json.dumps(arm, indent=1))
@@ -110,6 +111,10 @@ def render(arms: list[dict], args) -> str:
                  for a in arms]  # fmt: skip
     steps = md_table(["arm", "sampling/kl (mean)", "|sampling/kl| max", "capped share", "generation s / step",
                       "cut at cap", "wall s"], step_rows)  # fmt: skip
+    answer_rows = [[f"{a['precision']} s{a['seed']}",
+                    *(num(a.get("answers", {}).get(when, {}).get(key)) for when in ("start", "end")
+                      for key in ("mean_tokens", "cut_share"))] for a in arms]  # fmt: skip
+    answers = md_table(["arm", "tokens, start", "cut share, start", "tokens, end", "cut share, end"], answer_rows)
     return (
         f"# Rollout precision: fp32 vs a {args.precisions[-1]} rollout copy, same short SmolLM2 training\n\n"
         f"Command: `python benchmarks/rollout_precision_quality.py {' '.join(sys.argv[1:])}`\n\n"
@@ -117,7 +122,8 @@ def render(arms: list[dict], args) -> str:
         "`+experiment=real_demo` (12 LoRA GRPO steps, 2 prompts x 4 answers, 72 new tokens, rfn_tadw, closed loop) "
         "with `algorithm.vllm_importance_sampling_correction=true` in both arms. Held-out means at the end: 16 "
         "held-out questions, greedy, answered by the policy itself (not the copy).\n\n"
-        f"{table}\n\nStep logs (mean over the 12 steps):\n\n{steps}\n"
+        f"{table}\n\nHeld-out answers (greedy, the policy itself; length beside the scores):\n\n{answers}\n\n"
+        f"Step logs (mean over the 12 steps):\n\n{steps}\n"
     )
 
 

@@ -167,3 +167,19 @@ def test_attention_in_fp32_is_sdpa_on_upcast_inputs():
     expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=8**-0.5)
     assert out.dtype == torch.bfloat16 and out.shape == (2, 1, 4, 8)  # transformers' (B, T, heads, D)
     assert torch.equal(out, expected.transpose(1, 2).bfloat16())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "w8", "int8"])
+def test_a_refresh_streams_weights_and_biases_into_every_format(precision):
+    torch.manual_seed(0)
+    policy = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    copy = RolloutCopy(precision)
+    model = copy.refresh(policy)
+    x = torch.randn(4, 16)
+    before = model(x).float()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # weights and biases both move
+    assert copy.refresh(policy) is model  # refreshed in place
+    fresh = RolloutCopy(precision).refresh(policy)
+    assert torch.equal(model(x), fresh(x)) and not torch.equal(model(x).float(), before)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Iterable
 
 import torch
 
@@ -245,23 +246,27 @@ class RolloutCopy:
     def refresh(self, policy: torch.nn.Module) -> torch.nn.Module:
         """The copy, holding the policy's current weights (built on first use)."""
         start = time.perf_counter()
-        weights = merged_weights(policy)
         if self.model is None:
-            self.model = self._build(policy, weights)
-        else:
-            self._load(weights)
+            self.model = self._build(policy, merged_weights(policy))
+        else:  # streamed: a LoRA layer's merged weight exists one at a time, never the whole model's
+            self._load(merged_policy_weights(policy, remove_duplicate=False))
         self.refresh_seconds = time.perf_counter() - start
         return self.model
 
-    def _load(self, weights: dict[str, torch.Tensor]) -> None:
+    def _load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Each (name, tensor) of the policy's current weights into the copy, in the copy's format."""
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-        params = dict(self.model.named_parameters())
-        for name, module in self.model.named_modules():
-            if isinstance(module, DynamicLinear) and f"{name}.weight" in weights:
-                module.set_weight_bias(_int8_weight(weights[f"{name}.weight"]), weights.get(f"{name}.bias"))
-            if isinstance(module, (Int8WeightLinear, PackedBf16Linear)) and f"{name}.weight" in weights:
-                module.set_weight(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
-        for name, tensor in weights.items():
-            if name in params:
-                params[name].copy_(tensor)  # embeddings and norms (and every weight of a bf16 copy)
+        modules, params = dict(self.model.named_modules()), dict(self.model.named_parameters())
+        for name, tensor in weights:
+            owner, _, attr = name.rpartition(".")
+            module = modules.get(owner)
+            if isinstance(module, DynamicLinear):  # packs weight and bias together
+                weight = _int8_weight(tensor) if attr == "weight" else module.weight()
+                module.set_weight_bias(weight, tensor if attr == "bias" else module.bias())
+            elif isinstance(module, (Int8WeightLinear, PackedBf16Linear)) and attr == "weight":
+                module.set_weight(tensor)
+            elif isinstance(module, (Int8WeightLinear, PackedBf16Linear)) and module.bias is not None:
+                module.bias.copy_(tensor)
+            elif name in params:
+                params[name].copy_(tensor)  # embeddings and norms (and every weight of a plain bf16 copy)
