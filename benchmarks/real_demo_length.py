@@ -23,6 +23,11 @@ tokens, (b) a change in the share cut at the cap of at most +12.5 pp (two answer
 mean change of at least -0.05; if both do, the one with the larger usefulness change; if neither does,
 neither is adopted and the issue stays open.
 
+Second rule, written on 2026-12-07 before any `control+gate` seed had run under the as-configured scoring:
+`control+gate` (length control and the gate together) replaces `gate` in `+experiment=real_demo` if its
+five-seed means meet (a), (b) and (c) above and its usefulness change exceeds `gate`'s with the 95%
+paired seed-bootstrap interval of (control+gate - gate) excluding 0; otherwise `gate` stays.
+
 Every (arm, seed) is cached in benchmarks/results/real_demo_length/<arm>-s<seed>.json once its last
 evaluation is written, with what it trained with (a fingerprint of its .hydra/config.yaml: lr, loss, KL,
 aggregator, length control, each dimension's weight, gate and scorer); a run whose fingerprint differs from
