@@ -35,7 +35,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from quark_lightning.config.groups import HYDRA_KEYS, accepted_arguments
+from quark_lightning.config.groups import accepted_arguments
+from quark_lightning.config.typed import HYDRA_KEYS
 from quark_lightning.infra.strategies import build_strategy
 from quark_lightning.models.loading import apply_lora, load_causal_lm
 from quark_lightning.models.tiny import ensure_tiny_model

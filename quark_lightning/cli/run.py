@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from dataclasses import fields
 from typing import Any
 
 import lightning as L
@@ -19,9 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.groups import validate_groups
+from quark_lightning.config.typed import typed
 from quark_lightning.config.validate import validate_config
 from quark_lightning.data.datamodule import PromptDataModule, source_options
 from quark_lightning.data.references import validate_fact_references
+from quark_lightning.grpo.grpo_config import ALGORITHM_NODES
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.infra.loggers import build_loggers, close_loggers, logger_locations
@@ -130,8 +131,7 @@ def build_shaping(cfg: DictConfig, matrix) -> RewardShaping:
 
 def grpo_config(cfg: DictConfig) -> GRPOConfig:
     algo = OmegaConf.to_container(cfg.algorithm, resolve=True)
-    names = {f.name for f in fields(GRPOConfig)}
-    return GRPOConfig(**{k: v for k, v in algo.items() if k in names})
+    return typed(GRPOConfig, algo, "algorithm", allowed=ALGORITHM_NODES)
 
 
 def lr_scheduler_factory(cfg: DictConfig):

@@ -17,19 +17,17 @@ Every problem is collected and raised as one ConfigError (exit 2, no traceback, 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.config.typed import unknown_keys
 from quark_lightning.infra.errors import ConfigError
 
-HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 CALIBRATION_KEYS = ("calibration_prompts", "num_generations", "recalibrate", "report_path", "statistics_path")
-ALGORITHM_EXTRA_KEYS = ("name", "lr_scheduler", "optimizer")  # name: the group's label
 
 
 def accepted_arguments(target: Callable) -> set[str] | None:
@@ -48,21 +46,6 @@ def accepted_arguments(target: Callable) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.name != "self"} | build_keys
-
-
-def unknown_keys(keys: Iterable[str], allowed: Iterable[str], where: str, fix: str = "") -> list[str]:
-    """One problem per key of `keys` not in `allowed`, with the closest allowed key as the suggestion."""
-    allowed = sorted(set(allowed))
-    problems = []
-    for key in keys:
-        if key in allowed or key in HYDRA_KEYS:
-            continue
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        problems.append(
-            f"{where}.{key}: unknown key; {hint}Fix: remove it or use one of {', '.join(allowed)}{fix}"
-        )
-    return problems
 
 
 def target_problems(node: Any, where: str) -> list[str]:
@@ -176,9 +159,9 @@ def _try(build: Callable[[], Any], where: str) -> list[str]:
 
 
 def algorithm_problems(algorithm: DictConfig) -> list[str]:
-    from quark_lightning.grpo.grpo_module import GRPOConfig
+    from quark_lightning.grpo.grpo_config import ALGORITHM_NODES, GRPOConfig
 
-    allowed = [f.name for f in fields(GRPOConfig)] + list(ALGORITHM_EXTRA_KEYS)
+    allowed = [f.name for f in fields(GRPOConfig)] + list(ALGORITHM_NODES)
     p = unknown_keys(list(algorithm.keys()), allowed, "algorithm")
     if algorithm.get("lr_scheduler") is not None:
         p += target_problems(algorithm.lr_scheduler, "algorithm.lr_scheduler")

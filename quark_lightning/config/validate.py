@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from quark_lightning.grpo.loss import LOSS_REDUCTIONS
+from quark_lightning.config.typed import Check, is_int, is_num, problem, unknown_keys, value_problems
+from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import CATEGORIES
 from quark_lightning.models.loading import DTYPES
 from quark_lightning.models.weight_sources import MODEL_KINDS
-from quark_lightning.shaping.advantages import SCALE_MODES
 from quark_lightning.shaping.aggregation import AGGREGATORS
-
-Check = Callable[[Any], bool]
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -39,16 +37,7 @@ def _require(problems: list[str], cfg: DictConfig, key: str, ok: Check, expected
     except TypeError:
         good = False
     if not good:
-        hint = f" Fix: {fix}" if fix else f" Fix: pass {key}=<{expected}>."
-        problems.append(f"{key}: got {value!r}, expected {expected}.{hint}")
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+        problems.append(problem(key, value, expected, fix))
 
 
 def is_file(v: str) -> bool:
@@ -127,39 +116,13 @@ def _run_problems(p: list[str], cfg: DictConfig) -> None:
 
 
 def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
-    """algorithm.*: the GRPO hyperparameters."""
-    _require(
-        p,
-        cfg,
-        "algorithm.num_generations",
-        lambda v: is_int(v) and v >= 2,
-        "an integer >= 2 (GRPO compares completions within a group)",
-    )
-    _require(
-        p, cfg, "algorithm.loss_type", lambda v: v in LOSS_REDUCTIONS, f"one of {sorted(LOSS_REDUCTIONS)}"
-    )
-    _require(p, cfg, "algorithm.beta", lambda v: is_num(v) and v >= 0, "a number >= 0")
-    _require(p, cfg, "algorithm.epsilon", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
-    _require(
-        p, cfg, "algorithm.epsilon_high", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0"
-    )
-    _require(p, cfg, "algorithm.num_iterations", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _require(p, cfg, "algorithm.scale_rewards", lambda v: v in SCALE_MODES, f"one of {list(SCALE_MODES)}")
-    _require(
-        p,
-        cfg,
-        "algorithm.micro_batch_size",
-        lambda v: v is None or (is_int(v) and v >= 1),
-        "null or an integer >= 1",
-    )
-    _require(
-        p,
-        cfg,
-        "algorithm.max_grad_norm",
-        lambda v: v is None or (is_num(v) and v > 0),
-        "null or a number > 0",
-    )
-    _require(p, cfg, "algorithm.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
+    """algorithm.*: every value as `GRPOConfig` declares it (config/typed.py); unknown keys: config/groups.py."""
+    algorithm = _get(cfg, "algorithm")
+    if not isinstance(algorithm, DictConfig):
+        p.append("algorithm: expected the GRPO settings group. Fix: pass algorithm=grpo.")
+        return
+    p += value_problems(GRPOConfig, algorithm, "algorithm")
+    p += GRPOConfig.cross_key_problems(algorithm)
 
 
 def _data_problems(p: list[str], cfg: DictConfig) -> None:
@@ -210,16 +173,18 @@ def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
 
 
 def judge_problems(cfg: DictConfig) -> list[str]:
-    """The `judge` group's wrong values (checked even when no dimension asks the judge)."""
-    if cfg.get("judge") is None:
+    """The `judge` group's unknown keys and wrong values, as `JudgeConfig` declares them (checked even when
+    no dimension asks the judge)."""
+    judge = cfg.get("judge")
+    if judge is None:
         return []
-    from quark_lightning.judges import judge_config
+    from quark_lightning.judges.settings import JudgeConfig
 
-    try:
-        judge_config(cfg.judge)
-    except ConfigError as err:
-        return str(err).removeprefix("invalid judge config:\n  - ").split("\n  - ")
-    return []
+    if not isinstance(judge, DictConfig):
+        return [f"judge: got {judge!r}, expected a mapping. Fix: choose it with judge=local or judge=openai."]
+    names = [f.name for f in fields(JudgeConfig)]
+    problems = unknown_keys(list(judge.keys()), names, "judge", " (see conf/judge/*.yaml)")
+    return problems + value_problems(JudgeConfig, judge, "judge") + JudgeConfig.cross_key_problems(judge)
 
 
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name or name
@@ -304,17 +269,6 @@ def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
     if _get(cfg, "model.lora.enabled"):
         _require(p, cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
         _require(p, cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-    _require(p, cfg, "algorithm.weight_decay", lambda v: v is None or (is_num(v) and v >= 0), "a number >= 0")
-    _require(
-        p, cfg, "algorithm.warmup_steps", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0"
-    )
-    _require(
-        p,
-        cfg,
-        "algorithm.betas",
-        lambda v: v is None or (len(v) == 2 and all(is_num(b) and 0 <= b < 1 for b in v)),
-        "two numbers in [0, 1), e.g. [0.9, 0.999]",
-    )
     _require(
         p, cfg, "rollout.max_prompt_length", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1"
     )

@@ -28,7 +28,7 @@ COLUMN_FIELDS = {
 
 def column_problems(columns: Any) -> list[str]:
     """What is wrong with a `data.columns` mapping (our field -> the dataset's column; null = our name)."""
-    from quark_lightning.config.groups import unknown_keys
+    from quark_lightning.config.typed import unknown_keys
 
     if columns is None:
         return []

@@ -3,104 +3,95 @@ option), validated when built, and what one step leaves for the callbacks (`Step
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from quark_lightning.config.typed import boolean, check, integer, is_num, number, one_of, optional, rule
+from quark_lightning.grpo.loss import LOSS_REDUCTIONS
 from quark_lightning.grpo.rollout_correction import ROLLOUT_CORRECTION_MODES
-from quark_lightning.infra.errors import ConfigError
+from quark_lightning.shaping.advantages import SCALE_MODES
+
+
+def _two_betas(v: Any) -> bool:
+    return len(v) == 2 and all(is_num(b) and 0 <= b < 1 for b in v)
+
+
+FLAG = rule(boolean, "true or false")
+ALGORITHM_NODES = ("name", "optimizer", "lr_scheduler")  # keys of the `algorithm` group that are not settings
 
 
 @dataclass
 class GRPOConfig:
-    num_generations: int = 8
-    loss_type: str = "grpo"
-    beta: float = 0.01
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
-    num_iterations: int = 1
-    scale_rewards: str = "group"
-    micro_batch_size: int | None = None
-    max_grad_norm: float | None = 1.0
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
+    """The `algorithm` group: each key's type and range declared once, checked by config/typed.py both when
+    the composed config is validated and when this is built."""
+
+    num_generations: int = field(
+        default=8, metadata=rule(integer(2), "an integer >= 2 (GRPO compares completions within a group)")
+    )
+    loss_type: str = field(default="grpo", metadata=rule(one_of(LOSS_REDUCTIONS), f"one of {sorted(LOSS_REDUCTIONS)}"))
+    beta: float = field(default=0.01, metadata=rule(number(0), "a number >= 0"))
+    epsilon: float = field(default=0.2, metadata=rule(number(0, 1, low_open=True, high_open=True), "a number in (0, 1)"))
+    epsilon_high: float | None = field(default=None, metadata=rule(optional(number(0, low_open=True)), "null or a number > 0"))
+    num_iterations: int = field(default=1, metadata=rule(integer(1), "an integer >= 1"))
+    scale_rewards: str = field(default="group", metadata=rule(one_of(SCALE_MODES), f"one of {list(SCALE_MODES)}"))
+    micro_batch_size: int | None = field(default=None, metadata=rule(optional(integer(1)), "null or an integer >= 1"))
+    max_grad_norm: float | None = field(default=1.0, metadata=rule(optional(number(0, low_open=True)), "null or a number > 0"))
+    lr: float = field(default=1e-5, metadata=rule(number(0, low_open=True), "a learning rate > 0"))
+    weight_decay: float = field(default=0.0, metadata=rule(optional(number(0)), "a number >= 0"))
+    betas: tuple[float, float] = field(
+        default=(0.9, 0.999), metadata=rule(optional(_two_betas), "two numbers in [0, 1), e.g. [0.9, 0.999]")
+    )
+    warmup_steps: int = field(default=0, metadata=rule(optional(integer(0)), "an integer >= 0"))
     # tokens per LM-head chunk of the log-prob computation (no (N, C, V) logits are held);
     # null = the full-logits path (the whole (n, C, V) upcast to fp32, as before; kept to compare)
-    logprob_chunk_size: int | None = 256
-    gradient_checkpointing: bool = False  # TRL's name: recompute the policy's activations in the backward
+    logprob_chunk_size: int | None = field(
+        default=256,
+        metadata=rule(
+            optional(integer(1)),
+            "null or an integer >= 1",
+            "pass algorithm.logprob_chunk_size=256 (or null for the full-logits path).",
+        ),
+    )
+    gradient_checkpointing: bool = field(default=False, metadata=FLAG)  # TRL's name: recompute activations in the backward
     # TRL's names (GRPOConfig) and semantics:
-    importance_sampling_level: str = "token"  # token (GRPO) | sequence (GSPO: one ratio per completion)
-    delta: float | None = None  # two-sided clipping: the unclipped ratio is capped at delta (> 1 + epsilon)
-    mask_truncated_completions: bool = False  # completions cut at max_new_tokens contribute nothing
-    steps_per_generation: int = 1  # optimizer steps (mini-batches of whole groups) per rollout
-    entropy_coef: float = 0.0  # entropy bonus -c * H in the per-token loss (verl's entropy_coeff)
+    importance_sampling_level: str = field(  # token (GRPO) | sequence (GSPO: one ratio per completion)
+        default="token", metadata=rule(one_of(("token", "sequence")), "token or sequence")
+    )
+    delta: float | None = None  # two-sided clipping: the unclipped ratio is capped at delta (> 1 + epsilon_high)
+    mask_truncated_completions: bool = field(default=False, metadata=FLAG)  # cut completions contribute nothing
+    steps_per_generation: int = field(default=1, metadata=rule(integer(1), "an integer >= 1"))  # optimizer steps per rollout
+    entropy_coef: float = field(default=0.0, metadata=rule(number(0), "a number >= 0"))  # -c * H per token (verl's entropy_coeff)
     # rollout correction (TRL's names; every engine that returns sampling log-probs, not only vLLM)
-    vllm_importance_sampling_correction: bool = False
-    vllm_importance_sampling_mode: str = "token_truncate"  # token_truncate | token_mask | sequence_*
-    vllm_importance_sampling_cap: float = 2.0
+    vllm_importance_sampling_correction: bool = field(default=False, metadata=FLAG)
+    vllm_importance_sampling_mode: str = field(
+        default="token_truncate",
+        metadata=rule(one_of(ROLLOUT_CORRECTION_MODES), " | ".join(ROLLOUT_CORRECTION_MODES)),
+    )
+    vllm_importance_sampling_cap: float = field(default=2.0, metadata=rule(number(1), "a number >= 1"))
     # DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and draw more
     # prompts until the batch is full, at most `dynamic_sampling_max_draws` extra draws per step
-    dynamic_sampling: bool = False
-    dynamic_sampling_max_draws: int = 3
+    dynamic_sampling: bool = field(default=False, metadata=FLAG)
+    dynamic_sampling_max_draws: int = field(default=3, metadata=rule(integer(0), "an integer >= 0"))
     # risk on sampling: a group none of whose completions clears a gate (e.g. a red-flag prompt with no
     # answer directing to care) is sampled again, at most this many times per step; the new group replaces
     # it when one of its completions clears every gate (0 = off)
-    redraw_gated_groups: int = 0
+    redraw_gated_groups: int = field(default=0, metadata=rule(integer(0), "an integer >= 0"))
 
     def __post_init__(self) -> None:
-        self._check_trl_options()
-        chunk = self.logprob_chunk_size
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ConfigError(
-                f"algorithm.logprob_chunk_size: got {chunk!r}, expected null or an integer >= 1. "
-                "Fix: pass algorithm.logprob_chunk_size=256 (or null for the full-logits path)."
-            )
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ConfigError(
-                f"algorithm.gradient_checkpointing: got {self.gradient_checkpointing!r}, expected true or false"
-            )
+        check(self, "algorithm", GRPOConfig.cross_key_problems(vars(self)))
 
-    def _check_trl_options(self) -> None:
-        def is_num(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        def is_int(v, low: int) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-        eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
-        flags = ("mask_truncated_completions", "dynamic_sampling", "vllm_importance_sampling_correction")
-        checks = [(key, isinstance(getattr(self, key), bool), "true or false") for key in flags]
-        checks += [
-            ("importance_sampling_level", self.importance_sampling_level in ("token", "sequence"), "token or sequence"),
-            (
-                "delta",
-                self.delta is None or (is_num(self.delta) and self.delta > 1.0 + eps_high),
-                f"null or a number > 1 + epsilon_high ({1.0 + eps_high:g})",
-            ),
-            ("steps_per_generation", is_int(self.steps_per_generation, 1), "an integer >= 1"),
-            ("entropy_coef", is_num(self.entropy_coef) and self.entropy_coef >= 0, "a number >= 0"),
-            ("dynamic_sampling_max_draws", is_int(self.dynamic_sampling_max_draws, 0), "an integer >= 0"),
-            ("redraw_gated_groups", is_int(self.redraw_gated_groups, 0), "an integer >= 0"),
-            (
-                "vllm_importance_sampling_mode",
-                self.vllm_importance_sampling_mode in ROLLOUT_CORRECTION_MODES,
-                " | ".join(ROLLOUT_CORRECTION_MODES),
-            ),
-            (
-                "vllm_importance_sampling_cap",
-                is_num(self.vllm_importance_sampling_cap) and self.vllm_importance_sampling_cap >= 1.0,
-                "a number >= 1",
-            ),
-        ]
-        for key, ok, expected in checks:
-            if not ok:
-                raise ConfigError(
-                    f"algorithm.{key}: got {getattr(self, key)!r}, expected {expected}. "
-                    f"Fix: pass algorithm.{key}=<{expected}>."
-                )
+    @staticmethod
+    def cross_key_problems(values: Mapping[str, Any]) -> list[str]:
+        """The rules that read two keys: `delta` must exceed 1 + `epsilon_high` (or 1 + `epsilon`)."""
+        epsilon, epsilon_high, delta = values.get("epsilon", 0.2), values.get("epsilon_high"), values.get("delta")
+        eps_high = epsilon if epsilon_high is None else epsilon_high
+        if delta is None or not is_num(eps_high) or (is_num(delta) and delta > 1.0 + eps_high):
+            return []
+        expected = f"null or a number > 1 + epsilon_high ({1.0 + eps_high:g})"
+        return [f"algorithm.delta: got {delta!r}, expected {expected}. Fix: pass algorithm.delta=<{expected}>."]
 
 
 @dataclass

@@ -26,11 +26,11 @@ it with `build_judge` only when they need it, so a rules-only run never loads or
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from quark_lightning.config.typed import boolean, check, integer, number, one_of, optional, rule, typed
 from quark_lightning.infra.errors import ConfigError
 
 KINDS = ("local", "openai")
@@ -38,75 +38,56 @@ RESPONSE_FORMATS = (None, "json_object")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _int_at_least(lo: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _optional_str(v: Any) -> bool:
     return v is None or (isinstance(v, str) and bool(v.strip()))
 
 
-# key -> (check, what is expected)
-_CHECKS: dict[str, tuple[Any, str]] = {
-    "kind": (lambda v: v in KINDS, f"one of {list(KINDS)}"),
-    "model": (_optional_str, "null or a non-empty string"),
-    "base_url": (
-        lambda v: v is None or (isinstance(v, str) and v.startswith(("http://", "https://"))),
-        "null or an http(s) URL such as http://127.0.0.1:8000/v1",
-    ),
-    "api_key_env": (
-        lambda v: v is None or (isinstance(v, str) and v.replace("_", "").isalnum()),
-        "null or the NAME of an environment variable (letters, digits, _), e.g. OPENAI_API_KEY",
-    ),
-    "max_concurrency": (_int_at_least(1), "an integer >= 1"),
-    "timeout_s": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
-    "max_retries": (_int_at_least(0), "an integer >= 0"),
-    "backoff_s": (lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),
-    "temperature": (lambda v: _number(v) and v >= 0, "a number >= 0 (0 = greedy)"),
-    "max_tokens": (_int_at_least(1), "an integer >= 1"),
-    "response_format": (lambda v: v in RESPONSE_FORMATS, "null or json_object"),
-    "cache_dir": (_optional_str, "null or a directory"),
-    "batch_size": (_int_at_least(1), "an integer >= 1"),
-    "dtype": (lambda v: v in DTYPES, f"one of {list(DTYPES)}"),
-    "trust_remote_code": (lambda v: isinstance(v, bool), "true or false"),
-}
+def _url(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith(("http://", "https://"))
+
+
+def _env_name(v: Any) -> bool:
+    return isinstance(v, str) and v.replace("_", "").isalnum()
+
+
+def _setting(default: Any, ok, expected: str) -> Any:
+    return field(default=default, metadata=rule(ok, expected))
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    kind: str = "local"
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
-    max_concurrency: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 2
-    backoff_s: float = 0.5
-    temperature: float = 0.0
-    max_tokens: int = 64
-    response_format: str | None = None
-    cache_dir: str | None = None
-    batch_size: int = 8
-    dtype: str = "float32"
-    trust_remote_code: bool = False
+    """The `judge` group: each key's rule declared on its field and checked by config/typed.py."""
+
+    kind: str = _setting("local", one_of(KINDS), f"one of {list(KINDS)}")
+    model: str | None = _setting(None, _optional_str, "null or a non-empty string")
+    base_url: str | None = _setting(None, optional(_url), "null or an http(s) URL such as http://127.0.0.1:8000/v1")
+    api_key_env: str | None = _setting(
+        None, optional(_env_name), "null or the NAME of an environment variable (letters, digits, _), e.g. OPENAI_API_KEY"
+    )
+    max_concurrency: int = _setting(8, integer(1), "an integer >= 1")
+    timeout_s: float = _setting(60.0, number(0, low_open=True), "a number of seconds > 0")
+    max_retries: int = _setting(2, integer(0), "an integer >= 0")
+    backoff_s: float = _setting(0.5, number(0), "a number of seconds >= 0")
+    temperature: float = _setting(0.0, number(0), "a number >= 0 (0 = greedy)")
+    max_tokens: int = _setting(64, integer(1), "an integer >= 1")
+    response_format: str | None = _setting(None, one_of(RESPONSE_FORMATS), "null or json_object")
+    cache_dir: str | None = _setting(None, _optional_str, "null or a directory")
+    batch_size: int = _setting(8, integer(1), "an integer >= 1")
+    dtype: str = _setting("float32", one_of(DTYPES), f"one of {list(DTYPES)}")
+    trust_remote_code: bool = _setting(False, boolean, "true or false")
 
     def __post_init__(self) -> None:  # built directly or from a config: checked the same way
-        problems = [
-            f"judge.{key}: got {getattr(self, key)!r}, expected {expected}. Fix: set judge.{key}=<{expected}>."
-            for key, (ok, expected) in _CHECKS.items()
-            if not ok(getattr(self, key))
-        ]
-        if self.kind == "openai" and not self.base_url and not problems:
-            problems.append(
+        check(self, "judge", JudgeConfig.cross_key_problems(vars(self)))
+
+    @staticmethod
+    def cross_key_problems(values: Mapping[str, Any]) -> list[str]:
+        """judge=openai needs the server's URL."""
+        if values.get("kind") == "openai" and not values.get("base_url"):
+            return [
                 "judge.base_url: judge=openai needs the server's URL. "
                 "Fix: judge.base_url=http://HOST:PORT/v1 (and judge.model=<the served model's name>)."
-            )
-        if problems:
-            raise ConfigError("invalid judge config:\n  - " + "\n  - ".join(problems))
+            ]
+        return []
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> JudgeConfig:
@@ -117,14 +98,7 @@ class JudgeConfig:
             return cfg
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"judge: got {cfg!r}, expected a mapping (choose it with judge=local|openai)")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(
-                f"judge.{unknown[0]}: unknown key. Fix: use only {', '.join(sorted(known))} "
-                f"(see conf/judge/*.yaml)."
-            )
-        return cls(**{k: cfg[k] for k in cfg})
+        return typed(cls, cfg, "judge")
 
     def describe(self) -> str:
         """For logs and errors: the endpoint and model, never a key."""

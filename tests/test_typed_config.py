@@ -1,0 +1,104 @@
+"""config/typed.py: a settings key's rule is declared once, on its dataclass field, and one mechanism checks
+it wherever the settings come from (built directly, built from a config group, or the composed config
+validated before a run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from quark_lightning.config.typed import (
+    boolean,
+    check,
+    integer,
+    number,
+    one_of,
+    optional,
+    rule,
+    typed,
+    unknown_keys,
+    value_problems,
+)
+from quark_lightning.grpo.grpo_config import GRPOConfig
+from quark_lightning.infra.errors import ConfigError
+from quark_lightning.judges.settings import JudgeConfig
+from quark_lightning.loop.loop_settings import LoopSettings
+
+
+@dataclass(frozen=True)
+class Toy:
+    steps: int = field(default=1, metadata=rule(integer(1), "an integer >= 1"))
+    share: float = field(default=0.5, metadata=rule(number(0, 1, high_open=True), "a number in [0, 1)"))
+    mode: str = field(default="a", metadata=rule(one_of("ab"), "a or b", "pass toy.mode=a"))
+    cap: float | None = field(default=None, metadata=rule(optional(number(0, low_open=True)), "null or > 0"))
+    flag: bool = field(default=False, metadata=rule(boolean, "true or false"))
+    free: str = "anything"  # no rule: not checked
+
+    def __post_init__(self):
+        check(self, "toy")
+
+
+def test_the_predicates_at_their_bounds():
+    assert integer(1)(1) and not integer(1)(0) and not integer(1)(True) and not integer(1)(1.0)
+    inside = number(0, 1, high_open=True)
+    assert inside(0) and inside(0.999) and not inside(1) and not inside(-1e-9)
+    assert not inside(float("nan")) and not number()(float("inf")) and not number()(False)
+    assert number(0, low_open=True)(1e-12) and not number(0, low_open=True)(0)
+    assert optional(integer(0))(None) and not optional(integer(0))(-1)
+    assert boolean(False) and not boolean("false") and not boolean(0)
+
+
+def test_every_wrong_value_is_named_at_once_in_the_house_style():
+    with pytest.raises(ConfigError) as err:
+        Toy(steps=0, share=1.0, mode="c", cap=0, flag="no", free=None)
+    assert str(err.value).splitlines() == [
+        "invalid toy settings:",
+        "  - toy.steps: got 0, expected an integer >= 1. Fix: pass toy.steps=<an integer >= 1>.",
+        "  - toy.share: got 1.0, expected a number in [0, 1). Fix: pass toy.share=<a number in [0, 1)>.",
+        "  - toy.mode: got 'c', expected a or b. Fix: pass toy.mode=a",
+        "  - toy.cap: got 0, expected null or > 0. Fix: pass toy.cap=<null or > 0>.",
+        "  - toy.flag: got 'no', expected true or false. Fix: pass toy.flag=<true or false>.",
+    ]
+    with pytest.raises(ConfigError, match=r"^toy\.steps: got -2, expected an integer >= 1\. Fix"):
+        Toy(steps=-2)  # one problem: the message is that problem
+
+
+def test_a_group_with_unknown_keys_and_bad_values_is_refused_whole_and_absent_keys_take_defaults():
+    assert typed(Toy, {"steps": 3}, "toy") == Toy(steps=3)
+    assert value_problems(Toy, {}, "toy") == []  # absent keys are not checked: their defaults apply
+    with pytest.raises(ConfigError) as err:
+        typed(Toy, {"stesp": 3, "share": 2, "name": "x"}, "toy", allowed=("name",))
+    lines = str(err.value).splitlines()
+    assert lines[1].startswith("  - toy.stesp: unknown key; did you mean steps? Fix: remove it or use one of")
+    assert "name" in lines[1] and lines[2].startswith("  - toy.share: got 2")
+    assert len(lines) == 3  # `name` is allowed; nothing else is wrong
+    assert unknown_keys(["_target_", "steps"], ["steps"], "toy") == []  # Hydra's own keys pass
+
+
+def test_the_algorithm_group_is_checked_by_its_dataclass_in_the_run_and_when_built():
+    from test_config import compose_cfg
+
+    from quark_lightning.config.validate import validate_config
+
+    for override, kwargs in [
+        ("algorithm.epsilon=1.5", {"epsilon": 1.5}),
+        ("algorithm.vllm_importance_sampling_cap=0.5", {"vllm_importance_sampling_cap": 0.5}),
+        ("algorithm.delta=1.1", {"delta": 1.1}),
+        ("algorithm.gradient_checkpointing=yes", {"gradient_checkpointing": "yes"}),
+    ]:
+        with pytest.raises(ConfigError) as built:
+            GRPOConfig(**kwargs)
+        with pytest.raises(ConfigError) as run:
+            validate_config(compose_cfg("+experiment=smoke", override))
+        assert str(built.value) in str(run.value)  # one declaration, the same message both ways
+
+
+def test_the_closed_loop_and_judge_settings_use_the_same_mechanism():
+    with pytest.raises(ConfigError, match=r"callbacks\.closed_loop\.greedy: got 'false', expected true or false"):
+        LoopSettings.of({"greedy": "false"})  # a string would have counted as true
+    with pytest.raises(ConfigError, match=r"callbacks\.closed_loop\.probe_promts: unknown key; did you mean probe_prompts"):
+        LoopSettings.of({"probe_promts": 3})
+    with pytest.raises(ConfigError, match=r"judge\.timeout_s: got inf, expected a number of seconds > 0"):
+        JudgeConfig(timeout_s=float("inf"))
+    assert isinstance(ConfigError("x"), ValueError)  # callers that catch ValueError still do
