@@ -19,6 +19,16 @@ def _dequantized(copy_model) -> dict[str, torch.Tensor]:
     return {f"{n}.weight": m.weight().dequantize() for n, m in copy_model.named_modules() if isinstance(m, DynamicLinear)}
 
 
+def _step_and_refresh(copy: RolloutCopy, policy, x):
+    """One SGD step on the policy, then the copy refreshed: (the refreshed copy, its logits before the step,
+    a copy built fresh from the stepped policy)."""
+    before = copy.model(input_ids=x).logits.clone()
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    policy(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    return copy.refresh(policy), before, RolloutCopy(copy.precision).refresh(policy)
+
+
 def test_the_int8_copy_holds_the_policys_weights_and_follows_an_optimizer_step(tiny_model_dir, bundled_records):
     policy = load_causal_lm(tiny_model_dir).model
     copy = RolloutCopy("int8")
@@ -31,14 +41,9 @@ def test_the_int8_copy_holds_the_policys_weights_and_follows_an_optimizer_step(t
     assert any("lm_head" in n for n in linears)  # the tied head is quantized from the embedding it shares
 
     x = torch.tensor([[1, 2, 3, 4]])
-    before = model(input_ids=x).logits.clone()
-    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
-    policy(input_ids=x, labels=x).loss.backward()
-    opt.step()
-    again = copy.refresh(policy)
+    again, before, fresh = _step_and_refresh(copy, policy, x)
     assert again is model  # refreshed in place, not rebuilt
     assert not torch.allclose(again(input_ids=x).logits, before)  # its output moved with the weights
-    fresh = RolloutCopy("int8").refresh(policy)  # the same as a copy built from the stepped policy
     assert torch.allclose(again(input_ids=x).logits, fresh(input_ids=x).logits, atol=1e-5)
     assert copy.refresh_seconds > 0
 
@@ -61,13 +66,8 @@ def test_the_weight_only_int8_copy_keeps_the_distribution_and_follows_an_optimiz
     ref = torch.log_softmax(policy(input_ids=x).logits, -1)
     got = torch.log_softmax(model(input_ids=x).logits.float(), -1)
     assert float((ref.exp() * (ref - got)).sum(-1).max()) < 0.05  # the activations are never quantized
-    before = model(input_ids=x).logits.clone()
-    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
-    policy(input_ids=x, labels=x).loss.backward()
-    opt.step()
-    again = copy.refresh(policy)
+    again, before, fresh = _step_and_refresh(copy, policy, x)  # fresh: a copy of the stepped policy
     assert again is model and not torch.allclose(again(input_ids=x).logits, before)  # it followed the step
-    fresh = RolloutCopy("w8").refresh(policy)  # ... to exactly what a copy of the stepped policy holds
     assert torch.equal(again(input_ids=x).logits, fresh(input_ids=x).logits)
 
 
@@ -146,13 +146,8 @@ def test_the_bf16_copy_packs_its_linears_attends_in_fp32_and_follows_an_optimize
     for logits in (model(input_ids=x).logits, plain(input_ids=x).logits):  # both the policy up to bf16
         assert torch.allclose(logits.float(), expected, atol=0.05 * float(expected.abs().max()))
 
-    before = model(input_ids=x).logits.clone()
-    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
-    policy(input_ids=x, labels=x).loss.backward()
-    opt.step()
-    again = copy.refresh(policy)
+    again, before, fresh = _step_and_refresh(copy, policy, x)
     assert again is model and not torch.equal(again(input_ids=x).logits, before)  # repacked from the step
-    fresh = RolloutCopy("bf16").refresh(policy)
     assert torch.equal(again(input_ids=x).logits, fresh(input_ids=x).logits)
 
 
