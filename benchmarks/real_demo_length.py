@@ -224,6 +224,7 @@ INTERVAL_KEYS = (("mean_tokens", 1.0, ".1f"), ("cut_share", 100.0, "+.0f")) + tu
 )
 COLUMNS = (("before", None), ("gate", None), ("control", None), ("placebo", None))
 COLUMNS += (("gate", "placebo"), ("control", "placebo"), ("control", "gate"))
+COLUMNS += (("control+gate", None), ("control+gate", "gate"), ("control+gate", "placebo"))
 
 
 def interval_table(records: dict[str, dict[int, dict]]) -> str:
@@ -249,6 +250,33 @@ def interval_table(records: dict[str, dict[int, dict]]) -> str:
     return md_table(header, rows)
 
 
+def criteria(runs: list[dict], arm: str) -> tuple[bool, str]:
+    """The rule's (a), (b), (c) on one arm's five-seed means: (all met, the line that shows them)."""
+    tokens, cut, fmt = (
+        statistics.fmean(scale * change(r, key) for r in runs)
+        for key, scale in (("mean_tokens", 1.0), ("cut_share", 100.0), ("format_rules", 1.0))
+    )
+    checks = (tokens <= 5.0, cut <= 12.5, fmt >= -0.05)
+    marks = " ".join(f"({c}) {'yes' if ok else 'no'}" for c, ok in zip("abc", checks))
+    return all(checks), f"- `{arm}`: length {tokens:+.1f} tokens, cut {cut:+.1f} pp, format {fmt:+.3f}: {marks}"
+
+
+def second_decision(records: dict[str, dict[int, dict]]) -> str:
+    """The second rule of the module doc: does `control+gate` replace `gate`?"""
+    runs = list(records.get("control+gate", {}).values())
+    if len(runs) < 5:
+        return f"Second rule: not yet judged (control+gate has {len(runs)} of 5 seeds).\n" if runs else ""
+    ok, line = criteria(runs, "control+gate")
+    useful = {a: {s: change(r, "usefulness") for s, r in records[a].items()} for a in ("control+gate", "gate")}
+    point, lo, hi, n = seed_interval(useful["control+gate"], useful["gate"])
+    better = lo > 0
+    verdict = "`control+gate` replaces `gate`" if ok and better else "`gate` stays"
+    return (
+        f"Second rule (control+gate against gate):\n\n{line}\n- usefulness change, control+gate - gate: "
+        f"{point:+.3f} [{lo:+.3f}, {hi:+.3f}] over {n} seeds: {'above 0' if better else 'not above 0'}\n\n{verdict}.\n"
+    )
+
+
 def decision(records: dict[str, dict[int, dict]]) -> str:
     """The decision rule of the module doc, judged on the cached five-seed means."""
     lines, passing = [], {}
@@ -256,19 +284,13 @@ def decision(records: dict[str, dict[int, dict]]) -> str:
         runs = list(records.get(arm, {}).values())
         if len(runs) < 5:
             return f"Decision: not yet judged ({arm} has {len(runs)} of 5 seeds)."
-        tokens, cut, fmt = (
-            statistics.fmean(scale * change(r, key) for r in runs)
-            for key, scale in (("mean_tokens", 1.0), ("cut_share", 100.0), ("format_rules", 1.0))
-        )
-        checks = (tokens <= 5.0, cut <= 12.5, fmt >= -0.05)
-        passing[arm] = all(checks)
-        marks = " ".join(f"({c}) {'yes' if ok else 'no'}" for c, ok in zip("abc", checks))
-        lines.append(f"- `{arm}`: length {tokens:+.1f} tokens, cut {cut:+.1f} pp, format {fmt:+.3f}: {marks}")
+        passing[arm], line = criteria(runs, arm)
+        lines.append(line)
     chosen = [a for a, ok in passing.items() if ok]
     if len(chosen) == 2:
         chosen = [max(chosen, key=lambda a: statistics.fmean(change(r, "usefulness") for r in records[a].values()))]
     verdict = f"`{chosen[0]}` is adopted" if chosen else "neither is adopted"
-    return "Decision, by the rule above:\n\n" + "\n".join(lines) + f"\n\n{verdict}.\n"
+    return "Decision, by the rule above:\n\n" + "\n".join(lines) + f"\n\n{verdict}.\n\n" + second_decision(records)
 
 
 def headline(by_seed: dict[int, dict]) -> str:
@@ -309,7 +331,7 @@ def report() -> str:
         for seed, r in sorted(by_seed.items())
         if r.get("differences_from_arm")
     ]
-    summary = "; ".join(f"`{arm}` {headline(records[arm])}" for arm in MAIN if arm in records)
+    summary = "; ".join(f"`{arm}` {headline(records[arm])}" for arm in ARMS if arm in records)
     return (
         f"# The real demo's answer length\n\nHeld-out answers to 16 questions (greedy), start -> end of 12 steps, "
         f"mean over seeds: {summary}. Machine: {machine()}.\n\n{__doc__.split(chr(10) + chr(10), 1)[1].split('Every (arm')[0]}"

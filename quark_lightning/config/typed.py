@@ -8,7 +8,8 @@ breaks its rule, all at once, in the house's error style:
 
 The same rules run when the dataclass is built directly (`check`, from `__post_init__`) and when the
 composed config is validated before anything heavy starts (`value_problems`, from config/validate.py), so
-a key's type and range are written once. A rule that depends on another key (e.g. `delta` > 1 +
+a key's type and range are written once. Groups not typed yet are checked key by key with `require`, which
+gives the same message. A rule that depends on another key (e.g. `delta` > 1 +
 `epsilon_high`) stays a method of its dataclass and is reported the same way.
 """
 
@@ -84,6 +85,20 @@ def optional(check: Check) -> Check:
 def problem(key: str, value: Any, expected: str, fix: str = "") -> str:
     """The house's message for a wrong value: `<key>: got X, expected Y. Fix: ...`."""
     return f"{key}: got {value!r}, expected {expected}. Fix: {fix or f'pass {key}=<{expected}>.'}"
+
+
+def require(problems: list[str], cfg: Any, key: str, ok: Check, expected: str, fix: str = "") -> None:
+    """The same check for one dotted key of a composed config (a DictConfig) that no dataclass declares yet:
+    appends the problem when `ok(value)` is false (a missing key reads as None)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
+    try:
+        good = bool(ok(value))
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        problems.append(problem(key, value, expected, fix))
 
 
 def value_problems(cls: type, values: Mapping[str, Any] | object, where: str) -> list[str]:

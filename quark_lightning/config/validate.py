@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from quark_lightning.config.typed import Check, is_int, is_num, problem, unknown_keys, value_problems
+from quark_lightning.config.typed import is_int, is_num, require, unknown_keys, value_problems
 from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import CATEGORIES
@@ -28,16 +28,6 @@ from quark_lightning.shaping.aggregation import AGGREGATORS
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
-
-
-def _require(problems: list[str], cfg: DictConfig, key: str, ok: Check, expected: str, fix: str = "") -> None:
-    value = _get(cfg, key)
-    try:
-        good = ok(value)
-    except TypeError:
-        good = False
-    if not good:
-        problems.append(problem(key, value, expected, fix))
 
 
 def is_file(v: str) -> bool:
@@ -69,7 +59,7 @@ def validate_config(cfg: DictConfig) -> None:
 
 def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
     """model.*: the source kind, its location, dtype, LoRA rank."""
-    _require(
+    require(
         p,
         cfg,
         "model.kind",
@@ -78,17 +68,17 @@ def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
         "use model=tiny, model=smollm2 or model=hf.",
     )
     if _get(cfg, "model.kind") == "hf" and "model.name_or_path" not in missing:
-        _require(
+        require(
             p,
             cfg,
             "model.name_or_path",
             lambda v: isinstance(v, str) and v,
             "a hub name or a local directory",
         )
-    _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
+    require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
     if _get(cfg, "model.lora.enabled"):
-        _require(p, cfg, "model.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
-    _require(
+        require(p, cfg, "model.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
+    require(
         p,
         cfg,
         "model.chat_template",
@@ -100,19 +90,19 @@ def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
 
 def _run_problems(p: list[str], cfg: DictConfig) -> None:
     """data.*, rollout.*, optimization.aggregator, warmstart.*, trainer.max_steps."""
-    _require(p, cfg, "data.prompts_per_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _require(p, cfg, "data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-    _require(p, cfg, "rollout.max_new_tokens", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _require(p, cfg, "rollout.temperature", lambda v: is_num(v) and v > 0, "a number > 0")
-    _require(p, cfg, "rollout.top_p", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
+    require(p, cfg, "data.prompts_per_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    require(p, cfg, "data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    require(p, cfg, "rollout.max_new_tokens", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    require(p, cfg, "rollout.temperature", lambda v: is_num(v) and v > 0, "a number > 0")
+    require(p, cfg, "rollout.top_p", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
     # optimization
-    _require(p, cfg, "optimization.aggregator", lambda v: v in AGGREGATORS, f"one of {sorted(AGGREGATORS)}")
+    require(p, cfg, "optimization.aggregator", lambda v: v in AGGREGATORS, f"one of {sorted(AGGREGATORS)}")
     # warm start
     if _get(cfg, "warmstart.enabled"):
-        _require(p, cfg, "warmstart.steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        _require(p, cfg, "warmstart.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+        require(p, cfg, "warmstart.steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        require(p, cfg, "warmstart.lr", lambda v: is_num(v) and v > 0, "a number > 0")
     # trainer
-    _require(p, cfg, "trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    require(p, cfg, "trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
 
 
 def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
@@ -129,11 +119,11 @@ def _data_problems(p: list[str], cfg: DictConfig) -> None:
     """data.subset, data.split (and its old name data.hub_split), data.columns (data/prompt_sources.py)."""
     from quark_lightning.data.column_mapping import column_problems
 
-    _require(
+    require(
         p, cfg, "data.subset", lambda v: v is None or is_name(v), "null or a subset (configuration) name"
     )
-    _require(p, cfg, "data.split", lambda v: v is None or is_name(v), "a split name such as train")
-    _require(p, cfg, "data.hub_split", lambda v: v is None or is_name(v), "null (use data.split instead)")
+    require(p, cfg, "data.split", lambda v: v is None or is_name(v), "a split name such as train")
+    require(p, cfg, "data.hub_split", lambda v: v is None or is_name(v), "null (use data.split instead)")
     split, old = _get(cfg, "data.split"), _get(cfg, "data.hub_split")
     if is_name(old) and split not in (None, "train", old):
         p.append(
@@ -159,10 +149,10 @@ def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
             key = f"matrix.dimensions.{name}"
             if dim is None:
                 continue  # removed with matrix.dimensions.NAME=null
-            _require(p, cfg, f"{key}.category", lambda v: v in CATEGORIES, f"one of {list(CATEGORIES)}")
-            _require(p, cfg, f"{key}.weight", lambda v: is_num(v) and v >= 0, "a number >= 0")
-            _require(p, cfg, f"{key}.risk", lambda v: v is None or (is_num(v) and v > 0), "a number > 0")
-            _require(
+            require(p, cfg, f"{key}.category", lambda v: v in CATEGORIES, f"one of {list(CATEGORIES)}")
+            require(p, cfg, f"{key}.weight", lambda v: is_num(v) and v >= 0, "a number >= 0")
+            require(p, cfg, f"{key}.risk", lambda v: v is None or (is_num(v) and v > 0), "a number > 0")
+            require(
                 p,
                 cfg,
                 f"{key}.scorer._target_",
@@ -212,7 +202,7 @@ def model_location_problem(value: str) -> str | None:
 
 
 def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
-    _require(
+    require(
         p,
         cfg,
         "model.trust_remote_code",
@@ -260,39 +250,39 @@ def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> Non
 
 def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
     """Ranges of the keys not covered above (each would otherwise fail deep inside a library)."""
-    _require(p, cfg, "seed", is_int, "an integer")
-    _require(p, cfg, "data.path", lambda v: isinstance(v, str) and v.strip(), "'bundled' or a file path")
-    _require(p, cfg, "data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-    _require(
+    require(p, cfg, "seed", is_int, "an integer")
+    require(p, cfg, "data.path", lambda v: isinstance(v, str) and v.strip(), "'bundled' or a file path")
+    require(p, cfg, "data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    require(
         p, cfg, "data.calculator_prompts", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0"
     )
     if _get(cfg, "model.lora.enabled"):
-        _require(p, cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
-        _require(p, cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-    _require(
+        require(p, cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
+        require(p, cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    require(
         p, cfg, "rollout.max_prompt_length", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1"
     )
-    _require(
+    require(
         p, cfg, "rollout.top_k", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0 (0 = off)"
     )
-    _require(
+    require(
         p,
         cfg,
         "rollout.min_p",
         lambda v: v is None or (is_num(v) and 0 <= v <= 1),
         "null or a number in [0, 1]",
     )
-    _require(
+    require(
         p, cfg, "rollout.repetition_penalty", lambda v: v is None or (is_num(v) and v > 0), "a number > 0"
     )
     if _get(cfg, "warmstart.enabled"):
-        _require(p, cfg, "warmstart.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        _require(p, cfg, "warmstart.max_length", lambda v: is_int(v) and v >= 8, "an integer >= 8 (tokens)")
-        _require(p, cfg, "warmstart.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+        require(p, cfg, "warmstart.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        require(p, cfg, "warmstart.max_length", lambda v: is_int(v) and v >= 8, "an integer >= 8 (tokens)")
+        require(p, cfg, "warmstart.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
     dims = _get(cfg, "matrix.dimensions")
     for name, dim in (dims or {}).items() if isinstance(dims, DictConfig) else []:
         if dim is not None:
-            _require(
+            require(
                 p,
                 cfg,
                 f"matrix.dimensions.{name}.target",

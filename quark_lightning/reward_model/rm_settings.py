@@ -11,7 +11,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.tree import conf_dir
-from quark_lightning.config.validate import _require, is_int, is_num
+from quark_lightning.config.typed import is_int, is_num, require
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.models.loading import DTYPES
 from quark_lightning.models.weight_sources import MODEL_KINDS, model_kind
@@ -56,7 +56,7 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
     _rm_feedback_problems(p, cfg)
     _rm_backbone_problems(p, cfg)
     _rm_model_problems(p, cfg)
-    _require(
+    require(
         p,
         cfg,
         "trainer.max_steps",
@@ -71,7 +71,7 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
 def _rm_data_problems(p: list[str], cfg: DictConfig) -> None:
     """reward_model.source and .data_path: what the pairs are built from."""
     rm = RM
-    _require(
+    require(
         p,
         cfg,
         f"{rm}.source",
@@ -79,7 +79,7 @@ def _rm_data_problems(p: list[str], cfg: DictConfig) -> None:
         "'pairs' or 'feedback'",
         "use reward_model=orm or =online.",
     )
-    _require(
+    require(
         p,
         cfg,
         f"{rm}.data_path",
@@ -91,33 +91,33 @@ def _rm_data_problems(p: list[str], cfg: DictConfig) -> None:
 def _rm_objective_problems(p: list[str], cfg: DictConfig) -> None:
     """The ties objective: λ, the margin m, the literal paper form, reward centering."""
     rm = RM
-    _require(p, cfg, f"{rm}.ties_lambda", lambda v: is_num(v) and v >= 0, "a number >= 0 (the λ of L_same)")
-    _require(p, cfg, f"{rm}.ties_margin", lambda v: is_num(v) and v >= 0, "a number >= 0 (the margin m)")
-    _require(p, cfg, f"{rm}.literal_paper_form", lambda v: isinstance(v, bool), "true or false")
-    _require(p, cfg, f"{rm}.center_rewards_coefficient", lambda v: is_num(v) and v >= 0, "a number >= 0")
+    require(p, cfg, f"{rm}.ties_lambda", lambda v: is_num(v) and v >= 0, "a number >= 0 (the λ of L_same)")
+    require(p, cfg, f"{rm}.ties_margin", lambda v: is_num(v) and v >= 0, "a number >= 0 (the margin m)")
+    require(p, cfg, f"{rm}.literal_paper_form", lambda v: isinstance(v, bool), "true or false")
+    require(p, cfg, f"{rm}.center_rewards_coefficient", lambda v: is_num(v) and v >= 0, "a number >= 0")
 
 
 def _rm_training_problems(p: list[str], cfg: DictConfig) -> None:
     """Optimizer, batches, lengths, the held-out split and its evaluation, checkpoints, the head's size."""
     rm = RM
-    _require(p, cfg, f"{rm}.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
-    _require(p, cfg, f"{rm}.head_lr", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0")
-    _require(p, cfg, f"{rm}.weight_decay", lambda v: is_num(v) and v >= 0, "a number >= 0")
-    _require(p, cfg, f"{rm}.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-    _require(p, cfg, f"{rm}.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _require(p, cfg, f"{rm}.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _require(p, cfg, f"{rm}.max_length", lambda v: is_int(v) and v >= 16, "an integer >= 16 (tokens)")
-    _require(
+    require(p, cfg, f"{rm}.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
+    require(p, cfg, f"{rm}.head_lr", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0")
+    require(p, cfg, f"{rm}.weight_decay", lambda v: is_num(v) and v >= 0, "a number >= 0")
+    require(p, cfg, f"{rm}.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    require(p, cfg, f"{rm}.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    require(p, cfg, f"{rm}.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    require(p, cfg, f"{rm}.max_length", lambda v: is_int(v) and v >= 16, "an integer >= 16 (tokens)")
+    require(
         p,
         cfg,
         f"{rm}.val_fraction",
         lambda v: is_num(v) and 0 < v < 1,
         "a number in (0, 1) (share of questions held out)",
     )
-    _require(p, cfg, f"{rm}.tie_threshold", lambda v: is_num(v) and v > 0, "a number > 0")
-    _require(p, cfg, f"{rm}.val_every_n_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _require(p, cfg, f"{rm}.checkpoint_every", lambda v: is_int(v) and v >= 1, "an integer >= 1 (steps)")
-    _require(
+    require(p, cfg, f"{rm}.tie_threshold", lambda v: is_num(v) and v > 0, "a number > 0")
+    require(p, cfg, f"{rm}.val_every_n_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    require(p, cfg, f"{rm}.checkpoint_every", lambda v: is_int(v) and v >= 1, "an integer >= 1 (steps)")
+    require(
         p,
         cfg,
         f"{rm}.head_hidden_size",
@@ -130,8 +130,8 @@ def _rm_feedback_problems(p: list[str], cfg: DictConfig) -> None:
     """reward_model.feedback.*: how feedback becomes pairs (only with source=feedback)."""
     rm = RM
     if OmegaConf.select(cfg, f"{rm}.source") == "feedback":
-        _require(p, cfg, f"{rm}.feedback.ties", lambda v: isinstance(v, bool), "true or false")
-        _require(
+        require(p, cfg, f"{rm}.feedback.ties", lambda v: isinstance(v, bool), "true or false")
+        require(
             p,
             cfg,
             f"{rm}.feedback.max_pairs_per_question",
@@ -143,7 +143,7 @@ def _rm_feedback_problems(p: list[str], cfg: DictConfig) -> None:
 def _rm_backbone_problems(p: list[str], cfg: DictConfig) -> None:
     """The backbone, how it trains, the pooling, feature caching, and LoRA (which must agree)."""
     rm = RM
-    _require(
+    require(
         p,
         cfg,
         f"{rm}.backbone",
@@ -152,7 +152,7 @@ def _rm_backbone_problems(p: list[str], cfg: DictConfig) -> None:
         f"pass {rm}.backbone=tiny (the tiny model built in code) or {rm}.backbone=policy (the run's "
         "`model`, e.g. model=smollm2).",
     )
-    _require(
+    require(
         p,
         cfg,
         f"{rm}.train_backbone",
@@ -161,8 +161,8 @@ def _rm_backbone_problems(p: list[str], cfg: DictConfig) -> None:
         f"pass {rm}.train_backbone=frozen (head only, on cached features), =lora, =full or =auto (full for "
         "the tiny model, frozen for a pretrained one).",
     )
-    _require(p, cfg, f"{rm}.pooling", lambda v: v in POOLINGS, "'last' or 'mean' (what the head reads)")
-    _require(
+    require(p, cfg, f"{rm}.pooling", lambda v: v in POOLINGS, "'last' or 'mean' (what the head reads)")
+    require(
         p,
         cfg,
         f"{rm}.feature_batch_size",
@@ -177,8 +177,8 @@ def _rm_backbone_problems(p: list[str], cfg: DictConfig) -> None:
             f"{rm}.train_backbone=lora (or auto), or {rm}.lora.enabled=false."
         )
     if lora_on or mode == "lora":
-        _require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
-        _require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
+        require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
+        require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
 
 
 def _rm_model_problems(p: list[str], cfg: DictConfig) -> None:
@@ -193,14 +193,14 @@ def _rm_model_problems(p: list[str], cfg: DictConfig) -> None:
                 "Fix: use model=tiny, model=smollm2 or model=hf."
             )
         if kind == "hf":
-            _require(
+            require(
                 p,
                 cfg,
                 "model.name_or_path",
                 lambda v: isinstance(v, str) and v and v != "???",
                 "a hub name or a local directory",
             )
-        _require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
+        require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
 
 
 def _model_kind(problems: list[str], cfg: DictConfig) -> str | None:
