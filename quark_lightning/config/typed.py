@@ -8,9 +8,9 @@ breaks its rule, all at once, in the house's error style:
 
 The same rules run when the dataclass is built directly (`check`, from `__post_init__`) and when the
 composed config is validated before anything heavy starts (`value_problems`, from config/validate.py), so
-a key's type and range are written once. Groups not typed yet are checked key by key with `require`, which
-gives the same message. A rule that depends on another key (e.g. `delta` > 1 +
-`epsilon_high`) stays a method of its dataclass and is reported the same way.
+a key's type and range are written once. A rule that depends on another key (e.g. `delta` > 1 +
+`epsilon_high`) stays a method of its dataclass and is reported the same way. Groups not typed yet are
+checked key by key with `require`, which gives the same message.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A low-precision rollout copy of the policy (CPU): decode reads fewer bytes per token.
 
-Generation is memory-bound: every decode step reads every weight once. `rollout.precision` picks the format
+Every decode step reads every weight once, so a smaller format reads fewer bytes (at 8 rows on one CPU core
+the products are about as compute-bound as memory-bound: docs/manual.md). `rollout.precision` picks the format
 of the copy the HF engine samples with (training and reference log-probs stay in the trainer's precision):
 
     fp32   no copy: the policy itself (greedy output equals `generate` on the policy)
