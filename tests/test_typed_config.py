@@ -102,3 +102,20 @@ def test_the_closed_loop_and_judge_settings_use_the_same_mechanism():
     with pytest.raises(ConfigError, match=r"judge\.timeout_s: got inf, expected a number of seconds > 0"):
         JudgeConfig(timeout_s=float("inf"))
     assert isinstance(ConfigError("x"), ValueError)  # callers that catch ValueError still do
+
+
+def test_the_warmstart_group_is_typed_and_checked_only_where_it_runs():
+    from test_config import compose_cfg
+
+    from quark_lightning.config.validate import validate_config
+
+    cases = [
+        (["warmstart=sft", "warmstart.max_length=4"], r"warmstart\.max_length: got 4, expected an integer >= 8"),
+        (["warmstart=sft", "+warmstart.max_lenght=300"], r"warmstart\.max_lenght: unknown key; did you mean max_length\?"),
+        (["warmstart.enabled=yes"], r"warmstart\.enabled: got 'yes', expected true or false"),  # was truthy
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            validate_config(compose_cfg("+experiment=smoke", *overrides))
+    validate_config(compose_cfg("+experiment=smoke", "warmstart=none"))  # off: nothing else to check
+    validate_config(compose_cfg("+experiment=smoke", "warmstart=sft"))

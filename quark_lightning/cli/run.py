@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from quark_lightning.config.groups import validate_groups
 from quark_lightning.config.typed import typed
 from quark_lightning.config.validate import validate_config
+from quark_lightning.config.warmstart_settings import NODES as WARMSTART_NODES
+from quark_lightning.config.warmstart_settings import WarmstartSettings
 from quark_lightning.data.datamodule import PromptDataModule, source_options
 from quark_lightning.data.references import validate_fact_references
 from quark_lightning.grpo.grpo_config import ALGORITHM_NODES
@@ -81,15 +83,17 @@ def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, 
     """Supervised warm start on the reference answers (in place on loaded.model)."""
     from quark_lightning.infra.optimizers import scheduler_factory
 
-    ws = cfg.warmstart
+    node = cfg.warmstart
+    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in WARMSTART_NODES}
+    ws = typed(WarmstartSettings, settings, "warmstart")
     dataset = SFTDataset(loaded.tokenizer, records, max_length=ws.max_length)
     module = SFTModule(
         loaded.model,
         lr=ws.lr,
         weight_decay=ws.weight_decay,
         warmup_steps=ws.warmup_steps,
-        optimizer=optimizer_factory(ws.get("optimizer"), "warmstart.optimizer"),
-        lr_scheduler=scheduler_factory(ws.get("lr_scheduler"), "warmstart.lr_scheduler"),
+        optimizer=optimizer_factory(node.get("optimizer"), "warmstart.optimizer"),
+        lr_scheduler=scheduler_factory(node.get("lr_scheduler"), "warmstart.lr_scheduler"),
     )  # a null node: AdamW / linear_warmup from the flat keys (infra/optimizers.py)
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=ws.steps, enable_checkpointing=False, log_every_n_steps=10)

@@ -18,6 +18,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.typed import is_int, is_num, require, unknown_keys, value_problems
+from quark_lightning.config.warmstart_settings import NODES as WARMSTART_NODES
+from quark_lightning.config.warmstart_settings import WarmstartSettings
 from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import CATEGORIES
@@ -89,7 +91,7 @@ def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
 
 
 def _run_problems(p: list[str], cfg: DictConfig) -> None:
-    """data.*, rollout.*, optimization.aggregator, warmstart.*, trainer.max_steps."""
+    """data.*, rollout.*, optimization.aggregator, warmstart.* (config/warmstart_settings.py), trainer.max_steps."""
     require(p, cfg, "data.prompts_per_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     require(p, cfg, "data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
     require(p, cfg, "rollout.max_new_tokens", lambda v: is_int(v) and v >= 1, "an integer >= 1")
@@ -98,11 +100,21 @@ def _run_problems(p: list[str], cfg: DictConfig) -> None:
     # optimization
     require(p, cfg, "optimization.aggregator", lambda v: v in AGGREGATORS, f"one of {sorted(AGGREGATORS)}")
     # warm start
-    if _get(cfg, "warmstart.enabled"):
-        require(p, cfg, "warmstart.steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        require(p, cfg, "warmstart.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    p += _warmstart_problems(cfg)
     # trainer
     require(p, cfg, "trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+
+
+def _warmstart_problems(cfg: DictConfig) -> list[str]:
+    """warmstart.*: unknown keys and, when it is on, every value as `WarmstartSettings` declares it."""
+    warmstart = _get(cfg, "warmstart")
+    if not isinstance(warmstart, DictConfig):
+        return [] if warmstart is None else ["warmstart: expected a group. Fix: pass warmstart=none or warmstart=sft."]
+    names = [f.name for f in fields(WarmstartSettings)]
+    problems = unknown_keys(list(warmstart.keys()), [*names, *WARMSTART_NODES], "warmstart")
+    if warmstart.get("enabled") is not True:
+        return problems + value_problems(WarmstartSettings, {"enabled": warmstart.get("enabled", False)}, "warmstart")
+    return problems + value_problems(WarmstartSettings, warmstart, "warmstart")
 
 
 def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
@@ -275,10 +287,6 @@ def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
     require(
         p, cfg, "rollout.repetition_penalty", lambda v: v is None or (is_num(v) and v > 0), "a number > 0"
     )
-    if _get(cfg, "warmstart.enabled"):
-        require(p, cfg, "warmstart.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        require(p, cfg, "warmstart.max_length", lambda v: is_int(v) and v >= 8, "an integer >= 8 (tokens)")
-        require(p, cfg, "warmstart.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
     dims = _get(cfg, "matrix.dimensions")
     for name, dim in (dims or {}).items() if isinstance(dims, DictConfig) else []:
         if dim is not None:
