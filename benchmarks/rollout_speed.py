@@ -474,6 +474,7 @@ def main() -> None:
         ],
     )
     text = (
+        f"Command: `python benchmarks/rollout_speed.py {' '.join(sys.argv[1:])}`\n\n"
         f"Machine: {meta['machine']}. {args.repeats} interleaved repeats; whole run {meta['wall_s']:.0f} s.\n\n"
         f"Decode step vs the memory-bandwidth floor: {args.step_rows} rows (1 prompt x G={args.step_rows}), "
         f"ms per step = (rollout of {args.step_tokens} tokens - rollout of 1) / {args.step_tokens - 1}, EOS "

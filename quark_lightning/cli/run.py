@@ -84,8 +84,7 @@ def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, 
     from quark_lightning.infra.optimizers import scheduler_factory
 
     node = cfg.warmstart
-    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in WARMSTART_NODES}
-    ws = typed(WarmstartSettings, settings, "warmstart")
+    ws = typed(WarmstartSettings, OmegaConf.to_container(node, resolve=True), "warmstart", allowed=WARMSTART_NODES)
     dataset = SFTDataset(loaded.tokenizer, records, max_length=ws.max_length)
     module = SFTModule(
         loaded.model,

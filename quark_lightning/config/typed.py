@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from quark_lightning.infra.errors import ConfigError
@@ -37,6 +37,11 @@ class Rule:
 def rule(ok: Check, expected: str, fix: str = "") -> dict[str, Rule]:
     """A field's metadata: `field(default=..., metadata=rule(integer(1), "an integer >= 1"))`."""
     return {"rule": Rule(ok, expected, fix)}
+
+
+def setting(default: Any, ok: Check, expected: str, fix: str = "") -> Any:
+    """A dataclass field with its default and its rule: `steps: int = setting(1, integer(1), "an integer >= 1")`."""
+    return field(default=default, metadata=rule(ok, expected, fix))
 
 
 # ------------------------------------------------------------------ predicates

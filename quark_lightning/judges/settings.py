@@ -27,10 +27,10 @@ it with `build_judge` only when they need it, so a rules-only run never loads or
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from quark_lightning.config.typed import boolean, check, integer, number, one_of, optional, rule, typed
+from quark_lightning.config.typed import boolean, check, integer, number, one_of, optional, setting, typed
 from quark_lightning.infra.errors import ConfigError
 
 KINDS = ("local", "openai")
@@ -50,31 +50,27 @@ def _env_name(v: Any) -> bool:
     return isinstance(v, str) and v.replace("_", "").isalnum()
 
 
-def _setting(default: Any, ok, expected: str) -> Any:
-    return field(default=default, metadata=rule(ok, expected))
-
-
 @dataclass(frozen=True)
 class JudgeConfig:
     """The `judge` group: each key's rule declared on its field and checked by config/typed.py."""
 
-    kind: str = _setting("local", one_of(KINDS), f"one of {list(KINDS)}")
-    model: str | None = _setting(None, _optional_str, "null or a non-empty string")
-    base_url: str | None = _setting(None, optional(_url), "null or an http(s) URL such as http://127.0.0.1:8000/v1")
-    api_key_env: str | None = _setting(
+    kind: str = setting("local", one_of(KINDS), f"one of {list(KINDS)}")
+    model: str | None = setting(None, _optional_str, "null or a non-empty string")
+    base_url: str | None = setting(None, optional(_url), "null or an http(s) URL such as http://127.0.0.1:8000/v1")
+    api_key_env: str | None = setting(
         None, optional(_env_name), "null or the NAME of an environment variable (letters, digits, _), e.g. OPENAI_API_KEY"
     )
-    max_concurrency: int = _setting(8, integer(1), "an integer >= 1")
-    timeout_s: float = _setting(60.0, number(0, low_open=True), "a number of seconds > 0")
-    max_retries: int = _setting(2, integer(0), "an integer >= 0")
-    backoff_s: float = _setting(0.5, number(0), "a number of seconds >= 0")
-    temperature: float = _setting(0.0, number(0), "a number >= 0 (0 = greedy)")
-    max_tokens: int = _setting(64, integer(1), "an integer >= 1")
-    response_format: str | None = _setting(None, one_of(RESPONSE_FORMATS), "null or json_object")
-    cache_dir: str | None = _setting(None, _optional_str, "null or a directory")
-    batch_size: int = _setting(8, integer(1), "an integer >= 1")
-    dtype: str = _setting("float32", one_of(DTYPES), f"one of {list(DTYPES)}")
-    trust_remote_code: bool = _setting(False, boolean, "true or false")
+    max_concurrency: int = setting(8, integer(1), "an integer >= 1")
+    timeout_s: float = setting(60.0, number(0, low_open=True), "a number of seconds > 0")
+    max_retries: int = setting(2, integer(0), "an integer >= 0")
+    backoff_s: float = setting(0.5, number(0), "a number of seconds >= 0")
+    temperature: float = setting(0.0, number(0), "a number >= 0 (0 = greedy)")
+    max_tokens: int = setting(64, integer(1), "an integer >= 1")
+    response_format: str | None = setting(None, one_of(RESPONSE_FORMATS), "null or json_object")
+    cache_dir: str | None = setting(None, _optional_str, "null or a directory")
+    batch_size: int = setting(8, integer(1), "an integer >= 1")
+    dtype: str = setting("float32", one_of(DTYPES), f"one of {list(DTYPES)}")
+    trust_remote_code: bool = setting(False, boolean, "true or false")
 
     def __post_init__(self) -> None:  # built directly or from a config: checked the same way
         check(self, "judge", JudgeConfig.cross_key_problems(vars(self)))
