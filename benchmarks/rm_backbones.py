@@ -155,15 +155,15 @@ def lora_probe(steps: int, pairs_per_step: int) -> dict:
     """Time `steps` LoRA optimizer steps on SmolLM2 (rm_orm settings) and extrapolate the default schedule."""
     from quark_lightning.data.preferences import pair_texts
     from quark_lightning.reward_model.pair_datasets import PairDataset, pair_rewards
-    from quark_lightning.reward_model.rm_backbone import build_reward_model
-    from quark_lightning.reward_model.rm_settings import compose_experiment
+    from quark_lightning.reward_model.rm_backbone import backbone_model_config, build_reward_model
+    from quark_lightning.reward_model.rm_settings import compose_experiment, validate_reward_model_config
     from quark_lightning.reward_model.ties_loss import ties_objective
     from quark_lightning.reward_model.training import load_pairs
 
     cfg = compose_experiment("rm_orm", ["model=smollm2", "reward_model.train_backbone=lora"])
-    rm = cfg.reward_model
+    rm = validate_reward_model_config(cfg)
     train, _, corpus = load_pairs(rm)
-    model = build_reward_model(cfg, corpus or pair_texts(train))
+    model = build_reward_model(rm, backbone_model_config(cfg), corpus or pair_texts(train))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=rm.lr)

@@ -134,6 +134,10 @@ def test_head_on_features_equals_text_scores_and_saved_model_round_trips(tiny_mo
 def test_backbone_choice_and_cache_key_per_backbone(tmp_path, tiny_model_dir):
     from quark_lightning.reward_model.rm_backbone import backbone_model_config, train_backbone_mode
     from quark_lightning.reward_model.rm_cache import reward_model_run_dir
+    from quark_lightning.reward_model.rm_settings import validate_reward_model_config
+
+    def mode_of(cfg):
+        return train_backbone_mode(validate_reward_model_config(cfg), backbone_model_config(cfg))
 
     cache = str(tmp_path / "cache")
     smollm2 = model_group("model=smollm2")
@@ -168,7 +172,7 @@ def test_backbone_choice_and_cache_key_per_backbone(tmp_path, tiny_model_dir):
         == dirs["policy=smollm2"]
     )
 
-    modes = {name: train_backbone_mode(cfg) for name, (cfg, _) in runs.items()}
+    modes = {name: mode_of(cfg) for name, (cfg, _) in runs.items()}
     assert modes["tiny"] == modes["policy=tiny 32"] == "full"  # the tiny demo trains as before
     assert modes["policy=smollm2"] == modes["policy=hf a"] == "frozen"  # a pretrained backbone: head only
     assert modes["policy=smollm2 lora"] == "lora"
@@ -179,7 +183,7 @@ def test_backbone_choice_and_cache_key_per_backbone(tmp_path, tiny_model_dir):
     # the stage on its own: the `model` group is the backbone, reward_model.backbone=tiny overrides it
     assert backbone_model_config(compose("model=smollm2")).kind == "smollm2"
     alone = compose("model=smollm2", "reward_model.backbone=tiny")
-    assert backbone_model_config(alone).kind == "tiny" and train_backbone_mode(alone) == "full"
+    assert backbone_model_config(alone).kind == "tiny" and mode_of(alone) == "full"
 
     # a local policy directory re-trained in place (new weights) is a new backbone
     local = tmp_path / "policy"

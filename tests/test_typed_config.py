@@ -119,3 +119,36 @@ def test_the_warmstart_group_is_typed_and_checked_only_where_it_runs():
             validate_config(compose_cfg("+experiment=smoke", *overrides))
     validate_config(compose_cfg("+experiment=smoke", "warmstart=none"))  # off: nothing else to check
     validate_config(compose_cfg("+experiment=smoke", "warmstart=sft"))
+
+
+def test_nested_groups_are_checked_key_by_key_under_their_dotted_names():
+    from quark_lightning.reward_model.rm_settings import RewardModelSettings
+
+    group = {"lr": 0.1, "lora": {"r": 0, "alhpa": 4}, "feedback": 3, "ties_lamda": 1.0}
+    with pytest.raises(ConfigError) as err:
+        typed(RewardModelSettings, group, "reward_model", allowed=("optimizer",))
+    msg = str(err.value)
+    assert "reward_model.ties_lamda: unknown key; did you mean ties_lambda?" in msg
+    assert "reward_model.lora.alhpa: unknown key; did you mean alpha?" in msg
+    assert "reward_model.lora.r: got 0, expected a positive integer. Fix: pass reward_model.lora.r=" in msg
+    assert "reward_model.feedback: got 3, expected a group of settings (a mapping)" in msg
+    built = typed(RewardModelSettings, {"lr": 0.1, "lora": {"r": 4}}, "reward_model")
+    assert built.lr == 0.1 and built.lora.r == 4 and built.lora.alpha == 16 and built.feedback.ties is True
+
+
+def test_the_reward_model_stage_reads_typed_settings_and_refuses_unknown_keys():
+    from hydra import compose, initialize_config_dir
+
+    from quark_lightning.config.tree import conf_dir
+    from quark_lightning.reward_model.rm_settings import RewardModelSettings, validate_reward_model_config
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        ok = compose("train", ["+experiment=rm_online", "reward_model.feedback.max_pairs_per_question=4"])
+        typo = compose("train", ["+experiment=rm_orm", "+reward_model.bach_size=8", "reward_model.lora.alpha=0"])
+    rm = validate_reward_model_config(ok)
+    assert isinstance(rm, RewardModelSettings) and rm.source == "feedback"
+    assert rm.feedback.max_pairs_per_question == 4 and rm.steps == ok.trainer.max_steps
+    with pytest.raises(ConfigError) as err:
+        validate_reward_model_config(typo)
+    assert "reward_model.bach_size: unknown key; did you mean batch_size?" in str(err.value)
+    assert "reward_model.lora.alpha: got 0, expected a positive number" in str(err.value)

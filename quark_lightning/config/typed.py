@@ -44,6 +44,12 @@ def setting(default: Any, ok: Check, expected: str, fix: str = "") -> Any:
     return field(default=default, metadata=rule(ok, expected, fix))
 
 
+def subgroup(cls: type) -> Any:
+    """A field that is a nested settings group (`lora: LoraSettings = subgroup(LoraSettings)`): its keys are
+    checked by `cls`'s own rules, under the dotted name (`reward_model.lora.r`)."""
+    return field(default_factory=cls, metadata={"group": cls})
+
+
 # ------------------------------------------------------------------ predicates
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -107,19 +113,26 @@ def require(problems: list[str], cfg: Any, key: str, ok: Check, expected: str, f
 
 
 def value_problems(cls: type, values: Mapping[str, Any] | object, where: str) -> list[str]:
-    """Every declared key of `cls` whose value breaks its rule. `values` is a mapping (a config group: keys
-    it lacks are skipped, their defaults apply) or an instance of `cls`."""
+    """Every declared key of `cls` (nested groups included) whose value breaks its rule. `values` is a mapping
+    (a config group: keys it lacks are skipped, their defaults apply) or an instance of `cls`."""
     problems = []
     for f in fields(cls):
-        r = f.metadata.get("rule")
-        if r is None:
-            continue
         if isinstance(values, Mapping):
             if f.name not in values:
                 continue
             value = values.get(f.name)
         else:
             value = getattr(values, f.name)
+        group = f.metadata.get("group")
+        if group is not None:
+            if isinstance(value, (Mapping, group)):
+                problems += value_problems(group, value, f"{where}.{f.name}")
+            else:
+                problems.append(problem(f"{where}.{f.name}", value, "a group of settings (a mapping)"))
+            continue
+        r = f.metadata.get("rule")
+        if r is None:
+            continue
         try:
             good = bool(r.ok(value))
         except (TypeError, ValueError):
@@ -158,10 +171,28 @@ def check(instance: object, where: str, extra: Iterable[str] = ()) -> None:
     raise_problems(value_problems(type(instance), instance, where) + list(extra), where)
 
 
-def typed(cls: type[T], mapping: Mapping[str, Any], where: str, allowed: Iterable[str] = ()) -> T:
-    """`cls` built from a config group, after refusing its unknown keys (`allowed`: keys the group may hold
-    that `cls` does not take) and wrong values, all at once."""
+def typed_problems(cls: type, mapping: Mapping[str, Any], where: str, allowed: Iterable[str] = ()) -> list[str]:
+    """What `typed` would refuse: unknown keys (nested groups included; `allowed`: keys the group may hold
+    that `cls` does not take) and wrong values."""
     names = [f.name for f in fields(cls)]
-    problems = unknown_keys(list(mapping), [*names, *allowed], where) + value_problems(cls, mapping, where)
-    raise_problems(problems, where)
-    return cls(**{k: v for k, v in mapping.items() if k in names})
+    problems = unknown_keys(list(mapping), [*names, *allowed], where)
+    for f in fields(cls):
+        group, value = f.metadata.get("group"), mapping.get(f.name)
+        if group is not None and isinstance(value, Mapping):
+            problems += unknown_keys(list(value), [g.name for g in fields(group)], f"{where}.{f.name}")
+    return problems + value_problems(cls, mapping, where)
+
+
+def typed(cls: type[T], mapping: Mapping[str, Any], where: str, allowed: Iterable[str] = ()) -> T:
+    """`cls` built from a config group, after refusing its unknown keys and wrong values, all at once."""
+    raise_problems(typed_problems(cls, mapping, where, allowed), where)
+    return _build(cls, mapping)
+
+
+def _build(cls: type[T], mapping: Mapping[str, Any]) -> T:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in mapping:
+            group, value = f.metadata.get("group"), mapping[f.name]
+            kwargs[f.name] = _build(group, value) if group is not None and value is not None else value
+    return cls(**kwargs)

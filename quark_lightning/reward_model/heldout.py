@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import math
 
-from omegaconf import DictConfig
-
 from quark_lightning.data.length_control import CONTROL_EXTRA_WORDS
+from quark_lightning.reward_model.rm_settings import RewardModelSettings
 
 REPORTED = (
     ("pair_accuracy", "pair accuracy"),
@@ -26,7 +25,7 @@ REPORTED = (
 )
 
 
-def held_out_metrics(model, held_set, control_set, rm: DictConfig) -> dict[str, float]:
+def held_out_metrics(model, held_set, control_set, rm: RewardModelSettings) -> dict[str, float]:
     """`evaluate_pairs` on the held-out pairs, plus `length_controlled_accuracy`: the pair accuracy on the
     length-control set (the share of held-out preferred pairs whose rejected answer, padded with filler
     to be 50+ words longer than the preferred one, still scores below it; NaN without preferred pairs)."""
@@ -48,7 +47,7 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 def print_evaluation(
-    rm: DictConfig,
+    rm: RewardModelSettings,
     mode: str,
     steps: int,
     held_pairs: int,

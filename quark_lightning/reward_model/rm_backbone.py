@@ -14,10 +14,13 @@ and how it trains (`reward_model.train_backbone`):
 
 from __future__ import annotations
 
+import dataclasses
+
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.tree import conf_dir
 from quark_lightning.models.weight_sources import model_kind
+from quark_lightning.reward_model.rm_settings import RewardModelSettings
 
 TINY_MODEL_CONFIG = str(conf_dir() / "model" / "tiny.yaml")
 
@@ -32,41 +35,38 @@ def backbone_model_config(cfg: DictConfig) -> DictConfig:
     return tiny
 
 
-def train_backbone_mode(cfg: DictConfig) -> str:
-    """full | lora | frozen: `reward_model.train_backbone`, with auto resolved (see the module docstring)."""
-    rm = cfg.reward_model
+def train_backbone_mode(rm: RewardModelSettings, model_cfg: DictConfig) -> str:
+    """full | lora | frozen: `reward_model.train_backbone`, with auto resolved (see the module docstring);
+    `model_cfg` is the backbone's model config (`backbone_model_config`)."""
     if rm.train_backbone != "auto":
         return rm.train_backbone
-    if rm.get("lora") is not None and rm.lora.get("enabled"):
+    if rm.lora.enabled:
         return "lora"
-    return "full" if model_kind(backbone_model_config(cfg)) == "tiny" else "frozen"
+    return "full" if model_kind(model_cfg) == "tiny" else "frozen"
 
 
-def backbone_name(cfg: DictConfig) -> str:
+def backbone_name(model_cfg: DictConfig) -> str:
     """tiny, smollm2, or the hub name / directory of model=hf."""
-    model_cfg = backbone_model_config(cfg)
     kind = model_kind(model_cfg)
     return str(model_cfg.get("name_or_path")) if kind == "hf" else str(kind)
 
 
-def describe_backbone(cfg: DictConfig) -> str:
+def describe_backbone(rm: RewardModelSettings, model_cfg: DictConfig) -> str:
     """E.g. 'smollm2 (reward_model.backbone=policy, train_backbone=frozen, pooling=last)', for the log."""
     return (
-        f"{backbone_name(cfg)} (reward_model.backbone={cfg.reward_model.backbone}, "
-        f"train_backbone={train_backbone_mode(cfg)}, pooling={cfg.reward_model.pooling})"
+        f"{backbone_name(model_cfg)} (reward_model.backbone={rm.backbone}, "
+        f"train_backbone={train_backbone_mode(rm, model_cfg)}, pooling={rm.pooling})"
     )
 
 
-def build_reward_model(cfg: DictConfig, corpus: list[str]):
+def build_reward_model(rm: RewardModelSettings, model_cfg: DictConfig, corpus: list[str]):
+    """The scalar reward model on the backbone `model_cfg` (`backbone_model_config`), trained as `rm` says."""
     from quark_lightning.models.weight_sources import resolve_model_path
     from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
-    model_cfg = backbone_model_config(cfg)
     path = resolve_model_path(model_cfg, corpus)  # the source model._target_ names (models/weight_sources.py)
-    rm = cfg.reward_model
-    mode = train_backbone_mode(cfg)
-    lora = dict(OmegaConf.to_container(rm.lora, resolve=True)) if rm.get("lora") else {}
-    lora["enabled"] = mode == "lora"
+    mode = train_backbone_mode(rm, model_cfg)
+    lora = {**dataclasses.asdict(rm.lora), "enabled": mode == "lora"}
     model = ScalarRewardModel.from_backbone(
         path,
         dtype=model_cfg.dtype,

@@ -93,7 +93,7 @@ def reward_model_run_dir(
     bundled = BUNDLED_PAIRS if cfg.reward_model.source == "pairs" else BUNDLED_FEEDBACK
     data_file = resolve(cfg.reward_model.data_path, bundled)
     digest = hashlib.sha256(key_src.encode() + Path(data_file).read_bytes()).hexdigest()[:12]
-    name = os.path.basename(backbone_name(cfg).rstrip("/"))
+    name = os.path.basename(backbone_name(model_cfg).rstrip("/"))
     tag = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:40] or "model"
     run_dir = Path(cache_dir or default_cache_dir()) / "reward_models" / f"{experiment}-{tag}-{digest}"
     return cfg, run_dir

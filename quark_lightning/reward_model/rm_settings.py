@@ -1,26 +1,131 @@
-"""The `reward_model` config node: composing an experiment's config and validating the node.
+"""The `reward_model` config node as typed settings, and composing an experiment's config.
 
-`compose_experiment(NAME)` is the train config of `+experiment=NAME` (rm_orm, rm_online), also from inside
-train.py. `validate_reward_model_config` checks every value the `reward_model` stage reads (the data, the
-ties objective, training and the held-out split, feedback -> pairs, the backbone and LoRA, and the `model`
-group where it is the backbone) and raises one ConfigError listing every wrong value with its fix.
+`RewardModelSettings` declares each key of conf/reward_model/*.yaml once, with its rule (config/typed.py);
+`validate_reward_model_config(cfg)` builds it from the composed config after refusing unknown keys and
+every wrong value at once (plus the rules that join two keys, and the `model` group where it is the
+backbone), and the stage reads only the settings it returns. `compose_experiment(NAME)` is the train config
+of `+experiment=NAME` (rm_orm, rm_online), also from inside train.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.tree import conf_dir
-from quark_lightning.config.typed import is_int, is_num, require
+from quark_lightning.config.typed import (
+    boolean,
+    integer,
+    is_int,
+    number,
+    one_of,
+    optional,
+    raise_problems,
+    require,
+    setting,
+    subgroup,
+    typed,
+    typed_problems,
+)
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.models.loading import DTYPES
 from quark_lightning.models.weight_sources import MODEL_KINDS, model_kind
 
 RM = "reward_model"  # the config node of this stage
-SOURCES = ("pairs", "feedback")
-BACKBONES = ("tiny", "policy")
-TRAIN_BACKBONE = ("auto", "full", "lora", "frozen")
+NODES = ("optimizer", "lr_scheduler")  # built by infra/optimizers.py and infra/schedules.py, not settings
 POOLINGS = ("last", "mean")  # = scalar_rm.POOLINGS (not imported here: that module imports torch)
+TRUE_OR_FALSE = "true or false"
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    """reward_model.feedback: how liked / disliked answers become pairs (read with source=feedback)."""
+
+    ties: bool = setting(True, boolean, TRUE_OR_FALSE)  # same-rating answers to a question are tie pairs
+    max_pairs_per_question: int | None = setting(16, optional(integer(1)), "null or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RMLoraSettings:
+    """reward_model.lora: a LoRA adapter on the backbone (peft), merged when the reward model is saved."""
+
+    enabled: bool = setting(False, boolean, TRUE_OR_FALSE)
+    r: int = setting(8, integer(1), "a positive integer")
+    alpha: float = setting(16, number(0, low_open=True), "a positive number")
+    dropout: float = setting(0.0, number(0, 1, high_open=True), "a number in [0, 1)")
+    target_modules: Any = "all-linear"  # peft's: `all-linear` or a list of module names
+
+
+@dataclass(frozen=True)
+class RewardModelSettings:
+    """Every key of the `reward_model` group but the optimizer and schedule nodes (`NODES`)."""
+
+    # the data
+    source: str = setting(
+        "pairs", one_of(("pairs", "feedback")), "'pairs' or 'feedback'", "use reward_model=orm or =online."
+    )
+    data_path: str = setting(
+        "bundled", lambda v: isinstance(v, str) and bool(v), "'bundled' or the path of a JSONL file"
+    )
+    feedback: FeedbackSettings = subgroup(FeedbackSettings)
+    # the backbone and what trains
+    backbone: str = setting(
+        "policy",
+        one_of(("tiny", "policy")),
+        "'tiny' or 'policy'",
+        f"pass {RM}.backbone=tiny (the tiny model built in code) or {RM}.backbone=policy (the run's "
+        "`model`, e.g. model=smollm2).",
+    )
+    train_backbone: str = setting(
+        "auto",
+        one_of(("auto", "full", "lora", "frozen")),
+        "one of 'auto', 'full', 'lora', 'frozen'",
+        f"pass {RM}.train_backbone=frozen (head only, on cached features), =lora, =full or =auto (full for "
+        "the tiny model, frozen for a pretrained one).",
+    )
+    pooling: str = setting("last", one_of(POOLINGS), "'last' or 'mean' (what the head reads)")
+    feature_batch_size: int = setting(
+        16, integer(1), "an integer >= 1 (texts per backbone forward when caching frozen features)"
+    )
+    head_hidden_size: int | None = setting(None, optional(integer(1)), "null or an integer >= 1")
+    lora: RMLoraSettings = subgroup(RMLoraSettings)
+    # the ties objective
+    ties_lambda: float = setting(0.5, number(0), "a number >= 0 (the λ of L_same)")
+    ties_margin: float = setting(0.0, number(0), "a number >= 0 (the margin m)")
+    literal_paper_form: bool = setting(False, boolean, TRUE_OR_FALSE)
+    center_rewards_coefficient: float = setting(0.0, number(0), "a number >= 0")
+    # training
+    lr: float = setting(1.0e-3, number(0, low_open=True), "a learning rate > 0")
+    head_lr: float | None = setting(None, optional(number(0, low_open=True)), "null or a number > 0")
+    weight_decay: float = setting(0.0, number(0), "a number >= 0")
+    warmup_steps: int = setting(10, integer(0), "an integer >= 0")
+    steps: int = setting(150, integer(1), "an integer >= 1 (optimizer steps)")
+    batch_size: int = setting(16, integer(1), "an integer >= 1")
+    max_length: int = setting(384, integer(16), "an integer >= 16 (tokens)")
+    checkpoint_every: int = setting(25, integer(1), "an integer >= 1 (steps)")
+    # the held-out split and its evaluation
+    val_fraction: float = setting(
+        0.2, number(0, 1, low_open=True, high_open=True), "a number in (0, 1) (share of questions held out)"
+    )
+    split_seed: int = setting(0, integer(), "an integer")
+    eval_batch_size: int = setting(32, integer(1), "an integer >= 1")
+    tie_threshold: float = setting(0.5, number(0, low_open=True), "a number > 0")
+    val_every_n_steps: int = setting(50, integer(1), "an integer >= 1")
+
+    @property
+    def lora_on(self) -> bool:
+        return self.lora.enabled or self.train_backbone == "lora"
+
+    def cross_key_problems(self) -> list[str]:
+        """The rule that joins two keys: LoRA with a backbone that trains in full or not at all."""
+        if self.lora.enabled and self.train_backbone in ("full", "frozen"):
+            return [
+                f"{RM}.lora.enabled: got True, but {RM}.train_backbone is {self.train_backbone!r}. Fix: pass "
+                f"{RM}.train_backbone=lora (or auto), or {RM}.lora.enabled=false."
+            ]
+        return []
 
 
 def compose_experiment(experiment: str, overrides: list[str] | None = None) -> DictConfig:
@@ -42,19 +147,20 @@ def compose_experiment(experiment: str, overrides: list[str] | None = None) -> D
             GlobalHydra.instance().initialize(outer)
 
 
-def validate_reward_model_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every wrong value of the reward-model stage."""
-    p: list[str] = []
-    if OmegaConf.select(cfg, "reward_model") is None:
+def validate_reward_model_config(cfg: DictConfig) -> RewardModelSettings:
+    """The stage's settings, or one ConfigError listing every wrong value (the node's keys, the rules that
+    join keys, the `model` group where it is the backbone, trainer.max_steps) with its fix."""
+    node = OmegaConf.select(cfg, RM)
+    if node is None:
         raise ConfigError(
             "reward_model: missing. Fix: use +experiment=rm_orm or +experiment=rm_online "
             "(or add +reward_model=orm to the command line)."
         )
-    _rm_data_problems(p, cfg)
-    _rm_objective_problems(p, cfg)
-    _rm_training_problems(p, cfg)
-    _rm_feedback_problems(p, cfg)
-    _rm_backbone_problems(p, cfg)
+    values = OmegaConf.to_container(node, resolve=True)
+    p = typed_problems(RewardModelSettings, values, RM, allowed=NODES)
+    settings = None if p else typed(RewardModelSettings, values, RM, allowed=NODES)
+    if settings is not None:
+        p += settings.cross_key_problems()
     _rm_model_problems(p, cfg)
     require(
         p,
@@ -64,121 +170,8 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
         "an integer >= 1 (optimizer steps)",
         "pass reward_model.steps=<n> (trainer.max_steps follows it).",
     )
-    if p:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(p))
-
-
-def _rm_data_problems(p: list[str], cfg: DictConfig) -> None:
-    """reward_model.source and .data_path: what the pairs are built from."""
-    rm = RM
-    require(
-        p,
-        cfg,
-        f"{rm}.source",
-        lambda v: v in SOURCES,
-        "'pairs' or 'feedback'",
-        "use reward_model=orm or =online.",
-    )
-    require(
-        p,
-        cfg,
-        f"{rm}.data_path",
-        lambda v: isinstance(v, str) and v,
-        "'bundled' or the path of a JSONL file",
-    )
-
-
-def _rm_objective_problems(p: list[str], cfg: DictConfig) -> None:
-    """The ties objective: λ, the margin m, the literal paper form, reward centering."""
-    rm = RM
-    require(p, cfg, f"{rm}.ties_lambda", lambda v: is_num(v) and v >= 0, "a number >= 0 (the λ of L_same)")
-    require(p, cfg, f"{rm}.ties_margin", lambda v: is_num(v) and v >= 0, "a number >= 0 (the margin m)")
-    require(p, cfg, f"{rm}.literal_paper_form", lambda v: isinstance(v, bool), "true or false")
-    require(p, cfg, f"{rm}.center_rewards_coefficient", lambda v: is_num(v) and v >= 0, "a number >= 0")
-
-
-def _rm_training_problems(p: list[str], cfg: DictConfig) -> None:
-    """Optimizer, batches, lengths, the held-out split and its evaluation, checkpoints, the head's size."""
-    rm = RM
-    require(p, cfg, f"{rm}.lr", lambda v: is_num(v) and v > 0, "a learning rate > 0")
-    require(p, cfg, f"{rm}.head_lr", lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0")
-    require(p, cfg, f"{rm}.weight_decay", lambda v: is_num(v) and v >= 0, "a number >= 0")
-    require(p, cfg, f"{rm}.warmup_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-    require(p, cfg, f"{rm}.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    require(p, cfg, f"{rm}.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    require(p, cfg, f"{rm}.max_length", lambda v: is_int(v) and v >= 16, "an integer >= 16 (tokens)")
-    require(
-        p,
-        cfg,
-        f"{rm}.val_fraction",
-        lambda v: is_num(v) and 0 < v < 1,
-        "a number in (0, 1) (share of questions held out)",
-    )
-    require(p, cfg, f"{rm}.tie_threshold", lambda v: is_num(v) and v > 0, "a number > 0")
-    require(p, cfg, f"{rm}.val_every_n_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    require(p, cfg, f"{rm}.checkpoint_every", lambda v: is_int(v) and v >= 1, "an integer >= 1 (steps)")
-    require(
-        p,
-        cfg,
-        f"{rm}.head_hidden_size",
-        lambda v: v is None or (is_int(v) and v >= 1),
-        "null or an integer >= 1",
-    )
-
-
-def _rm_feedback_problems(p: list[str], cfg: DictConfig) -> None:
-    """reward_model.feedback.*: how feedback becomes pairs (only with source=feedback)."""
-    rm = RM
-    if OmegaConf.select(cfg, f"{rm}.source") == "feedback":
-        require(p, cfg, f"{rm}.feedback.ties", lambda v: isinstance(v, bool), "true or false")
-        require(
-            p,
-            cfg,
-            f"{rm}.feedback.max_pairs_per_question",
-            lambda v: v is None or (is_int(v) and v >= 1),
-            "null or an integer >= 1",
-        )
-
-
-def _rm_backbone_problems(p: list[str], cfg: DictConfig) -> None:
-    """The backbone, how it trains, the pooling, feature caching, and LoRA (which must agree)."""
-    rm = RM
-    require(
-        p,
-        cfg,
-        f"{rm}.backbone",
-        lambda v: v in BACKBONES,
-        "'tiny' or 'policy'",
-        f"pass {rm}.backbone=tiny (the tiny model built in code) or {rm}.backbone=policy (the run's "
-        "`model`, e.g. model=smollm2).",
-    )
-    require(
-        p,
-        cfg,
-        f"{rm}.train_backbone",
-        lambda v: v in TRAIN_BACKBONE,
-        "one of 'auto', 'full', 'lora', 'frozen'",
-        f"pass {rm}.train_backbone=frozen (head only, on cached features), =lora, =full or =auto (full for "
-        "the tiny model, frozen for a pretrained one).",
-    )
-    require(p, cfg, f"{rm}.pooling", lambda v: v in POOLINGS, "'last' or 'mean' (what the head reads)")
-    require(
-        p,
-        cfg,
-        f"{rm}.feature_batch_size",
-        lambda v: is_int(v) and v >= 1,
-        "an integer >= 1 (texts per backbone forward when caching frozen features)",
-    )
-    mode = OmegaConf.select(cfg, f"{rm}.train_backbone")
-    lora_on = bool(OmegaConf.select(cfg, f"{rm}.lora.enabled"))
-    if lora_on and mode in ("full", "frozen"):
-        p.append(
-            f"{rm}.lora.enabled: got True, but {rm}.train_backbone is {mode!r}. Fix: pass "
-            f"{rm}.train_backbone=lora (or auto), or {rm}.lora.enabled=false."
-        )
-    if lora_on or mode == "lora":
-        require(p, cfg, f"{rm}.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
-        require(p, cfg, f"{rm}.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
+    raise_problems(p, RM)
+    return settings
 
 
 def _rm_model_problems(p: list[str], cfg: DictConfig) -> None:

@@ -38,18 +38,19 @@ from quark_lightning.infra.checkpointing import AtomicCheckpointIO, check_checkp
 from quark_lightning.models.weight_sources import model_kind
 from quark_lightning.reward_model.heldout import held_out_metrics, print_evaluation
 from quark_lightning.reward_model.rm_backbone import (
+    backbone_model_config,
     backbone_name,
     build_reward_model,
     describe_backbone,
     train_backbone_mode,
 )
-from quark_lightning.reward_model.rm_settings import validate_reward_model_config
+from quark_lightning.reward_model.rm_settings import RewardModelSettings, validate_reward_model_config
 
 OBJECTIVE = "J = L_diff + lambda * L_same; L_diff = -log s(r_w - r_l); L_same = -log s(m - |r_1 - r_2|)"
 OBJECTIVE_LITERAL = "J = L_diff + lambda * L_same; L_same = -log s(|r_1 - r_2|) (literal paper transcription)"
 
 
-def load_pairs(rm: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+def load_pairs(rm: RewardModelSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(train pairs, held-out pairs, tokenizer corpus) for the configured source; validates every row."""
     if rm.source == "pairs":
         pairs = load_preference_pairs(rm.data_path)
@@ -72,14 +73,15 @@ def load_pairs(rm: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
     return train, held_out, pair_texts(records)
 
 
-def training_factories(rm: DictConfig):
-    """(`reward_model.optimizer`, `reward_model.lr_scheduler`) built as `_partial_` factories; None where
-    a node is null or absent (AdamW and linear_warmup from the flat keys, infra/optimizers.py)."""
+def training_factories(node: DictConfig):
+    """(`reward_model.optimizer`, `reward_model.lr_scheduler`) of the config node built as `_partial_`
+    factories; None where a node is null or absent (AdamW and linear_warmup from the flat keys,
+    infra/optimizers.py)."""
     from quark_lightning.infra.optimizers import optimizer_factory, scheduler_factory
 
     return (
-        optimizer_factory(rm.get("optimizer"), "reward_model.optimizer"),
-        scheduler_factory(rm.get("lr_scheduler"), "reward_model.lr_scheduler"),
+        optimizer_factory(node.get("optimizer"), "reward_model.optimizer"),
+        scheduler_factory(node.get("lr_scheduler"), "reward_model.lr_scheduler"),
     )
 
 
@@ -107,25 +109,29 @@ def resume_checkpoint(run_dir: str) -> str | None:
 
 
 def _print_data_and_backbone(
-    cfg: DictConfig, train_pairs: list[dict[str, Any]], held_pairs: list[dict[str, Any]]
+    rm: RewardModelSettings,
+    run_model: DictConfig,
+    model_cfg: DictConfig,
+    train_pairs: list[dict[str, Any]],
+    held_pairs: list[dict[str, Any]],
 ) -> None:
-    """The pairs of each split, and which backbone trains how (with what the config does not apply)."""
-    rm = cfg.reward_model
+    """The pairs of each split, and which backbone (`model_cfg`) trains how, with what of the run's `model`
+    (`run_model`) does not apply."""
     print(f"Reward model ({rm.source}): train {describe(train_pairs)}")
     print(f"Reward model ({rm.source}): held-out {describe(held_pairs)}")
-    if rm.backbone == "tiny" and model_kind(cfg.model) != "tiny":
+    if rm.backbone == "tiny" and model_kind(run_model) != "tiny":
         print(
-            f"Reward model backbone: the tiny model, not model={model_kind(cfg.model)} "
+            f"Reward model backbone: the tiny model, not model={model_kind(run_model)} "
             "(pass reward_model.backbone=policy to train on the run's model)"
         )
-    print(f"Reward model backbone: {describe_backbone(cfg)}")
-    if rm.backbone == "policy" and cfg.model.get("adapter_path"):
+    print(f"Reward model backbone: {describe_backbone(rm, model_cfg)}")
+    if rm.backbone == "policy" and run_model.get("adapter_path"):
         print(
-            f"  (model.adapter_path={cfg.model.adapter_path} is not applied: the backbone is the base model)"
+            f"  (model.adapter_path={run_model.adapter_path} is not applied: the backbone is the base model)"
         )
 
 
-def _pair_datasets(model, rm: DictConfig, mode: str, train_pairs: list, held_pairs: list):
+def _pair_datasets(model, rm: RewardModelSettings, mode: str, train_pairs: list, held_pairs: list):
     """(train set, held-out set, length-control set, feature seconds, feature texts). With a frozen
     backbone: the pooled features of each distinct text, one backbone forward each, for the head to train
     on; else tokenized pairs (feature seconds and texts are 0). The length-control set holds each held-out
@@ -152,7 +158,7 @@ def _pair_datasets(model, rm: DictConfig, mode: str, train_pairs: list, held_pai
     return train_set, held_set, control_set, feature_seconds, feature_texts
 
 
-def _reward_model_module(model, rm: DictConfig, optimizer, schedule):
+def _reward_model_module(model, rm: RewardModelSettings, optimizer, schedule):
     """The Lightning module: the ties objective and its optimization, from `reward_model`."""
     from quark_lightning.reward_model.rm_training_module import RewardModelModule
 
@@ -172,27 +178,32 @@ def _reward_model_module(model, rm: DictConfig, optimizer, schedule):
     )
 
 
-def _reward_model_trainer_kwargs(cfg: DictConfig, batches_per_epoch: int) -> dict[str, Any]:
-    """`trainer` for step-based training: validation every `reward_model.val_every_n_steps` steps (at most
-    max_steps), checkpoints on, no sanity check; logging at most every step of a short run."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+def _reward_model_trainer_kwargs(
+    trainer: DictConfig, rm: RewardModelSettings, batches_per_epoch: int
+) -> dict[str, Any]:
+    """The `trainer` group for step-based training: validation every `reward_model.val_every_n_steps` steps
+    (at most max_steps), checkpoints on, no sanity check; logging at most every step of a short run."""
+    kwargs = OmegaConf.to_container(trainer, resolve=True)
     steps = kwargs["max_steps"]
     kwargs.update(
         max_epochs=-1,
         enable_checkpointing=True,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=None,
-        val_check_interval=min(cfg.reward_model.val_every_n_steps, steps),
+        val_check_interval=min(rm.val_every_n_steps, steps),
         log_every_n_steps=max(1, min(kwargs.get("log_every_n_steps", 10), steps, batches_per_epoch)),
     )
     return kwargs
 
 
-def _fit_reward_model(cfg: DictConfig, module, mode: str, train_loader, held_set, kwargs: dict[str, Any]):
-    """Lightning fit (resuming from <run_dir>/checkpoints/last.ckpt); returns (trainer, loggers, seconds)."""
+def _fit_reward_model(
+    cfg: DictConfig, rm: RewardModelSettings, module, mode: str, train_loader, held_set, kwargs: dict[str, Any]
+):
+    """Lightning fit (resuming from <run_dir>/checkpoints/last.ckpt); returns (trainer, loggers, seconds).
+    `cfg` is read for the loggers and the run directory."""
     from quark_lightning.infra.loggers import build_loggers, close_loggers
 
-    rm, run_dir = cfg.reward_model, cfg.run_dir
+    run_dir = cfg.run_dir
     loggers = build_loggers(cfg, "reward_model")
     trainer = L.Trainer(
         **kwargs,
@@ -215,9 +226,9 @@ def _fit_reward_model(cfg: DictConfig, module, mode: str, train_loader, held_set
     return trainer, loggers, time.perf_counter() - started
 
 
-def _config_summary(cfg: DictConfig, mode: str, steps: int) -> dict[str, Any]:
-    """What the saved reward model was trained with (the configured part of its summary)."""
-    rm = cfg.reward_model
+def _config_summary(rm: RewardModelSettings, mode: str, steps: int, backbone: str) -> dict[str, Any]:
+    """What the saved reward model was trained with (the configured part of its summary); `backbone` is
+    `backbone_name` of the model it was built on."""
     return {
         "stage": "reward_model",
         "source": rm.source,
@@ -234,7 +245,7 @@ def _config_summary(cfg: DictConfig, mode: str, steps: int) -> dict[str, Any]:
         "tie_threshold": rm.tie_threshold,
         "lora": mode == "lora",
         "backbone": rm.backbone,
-        "backbone_model": backbone_name(cfg),
+        "backbone_model": backbone,
         "train_backbone": mode,
         "pooling": rm.pooling,
     }
@@ -252,17 +263,17 @@ def _print_saved(out_dir: str, result: dict[str, Any]) -> None:
 
 def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate and save the reward model the config describes; returns paths and metrics."""
-    validate_reward_model_config(cfg)
-    rm = cfg.reward_model
-    optimizer, schedule = training_factories(rm)  # a bad optimizer / lr_scheduler node stops here
+    rm = validate_reward_model_config(cfg)  # typed settings: the stage reads no other part of the node
+    optimizer, schedule = training_factories(cfg.reward_model)  # a bad optimizer / schedule node stops here
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = cfg.run_dir
     os.makedirs(run_dir, exist_ok=True)
 
     train_pairs, held_pairs, corpus = load_pairs(rm)  # a bad row stops here, before any model is built
-    _print_data_and_backbone(cfg, train_pairs, held_pairs)
-    mode = train_backbone_mode(cfg)
-    model = build_reward_model(cfg, corpus)
+    model_cfg = backbone_model_config(cfg)
+    _print_data_and_backbone(rm, cfg.model, model_cfg, train_pairs, held_pairs)
+    mode = train_backbone_mode(rm, model_cfg)
+    model = build_reward_model(rm, model_cfg, corpus)
     train_set, held_set, control_set, feature_seconds, feature_texts = _pair_datasets(
         model, rm, mode, train_pairs, held_pairs
     )
@@ -270,9 +281,9 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
 
     module = _reward_model_module(model, rm, optimizer, schedule)
     train_loader = train_set.loader(rm.batch_size, shuffle=True, seed=cfg.seed)
-    kwargs = _reward_model_trainer_kwargs(cfg, len(train_loader))
+    kwargs = _reward_model_trainer_kwargs(cfg.trainer, rm, len(train_loader))
     steps = kwargs["max_steps"]
-    trainer, loggers, train_seconds = _fit_reward_model(cfg, module, mode, train_loader, held_set, kwargs)
+    trainer, loggers, train_seconds = _fit_reward_model(cfg, rm, module, mode, train_loader, held_set, kwargs)
     model.eval()
     after = held_out_metrics(model, held_set, control_set, rm)
 
@@ -281,7 +292,7 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
         from quark_lightning.infra.loggers import logger_locations
 
         summary = {
-            **_config_summary(cfg, mode, steps),
+            **_config_summary(rm, mode, steps, backbone_name(model_cfg)),
             "feature_texts": feature_texts,
             "feature_seconds": round(feature_seconds, 1),
             "train_pairs": len(train_set),
