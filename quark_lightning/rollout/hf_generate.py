@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import transformers
 
+from quark_lightning.config.typed import typed
 from quark_lightning.infra.distributed import is_sharded
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.infra.precision import upcast
@@ -53,7 +54,8 @@ from quark_lightning.rollout.engine import (
     render_prompts,
     stop_string_positions,
 )
-from quark_lightning.rollout.low_precision import PRECISIONS, RolloutCopy, base_model, pick_precision
+from quark_lightning.rollout.low_precision import RolloutCopy, base_model, pick_precision
+from quark_lightning.rollout.rollout_settings import HFRolloutSettings
 
 __all__ = [
     "HFGenerateEngine",
@@ -62,7 +64,6 @@ __all__ = [
     "render_prompts",
 ]
 
-DECODE_MODES = ("fast", "generate")
 # transformers 5 renamed the forward's `past_key_values` argument to `cache`
 CACHE_KWARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
@@ -70,62 +71,33 @@ CACHE_KWARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "
 
 
 class HFGenerateEngine:
-    def __init__(
-        self,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float | None = None,
-        repetition_penalty: float = 1.0,
-        max_prompt_length: int = 256,
-        decode: str = "fast",
-        share_prefill: bool = True,
-        sync_every: int | None = None,
-        prepack_weights: bool = False,
-        eos_token_ids: Sequence[int] | None = None,
-        stop_strings: Sequence[str] | None = None,
-        precision: str = "fp32",
-    ):
-        if decode not in DECODE_MODES:
-            raise ValueError(f"rollout.decode: {decode!r} is not one of {DECODE_MODES}")
-        bad_ids = [i for i in (eos_token_ids or []) if isinstance(i, bool) or not isinstance(i, int) or i < 0]
-        if bad_ids:
-            raise ConfigError(
-                f"rollout.eos_token_ids: got {list(eos_token_ids)}, expected token ids (integers >= 0)"
-            )
-        if stop_strings is not None and (
-            isinstance(stop_strings, str) or not all(isinstance(t, str) and t for t in stop_strings)
-        ):
-            raise ConfigError(
-                f"rollout.stop_strings: got {stop_strings!r}, expected a list of non-empty strings, "
-                "e.g. rollout.stop_strings='[\"</answer>\"]'"
-            )
+    """`rollout=hf`: the keys are `HFRolloutSettings`' (rollout/rollout_settings.py), checked once here."""
+
+    SETTINGS = HFRolloutSettings
+
+    def __init__(self, **settings: Any):
+        s = self.settings = typed(HFRolloutSettings, settings, "rollout")
         # completions end at the tokenizer's EOS, at any of these extra ids, or once a stop string is
         # complete (the stop string stays in the completion, as with transformers' stop_strings)
-        self.extra_eos_ids = [int(i) for i in eos_token_ids or []]
-        self.stop_strings = [str(t) for t in stop_strings or []]
+        self.extra_eos_ids = [int(i) for i in s.eos_token_ids]
+        self.stop_strings = [str(t) for t in s.stop_strings]
         self.sampling = dict(
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=s.max_new_tokens,
             do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or 0,
+            repetition_penalty=s.repetition_penalty or 1.0,
         )
-        if min_p is not None:
-            self.sampling["min_p"] = min_p
-        self.max_new_tokens = max_new_tokens
-        self.max_prompt_length = max_prompt_length
-        self.decode = decode
-        self.share_prefill = share_prefill
+        if s.min_p is not None:
+            self.sampling["min_p"] = s.min_p
+        self.max_new_tokens, self.max_prompt_length = s.max_new_tokens, s.max_prompt_length
+        self.decode, self.share_prefill = s.decode, s.share_prefill
         # the decode loop reads EOS back to the host every `sync_every` steps (None: every step on CPU, where
         # a read costs nothing; every 8 on an accelerator, where it stalls the queue)
-        self.sync_every = sync_every
-        self.prepack_weights = prepack_weights  # CPU fp32 decode on MKL-packed weights (`prepacked_linears`)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"rollout.precision: got {precision!r}, expected one of {PRECISIONS}")
-        self.precision = precision  # the sampling copy's format (rollout/low_precision.py); fp32 = the policy
+        self.sync_every = s.sync_every
+        self.prepack_weights = s.prepack_weights  # CPU fp32 decode on MKL-packed weights (`prepacked_linears`)
+        self.precision = s.precision  # the sampling copy's format (rollout/low_precision.py); fp32 = the policy
         self.rollout_copy: RolloutCopy | None = None
 
     def encode_prompts(self, tokenizer, prompts: Sequence[dict[str, Any]], device) -> dict[str, torch.Tensor]:

@@ -40,8 +40,7 @@ from collections.abc import Iterable
 import torch
 
 from quark_lightning.rollout.policy_weights import merged_policy_weights
-
-PRECISIONS = ("fp32", "bf16", "int8", "w8", "auto")
+from quark_lightning.rollout.rollout_settings import PRECISIONS
 
 
 def _quantize_dynamic(module: torch.nn.Module) -> torch.nn.Module:

@@ -61,10 +61,12 @@ from typing import Any
 
 import torch
 
+from quark_lightning.config.typed import typed
 from quark_lightning.infra.distributed import world_size
 from quark_lightning.rollout.engine import Rollout
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 from quark_lightning.rollout.policy_weights import merged_policy_weights
+from quark_lightning.rollout.rollout_settings import VLLMRolloutSettings
 
 VLLM_MISSING = (
     "rollout=vllm needs the `vllm` package (CUDA GPUs). Fix: pip install -e '.[vllm]', or use rollout=hf"
@@ -145,51 +147,38 @@ def keeping_trainer_rng():
 
 
 class VLLMEngine:
-    def __init__(
-        self,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float | None = None,
-        repetition_penalty: float = 1.0,
-        max_prompt_length: int = 256,
-        gpu_memory_utilization: float = 0.3,
-        tensor_parallel_size: int = 1,
-        dtype: str = "auto",
-        enforce_eager: bool = False,
-        seed: int = 0,
-        eos_token_ids: Sequence[int] = (),
-        stop_strings: Sequence[str] = (),
-    ):
-        """Same sampling keys as `HFGenerateEngine` (including `eos_token_ids`, `stop_strings`: extra stop
-        ids beside the tokenizer's EOS, and strings that end a completion, kept in it as transformers does).
-        """
+    SETTINGS = VLLMRolloutSettings
+
+    def __init__(self, **settings: Any):
+        """The keys are `VLLMRolloutSettings`' (rollout/rollout_settings.py): the sampling keys of
+        `HFGenerateEngine` (including `eos_token_ids`, `stop_strings`: extra stop ids beside the tokenizer's
+        EOS, and strings that end a completion, kept in it as transformers does) and vLLM's own."""
+        s = self.settings = typed(VLLMRolloutSettings, settings, "rollout")
         require_vllm()
-        self.eos_token_ids = [int(i) for i in eos_token_ids]
-        self.stop_strings = [str(t) for t in stop_strings]
-        self.max_new_tokens = max_new_tokens
-        self.max_prompt_length = max_prompt_length
+        self.eos_token_ids = [int(i) for i in s.eos_token_ids]
+        self.stop_strings = [str(t) for t in s.stop_strings]
+        self.max_new_tokens = s.max_new_tokens
+        self.max_prompt_length = s.max_prompt_length
         self.sampling_kwargs = dict(
-            temperature=temperature,
-            top_p=top_p,
-            top_k=max(0, top_k),  # 0 = off (V1 still accepts the old -1, but prefers 0)
-            min_p=min_p or 0.0,
-            repetition_penalty=repetition_penalty,
-            max_tokens=max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or 0,  # 0 = off (V1 still accepts the old -1, but prefers 0)
+            min_p=s.min_p or 0.0,
+            repetition_penalty=s.repetition_penalty or 1.0,
+            max_tokens=s.max_new_tokens,
             stop_token_ids=self.eos_token_ids or None,
             stop=self.stop_strings or None,
             include_stop_str_in_output=True,
         )
         self.llm_kwargs = dict(
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            dtype=dtype,
-            enforce_eager=enforce_eager,
-            seed=seed,
-            max_model_len=max_prompt_length + max_new_tokens,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            tensor_parallel_size=s.tensor_parallel_size,
+            dtype=s.dtype,
+            enforce_eager=s.enforce_eager,
+            seed=s.seed,
+            max_model_len=s.max_prompt_length + s.max_new_tokens,
         )
-        self._encoder = HFGenerateEngine(max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length)
+        self._encoder = HFGenerateEngine(max_new_tokens=s.max_new_tokens, max_prompt_length=s.max_prompt_length)
         self._llm = None
 
     # ------------------------------------------------------------------ vLLM side
