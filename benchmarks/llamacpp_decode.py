@@ -179,7 +179,7 @@ def main() -> None:
     (out / "llamacpp_decode.md").write_text(
         f"# Decode step: ours beside llama.cpp (SmolLM2-135M-Instruct)\n\n"
         f"`python benchmarks/llamacpp_decode.py --llama-cpp DIR --threads {args.threads} --repeats {args.repeats}`"
-        f" on {machine()}, torch {torch.__version__}, {args.threads} thread(s), {args.tokens} new tokens after a "
+        f" on {machine()}; {args.threads} thread(s), {args.tokens} new tokens after a "
         f"{args.prompt_tokens}-token shared prompt, median of {args.repeats} interleaved repeats, wall clock.\n\n"
         f"fp32 floor: {fp32_bytes / 1e6:.0f} MB of weights read once per step at the measured bandwidth = "
         f"**{floor:.1f} ms**; a format's own floor counts its bytes (GGUF file size, bf16 copy: half).\n\n"

@@ -152,3 +152,28 @@ def test_the_reward_model_stage_reads_typed_settings_and_refuses_unknown_keys():
         validate_reward_model_config(typo)
     assert "reward_model.bach_size: unknown key; did you mean batch_size?" in str(err.value)
     assert "reward_model.lora.alpha: got 0, expected a positive number" in str(err.value)
+
+
+def test_the_data_and_rollout_groups_are_typed_where_the_run_and_the_check_read_them():
+    from hydra import compose, initialize_config_dir
+
+    from quark_lightning.config.tree import conf_dir
+    from quark_lightning.config.validate import validate_config
+    from quark_lightning.data.data_settings import data_settings
+    from quark_lightning.rollout.hf_generate import HFGenerateEngine
+
+    overrides = ["+data.prompt_per_step=2", "data.val_fraction=1.5", "+rollout.temprature=0.7", "rollout.top_k=-1"]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        bad = compose("train", ["+experiment=smoke", "run_dir=/tmp/quark-typed", *overrides])
+        ok = compose("train", ["+experiment=smoke", "data.hub_split=test", "data.split=test"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad)
+    msg = str(err.value)
+    assert "data.prompt_per_step: unknown key; did you mean prompts_per_step?" in msg
+    assert "data.val_fraction: got 1.5, expected a number in [0, 1)" in msg
+    assert "rollout.top_k: got -1, expected an integer >= 0 (0 or null = off)" in msg
+    with pytest.raises(ConfigError, match="rollout.temprature: unknown key; did you mean temperature?"):
+        HFGenerateEngine(temprature=0.7)
+    kwargs = data_settings(ok.data).module_kwargs()
+    assert kwargs["split"] == "test" and kwargs["prompts_per_step"] == ok.data.prompts_per_step
+    assert HFGenerateEngine(top_k=None, repetition_penalty=None).sampling["top_k"] == 0

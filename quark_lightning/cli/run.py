@@ -22,7 +22,8 @@ from quark_lightning.config.typed import typed
 from quark_lightning.config.validate import validate_config
 from quark_lightning.config.warmstart_settings import NODES as WARMSTART_NODES
 from quark_lightning.config.warmstart_settings import WarmstartSettings
-from quark_lightning.data.datamodule import PromptDataModule, source_options
+from quark_lightning.data.data_settings import data_settings
+from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.data.references import validate_fact_references
 from quark_lightning.grpo.grpo_config import ALGORITHM_NODES
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
@@ -171,18 +172,8 @@ STAGES: dict[str, tuple[str, str]] = {
 
 
 def build_datamodule(cfg: DictConfig) -> PromptDataModule:
-    return PromptDataModule(
-        path=cfg.data.path,
-        prompts_per_step=cfg.data.prompts_per_step,
-        val_fraction=cfg.data.val_fraction,
-        split_seed=cfg.data.split_seed,
-        num_workers=cfg.data.num_workers,
-        require_reference=bool(cfg.warmstart.enabled),
-        calculator_prompts=cfg.data.get("calculator_prompts", 0),
-        calculator_seed=cfg.data.get("calculator_seed", 0),
-        system_prompt=cfg.data.get("system_prompt"),
-        **source_options(cfg.data),  # data.subset, data.split (or data.hub_split), data.columns
-    )
+    """The prompts of the `data` group (typed: data/data_settings.py); a warm start needs reference answers."""
+    return PromptDataModule(**data_settings(cfg.data).module_kwargs(), require_reference=bool(cfg.warmstart.enabled))
 
 
 def starts_from_sft(cfg: DictConfig) -> bool:

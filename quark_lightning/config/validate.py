@@ -92,9 +92,7 @@ def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
 
 
 def _run_problems(p: list[str], cfg: DictConfig) -> None:
-    """data.*, optimization.aggregator, warmstart.* (config/warmstart_settings.py), trainer.max_steps."""
-    require(p, cfg, "data.prompts_per_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    require(p, cfg, "data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    """optimization.aggregator, warmstart.* (config/warmstart_settings.py), trainer.max_steps."""
     # optimization
     require(p, cfg, "optimization.aggregator", lambda v: v in AGGREGATORS, f"one of {sorted(AGGREGATORS)}")
     # warm start
@@ -144,24 +142,15 @@ def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
 
 
 def _data_problems(p: list[str], cfg: DictConfig) -> None:
-    """data.subset, data.split (and its old name data.hub_split), data.columns (data/prompt_sources.py)."""
-    from quark_lightning.data.column_mapping import column_problems
+    """data.*: unknown keys, every value as `DataSettings` declares it, the split names and the column
+    mapping (data/data_settings.py)."""
+    from quark_lightning.data.data_settings import data_problems
 
-    require(
-        p, cfg, "data.subset", lambda v: v is None or is_name(v), "null or a subset (configuration) name"
-    )
-    require(p, cfg, "data.split", lambda v: v is None or is_name(v), "a split name such as train")
-    require(p, cfg, "data.hub_split", lambda v: v is None or is_name(v), "null (use data.split instead)")
-    split, old = _get(cfg, "data.split"), _get(cfg, "data.hub_split")
-    if is_name(old) and split not in (None, "train", old):
-        p.append(
-            f"data.hub_split: {old!r} disagrees with data.split {split!r} (hub_split is the old name of split). "
-            "Fix: set only data.split"
-        )
-    columns = _get(cfg, "data.columns")
-    p += column_problems(
-        OmegaConf.to_container(columns, resolve=True) if isinstance(columns, DictConfig) else columns
-    )
+    data = _get(cfg, "data")
+    if not isinstance(data, DictConfig):
+        p.append("data: expected the prompts group. Fix: pass data=medical (or your own conf/data/NAME.yaml).")
+        return
+    p += data_problems(OmegaConf.to_container(data, resolve=True))
 
 
 def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
@@ -279,11 +268,6 @@ def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> Non
 def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
     """Ranges of the keys not covered above (each would otherwise fail deep inside a library)."""
     require(p, cfg, "seed", is_int, "an integer")
-    require(p, cfg, "data.path", lambda v: isinstance(v, str) and v.strip(), "'bundled' or a file path")
-    require(p, cfg, "data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-    require(
-        p, cfg, "data.calculator_prompts", lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0"
-    )
     if _get(cfg, "model.lora.enabled"):
         require(p, cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
         require(p, cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")

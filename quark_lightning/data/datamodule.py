@@ -17,7 +17,6 @@ from typing import Any
 import lightning as L
 import torch
 from datasets import Dataset
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from quark_lightning.data import BUNDLED_PROMPTS
@@ -45,16 +44,6 @@ def load_prompt_records(
     parts = read_source(path, subset, split)
     dataset = parts[0].name if len(parts) == 1 else path
     return validate_parts(map_columns(parts, columns, dataset), dataset, require_reference)
-
-
-def source_options(data_cfg: Any) -> dict[str, Any]:
-    """`load_prompt_records`' subset, split and columns from the `data` config group (`data.hub_split`,
-    the old name of `data.split`, still counts; config/validate.py refuses the two set to different splits)."""
-    get = data_cfg.get
-    columns = get("columns")
-    if OmegaConf.is_config(columns):
-        columns = OmegaConf.to_container(columns, resolve=True)
-    return {"subset": get("subset"), "split": get("hub_split") or get("split") or "train", "columns": columns}
 
 
 def to_dataset(records: list[dict[str, Any]]) -> Dataset:

@@ -35,6 +35,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.data.data_settings import DataSettings, data_settings
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.evaluation.healthbench_section import (
     _append_healthbench,
@@ -190,20 +191,12 @@ def _dir_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
-def heldout_records(data: DictConfig) -> list[dict[str, Any]]:
+def heldout_records(data: DataSettings) -> list[dict[str, Any]]:
     """A training run's held-out split of `data.path` (`data.val_fraction`, `data.split_seed`, with its
     calculator prompts and system prompt), in the order its closed loop answers them."""
-    from quark_lightning.data.datamodule import PromptDataModule, source_options
+    from quark_lightning.data.datamodule import PromptDataModule
 
-    dm = PromptDataModule(
-        path=data.path,
-        val_fraction=data.val_fraction,
-        split_seed=data.split_seed,
-        calculator_prompts=data.get("calculator_prompts", 0),
-        calculator_seed=data.get("calculator_seed", 0),
-        system_prompt=data.get("system_prompt"),
-        **source_options(data),
-    )
+    dm = PromptDataModule(**data.module_kwargs())
     dm.setup("fit")
     records = dm.val_records()
     if not records:
@@ -218,12 +211,13 @@ def load_eval_records(cfg: DictConfig, hb: dict[str, Any]) -> list[dict[str, Any
     """The prompts to evaluate on, presented as training presents them (`data.system_prompt`):
     HealthBench from the wheel (`healthbench.source=wheel`, with its selection), the held-out split of
     `data.path` (`heldout=true`), or `data.path`."""
-    from quark_lightning.data.datamodule import source_options, with_system_prompt
+    from quark_lightning.data.datamodule import with_system_prompt
 
+    data = data_settings(cfg.data)
     if cfg.get("heldout"):
         if hb.get("source") == "wheel":
             raise ConfigError("heldout=true and healthbench.source=wheel: choose one set of prompts")
-        return heldout_records(cfg.data)
+        return heldout_records(data)
     if hb.get("source") == "wheel":
         from quark_lightning.data.healthbench_source import (
             HealthBenchSelection,
@@ -235,9 +229,8 @@ def load_eval_records(cfg: DictConfig, hb: dict[str, Any]) -> list[dict[str, Any
         records = load_healthbench_records(cache_dir_of(cfg), selection)
         print(f"HealthBench: {len(records)} examples ({selection.describe()})")
     else:
-        records = load_prompt_records(cfg.data.path, **source_options(cfg.data))  # every row validated
-    system_prompt = cfg.data.get("system_prompt")
-    return [with_system_prompt(r, system_prompt) for r in records] if system_prompt else records
+        records = load_prompt_records(data.path, **data.source_options)  # every row validated
+    return [with_system_prompt(r, data.system_prompt) for r in records] if data.system_prompt else records
 
 
 def _eval_sizes(cfg: DictConfig) -> tuple[int | None, int]:
