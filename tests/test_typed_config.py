@@ -177,3 +177,27 @@ def test_the_data_and_rollout_groups_are_typed_where_the_run_and_the_check_read_
     kwargs = data_settings(ok.data).module_kwargs()
     assert kwargs["split"] == "test" and kwargs["prompts_per_step"] == ok.data.prompts_per_step
     assert HFGenerateEngine(top_k=None, repetition_penalty=None).sampling["top_k"] == 0
+
+
+def test_the_shaping_settings_are_checked_by_their_dataclasses_when_reward_shaping_is_built():
+    from omegaconf import OmegaConf
+
+    from quark_lightning.config.groups import shaping_problems
+    from quark_lightning.shaping.reward_shaping import RewardShaping
+    from quark_lightning.shaping.shaping_settings import NormalizationSettings
+
+    dims = dict(names=["a", "b"], weights=[1.0, 1.0], risk=[1.0, 3.0], targets=[None, None])
+    with pytest.raises(ConfigError) as err:
+        RewardShaping(**dims, aggregator="rfn_tadw", normalization={"clipp": 3}, weighting={"eta": 2})
+    assert "optimization.normalization.clipp: unknown key; did you mean clip?" in str(err.value)
+    with pytest.raises(ConfigError, match=r"optimization.weighting.eta: got 2, expected a number in \[0, 1\]"):
+        RewardShaping(**dims, aggregator="rfn_tadw", normalization={}, weighting={"eta": 2})
+    built = RewardShaping(**dims, aggregator="rfn", normalization=NormalizationSettings(mode="per_prompt"))
+    assert built.normalizer.mode == "per_prompt" and built.normalizer.clip == 5.0 and built.weighting is None
+    # TADW floors each active weight at w_min: 0.3 fits two active dimensions, not four
+    opt = OmegaConf.create({"aggregator": "rfn_tadw", "normalization": {}, "weighting": {"w_min": 0.3},
+                            "callbacks": {"reward_rescaling": None, "weighting": None}})  # fmt: skip
+    assert not [p for p in shaping_problems(opt, active_dimensions=2) if "w_min" in p]
+    assert "optimization.weighting.w_min: got 0.3, but 0.3 x 4 active dimensions" in " ".join(
+        shaping_problems(opt, active_dimensions=4)
+    )

@@ -24,10 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from quark_lightning.config.typed import unknown_keys
+from quark_lightning.config.typed import typed_problems, unknown_keys
 from quark_lightning.infra.errors import ConfigError
-
-CALIBRATION_KEYS = ("calibration_prompts", "num_generations", "recalibrate", "report_path", "statistics_path")
 
 
 def accepted_arguments(target: Callable) -> set[str] | None:
@@ -83,13 +81,12 @@ def build_problems(node: Any, where: str) -> list[str]:
     return []
 
 
-def shaping_problems(optimization: DictConfig) -> list[str]:
-    """optimization.{aggregator, normalization, weighting}: a combination that works, known keys, values
-    the normalizer and TADW accept (built on a one-dimension dummy)."""
+def shaping_problems(optimization: DictConfig, active_dimensions: int = 1) -> list[str]:
+    """optimization.{aggregator, normalization, weighting}: a combination that works, and the settings nodes
+    as their dataclasses declare them (shaping/shaping_settings.py); `active_dimensions`: the matrix's
+    dimensions with a weight > 0 (TADW's floor must fit them)."""
     from quark_lightning.shaping.aggregation import AGGREGATORS
-    from quark_lightning.shaping.reward_shaping import NORMALIZER_KEYS
-    from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer
-    from quark_lightning.shaping.tadw import TriFactorWeighting
+    from quark_lightning.shaping.shaping_settings import NormalizationSettings, WeightingSettings
 
     spec = AGGREGATORS.get(optimization.get("aggregator"))
     if spec is None:
@@ -125,37 +122,20 @@ def shaping_problems(optimization: DictConfig) -> list[str]:
         if node is not None:
             p += target_problems(node, f"optimization.callbacks.{name}")
     if spec.needs_normalizer and isinstance(norm, DictConfig):
-        p += unknown_keys(
-            list(norm.keys()),
-            (*NORMALIZER_KEYS, *CALIBRATION_KEYS, "length_decoupled"),
-            "optimization.normalization",
-        )
-        values = {k: _plain(norm, k) for k in NORMALIZER_KEYS if k in norm}
-        p += _try(lambda: ReferenceFrozenNormalizer(1, **values), "optimization.normalization")
-        count = norm.get("calibration_prompts")
-        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 1):
-            p.append(
-                f"optimization.normalization.calibration_prompts: got {count!r}, expected an integer >= 1"
-            )
+        where = "optimization.normalization"
+        p += typed_problems(NormalizationSettings, OmegaConf.to_container(norm, resolve=True), where)
     if spec.adaptive_weights and isinstance(weighting, DictConfig):
-        allowed = accepted_arguments(TriFactorWeighting) - {"risk", "targets", "prior"}
-        p += unknown_keys(list(weighting.keys()), allowed, "optimization.weighting")
-        values = {k: _plain(weighting, k) for k in allowed if k in weighting}
-        p += _try(lambda: TriFactorWeighting(risk=[1.0, 1.0], **values), "optimization.weighting")
+        where = "optimization.weighting"
+        values = OmegaConf.to_container(weighting, resolve=True)
+        found = typed_problems(WeightingSettings, values, where)
+        w_min = values.get("w_min", WeightingSettings.w_min)
+        if not found and not w_min * active_dimensions < 1:  # TADW floors every active weight at w_min
+            found.append(
+                f"{where}.w_min: got {w_min}, but {w_min} x {active_dimensions} active dimensions (weight > 0) "
+                f"must be in (0, 1). Fix: pass {where}.w_min=<a number below {1 / max(active_dimensions, 1):.3g}>"
+            )
+        p += found
     return p
-
-
-def _plain(node: DictConfig, key: str) -> Any:
-    value = node[key]
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-
-def _try(build: Callable[[], Any], where: str) -> list[str]:
-    try:
-        build()
-    except (ValueError, TypeError) as err:
-        return [_message(err, where)]
-    return []
 
 
 def algorithm_problems(algorithm: DictConfig) -> list[str]:
@@ -182,7 +162,7 @@ def group_problems(cfg: DictConfig) -> list[str]:
     """Every group of a GRPO run: unknown keys and the values the light objects check themselves."""
     p = algorithm_problems(cfg.algorithm)
     p += target_problems(cfg.get("rollout"), "rollout")
-    p += shaping_problems(cfg.optimization)
+    p += shaping_problems(cfg.optimization, active_dimensions(cfg.matrix))
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is not None:
             where = f"callbacks.{name}"
@@ -190,6 +170,13 @@ def group_problems(cfg: DictConfig) -> list[str]:
             p += found or build_problems(node, where)
     p += matrix_problems(cfg.matrix)
     return p
+
+
+def active_dimensions(matrix: DictConfig) -> int:
+    """The matrix's dimensions with a numeric weight > 0 (a wrong weight is named by config/validate.py)."""
+    dims = matrix.get("dimensions") or {}
+    weights = [dim.get("weight") for dim in dims.values() if isinstance(dim, DictConfig)]
+    return sum(1 for w in weights if isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0)
 
 
 def matrix_problems(matrix: DictConfig) -> list[str]:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quark_lightning.config.typed import typed
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.loop.loop_state import LoopState
 from quark_lightning.shaping.aggregation import (
@@ -49,12 +50,17 @@ from quark_lightning.shaping.aggregation import (
 )
 from quark_lightning.shaping.length_neutral import length_controlled
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, ReferenceStats, load_statistics
+from quark_lightning.shaping.shaping_settings import NormalizationSettings, WeightingSettings
 from quark_lightning.shaping.tadw import TADWFactors, TriFactorWeighting
 
-# Keys of `optimization.normalization` that are the normalizer's (the rest are calibration settings).
-NORMALIZER_KEYS = ("mode", "clip", "eps", "min_count", "min_std", "fallback_std")  # + length_decoupled
 # What drives the state: aggregator property -> the callback that must attach (see check_drivers).
 DRIVERS = {"needs_normalizer": "reward_rescaling", "adaptive_weights": "weighting"}
+
+
+def as_settings(cls: type, value: Any, where: str) -> Any:
+    """Settings of `cls` from a mapping (a config node: unknown keys and wrong values refused, config/typed.py)
+    or as given."""
+    return value if isinstance(value, cls) else typed(cls, value, where)
 
 
 def dimension_flags(
@@ -94,8 +100,8 @@ class RewardShaping(nn.Module):
         targets: Sequence[float | None],
         gates: Sequence = (),
         aggregator: str = "sum",
-        normalization: Mapping[str, Any] | None = None,
-        weighting: Mapping[str, Any] | None = None,
+        normalization: Mapping[str, Any] | NormalizationSettings | None = None,
+        weighting: Mapping[str, Any] | WeightingSettings | None = None,
         length_control: Any = None,  # null, `all` or dimension names (shaping/length_neutral.py)
     ):
         super().__init__()
@@ -116,14 +122,14 @@ class RewardShaping(nn.Module):
                 f"optimization.aggregator={aggregator} adapts its weights with TADW, but optimization.weighting "
                 "is null. Fix: use optimization=rfn_tadw as a whole, or optimization=rfn for static weights"
             )
-        norm = {k: v for k, v in (normalization or {}).items() if k in NORMALIZER_KEYS}
-        norm["length_decoupled"] = dimension_flags((normalization or {}).get("length_decoupled"), self.names)
-        self.normalizer = ReferenceFrozenNormalizer(K, **norm) if self.spec.needs_normalizer else None
-        self.weighting = (
-            TriFactorWeighting(risk=risk, targets=targets, prior=weights, **dict(weighting))
-            if self.spec.adaptive_weights
-            else None
-        )
+        self.normalizer = self.weighting = None
+        if self.spec.needs_normalizer:
+            norm = as_settings(NormalizationSettings, normalization, "optimization.normalization")
+            flags = dimension_flags(norm.length_decoupled, self.names)
+            self.normalizer = ReferenceFrozenNormalizer(K, **norm.normalizer_kwargs(), length_decoupled=flags)
+        if self.spec.adaptive_weights:
+            tadw = as_settings(WeightingSettings, weighting, "optimization.weighting")
+            self.weighting = TriFactorWeighting(risk=risk, targets=targets, prior=weights, **tadw.kwargs())
         self.register_buffer("base_weights", torch.tensor([float(w) for w in weights]), persistent=False)
         controlled = dimension_flags(length_control, self.names, "optimization.length_control")
         self.register_buffer("length_control", torch.tensor(controlled, dtype=torch.bool), persistent=False)

@@ -61,8 +61,8 @@ from torch import nn
 
 from quark_lightning.infra.precision import upcast
 from quark_lightning.shaping.advantages import nanstd
-
-MODES = ("global", "per_prompt")
+from quark_lightning.shaping.shaping_settings import FALLBACKS
+from quark_lightning.shaping.shaping_settings import NORMALIZATION_MODES as MODES
 
 
 @dataclass
@@ -74,7 +74,6 @@ class ReferenceStats:
     status: list[str]  # (K,) ok | constant | sparse | never_applies
 
 
-FALLBACKS = ("bernoulli",)
 
 
 def fallback_sigma(fallback_std: float | str, count: int) -> float:

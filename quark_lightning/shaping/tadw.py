@@ -45,8 +45,7 @@ import torch
 from torch import nn
 
 from quark_lightning.infra.precision import upcast
-
-WEAKNESS_MODES = ("softmax", "target_gap")
+from quark_lightning.shaping.shaping_settings import WEAKNESS_MODES
 
 
 def weakness_factor(
