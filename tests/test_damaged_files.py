@@ -573,6 +573,7 @@ def test_a_damaged_rl_summary_json_is_named(tmp_path, monkeypatch):
     from quark_lightning.stages.context import PipelineContext, StageSpec
     from quark_lightning.stages.kinds import run_grpo_stage
     from quark_lightning.stages.stage_files import StageFileError
+    from quark_lightning.stages.stage_settings import GRPOStage
 
     stage_dir = tmp_path / "run" / "rl"
     stage_dir.mkdir(parents=True)
@@ -583,7 +584,7 @@ def test_a_damaged_rl_summary_json_is_named(tmp_path, monkeypatch):
 
     monkeypatch.setattr(quark_lightning.cli.run, "run_grpo", run_grpo)
     cfg = pipeline_cfg(tmp_path)
-    spec = StageSpec("rl", "grpo", cfg.pipeline.stages.rl)
+    spec = StageSpec("rl", "grpo", cfg.pipeline.stages.rl, GRPOStage(kind="grpo"))
     with pytest.raises(StageFileError, match=r"summary\.json is damaged: not valid JSON .*Fix: delete"):
         run_grpo_stage(PipelineContext(cfg=cfg, root=str(tmp_path / "run")), spec, str(stage_dir))
 

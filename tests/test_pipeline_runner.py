@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import pytest
 from omegaconf import OmegaConf
 
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.stages import kinds, runner
+from quark_lightning.stages.stage_settings import STAGE_SETTINGS, GRPOStage, RewardModelStage
 
 
 class Recorder:
@@ -29,11 +31,23 @@ class Recorder:
         return {"value": f"{spec.name}:{spec.options.get('lr')}", "saw": upstream}
 
 
+@dataclass(frozen=True)
+class MarkedRewardModelStage(RewardModelStage):
+    lr: float = 0.0  # a value the fake stage reports, so a change shows in the fingerprint
+
+
+@dataclass(frozen=True)
+class MarkedGRPOStage(GRPOStage):
+    lr: float = 0.0
+
+
 @pytest.fixture()
 def recorder(monkeypatch):
     rec = Recorder()
     for kind in ("sft", "reward_model", "grpo"):
         monkeypatch.setitem(kinds.STAGE_KINDS, kind, rec)
+    monkeypatch.setitem(STAGE_SETTINGS, "reward_model", MarkedRewardModelStage)
+    monkeypatch.setitem(STAGE_SETTINGS, "grpo", MarkedGRPOStage)
     return rec
 
 
@@ -236,7 +250,7 @@ def test_wrong_stage_options_are_reported_together_before_anything_runs(tmp_path
     msg = str(err.value)
     assert "pipeline.stages.first.steps: got 0, expected an integer >= 1" in msg
     assert "pipeline.stages.first.lr: got 'fast'" in msg and "pipeline.stages.first.sources" in msg
-    assert "pipeline.stages.second.dimension: got None" in msg
+    assert "pipeline.stages.second.dimension: required but not set" in msg
     assert recorder.calls == []
 
 

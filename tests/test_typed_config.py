@@ -130,7 +130,7 @@ def test_nested_groups_are_checked_key_by_key_under_their_dotted_names():
     msg = str(err.value)
     assert "reward_model.ties_lamda: unknown key; did you mean ties_lambda?" in msg
     assert "reward_model.lora.alhpa: unknown key; did you mean alpha?" in msg
-    assert "reward_model.lora.r: got 0, expected a positive integer. Fix: pass reward_model.lora.r=" in msg
+    assert "reward_model.lora.r: got 0, expected a positive integer (the LoRA rank). Fix: pass reward_model.lora.r=" in msg
     assert "reward_model.feedback: got 3, expected a group of settings (a mapping)" in msg
     built = typed(RewardModelSettings, {"lr": 0.1, "lora": {"r": 4}}, "reward_model")
     assert built.lr == 0.1 and built.lora.r == 4 and built.lora.alpha == 16 and built.feedback.ties is True

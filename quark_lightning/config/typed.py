@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
 from quark_lightning.infra.errors import ConfigError
@@ -42,6 +42,11 @@ def rule(ok: Check, expected: str, fix: str = "") -> dict[str, Rule]:
 def setting(default: Any, ok: Check, expected: str, fix: str = "") -> Any:
     """A dataclass field with its default and its rule: `steps: int = setting(1, integer(1), "an integer >= 1")`."""
     return field(default=default, metadata=rule(ok, expected, fix))
+
+
+def required(ok: Check, expected: str, fix: str = "") -> Any:
+    """A dataclass field without a default: a group that lacks the key is refused (`typed_problems`)."""
+    return field(metadata=rule(ok, expected, fix))
 
 
 def subgroup(cls: type) -> Any:
@@ -177,6 +182,10 @@ def typed_problems(cls: type, mapping: Mapping[str, Any], where: str, allowed: I
     names = [f.name for f in fields(cls)]
     problems = unknown_keys(list(mapping), [*names, *allowed], where)
     for f in fields(cls):
+        if f.name not in mapping and f.default is MISSING and f.default_factory is MISSING:
+            r = f.metadata.get("rule")
+            expected = r.expected if r else "a value"
+            problems.append(f"{where}.{f.name}: required but not set. Fix: pass {where}.{f.name}=<{expected}>.")
         group, value = f.metadata.get("group"), mapping.get(f.name)
         if group is not None and isinstance(value, Mapping):
             problems += unknown_keys(list(value), [g.name for g in fields(group)], f"{where}.{f.name}")

@@ -10,10 +10,10 @@ of `+experiment=NAME` (rm_orm, rm_online), also from inside train.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.config.lora_settings import LoraSettings
 from quark_lightning.config.tree import conf_dir
 from quark_lightning.config.typed import (
     boolean,
@@ -48,17 +48,6 @@ class FeedbackSettings:
 
 
 @dataclass(frozen=True)
-class RMLoraSettings:
-    """reward_model.lora: a LoRA adapter on the backbone (peft), merged when the reward model is saved."""
-
-    enabled: bool = setting(False, boolean, TRUE_OR_FALSE)
-    r: int = setting(8, integer(1), "a positive integer")
-    alpha: float = setting(16, number(0, low_open=True), "a positive number")
-    dropout: float = setting(0.0, number(0, 1, high_open=True), "a number in [0, 1)")
-    target_modules: Any = "all-linear"  # peft's: `all-linear` or a list of module names
-
-
-@dataclass(frozen=True)
 class RewardModelSettings:
     """Every key of the `reward_model` group but the optimizer and schedule nodes (`NODES`)."""
 
@@ -90,7 +79,7 @@ class RewardModelSettings:
         16, integer(1), "an integer >= 1 (texts per backbone forward when caching frozen features)"
     )
     head_hidden_size: int | None = setting(None, optional(integer(1)), "null or an integer >= 1")
-    lora: RMLoraSettings = subgroup(RMLoraSettings)
+    lora: LoraSettings = subgroup(LoraSettings)  # a LoRA adapter on the backbone, merged on save
     # the ties objective
     ties_lambda: float = setting(0.5, number(0), "a number >= 0 (the λ of L_same)")
     ties_margin: float = setting(0.0, number(0), "a number >= 0 (the margin m)")

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 class StageSpec:
     name: str
     kind: str
-    options: DictConfig
+    options: DictConfig  # the stage's config block as written (what its fingerprint hashes)
+    settings: Any  # the same block as its kind's typed settings (stages/stage_settings.py), what the stage reads
 
 
 @dataclass

@@ -25,10 +25,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from quark_lightning.config.lora_settings import LoraSettings
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
 from quark_lightning.stages.context import PipelineContext, StageSpec
 from quark_lightning.stages.stage_files import StageFileError, read_json
+from quark_lightning.stages.stage_settings import SFTStage
 
 StageFn = Callable[[PipelineContext, StageSpec, str], dict[str, Any]]
 
@@ -125,7 +127,7 @@ def mean_answer_nll(model: torch.nn.Module, dataset, batch_size: int = 16) -> fl
 
 
 def _sft_examples(
-    cfg: DictConfig, opts: DictConfig, stage: str
+    cfg: DictConfig, opts: SFTStage, stage: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list, dict[str, int]]:
     """The prompt records, the held-out ones, and the stage's SFT examples with their count per source."""
     from quark_lightning.cli.run import build_datamodule
@@ -134,8 +136,7 @@ def _sft_examples(
     dm = build_datamodule(cfg)
     records = dm.load()
     train_records, held_out = dm.calibration_records(), dm.val_records()
-    sources = OmegaConf.to_container(opts.sources, resolve=True)
-    examples, counts = load_sft_examples(sources, train_records, held_out, f"pipeline.stages.{stage}")
+    examples, counts = load_sft_examples(dict(opts.sources), train_records, held_out, f"pipeline.stages.{stage}")
     print(f"  SFT examples: {len(examples)} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     return records, held_out, examples, counts
 
@@ -150,7 +151,7 @@ def _sft_datasets(tok, examples: list, held_out: list[dict[str, Any]], max_lengt
     return train_set, eval_set
 
 
-def _with_sft_lora(policy: torch.nn.Module, lora: DictConfig) -> torch.nn.Module:
+def _with_sft_lora(policy: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     """The policy with a fresh LoRA adapter when `lora.enabled`, else as is."""
     if lora.enabled:
         target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
@@ -166,7 +167,7 @@ def _fit_sft(cfg: DictConfig, spec: StageSpec, stage_dir: str, policy: torch.nn.
     from quark_lightning.infra.rng_state import RNGStateCallback
     from quark_lightning.stages.sft import LengthBucketBatchSampler, SFTModule, padding_fraction
 
-    opts = spec.options
+    opts = spec.settings
     batches = LengthBucketBatchSampler(
         train_set.lengths(), opts.batch_size, cfg.seed, bucketing=opts.bucketing
     )
@@ -211,7 +212,7 @@ def _save_sft_policy(
 def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
     """Examples -> start policy (+ LoRA) -> held-out NLL -> fit -> held-out NLL -> save."""
     cfg = stage_config(ctx, stage_dir)
-    opts = spec.options
+    opts = spec.settings
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     records, held_out, examples, counts = _sft_examples(cfg, opts, spec.name)
 
@@ -244,8 +245,7 @@ def run_reward_model_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str
     from quark_lightning.reward_model.rm_settings import compose_experiment
     from quark_lightning.reward_model.training import run_reward_model
 
-    overrides = list(spec.options.get("overrides") or [])
-    rm_cfg = compose_experiment(spec.options.experiment, overrides)
+    rm_cfg = compose_experiment(spec.settings.experiment, list(spec.settings.overrides))
     with open_dict(rm_cfg):
         rm_cfg.run_dir = stage_dir
         rm_cfg.seed = ctx.cfg.seed
@@ -253,7 +253,7 @@ def run_reward_model_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str
     result = run_reward_model(rm_cfg)
     return {
         "reward_model": result["reward_model_dir"],
-        "dimension": spec.options.dimension,
+        "dimension": spec.settings.dimension,
         "held_out_before": result["before"],
         "held_out_after": result["after"],
     }
@@ -310,7 +310,7 @@ def run_grpo_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dic
     with open_dict(cfg):
         if calibrated and cfg.optimization.get("normalization") is not None:
             cfg.optimization.normalization.statistics_path = calibrated.outputs["rfn_statistics"]
-        for key, value in (spec.options.get("overrides") or {}).items():
+        for key, value in spec.settings.overrides.items():
             OmegaConf.update(cfg, key, value, force_add=True)
         cfg.ckpt_path = last_checkpoint(stage_dir)
     result = run_grpo(cfg)
@@ -345,7 +345,7 @@ def run_export_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> d
         raise ConfigError(
             f"pipeline.stages.{spec.name}: nothing to export: no earlier stage produced a policy"
         )
-    return export_policy(ctx, rl, stage_dir, merge=bool(spec.options.get("merge", True)))
+    return export_policy(ctx, rl, stage_dir, merge=bool(spec.settings.merge))
 
 
 STAGE_KINDS: dict[str, StageFn] = {

@@ -50,8 +50,11 @@ IGNORED_KEYS = {"cache_dir", "enable_progress_bar", "enable_model_summary"}
 
 # ---------------------------------------------------------------------------------------- specs
 def stage_specs(cfg: DictConfig) -> list[StageSpec]:
-    """The configured stages in order (a stage set to null is dropped); validates their kinds."""
-    from quark_lightning.stages.kinds import STAGE_KINDS
+    """The configured stages in order (a stage set to null is dropped), each with its typed settings
+    (stages/stage_settings.py); every wrong kind, unknown key and wrong value of every stage is refused at
+    once, before any stage runs."""
+    from quark_lightning.config.typed import raise_problems, typed, typed_problems
+    from quark_lightning.stages.stage_settings import STAGE_SETTINGS
 
     stages = OmegaConf.select(cfg, "pipeline.stages")
     if not stages:
@@ -59,17 +62,22 @@ def stage_specs(cfg: DictConfig) -> list[StageSpec]:
             "pipeline.stages: no stages configured. Fix: use +experiment=pipeline_demo, or add a "
             "pipeline group (see conf/pipeline/paradigm.yaml)"
         )
-    specs = []
+    specs, problems = [], []
     for name, options in stages.items():
         if options is None:
             continue
-        kind = options.get("kind")
-        if kind not in STAGE_KINDS:
-            raise ConfigError(
-                f"pipeline.stages.{name}.kind: got {kind!r}, expected one of {sorted(STAGE_KINDS)}. "
-                f"Fix: pass pipeline.stages.{name}.kind=<kind>"
+        where, kind = f"pipeline.stages.{name}", options.get("kind")
+        if kind not in STAGE_SETTINGS:
+            problems.append(
+                f"{where}.kind: got {kind!r}, expected one of {sorted(STAGE_SETTINGS)}. Fix: pass {where}.kind=<kind>"
             )
-        specs.append(StageSpec(str(name), kind, options))
+            continue
+        values = OmegaConf.to_container(options, resolve=True)
+        found = typed_problems(STAGE_SETTINGS[kind], values, where)
+        problems += found
+        if not found:
+            specs.append(StageSpec(str(name), kind, options, typed(STAGE_SETTINGS[kind], values, where)))
+    raise_problems(problems, "pipeline")
     return specs
 
 
@@ -239,10 +247,8 @@ def redo_from(cfg: DictConfig, specs: list[StageSpec], first: int, root: str) ->
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the configured stages; returns every stage's record and the summary path."""
     from quark_lightning.stages.summary import write_summary
-    from quark_lightning.stages.validation import validate_stages
 
-    specs = stage_specs(cfg)
-    validate_stages(cfg, specs)
+    specs = stage_specs(cfg)  # every stage's settings checked here, before any stage runs
     pipe = cfg.pipeline
     only = _select(specs, "only", pipe.get("only"))
     until = _select(specs, "until", pipe.get("until"))
