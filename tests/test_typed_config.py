@@ -201,3 +201,30 @@ def test_the_shaping_settings_are_checked_by_their_dataclasses_when_reward_shapi
     assert "optimization.weighting.w_min: got 0.3, but 0.3 x 4 active dimensions" in " ".join(
         shaping_problems(opt, active_dimensions=4)
     )
+
+
+def test_the_model_group_refuses_unknown_keys_of_a_built_in_source_and_accepts_a_custom_sources_own():
+    from hydra import compose, initialize_config_dir
+
+    from quark_lightning.config.tree import conf_dir
+    from quark_lightning.config.validate import validate_config
+    from quark_lightning.models.loading import DTYPES
+    from quark_lightning.models.model_settings import DTYPE_NAMES, KINDS
+    from quark_lightning.models.weight_sources import MODEL_KINDS
+
+    assert sorted(DTYPE_NAMES) == sorted(DTYPES) and sorted(KINDS) == sorted(MODEL_KINDS)  # one list each
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        typo = compose("train", ["+experiment=smoke", "run_dir=/tmp/q", "+model.dtyp=bfloat16", "model.lora.r=0"])
+        custom = compose(
+            "train",
+            ["+experiment=smoke", "run_dir=/tmp/q", "model._target_=tests.test_typed_config.MySource", "+model.shard=3"],
+        )
+    with pytest.raises(ConfigError) as err:
+        validate_config(typo)
+    assert "model.dtyp: unknown key; did you mean dtype?" in str(err.value)
+    assert "model.lora.r: got 0, expected a positive integer (the LoRA rank)" in str(err.value)
+    validate_config(custom)  # its own key `shard` is its business
+
+
+class MySource:
+    """A model source of a user's own (config validation only imports it)."""

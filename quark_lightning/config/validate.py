@@ -17,14 +17,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from quark_lightning.config.typed import is_int, is_num, require, unknown_keys, value_problems
+from quark_lightning.config.typed import (
+    is_int,
+    is_num,
+    problem,
+    require,
+    typed_problems,
+    unknown_keys,
+    value_problems,
+)
 from quark_lightning.config.warmstart_settings import NODES as WARMSTART_NODES
 from quark_lightning.config.warmstart_settings import WarmstartSettings
 from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import CATEGORIES
-from quark_lightning.models.loading import DTYPES
-from quark_lightning.models.weight_sources import MODEL_KINDS
 from quark_lightning.shaping.aggregation import AGGREGATORS
 
 
@@ -61,34 +67,22 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
-    """model.*: the source kind, its location, dtype, LoRA rank."""
-    require(
-        p,
-        cfg,
-        "model.kind",
-        lambda v: v in MODEL_KINDS,
-        f"one of {list(MODEL_KINDS)}",
-        "use model=tiny, model=smollm2 or model=hf.",
-    )
-    if _get(cfg, "model.kind") == "hf" and "model.name_or_path" not in missing:
-        require(
-            p,
-            cfg,
-            "model.name_or_path",
-            lambda v: isinstance(v, str) and v,
-            "a hub name or a local directory",
-        )
-    require(p, cfg, "model.dtype", lambda v: v in DTYPES, f"one of {sorted(DTYPES)}")
-    if _get(cfg, "model.lora.enabled"):
-        require(p, cfg, "model.lora.r", lambda v: is_int(v) and v > 0, "a positive integer")
-    require(
-        p,
-        cfg,
-        "model.chat_template",
-        lambda v: v is None or (isinstance(v, str) and ("{{" in v or "{%" in v or is_file(v))),
-        "null, a Jinja chat template (with {{ ... }} / {% ... %}) or the path of an existing file holding one",
-        "pass model.chat_template=/path/to/template.jinja (an existing file) or the template text itself.",
-    )
+    """model.*: every key as `ModelSettings` declares it (models/model_settings.py; unknown keys refused
+    unless `_target_` is a source of your own), and the location model=hf needs."""
+    from quark_lightning.models.model_settings import ModelSettings
+    from quark_lightning.models.weight_sources import is_builtin_source
+
+    model = _get(cfg, "model")
+    if not isinstance(model, DictConfig):
+        p.append("model: expected the model group. Fix: use model=tiny, model=smollm2 or model=hf.")
+        return
+    values = {k: None if f"model.{k}" in missing else _get(cfg, f"model.{k}") for k in model.keys()}
+    if is_builtin_source(model):
+        p += typed_problems(ModelSettings, values, "model")
+    else:
+        p += value_problems(ModelSettings, values, "model")
+    if values.get("kind") == "hf" and "model.name_or_path" not in missing and not values.get("name_or_path"):
+        p.append(problem("model.name_or_path", values.get("name_or_path"), "a hub name or a local directory"))
 
 
 def _run_problems(p: list[str], cfg: DictConfig) -> None:
@@ -219,14 +213,6 @@ def model_location_problem(value: str) -> str | None:
 
 
 def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
-    require(
-        p,
-        cfg,
-        "model.trust_remote_code",
-        lambda v: isinstance(v, bool),
-        "true or false (a YAML boolean)",
-        "pass model.trust_remote_code=false (turn it on only for model code you have read and trust).",
-    )
     name = _get(cfg, "model.name_or_path")
     if (
         _get(cfg, "model.kind") == "hf"
@@ -268,9 +254,6 @@ def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> Non
 def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
     """Ranges of the keys not covered above (each would otherwise fail deep inside a library)."""
     require(p, cfg, "seed", is_int, "an integer")
-    if _get(cfg, "model.lora.enabled"):
-        require(p, cfg, "model.lora.alpha", lambda v: is_num(v) and v > 0, "a positive number")
-        require(p, cfg, "model.lora.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
     dims = _get(cfg, "matrix.dimensions")
     for name, dim in (dims or {}).items() if isinstance(dims, DictConfig) else []:
         if dim is not None:

@@ -214,6 +214,19 @@ def model_target(model_cfg: Any) -> str:
     return target
 
 
+def is_builtin_source(model_cfg: Any) -> bool:
+    """Whether the config builds one of this module's sources (whose keys models/model_settings.py declares);
+    a `_target_` that cannot be imported counts as built in (`model_target` names the error)."""
+    target = model_cfg.get("_target_")
+    if target is None:
+        return True
+    try:
+        obj = get_object(str(target))
+    except Exception:  # noqa: BLE001 - reported by model_target
+        return True
+    return isinstance(obj, type) and obj.__module__ == __name__
+
+
 def model_kind(model_cfg: Any) -> str | None:
     """The config's `kind` label: `model.kind`, else the `kind` of its `_target_`'s source class (None for
     a source without one). Raises ConfigError for an unknown target."""
