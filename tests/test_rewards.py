@@ -157,9 +157,9 @@ def test_matrix_scores_every_dimension():
 
 
 def test_matrix_config_errors_are_clear():
-    with pytest.raises(MatrixConfigError, match="category 'style' is unknown"):
+    with pytest.raises(MatrixConfigError, match="matrix.dimensions.x.category: got 'style', expected one of"):
         Dimension("x", "style", FormatScorer())
     with pytest.raises(MatrixConfigError, match="declared twice"):
         AlignmentMatrix([Dimension("x", "format", FormatScorer()), Dimension("x", "expert", RubricScorer())])
-    with pytest.raises(MatrixConfigError, match="weight must be"):
+    with pytest.raises(MatrixConfigError, match="matrix.dimensions.x.weight: got -1, expected a number >= 0"):
         Dimension("x", "format", FormatScorer(), weight=-1)

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.typed import (
     is_int,
-    is_num,
     problem,
     require,
     typed_problems,
@@ -30,7 +29,6 @@ from quark_lightning.config.warmstart_settings import NODES as WARMSTART_NODES
 from quark_lightning.config.warmstart_settings import WarmstartSettings
 from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.infra.errors import ConfigError
-from quark_lightning.matrix import CATEGORIES
 from quark_lightning.shaping.aggregation import AGGREGATORS
 
 
@@ -148,7 +146,10 @@ def _data_problems(p: list[str], cfg: DictConfig) -> None:
 
 
 def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
-    """matrix.dimensions.*: category, weight, risk and scorer of each dimension."""
+    """matrix.dimensions.*: each dimension's keys as `Dimension` declares them (category, weight, risk,
+    target), and its scorer's target."""
+    from quark_lightning.matrix.alignment_matrix import Dimension
+
     dims = _get(cfg, "matrix.dimensions")
     if not isinstance(dims, DictConfig) or len(dims) == 0:
         p.append(
@@ -160,9 +161,7 @@ def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
             key = f"matrix.dimensions.{name}"
             if dim is None:
                 continue  # removed with matrix.dimensions.NAME=null
-            require(p, cfg, f"{key}.category", lambda v: v in CATEGORIES, f"one of {list(CATEGORIES)}")
-            require(p, cfg, f"{key}.weight", lambda v: is_num(v) and v >= 0, "a number >= 0")
-            require(p, cfg, f"{key}.risk", lambda v: v is None or (is_num(v) and v > 0), "a number > 0")
+            p += value_problems(Dimension, dim, key) if isinstance(dim, DictConfig) else []
             require(
                 p,
                 cfg,
@@ -254,13 +253,3 @@ def _check_model_paths(p: list[str], cfg: DictConfig, missing: list[str]) -> Non
 def _check_more_ranges(p: list[str], cfg: DictConfig) -> None:
     """Ranges of the keys not covered above (each would otherwise fail deep inside a library)."""
     require(p, cfg, "seed", is_int, "an integer")
-    dims = _get(cfg, "matrix.dimensions")
-    for name, dim in (dims or {}).items() if isinstance(dims, DictConfig) else []:
-        if dim is not None:
-            require(
-                p,
-                cfg,
-                f"matrix.dimensions.{name}.target",
-                lambda v: v is None or is_num(v),
-                "null or a number (the score the dimension should reach)",
-            )

@@ -11,13 +11,13 @@ in `failed`, so it is told apart from a sample the dimension does not apply to.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from quark_lightning.config.typed import number, one_of, optional, rule, setting, value_problems
 from quark_lightning.infra.errors import QuarkError
 from quark_lightning.matrix.guard import FailurePolicy, ScorerGuard
 from quark_lightning.scorers.interface import Scorer
@@ -76,12 +76,17 @@ class Gate:
 
 @dataclass
 class Dimension:
+    """One row of the matrix: its scorer and how it counts. The rules of the plain keys are declared on the
+    fields (config/typed.py), so building a Dimension and validating `matrix.dimensions.<name>` before a
+    run apply the same ones."""
+
     name: str
-    category: str
+    category: str = field(metadata=rule(one_of(CATEGORIES), f"one of {list(CATEGORIES)}"))
     scorer: Scorer
-    weight: float = 1.0
-    risk: float = 1.0  # prior risk level (safety-critical dimensions higher)
-    target: float | None = None  # score the dimension should reach; used by diagnosis/weighting
+    weight: float = setting(1.0, number(0), "a number >= 0")
+    risk: float = setting(1.0, number(0, low_open=True), "a number > 0")  # prior risk level (safety higher)
+    # the score the dimension should reach; used by diagnosis and TADW's weakness factor
+    target: float | None = setting(None, optional(number()), "null or a number (the score the dimension should reach)")
     gate: Gate | None = None  # a veto: a score below `gate.below` caps or sets the total reward
     on_failure: FailurePolicy | dict | None = None  # what a failing scorer does (matrix/guard.py)
 
@@ -91,14 +96,11 @@ class Dimension:
             self.gate = Gate.from_config(self.gate, where)
         if not isinstance(self.on_failure, FailurePolicy):
             self.on_failure = FailurePolicy.from_config(self.on_failure, f"matrix.dimensions.{self.name}")
-        if self.category not in CATEGORIES:
-            raise MatrixConfigError(
-                f"{where}: category {self.category!r} is unknown; expected one of {', '.join(CATEGORIES)}"
-            )
-        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight >= 0):
-            raise MatrixConfigError(f"{where}: weight must be a finite number >= 0, got {self.weight!r}")
-        if not (isinstance(self.risk, (int, float)) and self.risk > 0):
-            raise MatrixConfigError(f"{where}: risk must be a number > 0, got {self.risk!r}")
+        problems = value_problems(Dimension, self, f"matrix.dimensions.{self.name}")
+        if len(problems) == 1:
+            raise MatrixConfigError(problems[0])
+        if problems:
+            raise MatrixConfigError(f"invalid {where}:\n  - " + "\n  - ".join(problems))
         if not callable(getattr(self.scorer, "score", None)):
             raise MatrixConfigError(
                 f"{where}: scorer {type(self.scorer).__name__} has no score(prompts, completions) method"
