@@ -1,4 +1,4 @@
-"""Rollout correction (grpo/rollout_correction.py): per-token weights by hand, the exact no-op when the sampler
+"""Rollout correction (grpo/loss.py): per-token weights by hand, the exact no-op when the sampler
 is the trainer, the HF engine's sampling log-probs against the trainer's, and the switch end to end."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
-from quark_lightning.grpo.loss import grpo_policy_loss
-from quark_lightning.grpo.rollout_correction import correction_stats, importance_weights
+from quark_lightning.grpo.loss import correction_stats, grpo_policy_loss, importance_weights
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import AlignmentMatrix, Dimension
 from quark_lightning.models.loading import load_causal_lm

@@ -10,8 +10,7 @@ from typing import Any
 import torch
 
 from quark_lightning.config.typed import boolean, check, integer, is_num, number, one_of, optional, rule
-from quark_lightning.grpo.loss import LOSS_REDUCTIONS
-from quark_lightning.grpo.rollout_correction import ROLLOUT_CORRECTION_MODES
+from quark_lightning.grpo.loss import LOSS_REDUCTIONS, ROLLOUT_CORRECTION_MODES
 from quark_lightning.shaping.advantages import SCALE_MODES
 
 

@@ -11,8 +11,14 @@ import torch
 
 from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.grpo.logprobs import TokenLogProbs, micro_batches
-from quark_lightning.grpo.loss import LOSS_REDUCTIONS, chunk_weight, grpo_policy_loss, masked_mean
-from quark_lightning.grpo.rollout_correction import correction_stats, importance_weights
+from quark_lightning.grpo.loss import (
+    LOSS_REDUCTIONS,
+    chunk_weight,
+    correction_stats,
+    grpo_policy_loss,
+    importance_weights,
+    masked_mean,
+)
 from quark_lightning.infra.distributed import token_level_rank_scale
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.rollout.engine import Rollout

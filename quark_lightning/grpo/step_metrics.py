@@ -40,7 +40,7 @@ def step_metrics(
         for k, name in enumerate(names):
             metrics[f"normalized/{name}/mean"] = _nanmean(aggregated.normalized[:, k], empty=0.0)
     metrics |= {key: stats[key] for key in ("kl", "entropy", "loss", "grad_norm")}
-    metrics |= {key: v for key, v in stats.items() if key.startswith("sampling/")}  # rollout_correction.py
+    metrics |= {key: v for key, v in stats.items() if key.startswith("sampling/")}  # grpo/loss.py: correction_stats
     for side in ("low", "high", "region"):
         metrics[f"clip_ratio/{side}_mean"] = stats[f"clip_{side}"]
     lengths = rollout.completion_mask.sum(1).float()

@@ -13,7 +13,7 @@ Contract of `generate(policy, tokenizer, prompts, num_generations, greedy=False)
 - tensors are ordinary tensors (not inference tensors) on the policy's device, so they can enter autograd;
 - the engine samples from the policy's current weights (an engine with its own copy syncs them first);
 - `sampling_logp`, when the engine returns it, is what the sampler computed for the drawn tokens, so the
-  trainer can measure and correct the mismatch (grpo/rollout_correction.py);
+  trainer can measure and correct the mismatch (grpo/loss.py);
 - each of `completions` is a `Completion`: the decoded text (a `str` to every scorer) that also says whether
   the engine cut it at `max_new_tokens`, which the text alone cannot tell (a cut can land on a full stop).
 """
@@ -58,7 +58,7 @@ class Rollout:
     truncated: torch.Tensor  # (N,) bool, no EOS within max_new_tokens
     prompt_truncated: torch.Tensor  # (N,) bool, the prompt was longer than max_prompt_length (left-cut)
     # (N, C) the sampler's log-prob of each drawn token at its temperature, before top-k / top-p / min-p
-    # (0 off the mask); None when the engine keeps none (grpo/rollout_correction.py compares it to the trainer's)
+    # (0 off the mask); None when the engine keeps none (grpo/loss.py compares it to the trainer's)
     sampling_logp: torch.Tensor | None = None
 
     @property

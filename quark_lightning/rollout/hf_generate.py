@@ -231,7 +231,7 @@ class HFGenerateEngine:
             for step in range(C):
                 token = sample_next(logits, **warp, min_p=min_p, greedy=greedy)  # (n,)
                 result[rows, step] = token  # tokens after a row's EOS are masked to pad by `to_rollout`
-                if logps is not None:  # what the sampler saw (rollout correction, grpo/rollout_correction.py)
+                if logps is not None:  # what the sampler saw (rollout correction, grpo/loss.py)
                     logps[rows, step] = token_logprobs(logits, token, warp["temperature"])
                 done |= torch.isin(token, eos)
                 steps = step + 1

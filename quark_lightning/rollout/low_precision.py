@@ -26,7 +26,7 @@ The copy is refreshed from the policy's current weights before every sampled rol
 policy's adapters are merged into the copy out of place (the policy and its frozen base, the reference,
 are never modified). The copy's weights differ from the policy's by rounding, so its sampling
 distribution does too: the step logs `sampling/kl`, and `algorithm.vllm_importance_sampling_correction`
-corrects it (grpo/rollout_correction.py). Greedy answers (the closed loop, evaluation) use the policy
+corrects it (grpo/loss.py). Greedy answers (the closed loop, evaluation) use the policy
 itself, so what is measured is the trained policy.
 """
 

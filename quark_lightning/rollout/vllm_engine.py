@@ -39,7 +39,7 @@ tokens (`logprobs_mode="processed_logprobs"`: under the distribution the token w
 repetition penalty, temperature, min-p and top-k / top-p, renormalized over the kept tokens; vLLM has no
 mode between that and the raw logits) come back as `Rollout.sampling_logp`, so the trainer logs the
 mismatch (`sampling/kl`) and, with `algorithm.vllm_importance_sampling_correction=true`, corrects it
-(grpo/rollout_correction.py). The trainer's log-probs are of softmax(logits / T) alone, so with top-p < 1,
+(grpo/loss.py). The trainer's log-probs are of softmax(logits / T) alone, so with top-p < 1,
 top-k > 0, min-p > 0 or a repetition penalty, `sampling/kl` includes that gap even when the weights agree.
 
 Several ranks: vLLM's `external_launcher` joins the running job and reads RANK, WORLD_SIZE and LOCAL_RANK;
