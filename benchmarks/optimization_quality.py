@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from quark_lightning.grpo.loss import k3_kl
-from quark_lightning.shaping.advantages import group_advantages
-from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages
+from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages, group_advantages
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer
 from quark_lightning.shaping.tadw import TriFactorWeighting
 

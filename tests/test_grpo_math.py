@@ -7,8 +7,7 @@ import torch
 
 from quark_lightning.grpo.logprobs import selective_log_softmax
 from quark_lightning.grpo.loss import chunk_weight, grpo_policy_loss, k3_kl
-from quark_lightning.shaping.advantages import group_advantages, nanstd
-from quark_lightning.shaping.aggregation import weighted_sum
+from quark_lightning.shaping.aggregation import group_advantages, nanstd, weighted_sum
 
 NAN = float("nan")
 

@@ -14,10 +14,10 @@ import torch
 
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix.alignment_matrix import Gate
+from quark_lightning.shaping.aggregation import centered_within_groups
 from quark_lightning.shaping.diagnostics import length_correlations, pearson, step_diagnostics
 from quark_lightning.shaping.length_neutral import length_controlled, length_slopes
 from quark_lightning.shaping.reward_shaping import RewardShaping
-from quark_lightning.shaping.tadw import centered_within_groups
 
 NAN = float("nan")
 LENGTHS = torch.tensor([10.0, 20.0, 30.0, 40.0, 5.0, 15.0, 25.0, 35.0])  # 2 groups of 4

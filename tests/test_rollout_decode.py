@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from quark_lightning.rollout import hf_generate
-from quark_lightning.rollout.decode import draw, preallocate_cache, prepacked_linears
-from quark_lightning.rollout.hf_generate import HFGenerateEngine
+from quark_lightning.rollout.engine import draw
+from quark_lightning.rollout.hf_generate import HFGenerateEngine, preallocate_cache
+from quark_lightning.rollout.low_precision import prepacked_linears
 
 
 def test_draw_follows_the_probabilities_and_never_draws_zero():

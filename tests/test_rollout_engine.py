@@ -9,8 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from quark_lightning.rollout.decode import sample_next
-from quark_lightning.rollout.engine import Rollout, render_prompts
+from quark_lightning.rollout.engine import Rollout, render_prompts, sample_next
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 from tests.conftest import REPO
 

@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from quark_lightning.matrix.alignment_matrix import Gate
-from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages, apply_gates
+from quark_lightning.shaping.aggregation import (
+    AggregationContext,
+    active_weights,
+    aggregate_and_advantages,
+    apply_gates,
+    varies_within_groups,
+)
 from quark_lightning.shaping.diagnostics import (
     advantage_shares,
     length_correlations,
@@ -22,7 +28,7 @@ from quark_lightning.shaping.diagnostics import (
     redflag_groups_with_safe,
 )
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, fallback_sigma, reference_stats
-from quark_lightning.shaping.tadw import TriFactorWeighting, active_weights, varies_within_groups
+from quark_lightning.shaping.tadw import TriFactorWeighting
 
 NAN = float("nan")
 

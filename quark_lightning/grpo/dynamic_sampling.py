@@ -26,7 +26,7 @@ import torch
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix.alignment_matrix import MatrixScores
 from quark_lightning.rollout.engine import Rollout
-from quark_lightning.shaping.advantages import nanstd
+from quark_lightning.shaping.aggregation import nanstd
 
 ZERO_STD = 1e-6
 

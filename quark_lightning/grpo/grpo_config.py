@@ -1,5 +1,5 @@
 """The `algorithm` settings of a GRPO run (`GRPOConfig`, TRL's names and semantics where TRL has the
-option), validated when built, and what one step leaves for the callbacks (`StepRecord`)."""
+option), validated when built."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from quark_lightning.config.typed import boolean, check, integer, is_num, number, one_of, optional, rule
 from quark_lightning.grpo.loss import LOSS_REDUCTIONS, ROLLOUT_CORRECTION_MODES
-from quark_lightning.shaping.advantages import SCALE_MODES
+from quark_lightning.shaping.aggregation import SCALE_MODES
 
 
 def _two_betas(v: Any) -> bool:
@@ -91,38 +89,3 @@ class GRPOConfig:
             return []
         expected = f"null or a number > 1 + epsilon_high ({1.0 + eps_high:g})"
         return [f"algorithm.delta: got {delta!r}, expected {expected}. Fix: pass algorithm.delta=<{expected}>."]
-
-
-@dataclass
-class StepRecord:
-    """What the last step produced; callbacks read it (sample logging, diagnosis)."""
-
-    step: int
-    prompts: list[dict[str, Any]]
-    completions: list[str]
-    scores: torch.Tensor  # (N, K) raw
-    normalized: torch.Tensor | None  # (N, K) in RFN units, when the aggregator normalizes
-    reward: torch.Tensor  # (N,)
-    advantages: torch.Tensor  # (N,)
-    findings: dict[str, list[list[str]]] = field(default_factory=dict)
-    weights: torch.Tensor | None = None  # (K,) the weights this step aggregated with
-    lengths: torch.Tensor | None = None  # (N,) completion tokens
-    inputs: torch.Tensor | None = None  # (N, K) the scores aggregated, when adjusted (length control)
-
-    @classmethod
-    def of(cls, step: int, rollout, scores, aggregated, advantages, weights, findings) -> StepRecord:
-        """This rank's rows of a step, detached, on the CPU."""
-        normalized = aggregated.normalized
-        return cls(
-            step=step,
-            prompts=rollout.prompts,
-            completions=rollout.completions,
-            scores=scores.detach().cpu(),
-            normalized=normalized.detach().cpu() if normalized is not None else None,
-            reward=aggregated.reward.detach().cpu(),
-            advantages=advantages.detach().cpu(),
-            weights=weights.detach().cpu(),
-            lengths=rollout.completion_mask.sum(1).detach().cpu().float(),
-            findings=findings,
-            inputs=aggregated.inputs.detach().cpu() if aggregated.inputs is not None else None,
-        )

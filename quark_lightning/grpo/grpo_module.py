@@ -29,12 +29,12 @@ import torch
 from torch import nn
 
 from quark_lightning.grpo.dynamic_sampling import Resampler, prompt_drawer, redraw, refill
-from quark_lightning.grpo.grpo_config import GRPOConfig, StepRecord
+from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.grpo.logprobs import TokenLogProbs, reference_model
 from quark_lightning.grpo.loss import LOSS_REDUCTIONS
 from quark_lightning.grpo.policy_update import update_policy
 from quark_lightning.grpo.shared_prefix import enable_gradient_checkpointing
-from quark_lightning.grpo.step_metrics import step_metrics
+from quark_lightning.grpo.step_metrics import StepRecord, step_metrics
 from quark_lightning.infra.distributed import (
     all_reduce_max_int,
     all_reduce_sum,

@@ -1,12 +1,52 @@
-"""The metrics of one GRPO step, with TRL's names where TRL has one, as a pure function of what the step
-produced (on the global batch: `infra/distributed.global_step_view` gathers it first)."""
+"""What one GRPO step reports: `StepRecord`, this rank's rows of the step, which the callbacks read (TADW,
+sample logging, diagnosis), and `step_metrics`, the logged metrics with TRL's names where TRL has one, a
+pure function of what the step produced (on the global batch: `infra/distributed.global_step_view`
+gathers it first)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from quark_lightning.rollout.engine import Rollout
-from quark_lightning.shaping.advantages import nanstd
+from quark_lightning.shaping.aggregation import nanstd
+
+
+@dataclass
+class StepRecord:
+    """What the last step produced; callbacks read it (sample logging, diagnosis)."""
+
+    step: int
+    prompts: list[dict[str, Any]]
+    completions: list[str]
+    scores: torch.Tensor  # (N, K) raw
+    normalized: torch.Tensor | None  # (N, K) in RFN units, when the aggregator normalizes
+    reward: torch.Tensor  # (N,)
+    advantages: torch.Tensor  # (N,)
+    findings: dict[str, list[list[str]]] = field(default_factory=dict)
+    weights: torch.Tensor | None = None  # (K,) the weights this step aggregated with
+    lengths: torch.Tensor | None = None  # (N,) completion tokens
+    inputs: torch.Tensor | None = None  # (N, K) the scores aggregated, when adjusted (length control)
+
+    @classmethod
+    def of(cls, step: int, rollout, scores, aggregated, advantages, weights, findings) -> StepRecord:
+        """This rank's rows of a step, detached, on the CPU."""
+        normalized = aggregated.normalized
+        return cls(
+            step=step,
+            prompts=rollout.prompts,
+            completions=rollout.completions,
+            scores=scores.detach().cpu(),
+            normalized=normalized.detach().cpu() if normalized is not None else None,
+            reward=aggregated.reward.detach().cpu(),
+            advantages=advantages.detach().cpu(),
+            weights=weights.detach().cpu(),
+            lengths=rollout.completion_mask.sum(1).detach().cpu().float(),
+            findings=findings,
+            inputs=aggregated.inputs.detach().cpu() if aggregated.inputs is not None else None,
+        )
 
 
 def _nanmean(col: torch.Tensor, empty: float = float("nan")) -> float:

@@ -1,8 +1,10 @@
 """The rollout-engine interface: prompts -> G sampled completions each, as a `Rollout`.
 
 GRPOModule, the RFN calibration and the closed-loop evaluation call `generate` and read `max_new_tokens` and
-`temperature`, so any engine that implements them plugs in through `rollout=NAME` (conf/rollout/): `hf` (Hugging Face generate, CPU and GPU,
-rollout/hf_generate.py) or `vllm` (vLLM, GPU, optional extra, rollout/vllm_engine.py).
+`temperature`, so any engine that implements them plugs in through `rollout=NAME` (conf/rollout/): `hf`
+(Hugging Face model, CPU and GPU, rollout/hf_generate.py) or `vllm` (vLLM, GPU, optional extra,
+rollout/vllm_engine.py). The end of this module is how a torch engine draws a token under the sampling
+settings and what log-prob it keeps for it (`sample_next`, `token_logprobs`, `draw`).
 
 Contract of `generate(policy, tokenizer, prompts, num_generations, greedy=False) -> Rollout`:
 - the G completions of a prompt are contiguous rows (prompt i owns rows i*G .. i*G+G-1);
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from quark_lightning.infra.precision import upcast
 
 
 class Completion(str):
@@ -144,3 +148,53 @@ def stop_string_positions(
                 lo = mid + 1
         out[i] = lo
     return out
+
+
+# ---------------------------------------------------------------- drawing a token (torch engines)
+def sample_next(
+    logits: torch.Tensor,  # (n, V)
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float | None = None,
+    greedy: bool = False,
+) -> torch.Tensor:
+    """One token per row.  (n, V) -> (n,). Warpers in transformers' order: temperature, top-k, top-p, min-p."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    scores = upcast(logits) / temperature
+    if top_k and top_k < scores.size(-1):
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (n, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+        cum = sorted_scores.softmax(-1).cumsum(-1)  # ascending: drop the low tail summing to <= 1 - top_p
+        drop_sorted = cum <= (1.0 - top_p)
+        drop_sorted[:, -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
+    probs = scores.softmax(-1)  # (n, V)
+    if min_p is not None:
+        probs = probs.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, 0.0)
+    return draw(probs)
+
+
+def token_logprobs(logits: torch.Tensor, token: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The sampler's log-prob of each drawn token: log-softmax(logits / T) at it, before top-k / top-p /
+    min-p (the distribution the trainer's token log-probs are of).  (n, V), (n,) -> (n,)"""
+    scores = upcast(logits) / (temperature or 1.0)
+    return (scores.gather(1, token.unsqueeze(1)) - torch.logsumexp(scores, dim=-1, keepdim=True)).squeeze(1)
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row with probability proportional to `probs` (n, V), by inverse CDF.  -> (n,)
+
+    One uniform per row and a search in the running sum: the same distribution as
+    `torch.multinomial(probs, 1)`, which draws an exponential for every vocabulary entry (10-20 ms per
+    decode step for 8 rows of a 49 K vocabulary on one CPU thread, against well under 1 ms here).
+    A zero-probability entry is never drawn (its running sum equals the previous one).
+    """
+    cum = probs.cumsum(-1)  # (n, V)
+    u = torch.rand(probs.size(0), 1, device=probs.device, dtype=cum.dtype) * cum[:, -1:]  # (n, 1)
+    index = torch.searchsorted(cum, u, right=True)  # first entry whose running sum exceeds u
+    over = index >= probs.size(-1)  # u rounded up to the total: take the most likely entry
+    return torch.where(over, probs.argmax(-1, keepdim=True), index).squeeze(1)

@@ -1,4 +1,4 @@
-"""Rollout with a Hugging Face causal LM (CPU and GPU); implements `rollout.base.RolloutEngine`.
+"""Rollout with a Hugging Face causal LM (CPU and GPU); implements `rollout.engine.RolloutEngine`.
 
 `HFGenerateEngine.generate(policy, tokenizer, prompts, G)` renders each prompt with the tokenizer's chat
 template, left-pads the batch and samples G completions per prompt (the G completions of a prompt are
@@ -23,7 +23,7 @@ Two decoding paths, chosen per call:
       semantics of transformers' warpers), then one inverse-CDF draw per row (`draw`; the distribution of
       `torch.multinomial`, which draws an exponential per vocabulary entry);
     * opt-in `prepack_weights` (CPU, fp32): the decode steps multiply by MKL-packed weight copies
-      (`prepacked_linears`), packed once per rollout.
+      (`prepacked_linears`, rollout/low_precision.py), packed once per rollout.
 - `decode="generate"`: `model.generate(num_return_sequences=G)`. Used automatically when the engine
   needs something the fast loop does not do (a repetition penalty) or when the policy is sharded
   (FSDP), where every rank must run the same number of forward calls (`synced_gpus=True`).
@@ -46,15 +46,16 @@ from quark_lightning.infra.distributed import is_sharded
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.infra.precision import upcast
 from quark_lightning.models.reference import eval_mode
-from quark_lightning.rollout.decode import preallocate_cache, prepacked_linears, sample_next, token_logprobs
 from quark_lightning.rollout.engine import (
     Completion,
     Rollout,
     completion_mask_from_ids,
     render_prompts,
+    sample_next,
     stop_string_positions,
+    token_logprobs,
 )
-from quark_lightning.rollout.low_precision import RolloutCopy, base_model, pick_precision
+from quark_lightning.rollout.low_precision import RolloutCopy, base_model, pick_precision, prepacked_linears
 from quark_lightning.rollout.rollout_settings import HFRolloutSettings
 
 __all__ = [
@@ -68,6 +69,71 @@ __all__ = [
 CACHE_KWARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
 
+
+
+# ---------------------------------------------------------------- the rollout-sized KV cache
+try:  # transformers >= 4.54: per-layer cache objects
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # older transformers: the decode loop keeps the growing (torch.cat) cache
+    DynamicLayer = None
+
+
+if DynamicLayer is not None:
+
+    class PreallocatedLayer(DynamicLayer):
+        """A DynamicLayer whose keys/values are views of buffers sized for the whole rollout.
+
+        `update` writes the step's keys/values in place instead of `torch.cat`-ing the whole cache every
+        step; the attention still sees exactly the filled prefix, so the result is DynamicLayer's.
+        """
+
+        def __init__(self, layer, repeats: int, capacity: int):
+            super().__init__()
+            keys, values = layer.keys, layer.values  # (B, H, L, D)
+            B, H, L, _ = keys.shape
+            self.kbuf = keys.new_empty(B * repeats, H, capacity, keys.size(-1))
+            self.vbuf = values.new_empty(B * repeats, H, capacity, values.size(-1))
+            self.kbuf.view(B, repeats, H, capacity, -1)[:, :, :, :L] = keys.unsqueeze(1)  # repeat_interleave
+            self.vbuf.view(B, repeats, H, capacity, -1)[:, :, :, :L] = values.unsqueeze(1)
+            self.rows, self.length = B * repeats, L
+            self.device, self.dtype, self.is_initialized = keys.device, keys.dtype, True
+            self._views()
+
+        def _views(self) -> None:
+            self.keys = self.kbuf[: self.rows, :, : self.length]
+            self.values = self.vbuf[: self.rows, :, : self.length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            q = key_states.size(-2)
+            self.kbuf[: self.rows, :, self.length : self.length + q] = key_states
+            self.vbuf[: self.rows, :, self.length : self.length + q] = value_states
+            self.length += q
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            n = indices.numel()
+            self.kbuf[:n, :, : self.length] = self.keys[indices]  # advanced indexing copies first
+            self.vbuf[:n, :, : self.length] = self.values[indices]
+            self.rows = n
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            raise NotImplementedError("PreallocatedLayer is built already repeated")
+
+
+def preallocate_cache(cache, repeats: int, capacity: int):
+    """The prefill's cache repeated `repeats` times per row, its plain layers moved into rollout-sized buffers.
+
+    Layers of any other kind (sliding window, ...) and old transformers keep their own cache class.
+    """
+    layers = getattr(cache, "layers", None)
+    if DynamicLayer is None or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        if repeats > 1:
+            cache.batch_repeat_interleave(repeats)
+        return cache
+    cache.layers = [PreallocatedLayer(layer, repeats, capacity) for layer in layers]
+    return cache
 
 
 class HFGenerateEngine:

@@ -32,7 +32,9 @@ itself, so what is measured is the trained policy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import time
 import warnings
 from collections.abc import Iterable
@@ -270,3 +272,41 @@ class RolloutCopy:
                 module.bias.copy_(tensor)
             elif name in params:
                 params[name].copy_(tensor)  # embeddings and norms (and every weight of a plain bf16 copy)
+
+
+# ---------------------------------------------------------------- fp32, MKL-packed (rollout.prepack_weights)
+def _packed_linear(module: torch.nn.Linear, packed: torch.Tensor, rows: int, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() // x.size(-1) == rows:
+        return torch.ops.mkl._mkl_linear(x, packed, module.weight, module.bias, rows)
+    return torch.nn.functional.linear(x, module.weight, module.bias)
+
+
+@contextlib.contextmanager
+def prepacked_linears(policy: torch.nn.Module, rows: int):
+    """Within the block, the policy's fp32 CPU `nn.Linear`s multiply `rows`-row inputs with weights that MKL
+    packed once on entry (`cblas_sgemm_pack`), instead of packing them again inside every call.
+
+    At 8 rows, MKL's sgemm on the plain weight reads it at well under the machine's streaming bandwidth
+    (SmolLM2, one thread: ~100 ms for the 538 MB of weights against ~43 ms for one row); on the packed copy
+    it takes ~70 ms. Packing costs ~0.3 s and one extra copy of the weights per rollout (the weights change
+    every optimizer step), and the products differ from `F.linear`'s in the last bits. Yields whether any
+    layer was packed (no MKL, or no fp32 CPU layer: nothing changes). Inputs of another row count take
+    the plain weight.
+    """
+    linears = [
+        m
+        for m in policy.modules()
+        if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+    ]
+    mkl = getattr(torch.ops, "mkl", None)
+    if not linears or not torch.backends.mkl.is_available() or not hasattr(mkl, "_mkl_linear"):
+        yield False
+        return
+    try:
+        for m in linears:
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows)
+            m.forward = functools.partial(_packed_linear, m, packed, rows)  # shadows the class's forward
+        yield True
+    finally:
+        for m in linears:
+            m.__dict__.pop("forward", None)

@@ -32,8 +32,7 @@ from typing import Any
 import torch
 
 from quark_lightning.infra.precision import upcast
-from quark_lightning.shaping.advantages import group_advantages, nanstd
-from quark_lightning.shaping.tadw import centered_within_groups
+from quark_lightning.shaping.aggregation import centered_within_groups, group_advantages, nanstd
 
 
 def contributions(

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from quark_lightning.infra.precision import upcast
-from quark_lightning.shaping.advantages import nanstd
+from quark_lightning.shaping.aggregation import nanstd
 from quark_lightning.shaping.shaping_settings import FALLBACKS
 from quark_lightning.shaping.shaping_settings import NORMALIZATION_MODES as MODES
 

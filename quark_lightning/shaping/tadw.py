@@ -5,8 +5,9 @@ why it changed in the second edition: docs/paper-interpretation.md#tadw). Every 
 normalized rewards z (N, K) (RFN units: 0 = reference level) in groups of G contiguous rows, gathered over
 all ranks first:
 
-  active      a_k = p_k > 0 and z_k varies inside at least one group (`varies_within_groups`): a
-              dimension that does not apply, or is constant in every group, cannot move an advantage
+  active      a_k = p_k > 0 and z_k varies inside at least one group (`varies_within_groups`, in
+              shaping/aggregation.py): a dimension that does not apply, or is constant in every group,
+              cannot move an advantage
   weakness    s_k <- (1 - m) s_k + m * nanmean(z_k)                       (EMA, momentum m = 0.1)
               f_weak_k = 1 + max(0, target_z_k - s_k)                      (mode "target_gap"; a dimension
                          without a target: the expert reference answers' mean z, `reference_target`)
@@ -45,6 +46,7 @@ import torch
 from torch import nn
 
 from quark_lightning.infra.precision import upcast
+from quark_lightning.shaping.aggregation import centered_within_groups, varies_within_groups
 from quark_lightning.shaping.shaping_settings import WEAKNESS_MODES
 
 
@@ -80,33 +82,6 @@ def correlation(z: torch.Tensor) -> torch.Tensor:
     corr = (x.T @ x) / denom.clamp(min=1e-12)
     corr = torch.where(denom > 1e-12, corr, torch.zeros_like(corr))
     return corr.fill_diagonal_(1.0)
-
-
-def centered_within_groups(z: torch.Tensor, group_size: int) -> torch.Tensor:
-    """z minus its group's mean per dimension, NaN read as 0 (a group's G rows are contiguous): what
-    moves the group-relative advantage, without the between-prompt variation.  (N, K) -> (N, K)"""
-    g = upcast(z).view(-1, group_size, z.size(1))  # (P, G, K)
-    mean = torch.nan_to_num(torch.nanmean(g, 1, keepdim=True), nan=0.0)
-    return torch.nan_to_num(g - mean, nan=0.0).reshape(z.shape)
-
-
-def varies_within_groups(z: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
-    """(N, K) -> (K,) bool: the dimension has two scored values differing by more than `tol` inside at
-    least one group. A dimension that does not apply, or is constant in every group, cannot move an
-    advantage."""
-    g = upcast(z).view(-1, group_size, z.size(1))  # (P, G, K)
-    scored = ~torch.isnan(g)
-    hi = torch.where(scored, g, torch.full_like(g, -float("inf"))).max(1).values  # (P, K)
-    lo = torch.where(scored, g, torch.full_like(g, float("inf"))).min(1).values
-    return ((hi - lo) > tol).any(0)
-
-
-def active_weights(weights: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """The weights renormalized over the active dimensions, exactly 0 elsewhere (unchanged when none is
-    active: then no dimension can move an advantage anyway).  (K,), (K,) bool -> (K,)"""
-    kept = torch.where(active, weights, torch.zeros_like(weights))
-    total = kept.sum()
-    return kept * (weights.sum() / total) if bool(total > 0) else weights
 
 
 def redundancy_factor(corr: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
