@@ -228,3 +228,19 @@ def test_the_model_group_refuses_unknown_keys_of_a_built_in_source_and_accepts_a
 
 class MySource:
     """A model source of a user's own (config validation only imports it)."""
+
+
+def test_evaluate_keys_are_typed_and_named_as_written_before_any_model_loads(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from quark_lightning.config.tree import conf_dir
+    from quark_lightning.evaluation.evaluate_models import run_evaluation
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("evaluate", ["limit=0", "greedy=maybe", f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError) as err:
+        run_evaluation(cfg)
+    assert "invalid evaluate settings" in str(err.value)
+    assert "limit: got 0, expected a positive number of prompts (or null for all)" in str(err.value)
+    assert "greedy: got 'maybe', expected true or false" in str(err.value)
+    assert not list(tmp_path.iterdir())  # stopped before writing anything

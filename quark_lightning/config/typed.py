@@ -98,6 +98,11 @@ def optional(check: Check) -> Check:
 
 
 # ------------------------------------------------------------------ the mechanism
+def dotted(where: str, key: str) -> str:
+    """The key's full name: `where.key`, or `key` for a config's top-level keys (`where` empty)."""
+    return f"{where}.{key}" if where else key
+
+
 def problem(key: str, value: Any, expected: str, fix: str = "") -> str:
     """The house's message for a wrong value: `<key>: got X, expected Y. Fix: ...`."""
     return f"{key}: got {value!r}, expected {expected}. Fix: {fix or f'pass {key}=<{expected}>.'}"
@@ -131,9 +136,9 @@ def value_problems(cls: type, values: Mapping[str, Any] | object, where: str) ->
         group = f.metadata.get("group")
         if group is not None:
             if isinstance(value, (Mapping, group)):
-                problems += value_problems(group, value, f"{where}.{f.name}")
+                problems += value_problems(group, value, dotted(where, f.name))
             else:
-                problems.append(problem(f"{where}.{f.name}", value, "a group of settings (a mapping)"))
+                problems.append(problem(dotted(where, f.name), value, "a group of settings (a mapping)"))
             continue
         r = f.metadata.get("rule")
         if r is None:
@@ -143,7 +148,7 @@ def value_problems(cls: type, values: Mapping[str, Any] | object, where: str) ->
         except (TypeError, ValueError):
             good = False
         if not good:
-            problems.append(problem(f"{where}.{f.name}", value, r.expected, r.fix))
+            problems.append(problem(dotted(where, f.name), value, r.expected, r.fix))
     return problems
 
 
@@ -160,7 +165,8 @@ def unknown_keys(keys: Iterable[str], allowed: Iterable[str], where: str, fix: s
             continue
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        problems.append(f"{where}.{key}: unknown key; {hint}Fix: remove it or use one of {', '.join(allowed)}{fix}")
+        options = ", ".join(allowed)
+        problems.append(f"{dotted(where, key)}: unknown key; {hint}Fix: remove it or use one of {options}{fix}")
     return problems
 
 
@@ -168,7 +174,7 @@ def raise_problems(problems: list[str], where: str) -> None:
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
-        raise ConfigError(f"invalid {where} settings:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"invalid {(where + ' ') if where else ''}settings:\n  - " + "\n  - ".join(problems))
 
 
 def check(instance: object, where: str, extra: Iterable[str] = ()) -> None:
@@ -185,10 +191,11 @@ def typed_problems(cls: type, mapping: Mapping[str, Any], where: str, allowed: I
         if f.name not in mapping and f.default is MISSING and f.default_factory is MISSING:
             r = f.metadata.get("rule")
             expected = r.expected if r else "a value"
-            problems.append(f"{where}.{f.name}: required but not set. Fix: pass {where}.{f.name}=<{expected}>.")
+            key = dotted(where, f.name)
+            problems.append(f"{key}: required but not set. Fix: pass {key}=<{expected}>.")
         group, value = f.metadata.get("group"), mapping.get(f.name)
         if group is not None and isinstance(value, Mapping):
-            problems += unknown_keys(list(value), [g.name for g in fields(group)], f"{where}.{f.name}")
+            problems += unknown_keys(list(value), [g.name for g in fields(group)], dotted(where, f.name))
     return problems + value_problems(cls, mapping, where)
 
 

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.data.data_settings import DataSettings, data_settings
 from quark_lightning.data.datamodule import load_prompt_records
+from quark_lightning.evaluation.eval_settings import EvaluationSettings, evaluation_settings
 from quark_lightning.evaluation.healthbench_section import (
     _append_healthbench,
     healthbench_beside,
@@ -175,15 +176,13 @@ def select_prompts(records: list[dict[str, Any]], limit: int | None, seed: int) 
     return [records[i] for i in keep]
 
 
-def _model_specs(cfg: DictConfig) -> dict[str, str | None]:
-    models = cfg.get("models") or {}
-    if not isinstance(models, DictConfig | dict):
-        raise ConfigError("models: expected a mapping name -> path, e.g. models='{base: /m/base, rl: /m/rl}'")
-    specs = {str(k): (None if v is None else str(v)) for k, v in models.items()}
+def _model_specs(models: dict[str, str | None] | None, model_cfg: DictConfig) -> dict[str, str | None]:
+    """Name -> path of each model to evaluate: `models`, else the configured model (path None)."""
+    specs = {str(k): v for k, v in (models or {}).items()}
     if specs:
         return specs
-    kind = cfg.model.kind
-    default = kind if kind != "hf" else os.path.basename(str(cfg.model.name_or_path).rstrip("/"))
+    kind = model_cfg.kind
+    default = kind if kind != "hf" else os.path.basename(str(model_cfg.name_or_path).rstrip("/"))
     return {default or "model": None}
 
 
@@ -207,14 +206,14 @@ def heldout_records(data: DataSettings) -> list[dict[str, Any]]:
     return records
 
 
-def load_eval_records(cfg: DictConfig, hb: dict[str, Any]) -> list[dict[str, Any]]:
+def load_eval_records(cfg: DictConfig, heldout: bool, hb: dict[str, Any]) -> list[dict[str, Any]]:
     """The prompts to evaluate on, presented as training presents them (`data.system_prompt`):
     HealthBench from the wheel (`healthbench.source=wheel`, with its selection), the held-out split of
     `data.path` (`heldout=true`), or `data.path`."""
     from quark_lightning.data.datamodule import with_system_prompt
 
     data = data_settings(cfg.data)
-    if cfg.get("heldout"):
+    if heldout:
         if hb.get("source") == "wheel":
             raise ConfigError("heldout=true and healthbench.source=wheel: choose one set of prompts")
         return heldout_records(data)
@@ -231,17 +230,6 @@ def load_eval_records(cfg: DictConfig, hb: dict[str, Any]) -> list[dict[str, Any
     else:
         records = load_prompt_records(data.path, **data.source_options)  # every row validated
     return [with_system_prompt(r, data.system_prompt) for r in records] if data.system_prompt else records
-
-
-def _eval_sizes(cfg: DictConfig) -> tuple[int | None, int]:
-    """`limit` (prompts to evaluate, None = all) and `batch_size`, checked."""
-    limit = cfg.get("limit")
-    if limit is not None and int(limit) < 1:
-        raise ConfigError(f"limit: got {limit}, expected a positive number of prompts (or null for all)")
-    batch_size = int(cfg.get("batch_size", 16))
-    if batch_size < 1:
-        raise ConfigError(f"batch_size: got {batch_size}, expected >= 1")
-    return limit, batch_size
 
 
 def _write_run_config(cfg: DictConfig, run_dir: str) -> None:
@@ -310,12 +298,12 @@ def _evaluate_model(
     name: str,
     path: str | None,
     cfg: DictConfig,
+    ev: EvaluationSettings,
     records: list[dict[str, Any]],
     prompts: list[dict[str, Any]],
     matrix,
     engine,
     device: torch.device,
-    batch_size: int,
     run_dir: str,
     hb_scorer=None,
     check: dict | None = None,
@@ -323,9 +311,9 @@ def _evaluate_model(
     """Load one model, answer every prompt, score and write; free the model; return (metrics, report)."""
     loaded, step = load_for_eval(name, path, cfg.model, records)
     loaded.model.to(device)
-    print(f"[{name}] answering {len(prompts)} prompts ({'greedy' if cfg.greedy else 'sampled'})", flush=True)
+    print(f"[{name}] answering {len(prompts)} prompts ({'greedy' if ev.greedy else 'sampled'})", flush=True)
     start = time.perf_counter()
-    answers = generate_answers(engine, loaded, prompts, batch_size, bool(cfg.greedy))
+    answers = generate_answers(engine, loaded, prompts, ev.batch_size, ev.greedy)
     print(f"[{name}] answered in {time.perf_counter() - start:.1f} s", flush=True)
     metrics, report = _score_and_write(name, cfg, matrix, prompts, answers, step, run_dir, hb_scorer, check)
     del loaded
@@ -350,16 +338,16 @@ def _write_comparison(run_dir: str, results: dict[str, dict], n_prompts: int) ->
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate each model of `cfg.models` (or the configured model); return {model name: metrics}."""
-    torch.manual_seed(int(cfg.seed))
-    limit, batch_size = _eval_sizes(cfg)
-    specs = _model_specs(cfg)
+    ev = evaluation_settings(cfg)  # evaluate.py's own keys, checked before anything is loaded
+    torch.manual_seed(ev.seed)
+    specs = _model_specs(ev.models, cfg.model)
     hb = healthbench_settings(cfg)  # checked before anything is loaded
-    records = load_eval_records(cfg, hb)
+    records = load_eval_records(cfg, ev.heldout, hb)
     # the held-out split is already a random draw: its first `limit`, as the closed loop takes them
-    prompts = records[:limit] if cfg.get("heldout") else select_prompts(records, limit, int(cfg.seed))
+    prompts = records[: ev.limit] if ev.heldout else select_prompts(records, ev.limit, ev.seed)
     matrix = build_matrix(cfg.matrix)
-    if cfg.get("reward_state"):  # score with the reward a training run ended with (loop/loop_state.py)
-        load_reward_state(str(cfg.reward_state), matrix)
+    if ev.reward_state:  # score with the reward a training run ended with (loop/loop_state.py)
+        load_reward_state(ev.reward_state, matrix)
     engine = instantiate(cfg.rollout)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = str(cfg.run_dir)
@@ -371,7 +359,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     reports: dict[str, str] = {}
     for name, path in specs.items():
         results[name], reports[name] = _evaluate_model(
-            name, path, cfg, records, prompts, matrix, engine, device, batch_size, run_dir, hb_scorer, check
+            name, path, cfg, ev, records, prompts, matrix, engine, device, run_dir, hb_scorer, check
         )
     _print_reports(reports)
     if len(results) > 1:
