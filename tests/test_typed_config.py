@@ -244,3 +244,10 @@ def test_evaluate_keys_are_typed_and_named_as_written_before_any_model_loads(tmp
     assert "limit: got 0, expected a positive number of prompts (or null for all)" in str(err.value)
     assert "greedy: got 'maybe', expected true or false" in str(err.value)
     assert not list(tmp_path.iterdir())  # stopped before writing anything
+
+
+def test_every_stage_kind_has_its_settings():
+    from quark_lightning.stages.kinds import STAGE_KINDS
+    from quark_lightning.stages.stage_settings import STAGE_SETTINGS
+
+    assert sorted(STAGE_SETTINGS) == sorted(STAGE_KINDS)

@@ -36,14 +36,6 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
 
 
-def is_file(v: str) -> bool:
-    return os.path.isfile(os.path.expanduser(v))
-
-
-def is_name(v: Any) -> bool:
-    return isinstance(v, str) and bool(v.strip())
-
-
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every wrong value of the training config."""
     p: list[str] = []

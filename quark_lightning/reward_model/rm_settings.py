@@ -103,10 +103,6 @@ class RewardModelSettings:
     tie_threshold: float = setting(0.5, number(0, low_open=True), "a number > 0")
     val_every_n_steps: int = setting(50, integer(1), "an integer >= 1")
 
-    @property
-    def lora_on(self) -> bool:
-        return self.lora.enabled or self.train_backbone == "lora"
-
     def cross_key_problems(self) -> list[str]:
         """The rule that joins two keys: LoRA with a backbone that trains in full or not at all."""
         if self.lora.enabled and self.train_backbone in ("full", "frozen"):
