@@ -12,9 +12,11 @@ from typing import Any
 
 from quark_lightning.config.lora_settings import LoraSettings
 from quark_lightning.config.typed import boolean, integer, one_of, optional, setting, subgroup
+from quark_lightning.models.loading import DTYPES
+from quark_lightning.models.weight_sources import MODEL_KINDS
 
-KINDS = ("tiny", "hf", "smollm2")  # the labels of the built-in sources (models/weight_sources.py)
-DTYPE_NAMES = ("bfloat16", "float16", "float32")  # = models/loading.py's DTYPES
+KINDS = MODEL_KINDS  # the labels of the built-in sources
+DTYPE_NAMES = tuple(sorted(DTYPES))
 
 
 def text(value: Any) -> bool:
