@@ -2,6 +2,7 @@
 
     taskset -c 1 python benchmarks/llamacpp_decode.py --llama-cpp DIR [--formats F32 BF16 Q8_0]
         [--rows 1 8] [--tokens 32] [--prompt-tokens 64] [--threads 1] [--repeats 3]
+    python benchmarks/llamacpp_decode.py --from-json benchmarks/results/llamacpp_decode.json   # render again
 
 DIR holds llama.cpp's `llama-batched-bench` and `llama-quantize`. llama.cpp is not a dependency of the
 project; to build the two tools from the source that ships in the llama-cpp-python sdist (about 10 minutes
@@ -100,9 +101,8 @@ def ours_step(model, tok, rows: int, args, buf) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--llama-cpp", required=True, help="folder with llama-batched-bench and llama-quantize"
-    )
+    parser.add_argument("--llama-cpp", help="folder with llama-batched-bench and llama-quantize")
+    parser.add_argument("--from-json", help="render the markdown of a stored run's JSON again, run nothing")
     parser.add_argument("--formats", nargs="+", default=["F32", "BF16", "Q8_0"])
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--tokens", type=int, default=32)
@@ -111,6 +111,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    if args.from_json:
+        write_markdown(json.loads(Path(args.from_json).read_text()), Path(args.out))
+        return
+    if not args.llama_cpp:
+        parser.error("--llama-cpp DIR is required (the folder with llama.cpp's two tools; see the docstring)")
 
     torch.set_num_threads(args.threads)
     rollout_speed.CLOCK = time.perf_counter  # wall clock, as llama-batched-bench reports
@@ -168,21 +173,32 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "llamacpp_decode.json").write_text(json.dumps(result, indent=2))
+    write_markdown(result, out)
+
+
+def write_markdown(result: dict, out: Path) -> None:
+    """llamacpp_decode.md from the run's JSON (also `--from-json`, to render a stored run again)."""
+    repeats = len(result["rows"][0]["repeats"])
     table = md_table(
-        ["engine", "format", "rows", "ms / step", "x fp32 floor", "x own floor"],
+        ["engine", "format", "rows", "ms / step (median)", "min - max of the repeats", "x fp32 floor", "x own floor"],
         [
-            [r["engine"], r["format"], r["rows"], f"{r['ms_per_step']:.1f}", f"{r['x_fp32_floor']:.2f}x",
+            [r["engine"], r["format"], r["rows"], f"{r['ms_per_step']:.1f}",
+             f"{min(r['repeats']):.1f} - {max(r['repeats']):.1f}", f"{r['x_fp32_floor']:.2f}x",
              f"{r['x_own_floor']:.2f}x"]
-            for r in rows_out
+            for r in result["rows"]
         ],
     )  # fmt: skip
+    floors = result["floor_ms_repeats"]
     (out / "llamacpp_decode.md").write_text(
         f"# Decode step: ours beside llama.cpp (SmolLM2-135M-Instruct)\n\n"
-        f"`python benchmarks/llamacpp_decode.py --llama-cpp DIR --threads {args.threads} --repeats {args.repeats}`"
-        f" on {machine()}; {args.threads} thread(s), {args.tokens} new tokens after a "
-        f"{args.prompt_tokens}-token shared prompt, median of {args.repeats} interleaved repeats, wall clock.\n\n"
-        f"fp32 floor: {fp32_bytes / 1e6:.0f} MB of weights read once per step at the measured bandwidth = "
-        f"**{floor:.1f} ms**; a format's own floor counts its bytes (GGUF file size, bf16 copy: half).\n\n"
+        f"`python benchmarks/llamacpp_decode.py --llama-cpp DIR --threads {result['threads']} --repeats {repeats}`"
+        f" on {result['machine']}; {result['threads']} thread(s), {result['tokens']} new tokens after a "
+        f"{result['prompt_tokens']}-token shared prompt, median of {repeats} interleaved repeats, wall clock "
+        "(timing: no sampling seeds matter; ours draws with torch.manual_seed(repeat)).\n\n"
+        f"fp32 floor: {result['fp32_weight_bytes'] / 1e6:.0f} MB of weights read once per step at the measured "
+        f"bandwidth = **{result['floor_ms']:.1f} ms** (median; {min(floors):.1f} - {max(floors):.1f} over the "
+        f"{len(floors)} bandwidth measurements); a format's own floor counts its bytes (GGUF file size, bf16 copy: "
+        "half).\n\n"
         f"{table}\n"
     )
     print((out / "llamacpp_decode.md").read_text())
