@@ -4,7 +4,7 @@ rollout speed of a ~0.5 B-parameter Llama built in code; figures to benchmarks/r
     bash scripts/gpu_check.sh                  # on the GPU machine (installs carried wheels, then this)
     python scripts/gpu_check.py --prepare-only # anywhere, CPU: compose and check everything, run nothing
 
-`--prepare-only` (tested on CPU, tests/test_gpu_check.py) imports every package the check needs, composes
+`--prepare-only` (tested on CPU, tests/project/test_gpu_check.py) imports every package the check needs, composes
 each training run's config exactly as train.py will (and validates it, and builds its strategy), composes
 the rollout engine, builds the 0.5 B Llama's config and counts its parameters on the meta device (nothing
 is allocated), and prints the plan as JSON. The full run does the same first (a failure there costs no GPU

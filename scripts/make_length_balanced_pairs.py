@@ -21,7 +21,7 @@ answer, before it or around it (seeded); which side is `a` alternates (a seeded 
 pairs have ids `pair-0337` onwards, a `reason` like the hand-made ones and `"origin": "length_balance"`
 (the SFT sources skip them: their winners are hand-made winners again or the expert reference). The result:
 the preferred answer is the longer one in about 42% of the pairs with a winner, and the mean lengths of
-the two sides differ by under 2% (tests/test_rm_length.py).
+the two sides differ by under 2% (tests/reward_model/test_rm_length.py).
 
 Online feedback (`--feedback`): for every question with a liked response and no disliked one (46), a
 disliked record (ids after `fb-0230`, `origin: length_balance`, tags: the defect and `verbose`): the

@@ -22,6 +22,21 @@ from quark_lightning.models.tiny import ensure_tiny_model  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where torch sees a CUDA device; elsewhere they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked gpu: no CUDA device here (run `pytest -m gpu` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def on_devices():
+    """`device` parameters: CPU always, CUDA as a `gpu`-marked case (skipped without a GPU)."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
 @pytest.fixture(scope="session")
 def bundled_records():
     return load_prompt_records(str(BUNDLED_PROMPTS))

@@ -14,7 +14,7 @@ length. Two things here keep that in check, and both use the sentences below, ke
   `TRAIN_BOILERPLATE`.
 
 The sentences are fluent, generic and medically empty: no advice, no facts, no words the bundled
-rubrics look for (tests/test_rm_length.py checks that no rubric pattern of the bundled prompts matches
+rubrics look for (tests/reward_model/test_rm_length.py checks that no rubric pattern of the bundled prompts matches
 any of them). Padding is deterministic: the same text, length and seed give the same result.
 """
 

@@ -7,7 +7,7 @@ float64, where a bare `.float()` would round them down to float32.
 
 Why a float64 run exists: the cross-processor rounding of float32 kernels (vector width, BLAS code path)
 moves trained parameters by ~1e-5 relative after a few AdamW steps, which is what a golden-number test
-sees; in float64 the same differences are ~1e-16 per operation. `tests/test_pinning.py` runs in float64.
+sees; in float64 the same differences are ~1e-16 per operation. `tests/shaping/test_pinning.py` runs in float64.
 """
 
 from __future__ import annotations

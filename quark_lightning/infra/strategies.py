@@ -12,7 +12,7 @@ In every strategy a prompt's G completions are sampled, scored and turned into a
 what must be global (RFN statistics, TADW weights, logged reward statistics, the token count of a
 token-level loss) is gathered or reduced across ranks (quark_lightning/infra/distributed.py).
 
-Exactness across ranks (tests/test_distributed_equivalence.py): with the same global batch, 2 ranks give
+Exactness across ranks (tests/infra/test_distributed_equivalence.py): with the same global batch, 2 ranks give
 the single-process loss, advantages, RFN statistics, TADW weights and parameters for the loss types
 `grpo`, `dr_grpo` and `dapo` (group advantages only need the rank's own groups). `scale_rewards: batch`
 and `gdpo`'s batch re-normalization need the whole batch: GRPOModule.shape_rewards gathers the scores of

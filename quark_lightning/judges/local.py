@@ -8,7 +8,7 @@ CLI, evaluate.py) it stays on the CPU unless the caller moves `judge.model`.
 
 Each conversation is rendered with the tokenizer's chat template (`add_generation_prompt=True`), as
 `transformers serve` renders it, and decoded with `skip_special_tokens=True`, so on the same model a
-greedy local judge and a greedy server give the same replies (tests/test_judges.py checks it).
+greedy local judge and a greedy server give the same replies (tests/judges/test_judges.py checks it).
 """
 
 from __future__ import annotations

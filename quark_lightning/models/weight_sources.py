@@ -25,7 +25,7 @@ Why convert instead of loading the GGUF every time: transformers marks a GGUF-lo
 quantization config, and `save_pretrained` refuses such a model, so the final policy could not be saved;
 dequantizing also costs ~15 s per load. The conversion builds a fresh model of the same class from the
 config without the quantization config and loads the dequantized state dict into it; the saved
-directory reloads with identical logits (tests/test_model_sources.py).
+directory reloads with identical logits (tests/models/test_model_sources.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ long ones (verbose answers) merely for their length; "ngrams" is Monroe's multin
 order with its own totals n = the group's count of n-grams of that order. s = 1 (default) is Monroe's
 choice of the pooled corpus as prior; s < 1 weakens the prior (higher variance for n-grams that liked
 responses never use). On a synthetic log built from the bundled references plus templated hedging,
-refusal and verbose answers (tests/test_online_usefulness.py), (documents, s = 1) recovers exactly the
+refusal and verbose answers (tests/scorers/test_online_usefulness.py), (documents, s = 1) recovers exactly the
 templated phrases ("everyone is different", "advice please consult", "summary to summarize") and no
 topical word, while s = 0.1 prefers loose single words ("depends", "please") and "ngrams" totals let
 topical words ("baby", "condition") through.

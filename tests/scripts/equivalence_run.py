@@ -1,6 +1,6 @@
 """A few GRPO steps (RFN + TADW) under one strategy; each rank writes what it computed, for comparison.
 
-Used by tests/test_distributed_equivalence.py:
+Used by tests/infra/test_distributed_equivalence.py:
 
     python tests/scripts/equivalence_run.py OUT_DIR STRATEGY DEVICES MODEL_DIR LOSS_TYPES [STEPS]
 

@@ -1,4 +1,4 @@
-"""Write the golden files of tests/test_pinning.py from the current code (CPU).
+"""Write the golden files of tests/shaping/test_pinning.py from the current code (CPU).
 
     python tests/scripts/make_pinning_golden.py            # every arm
     python tests/scripts/make_pinning_golden.py rfn gdpo   # some arms
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.test_pinning import ARMS, GOLDEN_DIR, diff, run_arm  # noqa: E402
+from tests.shaping.test_pinning import ARMS, GOLDEN_DIR, diff, run_arm  # noqa: E402
 
 
 def dumps(obj, indent: int = 0) -> str:

@@ -1,6 +1,6 @@
 """Run a few GRPO steps with RFN + TADW under a Lightning strategy; each rank dumps its state as JSON.
 
-Used by tests/test_unified_optimization.py: `python tests/scripts/rank_state.py OUT_DIR STRATEGY DEVICES
+Used by tests/shaping/test_unified_optimization.py: `python tests/scripts/rank_state.py OUT_DIR STRATEGY DEVICES
 MODEL_DIR [CKPT_IN] [MAX_STEPS]`. With `ddp` Lightning re-launches this script once per rank (gloo on CPU).
 """
 

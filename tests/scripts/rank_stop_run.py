@@ -1,4 +1,4 @@
-"""Two gloo ranks, where only rank 1's scorer fails under `on_failure: stop` (tests/test_rank_stop.py).
+"""Two gloo ranks, where only rank 1's scorer fails under `on_failure: stop` (tests/matrix/test_rank_stop.py).
 
     python tests/scripts/rank_stop_run.py OUT_DIR MODEL_DIR
 
