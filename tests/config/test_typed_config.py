@@ -77,9 +77,8 @@ def test_a_group_with_unknown_keys_and_bad_values_is_refused_whole_and_absent_ke
 
 
 def test_the_algorithm_group_is_checked_by_its_dataclass_in_the_run_and_when_built():
-    from tests.config.test_config import compose_cfg
-
     from quark_lightning.config.validate import validate_config
+    from tests.config.test_config import compose_cfg
 
     for override, kwargs in [
         ("algorithm.epsilon=1.5", {"epsilon": 1.5}),
@@ -105,9 +104,8 @@ def test_the_closed_loop_and_judge_settings_use_the_same_mechanism():
 
 
 def test_the_warmstart_group_is_typed_and_checked_only_where_it_runs():
-    from tests.config.test_config import compose_cfg
-
     from quark_lightning.config.validate import validate_config
+    from tests.config.test_config import compose_cfg
 
     cases = [
         (["warmstart=sft", "warmstart.max_length=4"], r"warmstart\.max_length: got 4, expected an integer >= 8"),

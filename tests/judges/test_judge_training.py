@@ -7,6 +7,7 @@ import re
 
 import pytest
 from judge_fixtures import FaultServer, completion
+
 from tests.cli.test_train_e2e import event_tags, train
 
 pytestmark = pytest.mark.slow

@@ -214,9 +214,8 @@ def test_the_api_key_is_sent_as_a_header_and_never_echoed(monkeypatch):
     ],
 )
 def test_a_bad_judge_group_stops_a_run_before_anything_loads(override, key):
-    from tests.config.test_config import compose_cfg
-
     from quark_lightning.config.validate import validate_config
+    from tests.config.test_config import compose_cfg
 
     with pytest.raises(ConfigError, match=key):
         validate_config(compose_cfg("+experiment=smoke", "judge=openai", override))

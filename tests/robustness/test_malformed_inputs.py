@@ -29,8 +29,8 @@ from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, 
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.scorers.format import FormatScorer
 from quark_lightning.scorers.retrieval import load_knowledge_base
-from tests.conftest import REPO, write_jsonl
 from tests.config.test_config import compose_cfg
+from tests.conftest import REPO, write_jsonl
 
 MALFORMED = Path(__file__).parents[1] / "fixtures" / "malformed"
 
