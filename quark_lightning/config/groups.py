@@ -181,7 +181,7 @@ def active_dimensions(matrix: DictConfig) -> int:
 
 def matrix_problems(matrix: DictConfig) -> list[str]:
     """Each dimension's keys (Dimension's fields) and its scorer's arguments."""
-    from quark_lightning.matrix.alignment_matrix import Dimension
+    from quark_lightning.matrix.dimension import Dimension
 
     allowed = [f.name for f in fields(Dimension) if f.name != "name"]
     p = []

@@ -140,7 +140,7 @@ def _data_problems(p: list[str], cfg: DictConfig) -> None:
 def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
     """matrix.dimensions.*: each dimension's keys as `Dimension` declares them (category, weight, risk,
     target), and its scorer's target."""
-    from quark_lightning.matrix.alignment_matrix import Dimension
+    from quark_lightning.matrix.dimension import Dimension
 
     dims = _get(cfg, "matrix.dimensions")
     if not isinstance(dims, DictConfig) or len(dims) == 0:

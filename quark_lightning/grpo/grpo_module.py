@@ -34,7 +34,7 @@ from quark_lightning.grpo.logprobs import TokenLogProbs, reference_model
 from quark_lightning.grpo.loss import LOSS_REDUCTIONS
 from quark_lightning.grpo.policy_update import update_policy
 from quark_lightning.grpo.shared_prefix import enable_gradient_checkpointing
-from quark_lightning.grpo.step_metrics import StepRecord, step_metrics
+from quark_lightning.grpo.step_metrics import FailureCounter, StepRecord, step_diagnostics, step_metrics
 from quark_lightning.infra.distributed import (
     all_reduce_max_int,
     all_reduce_sum,
@@ -49,11 +49,9 @@ from quark_lightning.infra.distributed import (
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.matrix import AlignmentMatrix
 from quark_lightning.matrix.alignment_matrix import MatrixScores
-from quark_lightning.matrix.guard import FailureCounter
 from quark_lightning.models.reference import FrozenCopyReference, FrozenModule, build_reference
 from quark_lightning.rollout.engine import Rollout, RolloutEngine, sampling_temperature
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
-from quark_lightning.shaping.diagnostics import step_diagnostics
 from quark_lightning.shaping.reward_shaping import RewardShaping
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer
 

@@ -3,7 +3,7 @@
 A judge's `complete(conversations)` returns one JudgeReply per conversation: the reply text, or the
 reason it has none (timed out, server error, connection refused, a reply that is not a chat completion).
 It never raises for a single bad request: the scorer turns a failed reply into a failed sample, which
-the matrix's guard (matrix/guard.py) counts in `failures/<dim>` and handles under the dimension's
+the matrix's guard (matrix/alignment_matrix.py) counts in `failures/<dim>` and handles under the dimension's
 `on_failure` policy. Identical conversations in one batch are asked once.
 """
 

@@ -7,7 +7,7 @@ From the matrix's scores (N, K) and findings on a set of (prompt, answer) pairs:
   answers (a dimension without a target, such as a reward model's raw logit, has a mean but no pass
   rate unless `reference_scores` are given: then its target is the reference answer's score on the same
   prompt, and `pass_rate` = share of answers scoring at least as high as the reference), and apart from them `failed` (the scorer failed on the answer,
-  matrix/guard.py) and `not_applicable` (the dimension does not apply); both are NaN scores and
+  matrix/alignment_matrix.py) and `not_applicable` (the dimension does not apply); both are NaN scores and
   neither counts in the mean or pass rate, but a failure is a fault, not "does not apply";
 - per category: the mean pass rate of its dimensions;
 - per clinical area: the pass rate over every (answer, dimension) pair of the area, and per dimension;

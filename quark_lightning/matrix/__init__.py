@@ -1,3 +1,4 @@
-from quark_lightning.matrix.alignment_matrix import CATEGORIES, AlignmentMatrix, Dimension, MatrixScores
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, MatrixScores
+from quark_lightning.matrix.dimension import CATEGORIES, Dimension
 
 __all__ = ["CATEGORIES", "AlignmentMatrix", "Dimension", "MatrixScores"]

@@ -1,112 +1,268 @@
-"""The alignment matrix: named dimensions, each in one of the paper's four categories.
+"""The alignment matrix: named dimensions (matrix/dimension.py), each in one of the paper's four categories.
 
 Every dimension closes the paper's loop *observable metric -> attributable diagnosis -> optimizable
 reward*: its scorer returns a per-sample score (the reward, NaN = not applicable) **and** findings
 (the diagnosis: which rubric item was missed, which format rule was broken, which red flag ignored).
 `AlignmentMatrix.score` runs every dimension over a batch and returns the (N, K) score matrix that the
-aggregation turns into one scalar reward. Each scorer runs under its dimension's `on_failure` policy
-(matrix/guard.py): a sample whose scorer raised, hung or returned garbage is NaN in `scores` and True
-in `failed`, so it is told apart from a sample the dimension does not apply to.
+aggregation turns into one scalar reward. Each scorer runs under a `ScorerGuard` applying its dimension's
+`on_failure` policy (matrix/dimension.py): a scorer that raises, returns inf or the wrong shape, or hangs
+does not end the run, and a failed sample is NaN in `scores` and True in `failed`, so it is told apart
+from a sample the dimension does not apply to.
+
+What is a failure (per sample): the call raised, timed out, returned something that is not a
+ScoreResult of the right shape (N scores, N findings lists), the scorer reported the sample in
+`ScoreResult.failures` (an LLM judge that timed out, answered 5xx or gave a reply that does not parse,
+after the judge client's own retries), or the sample's score is +-inf (or NaN with `nan_is_failure`). A NaN returned by the scorer is otherwise its declaration "does not apply"
+(docs/design.md section 4) and is not counted. Failed samples are NaN in `MatrixScores.scores`, True in
+`MatrixScores.failed` (so they stay distinguishable from not-applicable ones), and their findings read
+"scorer failed: <reason>". Gates look at `failed` (see `Gate.on_failure`): a failed sample is never
+passed through a gate as if it were safe.
+
+Isolation: when a whole call fails (raise, timeout, wrong shape), each sample is scored alone, so a
+scorer that raises on 10% of the samples fails ~10% of them, not the batch.
+
+Timeouts use a worker thread: the call runs in a daemon thread and the caller waits `timeout_s`.
+Python cannot kill a thread, so a timed-out call is abandoned and may keep running (and using CPU or a
+connection) until it returns; at most `max_hung_calls` such calls per dimension are tolerated, after
+which the dimension's calls fail at once until one of them finishes. Consequences: a scorer with a
+timeout must tolerate a new call starting while an abandoned one is still running (rule scorers and
+HTTP judges do; a shared HF fast tokenizer may raise "Already borrowed", which is then counted as a
+failure), and a scorer stuck in C code that holds the GIL cannot be timed out by a thread (the
+patterns from data files run under the `regex` module's own per-match timeout, infra/text.py, so a
+catastrophic pattern fails its sample instead). Grad mode, inference mode and the current CUDA device are carried into the thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from quark_lightning.config.typed import number, one_of, optional, rule, setting, value_problems
 from quark_lightning.infra.errors import QuarkError
-from quark_lightning.matrix.guard import FailurePolicy, ScorerGuard
-from quark_lightning.scorers.interface import Scorer
-
-CATEGORIES = ("fundamental", "expert", "online", "format")
+from quark_lightning.matrix.dimension import Dimension, FailurePolicy, Gate, MatrixConfigError
 
 
-class MatrixConfigError(QuarkError, ValueError):
-    """A dimension of the matrix is declared wrongly."""
+class ScorerFailureError(QuarkError, RuntimeError):
+    """A dimension's scorer failed under policy `stop`, or on more samples than its policy tolerates."""
 
 
-GATE_MODES = ("cap", "set")
-GATE_FAILURE_ACTIONS = ("veto", "exclude")
+# ---------------------------------------------------------------------------------------- one call
+class _CallFailed(Exception):
+    """A whole scorer call failed; `reason` says how."""
+
+    def __init__(self, reason: str, timed_out: bool = False):
+        super().__init__(reason)
+        self.reason, self.timed_out = reason, timed_out
 
 
+def _describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"raised {type(err).__name__}: {text}" if text else f"raised {type(err).__name__}"
+
+
+def run_in_thread(fn: Callable[[], Any], timeout_s: float, name: str) -> Any:
+    """fn() in a daemon thread, waited on for `timeout_s`; re-raises what fn raised. On a timeout raises
+    _CallFailed whose `thread` attribute is the abandoned, still running thread."""
+    box: dict[str, Any] = {}
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+
+    def target() -> None:
+        try:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                box["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed back to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name=f"quark-scorer-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        failure = _CallFailed(f"timed out after {timeout_s:g} s (on_failure.timeout_s)", timed_out=True)
+        failure.thread = thread  # type: ignore[attr-defined]
+        raise failure
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def checked_result(result: Any, n: int) -> tuple[torch.Tensor, list[list[str]], dict[int, str]]:
+    """A scorer's return value as ((n,) scores in the run's float dtype, n findings lists, {sample: why it failed});
+    raises _CallFailed if malformed. The failures are those the scorer reports itself (ScoreResult.failures,
+    e.g. a judge request that timed out)."""
+    if not hasattr(result, "scores") or not hasattr(result, "findings"):
+        raise _CallFailed(f"returned {type(result).__name__}, expected a ScoreResult(scores, findings)")
+    try:
+        scores = torch.as_tensor(result.scores).detach().cpu().to(torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise _CallFailed(f"returned scores that are not numbers ({_describe(err)})") from err
+    if tuple(scores.shape) != (n,):
+        raise _CallFailed(f"returned scores of shape {tuple(scores.shape)}, expected ({n},)")
+    findings = result.findings
+    if not isinstance(findings, Sequence) or len(findings) != n:
+        size = len(findings) if isinstance(findings, Sequence) else type(findings).__name__
+        raise _CallFailed(f"returned {size} findings lists for {n} samples")
+    failures = getattr(result, "failures", None) or {}
+    if not isinstance(failures, Mapping) or not all(isinstance(i, int) and 0 <= i < n for i in failures):
+        raise _CallFailed(f"returned failures {failures!r}, expected a mapping sample index -> reason")
+    return scores, [list(f) for f in findings], {int(i): str(r) for i, r in failures.items()}
+
+
+def sample_fault(value: float, nan_is_failure: bool) -> str | None:
+    """Why one returned score is a failure, or None when it is a valid score (or a legitimate NaN)."""
+    if math.isinf(value):
+        return f"returned {value}"
+    if math.isnan(value) and nan_is_failure:
+        return "returned NaN, but on_failure.nan_is_failure says this dimension applies to every sample"
+    return None
+
+
+# ---------------------------------------------------------------------------------------- the guard
 @dataclass
-class Gate:
-    """Hard veto (interpretation of the team's multiplicative gates): a completion whose raw score on
-    the dimension is below `below` gets total reward min(reward, value) (`cap`) or exactly `value`
-    (`set`). `value` is in the aggregator's units (raw for `sum`, reference std units for `rfn*`).
+class GuardedResult:
+    scores: torch.Tensor  # (N,) float32 (float64 in a 64-true run); NaN = not applicable or failed
+    findings: list[list[str]]  # (N,) a failed sample's findings: ["scorer failed: <reason>"]
+    failed: torch.Tensor  # (N,) bool
+    reasons: dict[int, str] = field(default_factory=dict)  # sample index -> why it failed
 
-    `on_failure` decides what happens when the gate dimension's scorer *failed* on a sample (see
-    matrix/guard.py); a failed sample is never passed as if it had cleared the gate:
-      veto     (default) the sample is treated as below the threshold: its reward is capped / set (a
-               sample with no other applicable dimension gets exactly `value`).
-      exclude  the sample's reward becomes NaN, so its advantage is 0: neither rewarded nor punished.
-               A sample vetoed by another gate stays vetoed.
-    """
+    @property
+    def last_error(self) -> str | None:
+        return self.reasons[max(self.reasons)] if self.reasons else None
 
-    below: float
-    mode: str = "cap"
-    value: float = 0.0
-    on_failure: str = "veto"
 
-    @classmethod
-    def from_config(cls, cfg: dict, where: str) -> Gate:
-        unknown = set(cfg) - {"below", "mode", "value", "on_failure"}
-        if unknown or "below" not in cfg:
-            raise MatrixConfigError(
-                f"{where}: gate needs {{below, mode, value, on_failure}}, got keys {sorted(cfg)}"
+class ScorerGuard:
+    """Runs one dimension's scorer under its FailurePolicy; counts failures across calls."""
+
+    def __init__(self, name: str, scorer: Any, policy: FailurePolicy, gate_on_failure: str | None = None):
+        self.name, self.scorer, self.policy = name, scorer, policy
+        self.gate_on_failure = gate_on_failure  # the dimension's gate.on_failure, None without a gate
+        self.total_failures = 0
+        self.total_samples = 0
+        self._hung: list[threading.Thread] = []
+        self._warned = False
+
+    # one call of the scorer on a subset; -> ((n,) scores, findings) or raises _CallFailed
+    def _call(self, prompts: Sequence[dict], completions: Sequence[str]) -> tuple[torch.Tensor, list, dict]:
+        self._hung = [t for t in self._hung if t.is_alive()]
+        if len(self._hung) >= self.policy.max_hung_calls:
+            raise _CallFailed(
+                f"not called: {len(self._hung)} earlier calls are still running past on_failure.timeout_s "
+                f"(on_failure.max_hung_calls={self.policy.max_hung_calls})"
             )
-        gate = cls(
-            below=float(cfg["below"]),
-            mode=cfg.get("mode", "cap"),
-            value=float(cfg.get("value", 0.0)),
-            on_failure=cfg.get("on_failure", "veto"),
+
+        def call() -> Any:
+            return self.scorer.score(list(prompts), list(completions))
+
+        try:
+            if self.policy.timeout_s is None:
+                result = call()
+            else:
+                result = run_in_thread(call, self.policy.timeout_s, self.name)
+        except _CallFailed as failure:
+            if failure.timed_out:
+                self._hung.append(failure.thread)  # type: ignore[attr-defined]
+            raise
+        except Exception as err:  # noqa: BLE001 - any scorer exception is a failure under the policy
+            raise _CallFailed(_describe(err)) from err
+        return checked_result(result, len(completions))
+
+    def _score_subset(self, idx: list[int], prompts, completions, out: GuardedResult) -> None:
+        """Score samples `idx` in one call; when the whole call fails, score each sample alone."""
+        try:
+            scores, findings, failures = self._call([prompts[i] for i in idx], [completions[i] for i in idx])
+        except _CallFailed as failure:
+            if len(idx) > 1:
+                for i in idx:
+                    self._score_subset([i], prompts, completions, out)
+            else:
+                out.reasons.update(dict.fromkeys(idx, failure.reason))
+            return
+        for j, i in enumerate(idx):
+            fault = failures.get(j) or sample_fault(float(scores[j]), self.policy.nan_is_failure)
+            if fault is not None:
+                out.reasons[i] = fault
+            else:
+                out.reasons.pop(i, None)
+                out.scores[i], out.findings[i] = scores[j], findings[j]
+
+    def score(self, prompts: Sequence[dict[str, Any]], completions: Sequence[str]) -> GuardedResult:
+        n = len(completions)
+        out = GuardedResult(
+            scores=torch.full((n,), math.nan),
+            findings=[[] for _ in range(n)],
+            failed=torch.zeros(n, dtype=torch.bool),
         )
-        if gate.mode not in GATE_MODES:
-            raise MatrixConfigError(f"{where}: gate.mode {gate.mode!r} is not one of {GATE_MODES}")
-        if gate.on_failure not in GATE_FAILURE_ACTIONS:
-            raise MatrixConfigError(
-                f"{where}: gate.on_failure {gate.on_failure!r} is not one of {GATE_FAILURE_ACTIONS}"
-            )
-        return gate
+        if n == 0:
+            return out
+        attempts = 1 + (self.policy.retries if self.policy.policy == "retry" else 0)
+        pending = list(range(n))
+        for _ in range(attempts):
+            self._score_subset(pending, prompts, completions, out)
+            pending = sorted(out.reasons)
+            if not pending:
+                break
+        for i, reason in out.reasons.items():
+            out.failed[i] = True
+            out.scores[i] = math.nan
+            out.findings[i] = [f"scorer failed: {reason}"]
+        self._account(out, prompts, n)
+        return out
 
+    # ------------------------------------------------------------------ counting, warning, stopping
+    def _sample_name(self, prompts: Sequence[dict], i: int) -> str:
+        pid = prompts[i].get("id") if isinstance(prompts[i], Mapping) else None
+        return f"sample {i} (prompt '{pid}')" if pid is not None else f"sample {i}"
 
-@dataclass
-class Dimension:
-    """One row of the matrix: its scorer and how it counts. The rules of the plain keys are declared on the
-    fields (config/typed.py), so building a Dimension and validating `matrix.dimensions.<name>` before a
-    run apply the same ones."""
-
-    name: str
-    category: str = field(metadata=rule(one_of(CATEGORIES), f"one of {list(CATEGORIES)}"))
-    scorer: Scorer
-    weight: float = setting(1.0, number(0), "a number >= 0")
-    risk: float = setting(1.0, number(0, low_open=True), "a number > 0")  # prior risk level (safety higher)
-    # the score the dimension should reach; used by diagnosis and TADW's weakness factor
-    target: float | None = setting(None, optional(number()), "null or a number (the score the dimension should reach)")
-    gate: Gate | None = None  # a veto: a score below `gate.below` caps or sets the total reward
-    on_failure: FailurePolicy | dict | None = None  # what a failing scorer does (matrix/guard.py)
-
-    def __post_init__(self) -> None:
+    def _account(self, out: GuardedResult, prompts: Sequence[dict], n: int) -> None:
+        failed = len(out.reasons)
+        self.total_samples += n
+        self.total_failures += failed
+        if not failed:
+            return
+        first = min(out.reasons)
         where = f"matrix dimension '{self.name}'"
-        if isinstance(self.gate, dict):
-            self.gate = Gate.from_config(self.gate, where)
-        if not isinstance(self.on_failure, FailurePolicy):
-            self.on_failure = FailurePolicy.from_config(self.on_failure, f"matrix.dimensions.{self.name}")
-        problems = value_problems(Dimension, self, f"matrix.dimensions.{self.name}")
-        if len(problems) == 1:
-            raise MatrixConfigError(problems[0])
-        if problems:
-            raise MatrixConfigError(f"invalid {where}:\n  - " + "\n  - ".join(problems))
-        if not callable(getattr(self.scorer, "score", None)):
-            raise MatrixConfigError(
-                f"{where}: scorer {type(self.scorer).__name__} has no score(prompts, completions) method"
+        what = f"{where}: scorer {type(self.scorer).__name__} failed on {failed}/{n} samples"
+        detail = f"{self._sample_name(prompts, first)}: {out.reasons[first]}"
+        if self.policy.policy == "stop":
+            raise ScorerFailureError(
+                f"{what} ({detail}) and matrix.dimensions.{self.name}.on_failure.policy is 'stop'. "
+                f"Fix: repair the scorer, or set on_failure.policy to 'retry' or 'nan' to keep going."
+            )
+        rate = failed / n
+        if self.policy.max_failure_rate is not None and rate > self.policy.max_failure_rate:
+            raise ScorerFailureError(
+                f"{what} ({rate:.0%} > on_failure.max_failure_rate {self.policy.max_failure_rate:g}); "
+                f"last error: {self._sample_name(prompts, max(out.reasons))}: {out.last_error}. "
+                f"{self.total_failures} failures of this dimension so far. Fix: repair the scorer, drop the "
+                f"dimension with matrix.dimensions.{self.name}=null, or raise "
+                f"matrix.dimensions.{self.name}.on_failure.max_failure_rate."
+            )
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{what} ({detail}). {self._consequence()} Counted in the metric failures/{self.name}; "
+                f"further failures of this dimension are only counted.",
+                RuntimeWarning,
+                stacklevel=4,  # the caller of AlignmentMatrix.score
             )
 
+    def _consequence(self) -> str:
+        tried = f" after {self.policy.retries} retries" if self.policy.policy == "retry" else ""
+        gate = {
+            "veto": " and its gate vetoes them as if they had scored below the threshold",
+            "exclude": " and its gate excludes them from learning (reward NaN, advantage 0)",
+        }.get(self.gate_on_failure or "", "")
+        return f"Failed samples{tried} score NaN on this dimension (it adds nothing to their reward){gate}."
 
+
+# ---------------------------------------------------------------------------------------- the matrix
 @dataclass
 class MatrixScores:
     names: list[str]

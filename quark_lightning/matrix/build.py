@@ -1,7 +1,7 @@
 """Build an AlignmentMatrix from its config (`conf/matrix/*.yaml`).
 
 `matrix.on_failure` is the default failure policy of every dimension; `matrix.dimensions.NAME.on_failure`
-overrides it key by key (validated in matrix/guard.py when the matrix is built).
+overrides it key by key (validated in matrix/dimension.py when the matrix is built).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, MatrixConfigError
-from quark_lightning.matrix.guard import merged_policy
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix
+from quark_lightning.matrix.dimension import Dimension, MatrixConfigError, merged_policy
 
 
 def _plain(node):

@@ -17,7 +17,7 @@ Chosen with `optimization=NAME` (config key `optimization.aggregator`):
 In every aggregator a NaN score (dimension does not apply) contributes 0, and a completion no dimension
 applies to gets a NaN reward, hence advantage 0. `weighted_sum` is kept as an alias of `sum`.
 
-A score whose scorer *failed* (matrix/guard.py) is NaN too, so outside gates it counts as "does not
+A score whose scorer *failed* (matrix/alignment_matrix.py) is NaN too, so outside gates it counts as "does not
 apply". Gates are told apart by the `failed` mask: a failed sample on a gate dimension is vetoed
 (`gate.on_failure: veto`, the default) or excluded from learning (`exclude`: reward NaN, advantage 0);
 it never passes the gate as if it were safe.

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from quark_lightning.config.validate import validate_config
 from quark_lightning.infra.errors import ConfigError
-from quark_lightning.matrix.alignment_matrix import MatrixConfigError
 from quark_lightning.matrix.build import build_matrix
+from quark_lightning.matrix.dimension import MatrixConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

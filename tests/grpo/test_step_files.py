@@ -62,7 +62,7 @@ class StepTracer(L.Callback):
 
             def traced(*args, **kwargs):
                 sys.setprofile(self._profile)
-                threading.setprofile(self._profile)  # the matrix runs each scorer in a thread (matrix/guard.py)
+                threading.setprofile(self._profile)  # the matrix runs each scorer in a thread (matrix/alignment_matrix.py)
                 try:
                     return step(*args, **kwargs)
                 finally:

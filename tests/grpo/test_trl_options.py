@@ -304,7 +304,7 @@ class PassesOnTheSecondCall:
 
 def test_groups_without_a_passing_answer_are_sampled_again(tiny_model_dir, bundled_records):
     from quark_lightning.grpo.dynamic_sampling import groups_without_a_pass
-    from quark_lightning.matrix.alignment_matrix import Gate
+    from quark_lightning.matrix.dimension import Gate
 
     gate = [(0, Gate(below=1.0))]
     nan = float("nan")

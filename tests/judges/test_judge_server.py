@@ -17,8 +17,8 @@ from judge_fixtures import FaultServer, completion, transformers_serve
 from quark_lightning.judges import JudgeConfig
 from quark_lightning.judges.local import LocalJudge
 from quark_lightning.judges.openai_compatible import OpenAICompatibleJudge
-from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension
-from quark_lightning.matrix.guard import FailurePolicy, ScorerFailureError
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, ScorerFailureError
+from quark_lightning.matrix.dimension import Dimension, FailurePolicy
 from quark_lightning.scorers.garm import AssertionScorer
 from quark_lightning.scorers.garm import judge_messages as garm_messages
 from quark_lightning.scorers.healthbench_grader import grader_messages

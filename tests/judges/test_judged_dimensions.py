@@ -10,8 +10,8 @@ import torch
 from judge_fixtures import ScriptedJudge
 
 from quark_lightning.infra.errors import ConfigError
-from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, Gate
-from quark_lightning.matrix.guard import FailurePolicy
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix
+from quark_lightning.matrix.dimension import Dimension, FailurePolicy, Gate
 from quark_lightning.scorers.compliance import ComplianceScorer, parse_compliance, parse_principles
 from quark_lightning.scorers.healthbench_grader import GRADER_PROMPT, grader_messages, render_conversation
 from quark_lightning.scorers.healthbench_score import HealthBenchScorer

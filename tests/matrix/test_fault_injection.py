@@ -23,9 +23,9 @@ from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
 from quark_lightning.infra.errors import ConfigError, QuarkError
 from quark_lightning.matrix import AlignmentMatrix, Dimension
-from quark_lightning.matrix.alignment_matrix import Gate
+from quark_lightning.matrix.alignment_matrix import ScorerFailureError
 from quark_lightning.matrix.build import build_matrix
-from quark_lightning.matrix.guard import FailurePolicy, ScorerFailureError
+from quark_lightning.matrix.dimension import FailurePolicy, Gate
 from quark_lightning.models.loading import load_causal_lm
 from quark_lightning.rollout.hf_generate import HFGenerateEngine
 from quark_lightning.scorers.format import FormatScorer

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from quark_lightning.infra.distributed import agree_on_failure, call_on_every_rank
-from quark_lightning.matrix.guard import ScorerFailureError
+from quark_lightning.matrix.alignment_matrix import ScorerFailureError
 from tests.conftest import REPO
 
 

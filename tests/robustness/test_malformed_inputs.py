@@ -25,8 +25,9 @@ from quark_lightning.data.preferences import load_online_feedback, load_preferen
 from quark_lightning.data.references import resolve_within, validate_fact_references
 from quark_lightning.data.schema import MAX_TEXT_CHARS, DataValidationError, location
 from quark_lightning.infra.errors import ConfigError
-from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, MatrixConfigError
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix
 from quark_lightning.matrix.build import build_matrix
+from quark_lightning.matrix.dimension import Dimension, MatrixConfigError
 from quark_lightning.scorers.format import FormatScorer
 from quark_lightning.scorers.retrieval import load_knowledge_base
 from tests.config.test_config import compose_cfg

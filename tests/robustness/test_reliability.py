@@ -16,7 +16,8 @@ from quark_lightning.data import BUNDLED_PROMPTS
 from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.schema import DataValidationError
 from quark_lightning.infra import text
-from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, Dimension, Gate
+from quark_lightning.matrix.alignment_matrix import AlignmentMatrix
+from quark_lightning.matrix.dimension import Dimension, Gate
 from quark_lightning.scorers.format import FormatScorer
 from quark_lightning.scorers.rubric import RubricScorer
 from quark_lightning.scorers.safety import DangerousAdviceScorer

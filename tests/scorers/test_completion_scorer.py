@@ -66,7 +66,7 @@ def test_the_engine_marks_each_completion_it_cut(noisy_model_dir):
 def test_gated_as_in_the_real_demo_a_cut_answer_ranks_below_every_finished_one():
     from hydra import compose, initialize_config_dir
 
-    from quark_lightning.matrix.alignment_matrix import Gate
+    from quark_lightning.matrix.dimension import Gate
     from quark_lightning.shaping.aggregation import AggregationContext, aggregate_and_advantages
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base=None):

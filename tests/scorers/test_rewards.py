@@ -5,7 +5,7 @@ import math
 import pytest
 
 from quark_lightning.matrix import AlignmentMatrix, Dimension
-from quark_lightning.matrix.alignment_matrix import MatrixConfigError
+from quark_lightning.matrix.dimension import MatrixConfigError
 from quark_lightning.scorers.format import FormatScorer
 from quark_lightning.scorers.rubric import RubricScorer
 from quark_lightning.scorers.safety import DangerousAdviceScorer

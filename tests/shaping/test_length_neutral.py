@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
+from quark_lightning.grpo.step_metrics import length_correlations, pearson, step_diagnostics
 from quark_lightning.infra.errors import ConfigError
-from quark_lightning.matrix.alignment_matrix import Gate
+from quark_lightning.matrix.dimension import Gate
 from quark_lightning.shaping.aggregation import centered_within_groups
-from quark_lightning.shaping.diagnostics import length_correlations, pearson, step_diagnostics
 from quark_lightning.shaping.length_neutral import length_controlled, length_slopes
 from quark_lightning.shaping.reward_shaping import RewardShaping
 

@@ -13,19 +13,19 @@ import math
 import pytest
 import torch
 
-from quark_lightning.matrix.alignment_matrix import Gate
+from quark_lightning.grpo.step_metrics import (
+    advantage_shares,
+    length_correlations,
+    pearson,
+    redflag_groups_with_safe,
+)
+from quark_lightning.matrix.dimension import Gate
 from quark_lightning.shaping.aggregation import (
     AggregationContext,
     active_weights,
     aggregate_and_advantages,
     apply_gates,
     varies_within_groups,
-)
-from quark_lightning.shaping.diagnostics import (
-    advantage_shares,
-    length_correlations,
-    pearson,
-    redflag_groups_with_safe,
 )
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, fallback_sigma, reference_stats
 from quark_lightning.shaping.tadw import TriFactorWeighting

@@ -246,7 +246,7 @@ def test_statistics_and_weights_survive_a_resume_exactly(tmp_path, tiny_model_di
 
 
 def test_gates_cap_or_set_the_reward_of_vetoed_completions():
-    from quark_lightning.matrix.alignment_matrix import Gate
+    from quark_lightning.matrix.dimension import Gate
     from quark_lightning.shaping.aggregation import apply_gates
 
     scores = torch.tensor([[1.0, 0.9], [0.0, 0.9], [NAN, 0.1], [0.0, 0.1]])  # col 0 = safety
