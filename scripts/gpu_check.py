@@ -14,7 +14,9 @@ time), then:
    CSV logger next to TensorBoard (per-step `step_time`, `time/generation`, `loss` are read from it):
    `trainer=gpu trainer.precision=32-true`, `trainer=gpu` (bf16-mixed, its default), and
    `trainer=fsdp2` on one GPU in bf16-mixed (`warmstart=none`: the warm start has no FSDP2 hook);
-2. the rollout benchmark: HF `generate` vs the engine's fast loop (benchmarks/rollout_speed.py's
+2. the tests marked `gpu` (pytest -m gpu on GPU_TEST_FILES, the CUDA cases beside their CPU ones; pytest
+   comes as a carried wheel): the summary line and the failures' tail go to the report;
+3. the rollout benchmark: HF `generate` vs the engine's fast loop (benchmarks/rollout_speed.py's
    variants) on the 0.5 B Llama in bf16 on the GPU, random weights (the tokenizer is the benchmarks'
    `small` BPE), `--prompts` x `--G` completions of `--max-new-tokens`, median of `--repeats` wall times
    (CUDA synchronized); and the decode step (EOS disabled: (T-token rollout - 1-token rollout) / (T - 1))
@@ -63,6 +65,9 @@ EXPECTED_TRAINER = {  # what each composed config must say (a wrong override ord
     "gpu bf16-mixed": {"accelerator": "gpu", "precision": "bf16-mixed", "devices": 1},
     "fsdp2 1 GPU bf16-mixed": {"accelerator": "gpu", "precision": "bf16-mixed", "devices": 1},
 }
+# the test files holding `gpu`-marked tests (tests/project/test_gpu_check.py keeps this list complete); only
+# these are collected, so the packages of the other test files (hypothesis, wandb, ...) are not needed there
+GPU_TEST_FILES = ["tests/grpo/test_grpo_module.py", "tests/rollout/test_rollout_engine.py"]
 # ~0.5 B parameters, Llama architecture (Qwen2.5-0.5B-like widths, a 32 K vocabulary, untied LM head)
 LLAMA_05B = dict(
     vocab_size=32000,
@@ -78,7 +83,7 @@ LLAMA_TOY = dict(LLAMA_05B, hidden_size=64, intermediate_size=128, num_hidden_la
                  num_key_value_heads=2, vocab_size=8192)  # fmt: skip
 CPU_EXERCISE = ["trainer.accelerator=cpu", "trainer.max_steps=2"]
 REQUIRED = ["torch", "lightning", "transformers", "peft", "tensorboard", "hydra", "omegaconf", "datasets"]
-REQUIRED += ["medcalc", "matplotlib", "regex", "httpx"]
+REQUIRED += ["medcalc", "matplotlib", "regex", "httpx", "pytest"]
 WHEELS_HINT = "Fix: run `bash scripts/gpu_wheels.sh` here and carry .whl to the device (scripts/gpu_check.sh)"
 
 
@@ -170,6 +175,22 @@ def prepare(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- the GPU run
+def run_gpu_tests(work: Path, timeout_s: float) -> dict:
+    """`pytest -m gpu` on GPU_TEST_FILES in a subprocess: its summary line, and the tail when it failed."""
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs", *GPU_TEST_FILES]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+        rc, log = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as err:
+        rc, log = "timeout", f"{err.stdout or ''}{err.stderr or ''}"
+    log = log if isinstance(log, str) else log.decode(errors="replace")
+    (work / "gpu_tests.log").write_text(log)
+    lines = [line for line in log.splitlines() if line.strip()]
+    summary = lines[-1].strip("= ") if lines else "?"  # pytest's last line: "2 passed, 3 deselected in 9.1s"
+    return {"command": " ".join(cmd[1:]), "rc": rc, "summary": summary, **({"tail": log[-1500:]} if rc else {})}
+
+
 def csv_metrics(run_dir: Path) -> dict[str, float]:
     """Medians over the steps of step_time, time/generation, and the last loss, from the CSV logger."""
     path = run_dir / "csv" / "grpo" / "metrics.csv"
@@ -318,6 +339,9 @@ def write_report(results: dict, out_dir: Path) -> Path:
             )
             + " |"
         )
+    tests = results.get("gpu_tests") or {}
+    lines += ["", "## Tests marked gpu", "", f"`{tests.get('command', 'not run')}`: rc {tests.get('rc')}, "
+              f"{tests.get('summary', '')}"]  # fmt: skip
     bench = results.get("rollout")
     lines += ["", "## Rollout speed, 0.5 B Llama (bf16, random weights)", ""]
     if isinstance(bench, dict) and "decode step" in bench:
@@ -381,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = "cpu (exercise)" if args.exercise_on_cpu else torch.cuda.get_device_name()
     results: dict = {"plan": plan, "gpu": gpu, "train": {}}
     extra = CPU_EXERCISE if args.exercise_on_cpu else []
+    results["gpu_tests"] = run_gpu_tests(work, min(args.step_timeout_s, args.budget_s - 60))
+    print("gpu tests", json.dumps(results["gpu_tests"], default=str)[:400], flush=True)
     for name in TRAIN_RUNS:
         left = args.budget_s - (time.perf_counter() - started)
         if left < 60:

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # carried wheels, only where the packages are missing (the CPU machines have them installed)
-if ! "$PY" -c "import hydra, omegaconf, datasets, medcalc" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then
+if ! "$PY" -c "import hydra, omegaconf, datasets, medcalc, pytest" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi

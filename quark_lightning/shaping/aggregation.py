@@ -216,7 +216,6 @@ AGGREGATORS: dict[str, AggregatorSpec] = {
         reference_frozen_active, needs_normalizer=True, adaptive_weights=True, batch_statistics=True
     ),
 }
-NEEDS_NORMALIZER = tuple(n for n, s in AGGREGATORS.items() if s.needs_normalizer)  # kept for old imports
 
 
 def aggregator_spec(name: str) -> AggregatorSpec:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,21 @@ def test_the_whole_script_runs_at_toy_sizes_on_cpu(tmp_path):
     assert set(results["rollout"]["decode step"]["ms"]) == {"generate", "fast"}
     assert "| fsdp2 1 GPU bf16-mixed | 0 |" in report and "| fast |" in report
     assert "Rollout speed" in out
+    tests = results["gpu_tests"]  # no CUDA here: the gpu cases are collected and skipped
+    assert tests["rc"] == 0 and "skipped" in tests["summary"] and "passed" not in tests["summary"], tests
+    assert "## Tests marked gpu" in report
+
+
+def test_the_check_runs_every_file_with_gpu_tests():
+    sys.path.insert(0, str(Path(REPO) / "scripts"))
+    try:
+        from gpu_check import GPU_TEST_FILES
+    finally:
+        sys.path.pop(0)
+    marked = {
+        path.relative_to(REPO).as_posix()
+        for path in Path(REPO, "tests").rglob("test_*.py")
+        if path != Path(__file__) and any(mark in path.read_text() for mark in ("mark.gpu", "on_devices()"))
+    }
+    assert "tests/grpo/test_grpo_module.py" in marked
+    assert sorted(marked) == sorted(GPU_TEST_FILES)
