@@ -12,8 +12,9 @@ from a sample the dimension does not apply to.
 What is a failure (per sample): the call raised, timed out, returned something that is not a
 ScoreResult of the right shape (N scores, N findings lists), the scorer reported the sample in
 `ScoreResult.failures` (an LLM judge that timed out, answered 5xx or gave a reply that does not parse,
-after the judge client's own retries), or the sample's score is +-inf (or NaN with `nan_is_failure`). A NaN returned by the scorer is otherwise its declaration "does not apply"
-(docs/design.md section 4) and is not counted. Failed samples are NaN in `MatrixScores.scores`, True in
+after the judge client's own retries), or the sample's score is +-inf (or NaN with `nan_is_failure`).
+A NaN returned by the scorer is otherwise its declaration "does not apply" (docs/design.md section 4)
+and is not counted. Failed samples are NaN in `MatrixScores.scores`, True in
 `MatrixScores.failed` (so they stay distinguishable from not-applicable ones), and their findings read
 "scorer failed: <reason>". Gates look at `failed` (see `Gate.on_failure`): a failed sample is never
 passed through a gate as if it were safe.
@@ -29,7 +30,8 @@ timeout must tolerate a new call starting while an abandoned one is still runnin
 HTTP judges do; a shared HF fast tokenizer may raise "Already borrowed", which is then counted as a
 failure), and a scorer stuck in C code that holds the GIL cannot be timed out by a thread (the
 patterns from data files run under the `regex` module's own per-match timeout, infra/text.py, so a
-catastrophic pattern fails its sample instead). Grad mode, inference mode and the current CUDA device are carried into the thread.
+catastrophic pattern fails its sample instead). Grad mode, inference mode and the current CUDA device
+are carried into the thread.
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ class Dimension:
     # the score the dimension should reach; used by diagnosis and TADW's weakness factor
     target: float | None = setting(None, optional(number()), "null or a number (the score the dimension should reach)")
     gate: Gate | None = None  # a veto: a score below `gate.below` caps or sets the total reward
-    on_failure: FailurePolicy | dict | None = None  # what a failing scorer does (matrix/alignment_matrix.py)
+    on_failure: FailurePolicy | dict | None = None  # what a failing scorer does (above; applied by ScorerGuard)
 
     def __post_init__(self) -> None:
         where = f"matrix dimension '{self.name}'"
