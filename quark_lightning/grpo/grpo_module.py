@@ -249,7 +249,7 @@ class GRPOModule(L.LightningModule):
         metrics |= getattr(self.engine, "step_metrics", dict)()  # e.g. the rollout copy's refresh time
         if self.matrix.judges():  # this rank's LLM-judge counters since the start: requests, cache hits...
             metrics |= {f"judge/{k}": float(v) for k, v in self.matrix.judge_stats().items()}
-        metrics |= step_diagnostics(  # on this rank's groups (shaping/diagnostics.py)
+        metrics |= step_diagnostics(  # on this rank's groups
             self.matrix.names,
             self.shaping.aggregator,
             rec.prompts,
