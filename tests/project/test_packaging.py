@@ -76,14 +76,14 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
     )
     (wheel,) = wheels.glob("quark_lightning-*.whl")
     python = venv_seeing_our_dependencies(venv, tmp_path)
-    sh([python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], tmp_path)
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",
         QUARK_CACHE=str(tmp_path / "cache"),
-        PYTHONPATH="",
+        PYTHONPATH="",  # a checkout on PYTHONPATH would make pip think the project is installed already
     )
+    sh([python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], tmp_path, env)
 
     where = sh(
         [python, "-c", "import quark_lightning.cli.entry as e; print(e.__file__); print(e.conf_dir())"], work, env
