@@ -36,6 +36,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from quark_lightning.evaluation.report import summary_table, write_report
+from quark_lightning.infra.loggers import log_scalars, log_text
 from quark_lightning.infra.precision import upcast
 from quark_lightning.loop.dimension_actions import curriculum_weights, failing, loop_gains, share_actions
 from quark_lightning.loop.item_actions import (
@@ -47,6 +49,9 @@ from quark_lightning.loop.loop_settings import LoopSettings
 from quark_lightning.loop.loop_state import scorer_of
 from quark_lightning.loop.metrics import answer_lengths, evaluation_metrics, failing_answers, gate_failures
 from quark_lightning.loop.patterns import update_loop_patterns
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.online import BadPatternScorer
+from quark_lightning.scorers.rubric import RubricScorer
 
 
 def sampler_of(trainer: L.Trainer):
@@ -136,8 +141,6 @@ class ClosedLoopSupervision(L.Callback):
 
     def update_rule_weights(self, pl_module, metrics: dict[str, Any], prompts, scored) -> list[dict[str, Any]]:
         """Item-level action on format dimensions: weigh the rules the held-out answers break."""
-        from quark_lightning.scorers.format import FormatScorer
-
         loop, actions = pl_module.shaping.loop, []
         for name in pl_module.matrix.names:
             scorer = scorer_of(pl_module.matrix, name, FormatScorer)
@@ -158,8 +161,6 @@ class ClosedLoopSupervision(L.Callback):
     def update_loop_patterns(self, pl_module, metrics, prompts, answers, scored) -> list[dict[str, Any]]:
         """Item-level action on bad-pattern dimensions: phrases of the failing held-out answers join the
         scorer's pattern list (loop/patterns.py), and expire once no answer shows them."""
-        from quark_lightning.scorers.online import BadPatternScorer
-
         loop, actions = pl_module.shaping.loop, []
         fails = failing_answers(pl_module.matrix, scored)
         ids = [str(p.get("id")) for p in prompts]
@@ -181,8 +182,6 @@ class ClosedLoopSupervision(L.Callback):
     def update_probe_items(self, trainer, pl_module, metrics, prompts, answers) -> list[dict[str, Any]]:
         """Item-level actions on the training probe: rubric item weights and prompt sampling weights
         (loop/item_actions.py). No-op without probe answers."""
-        from quark_lightning.scorers.rubric import RubricScorer
-
         if not prompts:
             return []
         matrix, loop, actions = pl_module.matrix, pl_module.shaping.loop, []
@@ -258,7 +257,6 @@ class ClosedLoopSupervision(L.Callback):
     def _log(self, trainer: L.Trainer, pl_module, metrics: dict[str, Any]) -> None:
         if not trainer.is_global_zero:
             return
-        from quark_lightning.infra.loggers import log_scalars, log_text
 
         step, dims = metrics["step"], metrics["dimensions"]
         scalars = {f"eval/{n}/pass_rate": r["pass_rate"] for n, r in dims.items() if r["count"]}
@@ -272,14 +270,10 @@ class ClosedLoopSupervision(L.Callback):
         for a in metrics["actions"]:
             print(f"[closed loop, step {step}] {a['reason']}")
         if self.settings.write_reports and self.settings.report_dir:
-            from quark_lightning.evaluation.report import write_report
-
             out = os.path.join(self.settings.report_dir, f"step_{step:05d}")
             self.last_report = write_report(self.history, out, self.weights_history, title=f"Evaluation at step {step}")
 
     def _write_summary(self) -> None:
-        from quark_lightning.evaluation.report import summary_table
-
         os.makedirs(self.settings.report_dir, exist_ok=True)  # write_reports=false made no step reports
         path = os.path.join(self.settings.report_dir, "summary.md")
         first, last = self.history[0], self.history[-1]

@@ -25,6 +25,7 @@ import os
 import lightning as L
 
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.infra.loggers import log_text
 from quark_lightning.shaping.calibration import calibrate, calibration_shard, format_report  # noqa: F401
 
 
@@ -76,7 +77,6 @@ class ReferenceFrozenNormalization(L.Callback):
         names, norm = pl_module.matrix.names, pl_module.shaping.normalizer
         text = format_report(names, norm)
         print(f"\nReference-Frozen Normalization, calibrated on {num_samples} reference answers:\n{text}")
-        from quark_lightning.infra.loggers import log_text
 
         log_text(trainer, "rfn/calibration", "```\n" + text + "\n```", 0)
         if self.report_path:

@@ -27,11 +27,15 @@ from quark_lightning.data.datamodule import PromptDataModule
 from quark_lightning.data.references import validate_fact_references
 from quark_lightning.grpo.grpo_config import ALGORITHM_NODES
 from quark_lightning.grpo.grpo_module import GRPOConfig, GRPOModule
+from quark_lightning.infra.checkpointing import AtomicCheckpointIO, check_checkpoint, resolve_ckpt_path
+from quark_lightning.infra.distributed import full_state_dict
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.infra.loggers import build_loggers, close_loggers, logger_locations
-from quark_lightning.infra.optimizers import optimizer_factory
+from quark_lightning.infra.optimizers import optimizer_factory, scheduler_factory
 from quark_lightning.infra.precision import run_precision
 from quark_lightning.infra.rng_state import RNGStateCallback
+from quark_lightning.infra.schedules import validate_scheduler_factory
+from quark_lightning.infra.strategies import build_strategy
 from quark_lightning.loop.loop_state import write_reward_state
 from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
@@ -71,10 +75,6 @@ def load_model(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedMo
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    from quark_lightning.infra.strategies import (
-        build_strategy,  # `strategy:` may be a {_target_: ...} mapping
-    )
-
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"))
     return kwargs
@@ -82,8 +82,6 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def run_warmstart(cfg: DictConfig, loaded: LoadedModel, records: list[dict[str, Any]]) -> None:
     """Supervised warm start on the reference answers (in place on loaded.model)."""
-    from quark_lightning.infra.optimizers import scheduler_factory
-
     node = cfg.warmstart
     ws = typed(WarmstartSettings, OmegaConf.to_container(node, resolve=True), "warmstart", allowed=WARMSTART_NODES)
     dataset = SFTDataset(loaded.tokenizer, records, max_length=ws.max_length)
@@ -143,7 +141,6 @@ def lr_scheduler_factory(cfg: DictConfig):
     node = cfg.algorithm.get("lr_scheduler")
     if node is None:
         return None
-    from quark_lightning.infra.schedules import validate_scheduler_factory
 
     try:
         factory = instantiate(node)
@@ -194,7 +191,6 @@ def save_outputs(
     final_ckpt = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
     trainer.save_checkpoint(final_ckpt)  # collective call: every rank enters, rank 0 writes
     result["checkpoint"] = final_ckpt
-    from quark_lightning.infra.distributed import full_state_dict
 
     full_policy = full_state_dict(module.policy) if cfg.save_policy else None  # FSDP2: every rank gathers
     if not trainer.is_global_zero:
@@ -216,8 +212,6 @@ def save_outputs(
 
 
 def run_grpo(cfg: DictConfig) -> dict[str, Any]:
-    from quark_lightning.infra.checkpointing import AtomicCheckpointIO, check_checkpoint, resolve_ckpt_path
-
     if cfg.get("ckpt_path") is not None:  # `last` or a run dir -> <run_dir>/checkpoints/last.ckpt
         cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
     validate_config(cfg)

@@ -63,6 +63,7 @@ from quark_lightning.data.schema import (
 from quark_lightning.infra.errors import ConfigError, QuarkError
 from quark_lightning.loop.loop_state import load_reward_state
 from quark_lightning.matrix.alignment_matrix import AlignmentMatrix, MatrixScores
+from quark_lightning.matrix.build import build_matrix
 from quark_lightning.shaping.aggregation import apply_gates, weighted_sum
 
 CONF_DIR = conf_dir()  # the installed package's config tree, else the checkout's conf/
@@ -180,8 +181,6 @@ def compose_matrix_config(config_dir: str, matrix: str | None, overrides: Sequen
 
 
 def build(config_dir: str, matrix: str | None, overrides: Sequence[str]) -> AlignmentMatrix:
-    from quark_lightning.matrix.build import build_matrix
-
     return build_matrix(compose_matrix_config(config_dir, matrix, overrides))
 
 

@@ -30,6 +30,8 @@ import sys
 import traceback
 from typing import Any
 
+from quark_lightning.infra.errors import QuarkError
+
 JOB_FILE = "job.json"
 TABLE_NAME = "comparison"
 
@@ -91,8 +93,6 @@ def run_sweep_job(function, cfg):
 
 
 def _is_user_error(error: BaseException) -> bool:
-    from quark_lightning.infra.errors import QuarkError
-
     return isinstance(error, QuarkError)
 
 

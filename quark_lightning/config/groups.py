@@ -25,7 +25,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.typed import typed_problems, unknown_keys
+from quark_lightning.grpo.grpo_config import ALGORITHM_NODES, GRPOConfig
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.matrix.dimension import Dimension
+from quark_lightning.shaping.aggregation import AGGREGATORS
+from quark_lightning.shaping.reward_shaping import DRIVERS
+from quark_lightning.shaping.shaping_settings import NormalizationSettings, WeightingSettings
 
 
 def accepted_arguments(target: Callable) -> set[str] | None:
@@ -85,9 +90,6 @@ def shaping_problems(optimization: DictConfig, active_dimensions: int = 1) -> li
     """optimization.{aggregator, normalization, weighting}: a combination that works, and the settings nodes
     as their dataclasses declare them (shaping/shaping_settings.py); `active_dimensions`: the matrix's
     dimensions with a weight > 0 (TADW's floor must fit them)."""
-    from quark_lightning.shaping.aggregation import AGGREGATORS
-    from quark_lightning.shaping.shaping_settings import NormalizationSettings, WeightingSettings
-
     spec = AGGREGATORS.get(optimization.get("aggregator"))
     if spec is None:
         return []  # validate_config names an unknown aggregator
@@ -103,7 +105,6 @@ def shaping_problems(optimization: DictConfig, active_dimensions: int = 1) -> li
             f"optimization.weighting: null, but aggregator {optimization.aggregator} adapts its weights. Fix: "
             "use optimization=rfn_tadw as a whole, or optimization=rfn for static weights"
         )
-    from quark_lightning.shaping.reward_shaping import DRIVERS
 
     control = optimization.get("length_control")
     if not (control is None or control == "all" or OmegaConf.is_list(control)):
@@ -139,8 +140,6 @@ def shaping_problems(optimization: DictConfig, active_dimensions: int = 1) -> li
 
 
 def algorithm_problems(algorithm: DictConfig) -> list[str]:
-    from quark_lightning.grpo.grpo_config import ALGORITHM_NODES, GRPOConfig
-
     allowed = [f.name for f in fields(GRPOConfig)] + list(ALGORITHM_NODES)
     p = unknown_keys(list(algorithm.keys()), allowed, "algorithm")
     if algorithm.get("lr_scheduler") is not None:
@@ -181,8 +180,6 @@ def active_dimensions(matrix: DictConfig) -> int:
 
 def matrix_problems(matrix: DictConfig) -> list[str]:
     """Each dimension's keys (Dimension's fields) and its scorer's arguments."""
-    from quark_lightning.matrix.dimension import Dimension
-
     allowed = [f.name for f in fields(Dimension) if f.name != "name"]
     p = []
     for name, dim in (matrix.get("dimensions") or {}).items():

@@ -27,8 +27,14 @@ from quark_lightning.config.typed import (
 )
 from quark_lightning.config.warmstart_settings import NODES as WARMSTART_NODES
 from quark_lightning.config.warmstart_settings import WarmstartSettings
+from quark_lightning.data.data_settings import data_problems
 from quark_lightning.grpo.grpo_config import GRPOConfig
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.judges.settings import JudgeConfig
+from quark_lightning.matrix.dimension import Dimension
+from quark_lightning.models.model_settings import ModelSettings
+from quark_lightning.models.weight_sources import is_builtin_source
+from quark_lightning.rollout.rollout_settings import SamplingSettings
 from quark_lightning.shaping.aggregation import AGGREGATORS
 
 
@@ -59,9 +65,6 @@ def validate_config(cfg: DictConfig) -> None:
 def _model_problems(p: list[str], cfg: DictConfig, missing: list[str]) -> None:
     """model.*: every key as `ModelSettings` declares it (models/model_settings.py; unknown keys refused
     unless `_target_` is a source of your own), and the location model=hf needs."""
-    from quark_lightning.models.model_settings import ModelSettings
-    from quark_lightning.models.weight_sources import is_builtin_source
-
     model = _get(cfg, "model")
     if not isinstance(model, DictConfig):
         p.append("model: expected the model group. Fix: use model=tiny, model=smollm2 or model=hf.")
@@ -90,8 +93,6 @@ def rollout_problems(cfg: DictConfig) -> list[str]:
     an engine of your own without `SETTINGS` is checked on the sampling keys it shares. Unknown keys and a
     wrong `_target_`: config/groups.py."""
     from hydra.utils import get_object
-
-    from quark_lightning.rollout.rollout_settings import SamplingSettings
 
     node = _get(cfg, "rollout")
     if not isinstance(node, DictConfig):
@@ -128,8 +129,6 @@ def _algorithm_problems(p: list[str], cfg: DictConfig) -> None:
 def _data_problems(p: list[str], cfg: DictConfig) -> None:
     """data.*: unknown keys, every value as `DataSettings` declares it, the split names and the column
     mapping (data/data_settings.py)."""
-    from quark_lightning.data.data_settings import data_problems
-
     data = _get(cfg, "data")
     if not isinstance(data, DictConfig):
         p.append("data: expected the prompts group. Fix: pass data=medical (or your own conf/data/NAME.yaml).")
@@ -140,8 +139,6 @@ def _data_problems(p: list[str], cfg: DictConfig) -> None:
 def _matrix_problems(p: list[str], cfg: DictConfig) -> None:
     """matrix.dimensions.*: each dimension's keys as `Dimension` declares them (category, weight, risk,
     target), and its scorer's target."""
-    from quark_lightning.matrix.dimension import Dimension
-
     dims = _get(cfg, "matrix.dimensions")
     if not isinstance(dims, DictConfig) or len(dims) == 0:
         p.append(
@@ -170,7 +167,6 @@ def judge_problems(cfg: DictConfig) -> list[str]:
     judge = cfg.get("judge")
     if judge is None:
         return []
-    from quark_lightning.judges.settings import JudgeConfig
 
     if not isinstance(judge, DictConfig):
         return [f"judge: got {judge!r}, expected a mapping. Fix: choose it with judge=local or judge=openai."]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from quark_lightning.config.typed import unknown_keys
 from quark_lightning.data.prompt_sources import Rows, listing
 from quark_lightning.data.schema import (
     DataValidationError,
@@ -28,8 +29,6 @@ COLUMN_FIELDS = {
 
 def column_problems(columns: Any) -> list[str]:
     """What is wrong with a `data.columns` mapping (our field -> the dataset's column; null = our name)."""
-    from quark_lightning.config.typed import unknown_keys
-
     if columns is None:
         return []
     if not isinstance(columns, Mapping):

@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quark_lightning.config.typed import integer, number, optional, setting, typed
+from quark_lightning.config.typed import (
+    integer,
+    number,
+    optional,
+    raise_problems,
+    setting,
+    typed,
+    typed_problems,
+)
+from quark_lightning.data.column_mapping import column_problems
 
 
 def name(value: Any) -> bool:
@@ -39,8 +48,6 @@ class DataSettings:
 
     def cross_key_problems(self) -> list[str]:
         """The old split name against the new one, and the column mapping (data/column_mapping.py)."""
-        from quark_lightning.data.column_mapping import column_problems
-
         problems = []
         if self.hub_split is not None and self.split not in (None, "train", self.hub_split):
             problems.append(
@@ -72,8 +79,6 @@ class DataSettings:
 
 def data_problems(values: Mapping[str, Any]) -> list[str]:
     """Everything wrong with a `data` group (a plain mapping): unknown keys, values, then the cross-key rules."""
-    from quark_lightning.config.typed import typed_problems
-
     problems = typed_problems(DataSettings, values, "data")
     return problems or typed(DataSettings, values, "data").cross_key_problems()
 
@@ -81,8 +86,6 @@ def data_problems(values: Mapping[str, Any]) -> list[str]:
 def data_settings(node: Any) -> DataSettings:
     """The `data` group (a DictConfig or a mapping) as settings, or one ConfigError naming every problem."""
     from omegaconf import OmegaConf
-
-    from quark_lightning.config.typed import raise_problems
 
     values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     raise_problems(data_problems(values), "data")

@@ -20,6 +20,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from quark_lightning.data import BUNDLED_PROMPTS
+from quark_lightning.data.calculators import generate_calculator_prompts
 from quark_lightning.data.canary import refuse_evaluation_data
 from quark_lightning.data.column_mapping import map_columns
 from quark_lightning.data.prompt_sources import read_source, validate_parts
@@ -156,8 +157,6 @@ class PromptDataModule(L.LightningDataModule):
             # the training prompts: GRPO, the warm start, the pipeline's SFT, the closed loop's probes
             refuse_evaluation_data(records, f"training prompts (data.path={self.path})")
             if self.calculator_prompts > 0:  # verifiable questions with exact answers, made on demand
-                from quark_lightning.data.calculators import generate_calculator_prompts
-
                 records += generate_calculator_prompts(self.calculator_prompts, seed=self.calculator_seed)
             if self.system_prompt:
                 records = [with_system_prompt(r, self.system_prompt) for r in records]

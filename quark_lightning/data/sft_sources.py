@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from quark_lightning.data.calculators import generate_calculator_prompts
 from quark_lightning.data.canary import refuse_evaluation_data
+from quark_lightning.data.datamodule import load_prompt_records
 from quark_lightning.data.length_control import ORIGIN as LENGTH_BALANCE
 from quark_lightning.data.preferences import load_online_feedback, load_preference_pairs, question_key
 from quark_lightning.infra.errors import ConfigError
@@ -74,8 +76,6 @@ def calculator_explanations(n: int = 64, seed: int = 1000, **_: Any) -> list[Exa
 
     The seed differs from the RL data's calculator seed, so the RL held-out calculator questions are not
     among them (their vignettes are sampled anew)."""
-    from quark_lightning.data.calculators import generate_calculator_prompts
-
     return [
         _example(p["messages"], p["reference"], "calculator_explanations", p["id"])
         for p in generate_calculator_prompts(n, seed=seed)
@@ -84,8 +84,6 @@ def calculator_explanations(n: int = 64, seed: int = 1000, **_: Any) -> list[Exa
 
 def prompts_file(path: str, **_: Any) -> list[Example]:
     """Rows of a user's prompt-format file (JSONL / Parquet / hub) that carry a `reference`."""
-    from quark_lightning.data.datamodule import load_prompt_records
-
     records = load_prompt_records(path, require_reference=True)
     refuse_evaluation_data(records, f"SFT source prompts_file ({path})")
     return [_example(r["messages"], r["reference"], f"prompts_file:{path}", r.get("id")) for r in records]

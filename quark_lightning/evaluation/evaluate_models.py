@@ -36,7 +36,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.data.data_settings import DataSettings, data_settings
-from quark_lightning.data.datamodule import load_prompt_records
+from quark_lightning.data.datamodule import PromptDataModule, load_prompt_records, with_system_prompt
+from quark_lightning.data.healthbench_source import (
+    HealthBenchSelection,
+    cache_dir_of,
+    load_healthbench_records,
+)
 from quark_lightning.evaluation.eval_settings import EvaluationSettings, evaluation_settings
 from quark_lightning.evaluation.healthbench_section import (
     _append_healthbench,
@@ -193,8 +198,6 @@ def _dir_name(name: str) -> str:
 def heldout_records(data: DataSettings) -> list[dict[str, Any]]:
     """A training run's held-out split of `data.path` (`data.val_fraction`, `data.split_seed`, with its
     calculator prompts and system prompt), in the order its closed loop answers them."""
-    from quark_lightning.data.datamodule import PromptDataModule
-
     dm = PromptDataModule(**data.module_kwargs())
     dm.setup("fit")
     records = dm.val_records()
@@ -210,20 +213,12 @@ def load_eval_records(cfg: DictConfig, heldout: bool, hb: dict[str, Any]) -> lis
     """The prompts to evaluate on, presented as training presents them (`data.system_prompt`):
     HealthBench from the wheel (`healthbench.source=wheel`, with its selection), the held-out split of
     `data.path` (`heldout=true`), or `data.path`."""
-    from quark_lightning.data.datamodule import with_system_prompt
-
     data = data_settings(cfg.data)
     if heldout:
         if hb.get("source") == "wheel":
             raise ConfigError("heldout=true and healthbench.source=wheel: choose one set of prompts")
         return heldout_records(data)
     if hb.get("source") == "wheel":
-        from quark_lightning.data.healthbench_source import (
-            HealthBenchSelection,
-            cache_dir_of,
-            load_healthbench_records,
-        )
-
         selection = HealthBenchSelection.from_mapping({**hb, "limit": None})
         records = load_healthbench_records(cache_dir_of(cfg), selection)
         print(f"HealthBench: {len(records)} examples ({selection.describe()})")

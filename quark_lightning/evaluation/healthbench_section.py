@@ -12,7 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.data.healthbench_source import cache_dir_of, published_grader_template
+from quark_lightning.evaluation.healthbench_report import healthbench_result, judge_check, markdown
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.scorers.healthbench_score import HealthBenchScorer
 
 HB_SOURCES = (None, "wheel")
 HB_TEMPLATES = ("auto", "published", "ours")
@@ -57,8 +60,6 @@ def healthbench_scorer(cfg: DictConfig, hb: dict[str, Any]):
     """The HealthBench scorer of `healthbench.grader` through the run's judge (None when no grader)."""
     if not hb.get("grader"):
         return None
-    from quark_lightning.data.healthbench_source import cache_dir_of, published_grader_template
-    from quark_lightning.scorers.healthbench_score import HealthBenchScorer
 
     kwargs = dict(hb.get("grader_kwargs") or {})
     if hb["template"] == "published":
@@ -98,7 +99,6 @@ def healthbench_beside(
     scorer = scorer or healthbench_scorer(cfg, hb)
     if scorer is None:
         return None
-    from quark_lightning.evaluation.healthbench_report import healthbench_result
 
     start = time.perf_counter()
     result = healthbench_result(scorer, prompts, answers, seed=int(cfg.seed))
@@ -119,7 +119,6 @@ def run_judge_check(
     """Ideal-vs-poor separation of the judge on these prompts (`healthbench.judge_check` examples)."""
     if scorer is None or not hb["judge_check"]:
         return None
-    from quark_lightning.evaluation.healthbench_report import judge_check
 
     start = time.perf_counter()
     check = judge_check(scorer, prompts, seed=int(cfg.seed), max_examples=hb["judge_check"])
@@ -138,7 +137,5 @@ def run_judge_check(
 
 def _append_healthbench(report: str, hb: dict, check: dict | None) -> None:
     """The HealthBench section at the end of a model's report."""
-    from quark_lightning.evaluation.healthbench_report import markdown
-
     with open(report, "a") as fh:
         fh.write("\n" + markdown(hb, check))

@@ -47,6 +47,8 @@ from quark_lightning.infra.distributed import (
     world_size,
 )
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.infra.optimizers import configure_optimizer
+from quark_lightning.infra.strategies import shard_module
 from quark_lightning.matrix import AlignmentMatrix
 from quark_lightning.matrix.alignment_matrix import MatrixScores
 from quark_lightning.models.reference import FrozenCopyReference, FrozenModule, build_reference
@@ -109,7 +111,6 @@ class GRPOModule(L.LightningModule):
         Only ModelParallelStrategy sets a device mesh; the small reward models stay replicated."""
         if self._device_mesh is None:
             return
-        from quark_lightning.infra.strategies import shard_module
 
         if isinstance(self.reference, FrozenCopyReference):  # it runs one forward per micro-batch, in step
             shard_module(self.reference.frozen.module, self._device_mesh["data_parallel"])
@@ -275,7 +276,6 @@ class GRPOModule(L.LightningModule):
         cfg, params = self.config, [p for p in self.policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the policy has no trainable parameters; check model.lora / freezing settings")
-        from quark_lightning.infra.optimizers import configure_optimizer
 
         return configure_optimizer(  # the optimizer factory shared with SFT and the reward model
             params,

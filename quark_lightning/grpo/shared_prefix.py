@@ -27,6 +27,9 @@ import torch
 import transformers
 from torch import nn
 
+from quark_lightning.infra.distributed import is_sharded
+from quark_lightning.models.reference import eval_mode
+
 # transformers 5 renamed the forward's `past_key_values` argument (and output field) to `cache`
 CACHE_KWARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
@@ -159,8 +162,6 @@ def split_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     not split that way: no plain linear head, no separate backbone, a logit transform after the head
     (softcapping, scaling), or parameters sharded by FSDP (whose root forward gathers them).
     """
-    from quark_lightning.infra.distributed import is_sharded
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft -> the HF model
     get_head = getattr(base, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
@@ -178,8 +179,6 @@ def split_lm_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
 
 def head_split_matches(model: nn.Module, backbone: nn.Module, head: nn.Linear) -> bool:
     """One tiny forward both ways (eval, no grad): the model's logits equal head(backbone hidden states)."""
-    from quark_lightning.models.reference import eval_mode
-
     V = head.weight.size(0)
     ids = (torch.arange(1, 9, device=head.weight.device) * 7919 % V).unsqueeze(0)  # (1, 8)
     with torch.no_grad(), eval_mode(model):

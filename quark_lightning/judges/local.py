@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.judges.client import Judge, JudgeReply, Messages
 from quark_lightning.judges.settings import JudgeConfig
+from quark_lightning.models.loading import load_causal_lm
 
 
 def directory_fingerprint(path: str) -> str:
@@ -37,13 +39,10 @@ class LocalJudge(Judge):
     def __init__(self, config: JudgeConfig):
         super().__init__(config)
         if not config.model:
-            from quark_lightning.infra.errors import ConfigError
-
             raise ConfigError(
                 "judge.model: judge=local needs a causal LM (a hub name or a local directory). "
                 "Fix: judge.model=<dir>, or judge=openai judge.base_url=... judge.model=... for a server."
             )
-        from quark_lightning.models.loading import load_causal_lm
 
         loaded = load_causal_lm(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
         self.model = loaded.model.requires_grad_(False).eval()

@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.scorers.format import FormatScorer
+from quark_lightning.scorers.online import BadPatternScorer
+from quark_lightning.scorers.rubric import RubricScorer
 
 REWARD_STATE_FORMAT = "quark-lightning reward state"
 FIELDS = ("rule_weights", "item_weights", "loop_patterns", "area_weights", "prompt_weights", "means")
@@ -57,10 +60,6 @@ class LoopState:
         self.apply_to_sampler(sampler)
 
     def apply_to_scorers(self, matrix) -> None:
-        from quark_lightning.scorers.format import FormatScorer
-        from quark_lightning.scorers.online import BadPatternScorer
-        from quark_lightning.scorers.rubric import RubricScorer
-
         for part, kind, setter in (
             (self.rule_weights, FormatScorer, "set_rule_weights"),
             (self.item_weights, RubricScorer, "set_item_weights"),

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.matrix.alignment_matrix import AlignmentMatrix
 from quark_lightning.matrix.dimension import Dimension, MatrixConfigError, merged_policy
+from quark_lightning.reward_model.rm_cache import resolved_scorer_config
 
 
 def _plain(node):
@@ -22,7 +23,6 @@ def scorer_config(node: DictConfig) -> DictConfig:
     trained once and cached and its `path` set (reward_model/rm_cache.py): the scorer only loads."""
     if "train_experiment" not in node:
         return node
-    from quark_lightning.reward_model.rm_cache import resolved_scorer_config
 
     return OmegaConf.create(resolved_scorer_config(_plain(node)))
 

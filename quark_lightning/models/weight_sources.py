@@ -45,6 +45,7 @@ from quark_lightning.models.fetch import (
     ensure_converted_gguf,
     ensure_wheel_model,
 )
+from quark_lightning.models.tiny import ensure_tiny_model
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -92,8 +93,6 @@ class TinyModel(ModelSource):
     kind = "tiny"
 
     def path(self, corpus: list[str] | None = None) -> str:
-        from quark_lightning.models.tiny import ensure_tiny_model
-
         return ensure_tiny_model(corpus or [], cache_dir=self.cache_dir, **(self.config.get("tiny") or {}))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from quark_lightning.data.length_control import CONTROL_EXTRA_WORDS
+from quark_lightning.reward_model.pair_datasets import evaluate_pairs
 from quark_lightning.reward_model.rm_settings import RewardModelSettings
 
 REPORTED = (
@@ -29,8 +30,6 @@ def held_out_metrics(model, held_set, control_set, rm: RewardModelSettings) -> d
     """`evaluate_pairs` on the held-out pairs, plus `length_controlled_accuracy`: the pair accuracy on the
     length-control set (the share of held-out preferred pairs whose rejected answer, padded with filler
     to be 50+ words longer than the preferred one, still scores below it; NaN without preferred pairs)."""
-    from quark_lightning.reward_model.pair_datasets import evaluate_pairs
-
     metrics = evaluate_pairs(model, held_set, rm.eval_batch_size, rm.tie_threshold)
     control = evaluate_pairs(model, control_set, rm.eval_batch_size, rm.tie_threshold)
     metrics["length_controlled_accuracy"] = control["pair_accuracy"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from quark_lightning.data.resumable import ResumableDataLoader, ShuffleSampler
 from quark_lightning.reward_model.scalar_rm import ScalarRewardModel, pad_right
 from quark_lightning.reward_model.ties_loss import PREFERENCE_CODES, preference_metrics
 
@@ -51,7 +52,6 @@ class PairDataset(Dataset):
         uninterrupted one would have (quark_lightning/data/resumable.py)."""
         if not shuffle:
             return DataLoader(self, batch_size=batch_size, collate_fn=self.collate)
-        from quark_lightning.data.resumable import ResumableDataLoader, ShuffleSampler
 
         return ResumableDataLoader(
             self,

@@ -19,8 +19,9 @@ import dataclasses
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.tree import conf_dir
-from quark_lightning.models.weight_sources import model_kind
+from quark_lightning.models.weight_sources import model_kind, resolve_model_path
 from quark_lightning.reward_model.rm_settings import RewardModelSettings
+from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
 
 TINY_MODEL_CONFIG = str(conf_dir() / "model" / "tiny.yaml")
 
@@ -61,9 +62,6 @@ def describe_backbone(rm: RewardModelSettings, model_cfg: DictConfig) -> str:
 
 def build_reward_model(rm: RewardModelSettings, model_cfg: DictConfig, corpus: list[str]):
     """The scalar reward model on the backbone `model_cfg` (`backbone_model_config`), trained as `rm` says."""
-    from quark_lightning.models.weight_sources import resolve_model_path
-    from quark_lightning.reward_model.scalar_rm import ScalarRewardModel
-
     path = resolve_model_path(model_cfg, corpus)  # the source model._target_ names (models/weight_sources.py)
     mode = train_backbone_mode(rm, model_cfg)
     lora = {**dataclasses.asdict(rm.lora), "enabled": mode == "lora"}

@@ -15,10 +15,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from quark_lightning.config.tree import conf_dir
+from quark_lightning.data.preferences import BUNDLED_FEEDBACK, BUNDLED_PAIRS, resolve
+from quark_lightning.infra.checkpointing import capture_rng_state, restore_rng_state
+from quark_lightning.models.tiny import default_cache_dir
 from quark_lightning.models.weight_sources import model_config, model_kind
 from quark_lightning.reward_model.rm_backbone import backbone_model_config, backbone_name
 from quark_lightning.reward_model.rm_settings import compose_experiment, validate_reward_model_config
 from quark_lightning.reward_model.training import run_reward_model
+from quark_lightning.scorers.orm import ORMScorer
 
 RM_CONFIG = str(conf_dir() / "reward_model" / "orm.yaml")
 SHIPPED_TRAINING_NODES = ("optimizer", "lr_scheduler")  # in RM_CONFIG; see cache_key_yaml
@@ -74,9 +78,6 @@ def reward_model_run_dir(
 
     from omegaconf import open_dict
 
-    from quark_lightning.data.preferences import BUNDLED_FEEDBACK, BUNDLED_PAIRS, resolve
-    from quark_lightning.models.tiny import default_cache_dir
-
     cfg = compose_experiment(experiment, overrides)
     with open_dict(cfg):
         if backbone is not None:
@@ -123,7 +124,6 @@ def ensure_reward_model(
     print(f"Training the reward model of +experiment={experiment} once (cached in {run_dir})")
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
-    from quark_lightning.infra.checkpointing import capture_rng_state, restore_rng_state
 
     streams = capture_rng_state()  # training it must not change the calling run's random streams:
     try:  # a first run (trains the RM) and a rerun (finds it cached) then sample the same answers
@@ -136,8 +136,6 @@ def resolved_scorer_config(scorer: dict[str, Any]) -> dict[str, Any]:
     """A reward-model scorer config with `path` set: a saved directory as given, else the reward model of
     `train_experiment`, trained once and cached (`ensure_reward_model`). The training keys
     (`ORMScorer.BUILD_KEYS`, conf/matrix/medical.yaml) are dropped."""
-    from quark_lightning.scorers.orm import ORMScorer
-
     scorer = dict(scorer)
     train = {key: scorer.pop(key, None) for key in ORMScorer.BUILD_KEYS}
     if scorer.get("path") is None:

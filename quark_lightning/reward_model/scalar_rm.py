@@ -39,6 +39,15 @@ import torch
 from torch import nn
 
 from quark_lightning.infra.errors import QuarkError
+from quark_lightning.models.loading import (
+    DTYPES,
+    ModelLoadError,
+    check_model_files,
+    explain_load_error,
+    is_damage,
+    is_size_mismatch,
+    load_tokenizer,
+)
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
@@ -93,8 +102,6 @@ def _saved_directory(directory: str) -> str:
 
 def _read_meta(directory: str, damaged_fix: str) -> dict[str, Any]:
     """reward_model.json, after every file of the directory was checked for damage (`check_model_files`)."""
-    from quark_lightning.models.loading import ModelLoadError, check_model_files
-
     try:
         check_model_files(directory, "reward model", fix=damaged_fix, extra=(HEAD_FILE,))
     except ModelLoadError as err:
@@ -120,14 +127,6 @@ def _read_meta(directory: str, damaged_fix: str) -> dict[str, Any]:
 def _load_backbone(directory: str, dtype: str, trust_remote_code: bool, damaged_fix: str) -> tuple[Any, Any]:
     """(tokenizer, backbone) of a saved reward model; a failure names the directory and the fix."""
     from transformers import AutoModel
-
-    from quark_lightning.models.loading import (
-        DTYPES,
-        ModelLoadError,
-        is_damage,
-        is_size_mismatch,
-        load_tokenizer,
-    )
 
     try:
         tokenizer = load_tokenizer(directory, trust_remote_code)
@@ -210,15 +209,6 @@ class ScalarRewardModel(nn.Module):
     ) -> ScalarRewardModel:
         """A fresh reward model on a pretrained backbone (hub name or local dir); head randomly initialised."""
         from transformers import AutoModel
-
-        from quark_lightning.models.loading import (
-            DTYPES,
-            check_model_files,
-            explain_load_error,
-            is_damage,
-            is_size_mismatch,
-            load_tokenizer,
-        )
 
         check_model_files(name_or_path, "reward-model backbone")  # a damaged file: its name and the fix
         tokenizer = load_tokenizer(name_or_path, trust_remote_code)

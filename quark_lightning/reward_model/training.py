@@ -34,9 +34,14 @@ from quark_lightning.data.preferences import (
     pair_texts,
     split_by_question,
 )
+from quark_lightning.data.schema import DataValidationError
 from quark_lightning.infra.checkpointing import AtomicCheckpointIO, check_checkpoint
+from quark_lightning.infra.loggers import build_loggers, close_loggers, logger_locations
+from quark_lightning.infra.optimizers import optimizer_factory, scheduler_factory
+from quark_lightning.infra.rng_state import RNGStateCallback
 from quark_lightning.models.weight_sources import model_kind
 from quark_lightning.reward_model.heldout import held_out_metrics, print_evaluation
+from quark_lightning.reward_model.pair_datasets import FeaturePairDataset, PairDataset
 from quark_lightning.reward_model.rm_backbone import (
     backbone_model_config,
     backbone_name,
@@ -45,6 +50,7 @@ from quark_lightning.reward_model.rm_backbone import (
     train_backbone_mode,
 )
 from quark_lightning.reward_model.rm_settings import RewardModelSettings, validate_reward_model_config
+from quark_lightning.reward_model.rm_training_module import RewardModelModule
 
 OBJECTIVE = "J = L_diff + lambda * L_same; L_diff = -log s(r_w - r_l); L_same = -log s(m - |r_1 - r_2|)"
 OBJECTIVE_LITERAL = "J = L_diff + lambda * L_same; L_same = -log s(|r_1 - r_2|) (literal paper transcription)"
@@ -62,8 +68,6 @@ def load_pairs(rm: RewardModelSettings) -> tuple[list[dict[str, Any]], list[dict
     train = feedback_to_pairs(train_fb, fb.ties, fb.max_pairs_per_question, seed=rm.split_seed)
     held_out = feedback_to_pairs(held_fb, fb.ties, fb.max_pairs_per_question, seed=rm.split_seed + 1)
     if not train:
-        from quark_lightning.data.schema import DataValidationError
-
         raise DataValidationError(
             [
                 f"{rm.data_path}: no training pairs could be built from the feedback: a question needs a liked "
@@ -77,8 +81,6 @@ def training_factories(node: DictConfig):
     """(`reward_model.optimizer`, `reward_model.lr_scheduler`) of the config node built as `_partial_`
     factories; None where a node is null or absent (AdamW and linear_warmup from the flat keys,
     infra/optimizers.py)."""
-    from quark_lightning.infra.optimizers import optimizer_factory, scheduler_factory
-
     return (
         optimizer_factory(node.get("optimizer"), "reward_model.optimizer"),
         scheduler_factory(node.get("lr_scheduler"), "reward_model.lr_scheduler"),
@@ -89,8 +91,6 @@ def checkpoint_callbacks(run_dir: str, every: int) -> list[L.Callback]:
     """`<run_dir>/checkpoints/last.ckpt` every `every` steps (written atomically by AtomicCheckpointIO),
     plus the random streams, so a killed reward-model run resumes exactly, as the SFT and RL stages do."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from quark_lightning.infra.rng_state import RNGStateCallback
 
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(run_dir, "checkpoints"), save_last=True, save_top_k=0, every_n_train_steps=every
@@ -137,8 +137,6 @@ def _pair_datasets(model, rm: RewardModelSettings, mode: str, train_pairs: list,
     on; else tokenized pairs (feature seconds and texts are 0). The length-control set holds each held-out
     preferred pair as (preferred answer, rejected answer padded with filler to at least the preferred
     one's words + 50), see `length_control_pairs`; its features are not counted in the feature totals."""
-    from quark_lightning.reward_model.pair_datasets import FeaturePairDataset, PairDataset
-
     control_pairs = length_control_pairs(held_pairs)
     feature_seconds, feature_texts = 0.0, 0
     if mode == "frozen":  # one backbone forward per distinct text; the head trains on the cached features
@@ -160,8 +158,6 @@ def _pair_datasets(model, rm: RewardModelSettings, mode: str, train_pairs: list,
 
 def _reward_model_module(model, rm: RewardModelSettings, optimizer, schedule):
     """The Lightning module: the ties objective and its optimization, from `reward_model`."""
-    from quark_lightning.reward_model.rm_training_module import RewardModelModule
-
     return RewardModelModule(
         model,
         lr=rm.lr,
@@ -201,8 +197,6 @@ def _fit_reward_model(
 ):
     """Lightning fit (resuming from <run_dir>/checkpoints/last.ckpt); returns (trainer, loggers, seconds).
     `cfg` is read for the loggers and the run directory."""
-    from quark_lightning.infra.loggers import build_loggers, close_loggers
-
     run_dir = cfg.run_dir
     loggers = build_loggers(cfg, "reward_model")
     trainer = L.Trainer(
@@ -289,8 +283,6 @@ def run_reward_model(cfg: DictConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = {"run_dir": run_dir, "before": before, "after": after}
     if trainer.is_global_zero:
-        from quark_lightning.infra.loggers import logger_locations
-
         summary = {
             **_config_summary(rm, mode, steps, backbone_name(model_cfg)),
             "feature_texts": feature_texts,

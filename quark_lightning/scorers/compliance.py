@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.judges import build_judge
 from quark_lightning.judges.client import JudgeReply
 from quark_lightning.judges.verdicts import parse_json_object, unparsed
 from quark_lightning.scorers.interface import ScoreResult
@@ -94,8 +95,6 @@ def question_of(prompt: Mapping[str, Any]) -> str:
 
 class ComplianceScorer:
     def __init__(self, principles: Any, judge: Any = None):
-        from quark_lightning.judges import build_judge
-
         self.principles = parse_principles(principles)
         if judge is None or (isinstance(judge, Mapping) and not judge.get("model")):
             raise ConfigError(

@@ -52,6 +52,7 @@ from typing import Any, Protocol
 import torch
 
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.judges import build_judge
 from quark_lightning.scorers.assertions import Assertion, Quantity, split_assertions
 from quark_lightning.scorers.interface import ScoreResult
 from quark_lightning.scorers.retrieval import Claim, EvidenceEntry, build_retriever, load_knowledge_base
@@ -192,8 +193,6 @@ class LLMJudgeVerifier:
     """
 
     def __init__(self, judge: Any):
-        from quark_lightning.judges import build_judge
-
         self.judge = judge if hasattr(judge, "complete") else build_judge(judge)
 
     def verify_many(self, items: Sequence[tuple[Assertion, list[EvidenceEntry]]]) -> list[Judgement]:

@@ -27,7 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from quark_lightning.judges import build_judge
 from quark_lightning.judges.verdicts import Verdict, criteria_met_verdict
+from quark_lightning.scorers.rubric_matchers import build_matcher, match_verdicts
 
 Item = dict[str, Any]
 Message = dict[str, Any]
@@ -79,8 +81,6 @@ class PublishedGrader:
     """HealthBench's grading protocol through the run's judge (`judge` config group)."""
 
     def __init__(self, judge: Any, template: str = GRADER_PROMPT):
-        from quark_lightning.judges import build_judge
-
         if judge is None or (isinstance(judge, dict) and not judge.get("model")):
             raise ValueError(
                 "the published HealthBench grader needs a judge: judge=openai judge.base_url=... "
@@ -102,8 +102,6 @@ class AnswerOnlyGrader:
         self.judge = getattr(matcher, "judge", None)
 
     def grade(self, triples: Sequence[tuple[Sequence[Message], str, Item]]) -> list[Verdict]:
-        from quark_lightning.scorers.rubric_matchers import match_verdicts
-
         return match_verdicts(self.matcher, [(item, answer) for _, answer, item in triples])
 
 
@@ -111,7 +109,6 @@ def build_grader(name: str | Any, judge: Any = None, **kwargs: Any):
     """A grader by name (GRADERS), or any object with `.grade(triples)` or `.match(pairs)`."""
     if not isinstance(name, str):
         return name if hasattr(name, "grade") else AnswerOnlyGrader(name)
-    from quark_lightning.scorers.rubric_matchers import build_matcher
 
     if name == "published":
         return PublishedGrader(judge, **kwargs)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from quark_lightning.data.healthbench import criterion_axis, signed_points
+from quark_lightning.scorers.healthbench_grader import build_grader
 from quark_lightning.scorers.interface import ScoreResult
 
 # Interpretation: which matrix dimension each HealthBench axis speaks to.
@@ -122,8 +123,6 @@ class HealthBenchScorer:
         grader_kwargs: dict[str, Any] | None = None,
         axes: Sequence[str] | None = None,
     ):
-        from quark_lightning.scorers.healthbench_grader import build_grader
-
         self.grader = build_grader(grader, judge, **dict(grader_kwargs or {}))
         self.llm_judge = getattr(self.grader, "judge", None)
         self.axes = set(axes) if axes is not None else None

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from quark_lightning.models.loading import check_model_files, explain_load_error, is_damage, is_size_mismatch
 from quark_lightning.scorers.interface import ScoreResult
 
 
@@ -21,13 +22,6 @@ class HFRewardModelScorer:
         self, name_or_path: str, batch_size: int = 16, max_length: int = 512, trust_remote_code: bool = False
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from quark_lightning.models.loading import (
-            check_model_files,
-            explain_load_error,
-            is_damage,
-            is_size_mismatch,
-        )
 
         # a damaged file of a local directory: its name and the fix, not a traceback from safetensors
         fix = (

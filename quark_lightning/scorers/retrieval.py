@@ -36,6 +36,7 @@ from quark_lightning.data.knowledge_base import (
 )
 from quark_lightning.infra.errors import ConfigError, QuarkError
 from quark_lightning.infra.text import words
+from quark_lightning.models.loading import check_model_files, explain_load_error, is_damage, is_size_mismatch
 
 __all__ = [  # the knowledge-base names keep their old import path
     "BUNDLED_KB",
@@ -168,13 +169,6 @@ def load_encoder(encoder_path: str | None = None) -> tuple[Any, torch.nn.Module]
     """(tokenizer, model) of a sentence encoder: `encoder_path`, else the offline MiniLM package's. A
     damaged file of it (truncated, empty, garbage) stops the run naming the file and the fix."""
     from transformers import AutoModel, AutoTokenizer
-
-    from quark_lightning.models.loading import (
-        check_model_files,
-        explain_load_error,
-        is_damage,
-        is_size_mismatch,
-    )
 
     path = encoder_path or default_encoder_path()
     if encoder_path:

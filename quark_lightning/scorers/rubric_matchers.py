@@ -22,7 +22,10 @@ from typing import Any
 import torch
 
 from quark_lightning.infra.text import matches_any
-from quark_lightning.judges.verdicts import Verdict
+from quark_lightning.judges import build_judge
+from quark_lightning.judges.verdicts import Verdict, yes_no_verdict
+from quark_lightning.scorers.assertions import split_sentences
+from quark_lightning.scorers.retrieval import SentenceEncoder
 
 Item = dict[str, Any]
 
@@ -34,14 +37,10 @@ class RegexMatcher:
 
 class SemanticMatcher:
     def __init__(self, threshold: float = 0.6, encoder_path: str | None = None, device: str = "cpu"):
-        from quark_lightning.scorers.retrieval import SentenceEncoder
-
         self.encoder = SentenceEncoder(encoder_path, device)
         self.threshold = threshold
 
     def match(self, pairs: Sequence[tuple[Item, str]]) -> list[bool]:
-        from quark_lightning.scorers.assertions import split_sentences
-
         hits = RegexMatcher().match(pairs)
         sentences = [split_sentences(answer) or [answer] for _, answer in pairs]
         flat = [s for group in sentences for s in group]
@@ -76,8 +75,6 @@ class LLMJudgeMatcher:
     """
 
     def __init__(self, judge: Any = None, judge_model: str | None = None, **judge_settings: Any):
-        from quark_lightning.judges import build_judge
-
         if judge is None and judge_model:  # shorthand: a local judge on this model
             judge = {"kind": "local", "model": judge_model, "max_tokens": 4, **judge_settings}
         if judge is None or (isinstance(judge, Mapping) and not judge.get("model")):
@@ -88,8 +85,6 @@ class LLMJudgeMatcher:
         self.judge = judge if hasattr(judge, "complete") else build_judge(judge)
 
     def match_verdicts(self, pairs: Sequence[tuple[Item, str]]) -> list[Verdict]:
-        from quark_lightning.judges.verdicts import yes_no_verdict
-
         hits = RegexMatcher().match(pairs)
         ask = [i for i, h in enumerate(hits) if not h]  # the regex already settles the others
         replies = self.judge.complete([judge_messages(*pairs[i]) for i in ask]) if ask else []

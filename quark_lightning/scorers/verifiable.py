@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from quark_lightning.data.calculators import CALCULATORS, CalculatorError, answer_tolerance, run_calculator
 from quark_lightning.scorers.interface import ScoreResult
 
 NUMBER = re.compile(r"(?<![\w.,^/])[-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
@@ -82,13 +83,6 @@ class CalculatorScorer:
     def _recomputed(
         self, prompt: dict[str, Any], stored: dict[str, Any] | None
     ) -> tuple[float, float, list[str]]:
-        from quark_lightning.data.calculators import (
-            CALCULATORS,
-            CalculatorError,
-            answer_tolerance,
-            run_calculator,
-        )
-
         name = prompt["calculator"]
         try:
             value = float(run_calculator(name, prompt["calculator_inputs"])[0])

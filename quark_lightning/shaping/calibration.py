@@ -23,6 +23,7 @@ import torch
 from quark_lightning.data.schema import json_object_problem
 from quark_lightning.infra.distributed import gather_objects, gather_rows, world_size
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.shaping.rfn import STATISTICS_FILE, STATISTICS_META
 
 STATISTICS_KEY = "optimization.normalization.statistics_path"
 
@@ -126,8 +127,6 @@ def check_statistics(directory: str) -> None:
     `load_statistics` (shaping/rfn.py), which says so with its own fix.
     """
     from safetensors import SafetensorError, safe_open
-
-    from quark_lightning.shaping.rfn import STATISTICS_FILE, STATISTICS_META
 
     directory = os.path.expanduser(str(directory))
     meta_path = os.path.join(directory, STATISTICS_META)

@@ -48,6 +48,7 @@ from quark_lightning.shaping.aggregation import (
     aggregate_and_advantages,
     aggregator_spec,
 )
+from quark_lightning.shaping.calibration import check_statistics
 from quark_lightning.shaping.length_neutral import length_controlled
 from quark_lightning.shaping.rfn import ReferenceFrozenNormalizer, ReferenceStats, load_statistics
 from quark_lightning.shaping.shaping_settings import NormalizationSettings, WeightingSettings
@@ -245,8 +246,6 @@ class RewardShaping(nn.Module):
 
     def load_statistics(self, path: str) -> None:
         """Load saved RFN statistics; damaged files are refused first, naming the file and the fix."""
-        from quark_lightning.shaping.calibration import check_statistics
-
         check_statistics(path)
         load_statistics(self.normalizer, self.names, path)
 

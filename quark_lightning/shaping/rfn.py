@@ -59,6 +59,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quark_lightning.infra.errors import ConfigError
 from quark_lightning.infra.precision import upcast
 from quark_lightning.shaping.aggregation import nanstd
 from quark_lightning.shaping.shaping_settings import FALLBACKS
@@ -297,8 +298,6 @@ def load_statistics(normalizer: ReferenceFrozenNormalizer, names: Sequence[str],
     import os
 
     from safetensors.torch import load_file
-
-    from quark_lightning.infra.errors import ConfigError
 
     meta_path = os.path.join(directory, STATISTICS_META)
     if not os.path.exists(meta_path):

@@ -20,7 +20,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from quark_lightning.evaluation.report import summary_table
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.models.loading import load_causal_lm
 from quark_lightning.stages.context import PipelineContext, StageRecord
 from quark_lightning.stages.stage_files import StageFileError, read_json
 
@@ -54,8 +56,6 @@ def copy_dir(src: str, dst: str) -> None:
 def export_adapter(rl: StageRecord, out_dir: str, merge: bool) -> dict[str, str]:
     """Copy the RL adapter, point it at its base, and (merge) write base + adapter as one model."""
     from peft import PeftModel
-
-    from quark_lightning.models.loading import load_causal_lm
 
     base = rl.outputs.get("base")
     if not base or not os.path.isdir(base):
@@ -136,8 +136,6 @@ def _load_snippet(paths: dict[str, str]) -> str:
 def model_card(
     ctx: PipelineContext, paths: dict[str, str], evaluation: dict[str, Any] | None, config_yaml: str
 ) -> str:
-    from quark_lightning.evaluation.report import summary_table
-
     base = paths.get("base", "")
     front = ["---", f"library_name: {'peft' if 'adapter' in paths else 'transformers'}"]
     if base:

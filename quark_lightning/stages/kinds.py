@@ -26,9 +26,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from quark_lightning.config.lora_settings import LoraSettings
+from quark_lightning.config.validate import validate_config
+from quark_lightning.data.sft_sources import load_sft_examples
+from quark_lightning.grpo.grpo_module import GRPOModule
+from quark_lightning.infra.checkpointing import AtomicCheckpointIO, check_checkpoint
 from quark_lightning.infra.errors import ConfigError
+from quark_lightning.infra.loggers import build_loggers, close_loggers
+from quark_lightning.infra.rng_state import RNGStateCallback
+from quark_lightning.matrix.build import build_matrix
 from quark_lightning.models.loading import LoadedModel, apply_lora, load_causal_lm, merge_sft_adapter
+from quark_lightning.reward_model.rm_settings import compose_experiment
+from quark_lightning.reward_model.training import run_reward_model
+from quark_lightning.shaping.calibration import calibrate, format_report
+from quark_lightning.shaping.rfn import save_statistics
 from quark_lightning.stages.context import PipelineContext, StageSpec
+from quark_lightning.stages.export import export_policy
+from quark_lightning.stages.sft import LengthBucketBatchSampler, SFTDataset, SFTModule, padding_fraction
 from quark_lightning.stages.stage_files import StageFileError, read_json
 from quark_lightning.stages.stage_settings import SFTStage
 
@@ -131,7 +144,6 @@ def _sft_examples(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list, dict[str, int]]:
     """The prompt records, the held-out ones, and the stage's SFT examples with their count per source."""
     from quark_lightning.cli.run import build_datamodule
-    from quark_lightning.data.sft_sources import load_sft_examples
 
     dm = build_datamodule(cfg)
     records = dm.load()
@@ -143,8 +155,6 @@ def _sft_examples(
 
 def _sft_datasets(tok, examples: list, held_out: list[dict[str, Any]], max_length: int):
     """The training set, and the held-out expert references to measure answer NLL on (None if none)."""
-    from quark_lightning.stages.sft import SFTDataset
-
     train_set = SFTDataset(tok, examples, max_length=max_length)
     held = [r for r in held_out if r.get("reference")]
     eval_set = SFTDataset(tok, held, max_length=max_length) if held else None
@@ -163,9 +173,6 @@ def _fit_sft(cfg: DictConfig, spec: StageSpec, stage_dir: str, policy: torch.nn.
     """Train the policy on length-bucketed batches (resuming from the stage's last checkpoint);
     return the padding fraction of the first epoch."""
     from quark_lightning.cli.run import trainer_kwargs
-    from quark_lightning.infra.checkpointing import AtomicCheckpointIO, check_checkpoint
-    from quark_lightning.infra.rng_state import RNGStateCallback
-    from quark_lightning.stages.sft import LengthBucketBatchSampler, SFTModule, padding_fraction
 
     opts = spec.settings
     batches = LengthBucketBatchSampler(
@@ -176,7 +183,6 @@ def _fit_sft(cfg: DictConfig, spec: StageSpec, stage_dir: str, policy: torch.nn.
     module = SFTModule(policy, lr=opts.lr, weight_decay=opts.weight_decay, warmup_steps=opts.warmup_steps)
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=opts.steps, max_epochs=-1, log_every_n_steps=10)
-    from quark_lightning.infra.loggers import build_loggers, close_loggers
 
     loggers = build_loggers(cfg, spec.name)
     ckpt = last_checkpoint(stage_dir)
@@ -242,9 +248,6 @@ def run_sft_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict
 
 # ---------------------------------------------------------------------------------------- reward models
 def run_reward_model_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from quark_lightning.reward_model.rm_settings import compose_experiment
-    from quark_lightning.reward_model.training import run_reward_model
-
     rm_cfg = compose_experiment(spec.settings.experiment, list(spec.settings.overrides))
     with open_dict(rm_cfg):
         rm_cfg.run_dir = stage_dir
@@ -262,11 +265,6 @@ def run_reward_model_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str
 # ---------------------------------------------------------------------------------------- calibration
 def run_calibration_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
     from quark_lightning.cli.run import build_datamodule, build_shaping, grpo_config
-    from quark_lightning.config.validate import validate_config
-    from quark_lightning.grpo.grpo_module import GRPOModule
-    from quark_lightning.matrix.build import build_matrix
-    from quark_lightning.shaping.calibration import calibrate, format_report
-    from quark_lightning.shaping.rfn import save_statistics
 
     cfg = stage_config(ctx, stage_dir)
     point_model_at_policy(ctx, cfg)
@@ -338,8 +336,6 @@ def run_grpo_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dic
 
 
 def run_export_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from quark_lightning.stages.export import export_policy
-
     rl = ctx.latest("policy", kinds=("grpo",)) or ctx.latest("policy")
     if rl is None:
         raise ConfigError(

@@ -31,9 +31,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.config.typed import raise_problems, typed, typed_problems
 from quark_lightning.infra.errors import ConfigError
 from quark_lightning.stages.context import PipelineContext, StageRecord, StageSpec  # also re-exported
+from quark_lightning.stages.kinds import STAGE_KINDS
 from quark_lightning.stages.stage_files import StageFileError, damaged_file, read_json
+from quark_lightning.stages.stage_settings import STAGE_SETTINGS
+from quark_lightning.stages.summary import write_summary
 
 STATE_FILE = "stage.json"
 
@@ -53,9 +57,6 @@ def stage_specs(cfg: DictConfig) -> list[StageSpec]:
     """The configured stages in order (a stage set to null is dropped), each with its typed settings
     (stages/stage_settings.py); every wrong kind, unknown key and wrong value of every stage is refused at
     once, before any stage runs."""
-    from quark_lightning.config.typed import raise_problems, typed, typed_problems
-    from quark_lightning.stages.stage_settings import STAGE_SETTINGS
-
     stages = OmegaConf.select(cfg, "pipeline.stages")
     if not stages:
         raise ConfigError(
@@ -181,8 +182,6 @@ def _mismatch_error(
 
 
 def run_stage(ctx: PipelineContext, spec: StageSpec, upstream: str, index: int, total: int) -> StageRecord:
-    from quark_lightning.stages.kinds import STAGE_KINDS
-
     stage_dir = os.path.join(ctx.root, spec.name)
     source = fingerprint_source(ctx.cfg, spec)
     fp = fingerprint(ctx.cfg, spec, upstream)
@@ -246,8 +245,6 @@ def redo_from(cfg: DictConfig, specs: list[StageSpec], first: int, root: str) ->
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the configured stages; returns every stage's record and the summary path."""
-    from quark_lightning.stages.summary import write_summary
-
     specs = stage_specs(cfg)  # every stage's settings checked here, before any stage runs
     pipe = cfg.pipeline
     only = _select(specs, "only", pipe.get("only"))

@@ -10,7 +10,9 @@ import json
 import os
 from typing import Any
 
+from quark_lightning.evaluation.report import summary_table
 from quark_lightning.stages.context import PipelineContext, StageSpec
+from quark_lightning.stages.export import last_evaluation
 
 KEY_OUTPUTS = ("policy", "adapter", "reward_model", "rfn_statistics", "export_dir")
 
@@ -42,9 +44,6 @@ def _highlights(outputs: dict[str, Any]) -> str:
 
 
 def write_summary(ctx: PipelineContext, specs: list[StageSpec]) -> str:
-    from quark_lightning.evaluation.report import summary_table
-    from quark_lightning.stages.export import last_evaluation
-
     rows = ["| stage | kind | this run | seconds | highlights |", "|---|---|---|---|---|"]
     for spec in specs:
         rec = ctx.records.get(spec.name)
