@@ -35,6 +35,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from quark_lightning.cli.run import load_model
 from quark_lightning.data.data_settings import DataSettings, data_settings
 from quark_lightning.data.datamodule import PromptDataModule, load_prompt_records, with_system_prompt
 from quark_lightning.data.healthbench_source import (
@@ -67,8 +68,6 @@ POLICY_PREFIX = "policy."  # GRPOModule.policy
 
 
 def _load_model_cfg(model_cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedModel:
-    from quark_lightning.cli.run import load_model
-
     return load_model(model_cfg, records)
 
 

@@ -25,6 +25,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from quark_lightning.cli.run import (
+    build_datamodule,
+    build_shaping,
+    grpo_config,
+    load_model,
+    run_grpo,
+    trainer_kwargs,
+)
 from quark_lightning.config.lora_settings import LoraSettings
 from quark_lightning.config.validate import validate_config
 from quark_lightning.data.sft_sources import load_sft_examples
@@ -66,8 +74,6 @@ def policy_source(ctx: PipelineContext) -> dict[str, str] | None:
 
 def load_start_policy(ctx: PipelineContext, cfg: DictConfig, records: list[dict[str, Any]]) -> LoadedModel:
     """The latest stage's policy (an SFT adapter is merged into its base), or the configured model."""
-    from quark_lightning.cli.run import load_model
-
     source = policy_source(ctx)
     if source is None:
         return load_model(cfg.model, records)
@@ -143,8 +149,6 @@ def _sft_examples(
     cfg: DictConfig, opts: SFTStage, stage: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list, dict[str, int]]:
     """The prompt records, the held-out ones, and the stage's SFT examples with their count per source."""
-    from quark_lightning.cli.run import build_datamodule
-
     dm = build_datamodule(cfg)
     records = dm.load()
     train_records, held_out = dm.calibration_records(), dm.val_records()
@@ -172,8 +176,6 @@ def _with_sft_lora(policy: torch.nn.Module, lora: LoraSettings) -> torch.nn.Modu
 def _fit_sft(cfg: DictConfig, spec: StageSpec, stage_dir: str, policy: torch.nn.Module, train_set) -> float:
     """Train the policy on length-bucketed batches (resuming from the stage's last checkpoint);
     return the padding fraction of the first epoch."""
-    from quark_lightning.cli.run import trainer_kwargs
-
     opts = spec.settings
     batches = LengthBucketBatchSampler(
         train_set.lengths(), opts.batch_size, cfg.seed, bucketing=opts.bucketing
@@ -264,8 +266,6 @@ def run_reward_model_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str
 
 # ---------------------------------------------------------------------------------------- calibration
 def run_calibration_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from quark_lightning.cli.run import build_datamodule, build_shaping, grpo_config
-
     cfg = stage_config(ctx, stage_dir)
     point_model_at_policy(ctx, cfg)
     point_matrix_at_reward_models(ctx, cfg)
@@ -299,8 +299,6 @@ def run_calibration_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str)
 
 # ---------------------------------------------------------------------------------------- rl
 def run_grpo_stage(ctx: PipelineContext, spec: StageSpec, stage_dir: str) -> dict[str, Any]:
-    from quark_lightning.cli.run import run_grpo
-
     cfg = stage_config(ctx, stage_dir)
     point_model_at_policy(ctx, cfg)
     point_matrix_at_reward_models(ctx, cfg)

@@ -265,8 +265,8 @@ def test_graph_sees_known_edges():
     top, everything = import_graph(True), import_graph(False)
     assert "quark_lightning.data.knowledge_base" in top["quark_lightning.scorers.retrieval"]
     assert "quark_lightning.stages.context" in top["quark_lightning.stages.kinds"]
-    assert "quark_lightning.cli.run" in everything["quark_lightning.stages.kinds"]
-    assert "quark_lightning.cli.run" not in top["quark_lightning.stages.kinds"]  # inside functions
+    assert "quark_lightning.judges.local" in everything["quark_lightning.judges"]
+    assert "quark_lightning.judges.local" not in top["quark_lightning.judges"]  # inside build_judge
     assert "quark_lightning.stages" in top["quark_lightning.cli.run"]  # runs stages/__init__.py
     assert "quark_lightning.data.calculators.definitions" in top["quark_lightning.data.calculators"]
 

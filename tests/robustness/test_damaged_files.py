@@ -569,7 +569,7 @@ def test_a_damaged_stage_json_is_named_and_rerun_from_moves_it_aside(tmp_path, f
 
 
 def test_a_damaged_rl_summary_json_is_named(tmp_path, monkeypatch):
-    import quark_lightning.cli.run
+    import quark_lightning.stages.kinds
     from quark_lightning.stages.context import PipelineContext, StageSpec
     from quark_lightning.stages.kinds import run_grpo_stage
     from quark_lightning.stages.stage_files import StageFileError
@@ -582,7 +582,7 @@ def test_a_damaged_rl_summary_json_is_named(tmp_path, monkeypatch):
         (stage_dir / "summary.json").write_text('{"window": 8, "metrics": {"reward": {"start": 0.1')
         return {}
 
-    monkeypatch.setattr(quark_lightning.cli.run, "run_grpo", run_grpo)
+    monkeypatch.setattr(quark_lightning.stages.kinds, "run_grpo", run_grpo)  # where the stage looks it up
     cfg = pipeline_cfg(tmp_path)
     spec = StageSpec("rl", "grpo", cfg.pipeline.stages.rl, GRPOStage(kind="grpo"))
     with pytest.raises(StageFileError, match=r"summary\.json is damaged: not valid JSON .*Fix: delete"):
