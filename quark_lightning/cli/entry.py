@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from quark_lightning.cli.sweep import in_multirun, run_sweep_job
 from quark_lightning.config.tree import conf_dir
 from quark_lightning.infra.errors import QuarkError
 
@@ -109,8 +110,6 @@ def run_or_exit(function, cfg):
     recorded in the job's `job.json` (read by the sweep's comparison table, cli/sweep.py),
     printed, and the job returns None so that Hydra launches the next one.
     """
-    from quark_lightning.cli.sweep import in_multirun, run_sweep_job
-
     if in_multirun():
         return run_sweep_job(function, cfg)
     try:

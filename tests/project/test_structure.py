@@ -18,6 +18,7 @@
   imported too (`with_parent_packages`).
 - No function over MAX_FUNCTION_LINES lines (decorators excluded, docstring included); there are no
   exceptions, a long function fails by name.
+- Our own imports sit at module level, where a reader sees them, except DEFERRED_IMPORTS (each with why).
 - The tests mirror the package: every test file sits in `tests/<area>/`, where <area> is a subpackage of
   the library, `callbacks` or `benchmarks`, or one of CROSS_CUTTING (checks that span every area).
 
@@ -288,6 +289,45 @@ def test_pipeline_export_is_in_no_import_cycle_even_through_function_imports():
     assert "quark_lightning.stages.export" not in cyclic
     assert "quark_lightning.stages.kinds" not in cyclic
     assert graph["quark_lightning.stages.context"] == set()
+
+
+# Imports of our own modules inside functions, each deferred on purpose: module -> imported -> why
+DEFERRED_IMPORTS = {
+    ("quark_lightning.cli.train", "quark_lightning.cli.run"): "--help and a bad override answer before torch loads",
+    ("quark_lightning.cli.evaluate", "quark_lightning.evaluation.evaluate_models"): "the same, for evaluate.py",
+    ("quark_lightning.judges", "quark_lightning.judges.openai_compatible"): "imports judges.client: a package cycle",
+    ("quark_lightning.judges", "quark_lightning.judges.local"): "imports judges.client: a package cycle",
+}
+
+
+def function_level_imports() -> set[tuple[str, str]]:
+    """(module, our module it imports) for every import inside a function or method."""
+    files = module_files()
+    out = set()
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        top = {id(node) for node in _top_level_imports(tree)}
+        for node in _all_imports(tree):
+            if id(node) not in top and not _inside_type_checking(tree, node):
+                out |= {(name, t) for t in _targets(node, name, path.name == "__init__.py", set(files))}
+    return out
+
+
+def _inside_type_checking(tree: ast.Module, target: ast.AST) -> bool:
+    return any(
+        isinstance(node, ast.If) and _is_type_checking(node) and any(n is target for n in ast.walk(node))
+        for node in ast.walk(tree)
+    )
+
+
+def test_our_imports_sit_at_module_level_unless_deferred_on_purpose():
+    found = function_level_imports()
+    assert not found - set(DEFERRED_IMPORTS), (
+        f"imports of our modules inside functions: {sorted(found - set(DEFERRED_IMPORTS))}. Fix: move them to "
+        "the top of the module (the cycle tests say if that makes a cycle), or list them in DEFERRED_IMPORTS "
+        "with the reason"
+    )
+    assert not set(DEFERRED_IMPORTS) - found, f"no longer deferred: {sorted(set(DEFERRED_IMPORTS) - found)}"
 
 
 def test_no_import_cycles_even_through_function_level_imports():
