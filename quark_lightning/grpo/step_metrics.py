@@ -1,15 +1,13 @@
 """What one GRPO step reports.
 
 - `StepRecord`: this rank's rows of the step, which the callbacks read (TADW, sample logging, diagnosis).
-- `step_metrics`: the logged metrics, with TRL's names where TRL has one; `FailureCounter`: the scorer
-  failures per dimension (matrix/alignment_matrix.py says what a failure is).
-- `step_diagnostics`: what explains a run, below.
-
-Pure functions of what the step produced; the metrics are computed on the global batch
-(`infra/distributed.global_step_view` gathers it first).
-
-Diagnostics: which dimension moved the advantages, and did length? Logged every step by GRPOModule (`diagnostics/...` in TensorBoard and metrics.csv), from the step's
-groups (G contiguous completions per prompt; under DDP, this rank's groups):
+- `step_metrics`: the logged metrics, with TRL's names where TRL has one; a pure function of what the
+  step produced, on the global batch (`infra/distributed.global_step_view` gathers it first).
+- `FailureCounter`: the scorer failures per dimension, this step and since the start of the run
+  (matrix/alignment_matrix.py says what a failure is).
+- `step_diagnostics`: which dimension moved the advantages, and did length? Pure functions of tensors,
+  logged every step by GRPOModule (`diagnostics/...` in TensorBoard and metrics.csv), from the step's
+  groups (G contiguous completions per prompt; under DDP, this rank's groups):
 
   within_group_std/<dim>      mean over groups of the dimension's raw within-group std (groups where it
                               applies); 0 means it cannot tell the completions of a prompt apart
